@@ -1,0 +1,67 @@
+"""qcal: int8 post-training quantization of PyTorch models, explained and compared.
+
+The public API (DESIGN.md) is re-exported here and loaded lazily, so ``import qcal`` stays
+cheap and a submodule is imported only when one of its names is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from qcal import _torch_warnings
+
+_torch_warnings.silence()
+
+__version__ = "0.1.0"
+
+# public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "QSpec": "schemes",
+    "Scheme": "schemes",
+    "SCHEMES": "schemes",
+    "resolve_scheme": "schemes",
+    "qparams_from_range": "qparams",
+    "quantize": "qparams",
+    "dequantize": "qparams",
+    "make_observer": "observers",
+    "calibrate": "calibration",
+    "QuantizedModel": "model",
+    "LayerTrace": "model",
+    "torch_reference": "reference",
+    "compare": "comparison",
+    "Comparison": "comparison",
+    "explain": "checkpoints",
+    "report": "reporting",
+}
+_SUBMODULES = ("int8", "zoo", "datasets", "store", "schemes", "qparams", "observers")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"qcal.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"qcal.{name}")
+    else:
+        raise AttributeError(f"module 'qcal' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from qcal import datasets, int8, observers, qparams, schemes, store, zoo  # noqa: F401
+    from qcal.calibration import calibrate  # noqa: F401
+    from qcal.checkpoints import explain  # noqa: F401
+    from qcal.comparison import Comparison, compare  # noqa: F401
+    from qcal.model import LayerTrace, QuantizedModel  # noqa: F401
+    from qcal.observers import make_observer  # noqa: F401
+    from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
+    from qcal.reference import torch_reference  # noqa: F401
+    from qcal.reporting import report  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401

@@ -1,0 +1,180 @@
+"""Quantization primitives: ranges -> (scale, zero_point), quantize and dequantize.
+
+Everything here works on plain tensors (float32 values, integer codes in uint8/int8) and
+reproduces torch's arithmetic to the bit:
+
+* ``qparams_from_range`` is ``torch.ao.quantization``'s ``_calculate_qparams`` (float32 math,
+  the range widened to include 0, ``eps`` as the smallest scale).
+* ``quantize`` is ``torch.quantize_per_tensor`` / ``quantize_per_channel``:
+  ``q = clamp(rint(x * (1/scale) + zp), qmin, qmax)`` with the multiply-add fused (REQUANT.md §6).
+* ``dequantize`` is ``(q - zp) * scale`` in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "EPS",
+    "INT_DTYPES",
+    "QRANGES",
+    "dequantize",
+    "qparams_from_range",
+    "qrange",
+    "quantize",
+]
+
+#: The integer range of each 8-bit dtype; reduce_range halves it.
+QRANGES: dict[str, tuple[int, int]] = {"quint8": (0, 255), "qint8": (-128, 127)}
+#: The plain integer tensor dtype that holds each quantized dtype's codes.
+INT_DTYPES: dict[str, torch.dtype] = {"quint8": torch.uint8, "qint8": torch.int8}
+#: torch's smallest scale, ``finfo(float32).eps``.
+EPS = torch.finfo(torch.float32).eps
+
+
+def qrange(dtype: str, reduce_range: bool = False) -> tuple[int, int]:
+    """(qmin, qmax) for ``dtype``, halved by ``reduce_range`` as torch does.
+
+    Example:
+        >>> qrange("quint8", reduce_range=True)
+        (0, 127)
+    """
+    if dtype not in QRANGES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of: {', '.join(QRANGES)}")
+    qmin, qmax = QRANGES[dtype]
+    if reduce_range:
+        return qmin // 2, qmax // 2
+    return qmin, qmax
+
+
+@torch.no_grad()
+def qparams_from_range(
+    min_val: torch.Tensor | float,
+    max_val: torch.Tensor | float,
+    *,
+    dtype: str = "quint8",
+    symmetric: bool = False,
+    reduce_range: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for an observed range, exactly as torch's observers compute them.
+
+    Affine: ``scale = (max(max,0) - min(min,0)) / (qmax - qmin)``,
+    ``zp = clamp(qmin - rint(min(min,0) / scale), qmin, qmax)``.
+    Symmetric: ``scale = max(|min|, |max|) / ((qmax - qmin) / 2)``, zp 0 (qint8) or 128
+    (quint8, even with reduce_range, as torch does). Scales never fall below ``EPS``.
+    A range never observed (min=+inf, max=-inf) gives (1.0, 0), like torch.
+
+    Example: min -1.0, max 3.0, quint8 affine -> scale 4/255 = 0.015686, zp 64.
+
+    Args:
+        min_val, max_val: scalars or 1-D tensors (one entry per channel).
+    Returns:
+        (scale float32, zero_point int64), each 1-D with one entry per channel (1 per tensor).
+    """
+    min_val = torch.as_tensor(min_val, dtype=torch.float32).reshape(-1)
+    max_val = torch.as_tensor(max_val, dtype=torch.float32).reshape(-1)
+    if min_val.numel() == 1 and min_val.item() == float("inf") and max_val.item() == float("-inf"):
+        return torch.tensor([1.0]), torch.tensor([0], dtype=torch.int64)
+    if torch.any(min_val > max_val):
+        raise ValueError(f"min {min_val.tolist()} exceeds max {max_val.tolist()}")
+    qmin, qmax = qrange(dtype, reduce_range)
+    eps = torch.tensor([EPS], dtype=torch.float32)
+    min_neg = torch.min(min_val, torch.zeros_like(min_val))
+    max_pos = torch.max(max_val, torch.zeros_like(max_val))
+    if symmetric:
+        # The same float32 ops as torch's _calculate_qparams, so the bits agree.
+        absmax = torch.max(-min_neg, max_pos)
+        scale = torch.max(absmax / (float(qmax - qmin) / 2), eps)
+        zp = torch.full_like(min_val, 128 if dtype == "quint8" else 0, dtype=torch.int64)
+    else:
+        scale = torch.max((max_pos - min_neg) / float(qmax - qmin), eps)
+        zp = qmin - torch.round(min_neg / scale).to(torch.int)
+        zp = torch.clamp(zp, qmin, qmax).to(torch.int64)
+    return scale, zp
+
+
+def _fma_f32(x: torch.Tensor, m: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """float32 ``fma(x, m, a)``: ``x * m + a`` rounded once, as the vectorised CPU kernels do.
+
+    The product of two float32 values is exact in float64; the sum is then formed with
+    TwoSum so that the one case where rounding twice differs from rounding once (the float64
+    sum lands exactly on a float32 midpoint) is resolved by the sign of the lost error.
+    """
+    p = x.double() * m.double()  # exact: 24 + 24 bits fit in 53
+    a = a.double().expand_as(p)
+    s = p + a
+    bb = s - p
+    err = (p - (s - bb)) + (a - bb)  # s + err == p + a exactly
+    r = s.float()
+    toward = torch.where(s > r.double(), torch.full_like(r, float("inf")), torch.full_like(r, -float("inf")))
+    neighbour = torch.nextafter(r, toward)
+    midpoint = (r.double() + neighbour.double()) / 2
+    on_tie = (s == midpoint) & (err != 0) & (s != r.double())
+    # On a tie created by the float64 rounding, the exact value lies on err's side of it.
+    up = torch.max(r, neighbour)
+    down = torch.min(r, neighbour)
+    fixed = torch.where(err > 0, up, down)
+    return torch.where(on_tie, fixed, r)
+
+
+@torch.no_grad()
+def quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int,
+    dtype: str = "quint8",
+    *,
+    axis: int | None = None,
+) -> torch.Tensor:
+    """Quantize float values to integer codes, bit for bit as torch does.
+
+    ``q = clamp(rint(fma(x, f32(1 / f32(scale)), zp)), qmin, qmax)``: multiply by the float32
+    reciprocal, add the zero point, round half to even once, clamp (REQUANT.md §6).
+
+    Args:
+        x: float tensor of any shape.
+        scale, zero_point: scalars, or 1-D tensors along ``axis`` for per-channel.
+        dtype: "quint8" (returns uint8 codes) or "qint8" (int8 codes).
+        axis: the channel axis for per-channel quantization; None for per tensor.
+    Returns:
+        A uint8 or int8 tensor shaped like ``x``.
+    """
+    qmin, qmax = qrange(dtype)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    zp = torch.as_tensor(zero_point).reshape(-1).to(torch.float32)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    elif scale.numel() != 1:
+        raise ValueError(f"per-tensor quantize takes one scale, got {scale.numel()}; pass axis=")
+    inv = (1.0 / scale).float()
+    y = _fma_f32(x, inv, zp)
+    q = torch.clamp(torch.round(y), qmin, qmax)
+    return q.to(INT_DTYPES[dtype])
+
+
+@torch.no_grad()
+def dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor | float,
+    zero_point: torch.Tensor | int,
+    *,
+    axis: int | None = None,
+) -> torch.Tensor:
+    """Integer codes back to float32: ``x = (q - zp) * scale``, as torch's dequantize.
+
+    Args:
+        q: integer tensor (uint8, int8 or wider).
+        scale, zero_point: scalars, or 1-D tensors along ``axis``.
+    Returns:
+        float32 tensor shaped like ``q``.
+    """
+    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    zp = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
+    if axis is not None:
+        shape = [1] * q.dim()
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q.to(torch.int32) - zp).to(torch.float32) * scale

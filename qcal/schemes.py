@@ -1,0 +1,226 @@
+"""Quantization schemes: how one tensor is quantized (QSpec) and how a model is (Scheme).
+
+A ``QSpec`` names the integer dtype, the qscheme (per tensor or per channel, affine or
+symmetric), the range estimator ("observer") and its options. A ``Scheme`` pairs a weight
+spec with an activation spec. ``SCHEMES`` holds the presets of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "OBSERVERS",
+    "QSCHEMES",
+    "SCHEMES",
+    "QSpec",
+    "Scheme",
+    "resolve_scheme",
+]
+
+Dtype = Literal["quint8", "qint8"]
+QScheme = Literal[
+    "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
+]
+Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
+
+DTYPES: tuple[str, ...] = get_args(Dtype)
+QSCHEMES: tuple[str, ...] = get_args(QScheme)
+OBSERVERS: tuple[str, ...] = get_args(Observer)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class QSpec:
+    """How one tensor is quantized.
+
+    Args:
+        dtype: "quint8" (0..255) or "qint8" (-128..127).
+        qscheme: per tensor or per channel, affine (zero point fitted to the range) or
+            symmetric (zero point fixed: 0 for qint8, 128 for quint8).
+        observer: the range estimator that turns statistics into (min, max).
+        reduce_range: halve the integer range (quint8 0..127, qint8 -64..63), as FBGEMM's
+            default activations do so that int16 pair sums cannot saturate on CPUs
+            without VNNI.
+        ch_axis: the channel axis for per-channel schemes (0: output channels of a weight).
+        options: observer options as a sorted tuple of (name, value) pairs, e.g.
+            ``(("percentile", 99.99),)``; a dict is accepted and normalised.
+
+    Example:
+        >>> QSpec("qint8", "per_channel_symmetric").per_channel
+        True
+    """
+
+    dtype: Dtype = "quint8"
+    qscheme: QScheme = "per_tensor_affine"
+    observer: Observer = "minmax"
+    reduce_range: bool = False
+    ch_axis: int = 0
+    options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("qscheme", self.qscheme, QSCHEMES)
+        _check_choice("observer", self.observer, OBSERVERS)
+        opts = self.options
+        if isinstance(opts, dict):
+            opts = tuple(opts.items())
+        try:
+            opts = tuple(sorted((str(k), v) for k, v in opts))
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"options must be a dict or pairs of (name, value), got {self.options!r}"
+            ) from err
+        object.__setattr__(self, "options", opts)
+        object.__setattr__(self, "reduce_range", bool(self.reduce_range))
+        if self.observer == "histogram" and self.per_channel:
+            raise ValueError(
+                "the histogram observer exists per tensor only (as in torch); "
+                "use minmax, moving_average, percentile, entropy or mse per channel"
+            )
+
+    @property
+    def per_channel(self) -> bool:
+        """True for per-channel qschemes."""
+        return self.qscheme.startswith("per_channel")
+
+    @property
+    def symmetric(self) -> bool:
+        """True for symmetric qschemes (fixed zero point)."""
+        return self.qscheme.endswith("symmetric")
+
+    @property
+    def signed(self) -> bool:
+        """True for qint8."""
+        return self.dtype == "qint8"
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The value of observer option ``name``, or ``default``."""
+        return dict(self.options).get(name, default)
+
+    def label(self) -> str:
+        """A short human-readable label, e.g. ``qint8 per_channel_symmetric minmax``."""
+        extra = " reduce_range" if self.reduce_range else ""
+        opts = "".join(f" {k}={v}" for k, v in self.options)
+        return f"{self.dtype} {self.qscheme} {self.observer}{extra}{opts}"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A model-level quantization scheme: one spec for weights, one for activations."""
+
+    name: str
+    weight: QSpec
+    activation: QSpec
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, QSpec) or not isinstance(self.activation, QSpec):
+            raise TypeError("Scheme.weight and Scheme.activation must be QSpec instances")
+        if self.activation.per_channel:
+            raise ValueError(
+                f"scheme {self.name!r}: activations are quantized per tensor by every backend; "
+                f"got {self.activation.qscheme}"
+            )
+
+
+_ACT = QSpec("quint8", "per_tensor_affine", "minmax", reduce_range=True)
+
+_SHARED_ACT_NOTE = (
+    " Activations (all four generic presets share them, so a comparison isolates the weight "
+    "scheme) are quint8 affine with reduce_range: 0..127, a zero point fitted so that the "
+    "observed range maps onto it, which keeps FBGEMM's int16 pair sums from saturating."
+)
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in [
+        Scheme(
+            "per_tensor_affine",
+            QSpec("qint8", "per_tensor_affine", "minmax"),
+            _ACT,
+            "One scale and one zero point for the whole weight tensor, fitted to its min and "
+            "max (the range is widened to include 0). The zero point is whatever integer maps "
+            "0.0 exactly, so it is usually not 0: the range is used fully even when the "
+            "weights are lopsided, at the price of a zero-point correction in every "
+            "accumulation." + _SHARED_ACT_NOTE,
+        ),
+        Scheme(
+            "per_tensor_symmetric",
+            QSpec("qint8", "per_tensor_symmetric", "minmax"),
+            _ACT,
+            "One scale for the whole weight tensor, scale = max|w| / 127.5, and zero point "
+            "fixed at 0: a symmetric qint8 range is centred on 0, so 0.0 maps to the integer "
+            "0 and the kernel needs no weight zero-point correction. (A symmetric quint8 "
+            "tensor would get zero point 128, the middle of 0..255.) Torch stores such "
+            "weights as per_tensor_affine with zero point 0: symmetric is a way of choosing "
+            "qparams, not a storage format." + _SHARED_ACT_NOTE,
+        ),
+        Scheme(
+            "per_channel_affine",
+            QSpec("qint8", "per_channel_affine", "minmax", ch_axis=0),
+            _ACT,
+            "A scale and a zero point for each output channel, fitted to that channel's own "
+            "min and max. Channels with small weights keep their resolution instead of being "
+            "rounded to a few levels by the largest channel's scale; zero points vary per "
+            "channel." + _SHARED_ACT_NOTE,
+        ),
+        Scheme(
+            "per_channel_symmetric",
+            QSpec("qint8", "per_channel_symmetric", "minmax", ch_axis=0),
+            _ACT,
+            "A scale for each output channel, max|w_channel| / 127.5, and zero point 0 for "
+            "every channel (symmetric qint8 is centred on 0). This is what FBGEMM's default "
+            "uses for weights: per-channel resolution without zero-point corrections."
+            + _SHARED_ACT_NOTE,
+        ),
+        Scheme(
+            "fbgemm_default",
+            QSpec("qint8", "per_channel_symmetric", "minmax", ch_axis=0),
+            QSpec("quint8", "per_tensor_affine", "histogram", reduce_range=True),
+            "Torch's default qconfig for the fbgemm/x86 engine: per-channel symmetric qint8 "
+            "weights (zero point 0 in every channel) and quint8 activations whose range is "
+            "chosen by the histogram observer's L2-error search, with reduce_range (0..127). "
+            "The reduced range exists because FBGEMM's AVX2 kernel adds pairs of u8*s8 "
+            "products in int16, which saturates when activations exceed 127; output zero "
+            "points therefore never exceed 127.",
+        ),
+        Scheme(
+            "qnnpack_default",
+            QSpec("qint8", "per_tensor_symmetric", "minmax"),
+            QSpec("quint8", "per_tensor_affine", "histogram", reduce_range=False),
+            "Torch's default qconfig for the qnnpack engine (mobile): one symmetric scale per "
+            "weight tensor (zero point 0) and full-range quint8 activations (0..255) chosen "
+            "by the histogram observer. QNNPACK accumulates in int32 without int16 pairs, so "
+            "it can use the full range; output zero points above 127 are a sign of it.",
+        ),
+    ]
+}
+
+
+def resolve_scheme(scheme: str | Scheme) -> Scheme:
+    """A preset by name, or the Scheme itself.
+
+    Raises:
+        ValueError: for an unknown preset name (the message lists the valid ones).
+        TypeError: for anything that is neither a name nor a Scheme.
+    """
+    if isinstance(scheme, Scheme):
+        return scheme
+    if isinstance(scheme, str):
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"unknown scheme {scheme!r}; expected one of: {', '.join(SCHEMES)} "
+                "(or a qcal.Scheme)"
+            )
+        return SCHEMES[scheme]
+    raise TypeError(f"scheme must be a preset name or a qcal.Scheme, got {type(scheme).__name__}")
