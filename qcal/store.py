@@ -1,0 +1,331 @@
+"""Saved runs in an embedded SQLite file: save, list, load, delete, export and import.
+
+One store is one SQLite file (``QCAL_STORE``: a path or a ``sqlite:///`` URL; default
+``data/runs.sqlite``). Tables::
+
+    qcal_meta(key, value)                       schema_version, application
+    runs(id, created, meta, digest)             meta: JSON object; digest: sha256 of the run
+    frames(run_id, name, position, n_rows, layout, digest)
+    columns(run_id, frame, position, name, dtype, encoding, data)   one row per frame column
+
+Frames are stored column by column through ``qcal.frame_codec`` (raw numeric bytes or JSON,
+never pickle), so any frame name and any column set fits without a schema change. Every save
+is one ``BEGIN IMMEDIATE`` transaction: a killed writer leaves nothing behind, and concurrent
+writers (WAL mode, 30 s busy timeout) wait for each other instead of failing. Each operation
+opens its own connection, so a ``Store`` may be shared between threads.
+
+An exported run is a standalone file with this same schema; importing treats the file as
+untrusted: size cap, SQLite header, ``quick_check``, exact schema, then every frame is decoded
+and checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pandas as pd
+
+from qcal.frame_codec import EncodedFrame, FrameCodecError, decode_frame, encode_frame
+from qcal.run_files import MAX_IMPORT_BYTES, read_run_file
+from qcal.runs import Run, RunInfo, environment, utc_now
+from qcal.store_schema import (
+    SCHEMA_VERSION,
+    StoreError,
+    check_schema,
+    insert_run,
+    os_error,
+    read_run,
+    sqlite_error,
+)
+
+__all__ = ["MAX_IMPORT_BYTES", "SCHEMA_VERSION", "Run", "RunInfo", "Store", "StoreError", "default_store_url"]
+
+_LIST_COLUMNS = ["id", "created", "title", "model", "model_source", "schemes", "backends",
+                 "data_description", "data_fingerprint", "frames", "qcal_version", "torch_version",
+                 "cpu_capability"]  # fmt: skip
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("QCAL_DATA_DIR")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "data"
+
+
+def _store_path(url_or_path: str | os.PathLike[str] | None) -> Path:
+    value = os.fspath(url_or_path) if url_or_path is not None else os.environ.get("QCAL_STORE", "")
+    if not value:
+        return (_data_dir() / "runs.sqlite").absolute()
+    if value.startswith("sqlite:"):
+        if not value.startswith("sqlite:///"):
+            raise StoreError(f"store URL {value!r} is not a file URL; use sqlite:///relative/path or sqlite:////absolute/path")
+        value = unquote(value[len("sqlite:///") :].partition("?")[0])
+    if value in ("", ":memory:"):
+        raise StoreError(f"store location {url_or_path!r} names no file; give a file path or a sqlite:/// URL of a file")
+    return Path(value).expanduser().absolute()
+
+
+def default_store_url() -> str:
+    """The store ``Store()`` opens: ``$QCAL_STORE`` if set, else ``data/runs.sqlite``, as a ``sqlite:///`` URL.
+
+    ``data/`` is ``$QCAL_DATA_DIR`` if set, else the ``data`` folder beside the ``qcal`` package.
+    """
+    return f"sqlite:///{_store_path(None)}"
+
+
+def _meta_json(meta: Mapping[str, Any]) -> str:
+    if not all(isinstance(k, str) for k in meta):
+        raise StoreError(f"run metadata keys must be strings; got {sorted(map(repr, meta))}")
+    try:
+        return json.dumps(dict(meta), sort_keys=True, ensure_ascii=True, default=lambda v: v.item() if hasattr(v, "item") else list(v))
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"run metadata must be JSON-like (str, numbers, bool, None, lists, dicts): {err}") from err
+
+
+def _run_digest(meta_json: str, frames: list[tuple[str, EncodedFrame]]) -> str:
+    digest = hashlib.sha256(meta_json.encode() + b"\0")
+    for name, frame in frames:
+        digest.update(f"{name}\0{frame.digest}\0".encode())
+    return digest.hexdigest()
+
+
+class Store:
+    """A run store: one SQLite file holding any number of saved runs.
+
+    Args:
+        url_or_path: a file path or a ``sqlite:///`` URL; None reads ``QCAL_STORE`` and falls
+            back to ``data/runs.sqlite`` (see ``default_store_url``). The file and its folder
+            are created on the first save.
+        busy_timeout: seconds a writer waits for another writer before giving up.
+
+    Example:
+        >>> store = Store("/tmp/runs.sqlite")
+        >>> run_id = store.save({"summary": cmp.summary}, {"model": "digits_mlp"})
+        >>> store.load(run_id).summary   # the same DataFrame, dtypes included
+    """
+
+    def __init__(self, url_or_path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 30.0) -> None:
+        self._path = _store_path(url_or_path)
+        self._timeout = float(busy_timeout)
+        self._wal = True
+
+    @property
+    def path(self) -> Path:
+        """The store's file."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"Store({str(self._path)!r})"
+
+    # ----------------------------------------------------------------- public operations
+
+    def save(self, frames: Mapping[str, pd.DataFrame], meta: Mapping[str, Any] | RunInfo | None = None) -> str:
+        """Save a run in one transaction and return its new id.
+
+        Args:
+            frames: frame name -> DataFrame (any names; qcal's are summary, layers, scales,
+                histograms, samples). Dtypes, NaN, unicode and list-valued cells are kept.
+            meta: metadata (a JSON-like dict or a ``RunInfo``). ``created`` (UTC now) and the
+                ``environment()`` keys are added when missing; the caller's dict is not changed.
+
+        Returns:
+            The run id: 12 hex digits.
+
+        Raises:
+            StoreError: the store is read-only, corrupted, or busy for longer than the timeout,
+                or a frame or metadata value cannot be stored.
+        """
+        meta = dict(meta.to_meta() if isinstance(meta, RunInfo) else meta or {})
+        meta.setdefault("created", utc_now())
+        env = environment() if any(k not in meta for k in ("torch_version", "cpu_capability", "vnni", "qcal_version")) else {}
+        meta = {**env, **meta}
+        run_id = uuid.uuid4().hex[:12]
+        self._write(run_id, _meta_json(meta), self._encode(frames))
+        return run_id
+
+    def list(self) -> pd.DataFrame:
+        """One row per run, newest first.
+
+        Returns:
+            Columns id, created, title, model, model_source, schemes, backends (comma-joined),
+            data_description, data_fingerprint, frames (comma-joined names), qcal_version,
+            torch_version, cpu_capability; all strings.
+        """
+        rows = []
+        with self._read() as conn:
+            if conn is not None:
+                names: dict[str, list[str]] = {}
+                for run_id, name in conn.execute("SELECT run_id, name FROM frames ORDER BY run_id, position"):
+                    names.setdefault(run_id, []).append(name)
+                for run_id, meta_json in conn.execute("SELECT id, meta FROM runs ORDER BY created DESC, rowid DESC"):
+                    meta = json.loads(meta_json)
+                    row = {c: meta.get(c) for c in _LIST_COLUMNS}
+                    row.update(id=run_id, frames=names.get(run_id, []))
+                    rows.append({k: ", ".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v) for k, v in row.items()})
+        return pd.DataFrame(rows, columns=_LIST_COLUMNS, dtype=str)
+
+    def load(self, run_id: str) -> Run:
+        """The run with this id: its metadata and frames, exactly as saved.
+
+        Raises:
+            StoreError: no such run (the message says how to list ids), or the store is corrupted.
+        """
+        with self._read() as conn:
+            found = conn and read_run(conn, run_id)
+        if not found:
+            raise self._not_found(run_id)
+        meta, encoded = found
+        try:
+            frames = {name: decode_frame(frame) for name, frame in encoded}
+        except FrameCodecError as err:
+            raise StoreError(f"run {run_id!r} in {self._path} is damaged: {err}") from err
+        return Run(run_id, json.loads(meta), frames)
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run and its frames (one transaction).
+
+        Raises:
+            StoreError: no such run, or the store is read-only.
+        """
+        with self._transaction("delete a run from") as conn:
+            conn.execute("DELETE FROM columns WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM frames WHERE run_id = ?", (run_id,))
+            if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
+                raise self._not_found(run_id)
+
+    def export(self, run_id: str, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write one run to a standalone SQLite file with this store's schema.
+
+        The file appears atomically (written beside ``path``, then renamed).
+
+        Args:
+            run_id: the run to export.
+            path: the file to write; its folder is created.
+            overwrite: replace an existing file instead of refusing.
+
+        Returns:
+            ``path`` as an absolute Path.
+        """
+        target = Path(path).expanduser().absolute()
+        if target.exists() and not overwrite:
+            raise StoreError(f"{target} already exists; choose another path or pass overwrite=True")
+        with self._read() as conn:
+            found = conn and read_run(conn, run_id)
+        if not found:
+            raise self._not_found(run_id)
+        meta_json, encoded = found
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        single = Store(partial, busy_timeout=self._timeout)
+        single._wal = False  # a rollback journal keeps the export one self-contained file
+        try:
+            single._write(run_id, meta_json, encoded)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def import_(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> str:
+        """Merge a one-run file (as ``export`` writes) into this store and return the run's id.
+
+        Importing the same run again is a no-op returning the same id. The file is untrusted:
+        it must be a qcal run file no larger than ``max_bytes`` and every frame must decode.
+
+        Raises:
+            StoreError: the file is missing, too large, not SQLite, corrupted, not a qcal run
+                file, holds other than one run (use ``import_all``), or its run id exists here
+                with different contents.
+        """
+        runs = read_run_file(Path(path), max_bytes=max_bytes)
+        if len(runs) != 1:
+            raise StoreError(f"{path} holds {len(runs)} runs, not one; use Store.import_all to merge them all")
+        return self._merge(runs)[0]
+
+    def import_all(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> list[str]:
+        """Merge every run of a run file or another store into this store; see ``import_``.
+
+        Returns:
+            The imported ids, oldest first (already present identical runs included).
+        """
+        return self._merge(read_run_file(Path(path), max_bytes=max_bytes))
+
+    def __contains__(self, run_id: object) -> bool:
+        with self._read() as conn:
+            return conn is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
+
+    # ----------------------------------------------------------------- internals
+
+    def _encode(self, frames: Mapping[str, pd.DataFrame]) -> list[tuple[str, EncodedFrame]]:
+        if not isinstance(frames, Mapping) or not all(isinstance(k, str) and k for k in frames):
+            raise StoreError(f"frames must be a dict of name -> DataFrame with non-empty string names; got {type(frames).__name__}")
+        try:
+            return [(name, encode_frame(frame)) for name, frame in frames.items()]
+        except FrameCodecError as err:
+            raise StoreError(f"cannot store this run: {err}") from err
+
+    def _write(self, run_id: str, meta_json: str, frames: list[tuple[str, EncodedFrame]]) -> None:
+        digest = _run_digest(meta_json, frames)
+        created = str(json.loads(meta_json).get("created", ""))
+        with self._transaction("save a run in") as conn:
+            row = conn.execute("SELECT digest FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None:
+                if row[0] == digest:
+                    return  # the same run again: importing is idempotent
+                raise StoreError(
+                    f"run {run_id!r} already exists in {self._path} with different contents; "
+                    f"delete it first (`python -m qcal runs delete {run_id}`) to replace it"
+                )
+            insert_run(conn, run_id, created, meta_json, digest, frames)
+
+    def _merge(self, runs: list[tuple[str, str, list[tuple[str, EncodedFrame]]]]) -> list[str]:
+        for run_id, meta_json, frames in runs:
+            self._write(run_id, meta_json, frames)
+        return [run_id for run_id, _, _ in runs]
+
+    def _not_found(self, run_id: object) -> StoreError:
+        return StoreError(f"no run {run_id!r} in {self._path}; `python -m qcal runs list` shows the ids")
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise sqlite_error(err, self._path, action) from err
+        except OSError as err:  # creating the folder
+            raise os_error(err, self._path, action) from err
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection | None]:
+        if not self._path.exists():
+            yield None  # reading never creates the store
+            return
+        with self._errors("read"), closing(self._connect()) as conn:
+            yield conn if check_schema(conn, self._path, create=False) else None
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._errors(action):
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(self._connect()) as conn:
+                if self._wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")  # persistent: set once per file
+                conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no half-way upgrade failures
+                try:
+                    check_schema(conn, self._path, create=True)
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
+        return conn
