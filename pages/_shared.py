@@ -1,0 +1,414 @@
+"""What every page shares: the URL-backed selection, the cached loaders, the current run.
+
+Not a page (st.navigation lists only the page files). Pages import it as
+``from pages._shared import ...``; Streamlit puts the entry script's folder on sys.path.
+
+Caching, for a team on one server (STYLE.md, rule 10):
+* ``_comparison_job`` is an ``st.cache_resource`` keyed on (model name, schemes tuple,
+  backends tuple): the first session that asks starts one background computation, every
+  other session asking for the same key gets the same job and watches the same progress.
+* ``load_run`` is an ``st.cache_data`` keyed on the run id (stored frames, read once).
+* ``live_model`` is an ``st.cache_resource`` keyed on (model, scheme, backend): a calibrated
+  QuantizedModel for the views that need live tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+import qcal
+from qcal import views
+
+DEFAULT_MODEL = "digits_cnn"
+DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
+BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+_MEMORY = "qcal_params"  # session-state dict mirroring the URL's query params
+
+
+# ---------------------------------------------------------------- URL-backed selection
+def _memory() -> dict[str, str]:
+    return st.session_state.setdefault(_MEMORY, {})
+
+
+def get_param(name: str, options: Sequence[str], default: str | None = None) -> str | None:
+    """The value of a shared selection: the URL's, else this session's last, else default.
+
+    Values are validated against ``options``; an unknown value in a URL falls back quietly.
+    """
+    for candidate in (st.query_params.get(name), _memory().get(name), default):
+        if candidate is not None and candidate in options:
+            return candidate
+    return options[0] if options else None
+
+
+def set_param(name: str, value: str | None) -> None:
+    """Write a shared selection to the URL and this session's memory (None removes it)."""
+    if value is None:
+        _memory().pop(name, None)
+        if name in st.query_params:
+            del st.query_params[name]
+        return
+    _memory()[name] = value
+    if st.query_params.get(name) != value:
+        st.query_params[name] = value
+
+
+def get_list_param(name: str, options: Sequence[str], default: Sequence[str]) -> list[str]:
+    """A comma-separated shared selection, validated item by item."""
+    raw = st.query_params.get(name) or _memory().get(name)
+    items = [s for s in raw.split(",") if s in options] if raw else []
+    return items or [s for s in default if s in options]
+
+
+def select_param(label: str, name: str, options: Sequence[str], default: str | None = None,
+                 *, where: Any = None, format_func: Callable[[str], str] = str,
+                 help: str | None = None) -> str | None:
+    """A selectbox whose value is the shared selection ``name`` (URL query parameter)."""
+    options = list(options)
+    if not options:
+        return None
+    where = where or st
+    key = f"param_{name}"
+    value = get_param(name, options, default)
+    if st.session_state.get(key) not in options or st.query_params.get(name) not in (None, st.session_state.get(key)):
+        st.session_state[key] = value
+
+    def _changed() -> None:
+        set_param(name, st.session_state[key])
+
+    chosen = where.selectbox(label, options, key=key, format_func=format_func,
+                             on_change=_changed, help=help)
+    set_param(name, chosen)
+    return chosen
+
+
+def multiselect_param(label: str, name: str, options: Sequence[str], default: Sequence[str],
+                      *, where: Any = None, help: str | None = None) -> list[str]:
+    """A multiselect whose value is the comma-separated shared selection ``name``."""
+    where = where or st
+    key = f"param_{name}"
+    value = get_list_param(name, options, default)
+    if key not in st.session_state or st.query_params.get(name) not in (
+            None, ",".join(st.session_state[key])):
+        st.session_state[key] = value
+
+    def _changed() -> None:
+        set_param(name, ",".join(st.session_state[key]) or None)
+
+    chosen = where.multiselect(label, list(options), key=key, on_change=_changed, help=help)
+    set_param(name, ",".join(chosen) or None)
+    return chosen
+
+
+def fail(message: str) -> None:
+    """Stop the page with an error that says what to do (never a traceback)."""
+    st.error(message)
+    st.stop()
+
+
+# ---------------------------------------------------------------- the comparison job
+@dataclass
+class ComparisonJob:
+    """One background computation of a zoo comparison, shared by every session."""
+
+    model: str
+    schemes: tuple[str, ...]
+    backends: tuple[str, ...]
+    fraction: float = 0.0
+    message: str = "starting"
+    run_id: str | None = None
+    comparison: Any = None
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> ComparisonJob:
+        threading.Thread(target=self._run, name=f"qcal-compare-{self.model}", daemon=True).start()
+        return self
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = max(0.0, min(1.0, float(fraction))), str(message)
+
+    def _run(self) -> None:
+        try:
+            from qcal.store import Store
+
+            store = Store()
+            found = views.find_run(store.list(), self.model, self.schemes, self.backends)
+            if found is None:
+                from qcal.comparison import compare_zoo
+
+                cmp = compare_zoo(self.model, list(self.schemes),
+                                                  list(self.backends), progress=self._progress)
+                self.comparison = cmp
+                found = cmp.save(store)
+            self.run_id = found
+        except Exception as err:  # shown to the user by current_run(), with what to do
+            self.error = f"{type(err).__name__}: {err}"
+        finally:
+            self.fraction = 1.0
+            self.done.set()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _comparison_job(model: str, schemes: tuple[str, ...], backends: tuple[str, ...]) -> ComparisonJob:
+    return ComparisonJob(model, schemes, backends).start()
+
+
+# ---------------------------------------------------------------- loaders
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """A stored run's metadata and frames, read once per run id."""
+    from qcal.store import Store
+
+    run = Store().load(run_id)
+    return dict(run.meta), {name: df.copy() for name, df in run.frames.items()}
+
+
+@st.cache_data(show_spinner=False)
+def zoo_names() -> list[str]:
+    """The built-in models the dashboard can score (those with a data set: the digits ones)."""
+    return [n for n in qcal.zoo.names() if qcal.zoo.info(n).data is not None]
+
+
+@st.cache_data(show_spinner=False)
+def scheme_names() -> list[str]:
+    """The preset schemes."""
+    return list(qcal.SCHEMES)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def live_model(model: str, scheme: str, backend: str) -> Any:
+    """A calibrated QuantizedModel of a zoo model, for views that need live tensors."""
+    return views.calibrate_zoo(model, scheme, backend)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def zoo_inputs(model: str) -> Any:
+    """A few evaluation inputs of a zoo model's data set (for traces)."""
+    return views.zoo_eval_inputs(model)
+
+
+# ---------------------------------------------------------------- the current run
+@dataclass(frozen=True)
+class CurrentRun:
+    """The run every page shows: its id, metadata, frames and where it came from."""
+
+    run_id: str
+    meta: dict[str, Any]
+    frames: dict[str, pd.DataFrame]
+    saved: bool  # True when opened from the Runs page (run=<id> in the URL)
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model", "unknown"))
+
+    @property
+    def loadable(self) -> bool:
+        """Whether live tensors can be recomputed here (the model is in this zoo)."""
+        try:
+            return self.model in zoo_names()
+        except Exception:
+            return False
+
+
+def comparison_setup() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The (model, schemes, backends) the URL asks for, validated, with defaults."""
+    models = zoo_names()
+    model = get_param("model", models, DEFAULT_MODEL if DEFAULT_MODEL in models else None)
+    schemes = tuple(get_list_param("schemes", scheme_names(), scheme_names()))
+    backends = tuple(get_list_param("backends", BACKEND_CHOICES, DEFAULT_BACKENDS))
+    return model, schemes, backends
+
+
+def saved_run_id() -> str | None:
+    """The saved run the URL (or this session) has open, if any."""
+    return st.query_params.get("run") or _memory().get("run")
+
+
+def current_run() -> CurrentRun:
+    """The run to show: a saved one (``run`` in the URL) or the live comparison's.
+
+    Computes the comparison on first use with a progress bar (one computation per
+    (model, schemes, backends), shared by every session), then reads the stored frames.
+    """
+    saved_id = saved_run_id()
+    if saved_id:
+        try:
+            meta, frames = load_run(saved_id)
+        except Exception as err:
+            set_param("run", None)
+            fail(f"Saved run {saved_id!r} could not be opened ({err}). Pick another run on the "
+                 "Runs page, or remove `run=` from the URL to see the live comparison.")
+        set_param("run", saved_id)
+        return CurrentRun(saved_id, meta, frames, saved=True)
+
+    try:
+        model, schemes, backends = comparison_setup()
+    except Exception as err:
+        fail(f"The model zoo is not available ({type(err).__name__}: {err}). Check that qcal is "
+             "installed (`pip install -e .`) and that data/ is writable.")
+    if model is None or not schemes or not backends:
+        fail("Pick a model, at least one scheme and at least one backend on the Compare page.")
+    job = _comparison_job(model, schemes, backends)
+    if not job.done.is_set():
+        bar = st.progress(job.fraction, text=f"Computing {model} × {len(schemes)} schemes "
+                                             f"× {', '.join(backends)} (first time only)…")
+        while not job.done.wait(0.2):
+            bar.progress(job.fraction, text=f"{model}: {job.message}")
+        bar.empty()
+    if job.error:
+        _comparison_job.clear(model, schemes, backends)  # the next visit retries
+        fail(f"Computing the comparison failed: {job.error}. Reload the page to retry; if it "
+             "fails again, run `python -m qcal compare` in a terminal to see the details.")
+    meta, frames = load_run(job.run_id)
+    return CurrentRun(job.run_id, meta, frames, saved=False)
+
+
+def live_comparison_models(run: CurrentRun) -> dict[tuple[str, str], Any]:
+    """The live models of the comparison computed in this process, if any."""
+    if run.saved:
+        return {}
+    model, schemes, backends = comparison_setup()
+    job = _comparison_job(model, schemes, backends)
+    cmp = job.comparison
+    return dict(getattr(cmp, "models", {}) or {}) if job.run_id == run.run_id else {}
+
+
+def quantized_model(run: CurrentRun, scheme: str, backend: str) -> Any:
+    """The live QuantizedModel behind (scheme, backend) of ``run``, or None if not loadable.
+
+    Reuses the comparison's own models when this process computed it; otherwise
+    recalibrates the zoo model (same data, same scheme: the same qparams).
+    """
+    models = live_comparison_models(run)
+    if (scheme, backend) in models:
+        return models[(scheme, backend)]
+    if not run.loadable or scheme not in scheme_names():
+        return None
+    return live_model(run.model, scheme, backend)
+
+
+def run_caption(run: CurrentRun) -> str:
+    """One line naming the run a page shows."""
+    meta = run.meta
+    source = "saved run" if run.saved else "live comparison"
+    return (f"{source} `{run.run_id}` · model **{run.model}** · "
+            f"{len(meta.get('schemes', []))} schemes · backends {', '.join(meta.get('backends', []))}"
+            f" · {meta.get('eval_samples', '?')} eval samples")
+
+
+# ---------------------------------------------------------------- checkpoints
+@st.cache_data(show_spinner=False, max_entries=32)
+def explain_bytes(data: bytes, filename: str) -> pd.DataFrame | str:
+    """qcal.explain of uploaded bytes (written to a temp file, loaded as data only).
+
+    Returns the table, or a message saying why the file cannot be explained.
+    """
+    import tempfile
+    from pathlib import Path
+
+    suffix = Path(filename).suffix if Path(filename).suffix in (".pt", ".pth") else ".pt"
+    with tempfile.TemporaryDirectory(prefix="qcal-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return qcal.explain(path)
+        except Exception as err:
+            return (f"{err}. Upload a state_dict saved with `torch.save(model.state_dict(), ...)` "
+                    "from a model after torch's quantization convert step.")
+
+
+@st.cache_data(show_spinner="Building the example checkpoint (first time only)…")
+def explain_example(backend: str) -> pd.DataFrame | str:
+    """qcal.explain of the bundled example checkpoint for ``backend``."""
+    try:
+        from qcal.checkpoints import example_checkpoint
+
+        return qcal.explain(example_checkpoint(backend=backend))
+    except Exception as err:
+        return f"the bundled example is not available ({type(err).__name__}: {err})"
+
+
+# ---------------------------------------------------------------- the run store
+PAGE_PATHS = ("compare", "scales", "layers", "requant", "explain", "runs")
+
+
+def _store() -> Any:
+    from qcal.store import Store
+
+    return Store()
+
+
+def store_location() -> str:
+    """Where runs are stored (QCAL_STORE, or the default under data/)."""
+    try:
+        store = _store()
+        return str(getattr(store, "url", None) or getattr(store, "path", None) or store)
+    except Exception as err:
+        return f"unavailable ({err})"
+
+
+def list_runs() -> pd.DataFrame | str:
+    """The saved runs, newest first, or a message saying why the store cannot be read."""
+    try:
+        runs = _store().list()
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    if "created" in runs:
+        runs = runs.sort_values("created", ascending=False)
+    return runs.reset_index(drop=True)
+
+
+def delete_run(run_id: str) -> None:
+    """Delete a run and forget its cached frames."""
+    _store().delete(run_id)
+    load_run.clear(run_id)
+
+
+def export_run_bytes(run_id: str) -> bytes:
+    """The portable SQLite file of one run, as bytes (made on the download click)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="qcal-export-") as tmp:
+        return Path(_store().export(run_id, Path(tmp) / f"{run_id}.sqlite")).read_bytes()
+
+
+def import_run_bytes(data: bytes, filename: str) -> str:
+    """Import an uploaded run file; returns the new id, or "error:<message>"."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="qcal-import-") as tmp:
+        path = Path(tmp) / "upload.sqlite"
+        path.write_bytes(data)
+        try:
+            return str(_store().import_(path))
+        except Exception as err:
+            return f"error:{type(err).__name__}: {err}"
+
+
+def report_bytes(run_id: str) -> bytes:
+    """The self-contained HTML report of one run, as bytes (made on the download click)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="qcal-report-") as tmp:
+        return Path(qcal.report(_store().load(run_id), Path(tmp) / "report.html")).read_bytes()
+
+
+def share_link(run_id: str, page: str = "compare") -> str:
+    """A URL that opens ``run_id`` on ``page`` of this server."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(st.context.url or "http://localhost:8501/")
+    path = parts.path.rstrip("/")
+    if path.rsplit("/", 1)[-1] in PAGE_PATHS:
+        path = path.rsplit("/", 1)[0]
+    return f"{parts.scheme}://{parts.netloc}{path}/{page}?run={run_id}"
