@@ -1,0 +1,43 @@
+"""qcal's integer engine: conv2d, linear and the ops between them, on plain integer tensors.
+
+Bit-exact against torch's fbgemm and qnnpack engines and the ONNX QLinear* reference; see
+``requant.py`` for each backend's arithmetic and ``saturation.py`` for FBGEMM's int16 pairs.
+"""
+
+from qcal.int8.cpu import has_vnni
+from qcal.int8.kernels import (
+    KernelResult,
+    PackedConv2d,
+    PackedLinear,
+    conv2d,
+    conv2d_detailed,
+    linear,
+    linear_detailed,
+    pack_conv2d,
+    pack_linear,
+)
+from qcal.int8.requant import BACKENDS, Requant, quantize_multiplier, requant_multipliers, requantize
+from qcal.int8.saturation import fbgemm_conv_path, fbgemm_saturates
+from qcal.qparams import dequantize, quantize
+
+__all__ = [
+    "BACKENDS",
+    "KernelResult",
+    "PackedConv2d",
+    "PackedLinear",
+    "Requant",
+    "conv2d",
+    "conv2d_detailed",
+    "dequantize",
+    "fbgemm_conv_path",
+    "fbgemm_saturates",
+    "has_vnni",
+    "linear",
+    "linear_detailed",
+    "pack_conv2d",
+    "pack_linear",
+    "quantize",
+    "quantize_multiplier",
+    "requant_multipliers",
+    "requantize",
+]

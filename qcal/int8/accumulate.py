@@ -1,0 +1,220 @@
+"""The exact int32 accumulator ``acc[j] = sum_k (a_k - za)(w_jk - zw_j)``, computed fast.
+
+Two engines, both exact by construction and proven so by tests built at the bound:
+
+* **float**: ``F.conv2d`` / ``F.linear`` on float32 tensors of the centred integers. Every
+  partial sum of integer products is an integer no larger than the channel bound
+  ``B_j = max|a - za| * sum_k |w_jk - zw_j|``; while ``max_j B_j <= 2^24`` float32 represents
+  all of them exactly, whatever the summation order (direct and GEMM convolutions only
+  multiply by the integers themselves; oneDNN's fp32 convolution does not pick Winograd
+  unless asked). Above the bound the input channels are split into chunks that each stay
+  under it and the chunks are added in int32.
+* **onednn**: oneDNN's u8 x s8 convolution / matmul (``torch.ops.onednn.*`` on plain
+  uint8/int8 tensors, unit scales, float32 output), which on VNNI CPUs accumulates in int32
+  without int16 saturation and hands back ``float(acc)``, exact under the same bound (and
+  chunked the same way above it). Used only when a start-up probe at the saturation extreme
+  agrees with the float engine, the CPU has VNNI, activations are uint8, weights int8 with
+  zero points 0. It is 3-5x faster than the float engine.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from qcal.int8.cpu import has_vnni
+
+__all__ = ["F32_EXACT", "Accumulator", "Method", "chunk_plan", "onednn_exact"]
+
+#: Largest magnitude below which every integer is exact in float32.
+F32_EXACT = 2**24
+Method = Literal["auto", "float", "onednn"]
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_exact() -> bool:
+    """True when oneDNN's int8 convolution and matmul return exact accumulators here.
+
+    Probed once at the saturation extreme (activations 255, weights +-127, where an int16
+    pair sum would overflow) against a float64 reference.
+    """
+    if not has_vnni():
+        return False
+    try:
+        x = torch.full((1, 16, 4, 4), 255, dtype=torch.uint8)
+        w = torch.full((16, 16, 3, 3), 127, dtype=torch.int8)
+        w[::2] = -127
+        acc = _onednn_conv(x, 0, w, ((1, 1), (1, 1), (1, 1), 1))
+        ref = F.conv2d(x.double(), w.double(), padding=1)
+        xl, wl = x.reshape(16, 16), w[:, :, 0, 0].contiguous()
+        lin = _onednn_linear(xl, 0, wl)
+        return bool(torch.equal(acc.double(), ref)) and bool(
+            torch.equal(lin.double(), xl.double() @ wl.double().T)
+        )
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def _onednn_conv(x, za, w, geometry):
+    stride, padding, dilation, groups = geometry
+    o = w.shape[0]
+    ones, zeros = torch.ones(o), torch.zeros(o, dtype=torch.long)
+    packed = _onednn_conv_pack(w, geometry)
+    return torch.ops.onednn.qconv2d_pointwise(
+        x, 1.0, int(za), packed, ones, zeros, None, list(stride), list(padding), list(dilation),
+        groups, 1.0, 0, torch.float32, "none", [], "",
+    )
+
+
+def _onednn_conv_pack(w, geometry):
+    stride, padding, dilation, groups = geometry
+    return torch.ops.onednn.qconv_prepack(
+        w, torch.ones(w.shape[0]), 1.0, 0, list(stride), list(padding), list(dilation), groups, None
+    )
+
+
+def _onednn_linear(x, za, w, packed=None):
+    o = w.shape[0]
+    packed = torch.ops.onednn.qlinear_prepack(w, None) if packed is None else packed
+    return torch.ops.onednn.qlinear_pointwise(
+        x, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), None,
+        1.0, 0, torch.float32, "none", [], "",
+    )
+
+
+def chunk_plan(col_sums: torch.Tensor, amax: int, limit: int = F32_EXACT) -> tuple[tuple[int, int], ...] | None:
+    """Split input channels into contiguous ranges whose accumulator bound stays <= ``limit``.
+
+    Args:
+        col_sums: (O, C) ``sum |w - zw|`` over the kernel window, per output and input channel.
+        amax: ``max |a - za|`` over the activations.
+    Returns:
+        ((c0, c1), ...) covering 0..C, or None when one input channel alone exceeds the limit.
+    """
+    c = col_sums.shape[1]
+    if amax * float(col_sums.sum(1).max()) <= limit:
+        return ((0, c),)
+    chunks, start, run = [], 0, torch.zeros(col_sums.shape[0], dtype=torch.float64)
+    for i in range(c):
+        col = col_sums[:, i]
+        if amax * float(col.max()) > limit:
+            return None
+        if amax * float((run + col).max()) > limit:
+            chunks.append((start, i))
+            start, run = i, torch.zeros_like(run)
+        run = run + col
+    chunks.append((start, c))
+    return tuple(chunks)
+
+
+@dataclass(frozen=True, eq=False)
+class Accumulator:
+    """Exact accumulator of one conv2d (4-D weight) or linear (2-D weight) layer.
+
+    Attributes:
+        w_q: the raw weight codes, (O, C/G, kh, kw) or (O, K).
+        w_zero_point: int64 (O,).
+        geometry: (stride, padding, dilation, groups) for conv, None for linear.
+        method: "auto" picks oneDNN when exact and applicable, else float.
+    """
+
+    w_q: torch.Tensor
+    w_zero_point: torch.Tensor
+    geometry: tuple | None
+    method: Method = "auto"
+    w_centred: torch.Tensor = field(init=False, repr=False)
+    col_sums: torch.Tensor = field(init=False, repr=False)
+    use_onednn: bool = field(init=False)
+    _cache: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        zw = self.w_zero_point.reshape([-1] + [1] * (self.w_q.dim() - 1))
+        wc = self.w_q.to(torch.int32) - zw  # (O, C/G, kh, kw) or (O, K)
+        object.__setattr__(self, "w_centred", wc.float())
+        sums = wc.abs().double()
+        sums = sums.sum((2, 3)) if self.w_q.dim() == 4 else sums  # (O, C/G) or (O, K)
+        object.__setattr__(self, "col_sums", sums)
+        eligible = self.w_q.dtype == torch.int8 and bool((self.w_zero_point == 0).all())
+        if self.method == "onednn" and not (eligible and onednn_exact()):
+            raise ValueError("accumulator method 'onednn' needs int8 weights with zero point 0 on a CPU where oneDNN is exact (VNNI)")
+        use = self.method == "onednn" or (self.method == "auto" and eligible and onednn_exact())
+        object.__setattr__(self, "use_onednn", use)
+
+    def bound(self, amax: int) -> float:
+        """``amax * max_j sum_k |w_jk - zw_j|``: no partial sum can exceed it."""
+        return amax * float(self.col_sums.sum(1).max())
+
+    def _plan(self, amax: int):
+        key = ("plan", amax)
+        if key not in self._cache:
+            self._cache[key] = chunk_plan(self.col_sums, amax)
+        return self._cache[key]
+
+    def _packed(self, chunk):
+        key = ("pack", chunk)
+        if key not in self._cache:
+            w = self.w_q[:, chunk[0]:chunk[1]].contiguous()
+            if self.geometry is None:
+                self._cache[key] = torch.ops.onednn.qlinear_prepack(w, None)
+            else:
+                self._cache[key] = _onednn_conv_pack(w, self.geometry)
+        return self._cache[key]
+
+    def _channels(self, x, chunk, channel_axis):
+        c0, c1 = chunk
+        if self.geometry is None or self.geometry[3] == 1:
+            return x.narrow(channel_axis, c0, c1 - c0)
+        groups, cg = self.geometry[3], self.w_q.shape[1]
+        idx = (torch.arange(groups)[:, None] * cg + torch.arange(c0, c1)[None, :]).reshape(-1)
+        return x.index_select(channel_axis, idx)
+
+    def _one(self, x, za, chunk, whole):
+        """Accumulator of the input channels in ``chunk`` (float32, exact)."""
+        lin = self.geometry is None
+        xs = x if whole else self._channels(x, chunk, -1 if lin else 1)
+        if not whole and self.use_onednn:
+            xs = xs.contiguous() if lin else xs.contiguous(memory_format=torch.channels_last)
+        if self.use_onednn:
+            w = self.w_q if whole else self.w_q[:, chunk[0]:chunk[1]]
+            packed = self._packed(chunk)
+            if lin:
+                shape = xs.shape
+                return _onednn_linear(xs.reshape(-1, shape[-1]), za, w, packed).reshape(*shape[:-1], -1)
+            stride, padding, dilation, groups = self.geometry
+            o = w.shape[0]
+            return torch.ops.onednn.qconv2d_pointwise(
+                xs, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), None,
+                list(stride), list(padding), list(dilation), groups, 1.0, 0, torch.float32,
+                "none", [], "",
+            )
+        wc = self.w_centred if whole else self.w_centred[:, chunk[0]:chunk[1]]
+        xc = xs.to(torch.float32).sub_(za)  # centred activations: padding zeros == za
+        if lin:
+            return F.linear(xc, wc)
+        stride, padding, dilation, groups = self.geometry
+        return F.conv2d(xc, wc, None, stride, padding, dilation, groups)
+
+    @torch.no_grad()
+    def __call__(self, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, float]:
+        """(acc, bound): float32 holding exact integers when the bound allows, else int32."""
+        lo, hi = torch.aminmax(x_q)
+        amax = max(int(hi) - za, za - int(lo), 0)
+        plan = self._plan(amax)
+        bound = self.bound(amax)
+        if plan is None:  # a single channel beyond float32: float64 is exact to 2^53
+            xc = x_q.double() - za
+            if self.geometry is None:
+                return F.linear(xc, self.w_centred.double()).to(torch.int32), bound
+            s, p, d, g = self.geometry
+            return F.conv2d(xc, self.w_centred.double(), None, s, p, d, g).to(torch.int32), bound
+        if len(plan) == 1:
+            return self._one(x_q, za, plan[0], whole=True), bound
+        acc = None
+        for chunk in plan:
+            part = self._one(x_q, za, chunk, whole=False).to(torch.int32)
+            acc = part if acc is None else acc.add_(part)
+        return acc, bound

@@ -1,0 +1,325 @@
+"""Requantization: int32 accumulator -> 8-bit output, in each backend's own arithmetic.
+
+Notation: ``sa, sw_j, so`` input, weight (channel j) and output scales; ``zo`` the output
+zero point; ``acc`` the exact int32 accumulator ``sum_k (a_k - za)(w_jk - zw_j)``;
+``f32(.)`` rounds to float32, ``rint`` rounds half to even.
+
+==========  =====================================================================================
+fbgemm      ``ats_j = f32(sa*sw_j)``, ``M_j = f32(ats_j/so)``; float bias stays float:
+            per channel ``y = f32(acc + f32(b_j/ats_j))``, per tensor
+            ``y = fma(b_j, f32(1/ats), acc)`` (one rounding), no bias ``y = f32(acc)``;
+            ``out = clamp(rint(f32(y*M_j)) + zo, relu ? zo : qmin, qmax)`` (zp after rounding).
+qnnpack     ``bq_j = rint(f32(b_j * f32(1/f32(sw_j*sa))))`` (torch's quantize to qint32),
+            ``R_j = f32(f32(sw_j*sa) * f32(1/so))``,
+            ``out = clamp(rint(f32(f32(acc + bq_j) * R_j)) + zo, ...)``.
+onnx        ``M = f32(f32(sa*sw_j)/so)`` as numpy float32 arrays (QLinearConv/QLinearMatMul
+            reference), then in float64: ``out = clip(rint(f64(acc + b_j) * M + zo))``: the zero
+            point is added *before* rounding. A float bias is quantized as onnxruntime's
+            quantizer does it: ``rint(f32(b_j / f32(sa*sw_j)))``.
+q31         gemmlowp / TFLite fixed point: ``M = sa*sw_j/so`` in float64 becomes
+            ``q * 2^(shift-31)`` with ``q`` in [2^30, 2^31); ``out = clamp(
+            RoundingDivideByPOT(SaturatingRoundingDoublingHighMul((acc + b_j) << max(shift,0),
+            q), max(-shift,0)) + zo)``; bias quantized as for onnx.
+==========  =====================================================================================
+
+Worked number (fbgemm): sa=0.5, sw=0.25, so=1.0 gives M=0.125; acc=20 -> y*M=2.5 -> rint 2
+-> +zo(3) = 5. The same under onnx: 2.5 + 3 = 5.5 -> rint 6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Requant",
+    "output_range",
+    "quantize_multiplier",
+    "q31_requantize",
+    "requant_multipliers",
+    "requantize",
+]
+
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
+#: Every requantization flavour qcal reproduces.
+BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+_F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """The numbers a backend uses to turn one layer's int32 accumulator into 8-bit outputs.
+
+    Attributes:
+        backend: the flavour these numbers follow.
+        multiplier: float32 (O,) (one entry when per tensor without bias), exactly as the
+            backend computes it (fbgemm ``M_j``, qnnpack ``R_j``, onnx float32 ``M``, q31: the
+            float32 of the real multiplier it approximates).
+        bias_int32: int32 (O,) bias in accumulator units (qnnpack, onnx, q31) or None (fbgemm
+            keeps a float bias; no bias).
+        q31_multiplier: int64 (O,) gemmlowp ``q`` in [2^30, 2^31) (0 for a zero multiplier).
+        q31_shift: int64 (O,) TFLite convention: positive shifts left, negative right.
+        q31_error: float64 (O,) relative error ``(q * 2^(shift-31) - m) / m`` against the
+            multiplier ``m`` it encodes.
+        act_times_w_scale: float32 (O,) ``f32(sa*sw_j)``, the bias scale.
+        bias_float: float32 (O,) the float bias fbgemm adds, or None.
+        per_channel: whether the weight scales were per output channel.
+    """
+
+    backend: str
+    multiplier: torch.Tensor
+    bias_int32: torch.Tensor | None
+    q31_multiplier: torch.Tensor
+    q31_shift: torch.Tensor
+    q31_error: torch.Tensor
+    act_times_w_scale: torch.Tensor
+    bias_float: torch.Tensor | None
+    per_channel: bool
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+
+
+def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
+    t = torch.as_tensor(v)
+    if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
+        t = t.to(torch.float32).reshape(-1)  # torch hands scales to its kernels as float32
+    else:
+        raise TypeError(f"{name} must be a number or a float tensor, got dtype {t.dtype}")
+    if not torch.all(torch.isfinite(t) & (t > 0)):
+        raise ValueError(f"{name} must be finite and positive, got {t.tolist()[:8]}")
+    return t
+
+
+@torch.no_grad()
+def quantize_multiplier(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gemmlowp/TFLite ``QuantizeMultiplier``: ``m ~= q * 2^(shift - 31)``, q in [2^30, 2^31).
+
+    Example: m = 0.375 = 0.75 * 2^-1 -> q = round(0.75 * 2^31) = 1610612736, shift = -1.
+
+    Args:
+        m: float64 (or float32) tensor of non-negative multipliers.
+    Returns:
+        (q int64, shift int64, relative error float64), each shaped like ``m``.
+    """
+    m = m.to(torch.float64)
+    mant, exp = torch.frexp(m)  # m = mant * 2^exp, mant in [0.5, 1)
+    q = torch.round(mant * 2.0**31).to(torch.int64)
+    carry = q == 2**31  # the mantissa rounded up to 1.0
+    q = torch.where(carry, q // 2, q)
+    shift = exp.to(torch.int64) + carry.to(torch.int64)
+    q = torch.where(m == 0, torch.zeros_like(q), q)
+    shift = torch.where(m == 0, torch.zeros_like(shift), shift)
+    approx = q.to(torch.float64) * torch.pow(2.0, (shift - 31).to(torch.float64))
+    err = torch.where(m == 0, torch.zeros_like(m), (approx - m) / torch.where(m == 0, 1.0, m))
+    return q, shift, err
+
+
+@torch.no_grad()
+def requant_multipliers(
+    x_scale: float | torch.Tensor,
+    w_scale: float | torch.Tensor,
+    out_scale: float | torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    backend: Backend,
+) -> Requant:
+    """Per-channel requantization numbers exactly as ``backend`` computes them (see module doc).
+
+    Args:
+        x_scale, out_scale: the input and output scales (numbers or one-element tensors).
+        w_scale: a number / 0-d tensor (per tensor) or a 1-D tensor (per output channel, even
+            with one entry; float64 as torch stores them is accepted).
+        bias: float32 (O,) bias, int32 (O,) bias already in accumulator units, or None.
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+    Returns:
+        A frozen ``Requant``; vectors have O entries (1 when per tensor and no bias).
+
+    Example:
+        >>> requant_multipliers(0.5, 0.25, 1.0, backend="fbgemm").multiplier
+        tensor([0.1250])
+    """
+    _check_backend(backend)
+    per_channel = torch.as_tensor(w_scale).dim() == 1
+    sa = _f32_vector(x_scale, "x_scale")
+    sw = _f32_vector(w_scale, "w_scale")
+    so = _f32_vector(out_scale, "out_scale")
+    if sa.numel() != 1 or so.numel() != 1:
+        raise ValueError(f"x_scale and out_scale must be single numbers, got {sa.numel()} and {so.numel()}")
+    if bias is not None:
+        bias = torch.as_tensor(bias).reshape(-1)
+        if bias.dtype not in (torch.float32, torch.float64, torch.int32):
+            raise TypeError(f"bias must be float32 or int32, got {bias.dtype}")
+        if bias.dtype == torch.float64:
+            bias = bias.float()
+        if per_channel and bias.numel() != sw.numel():
+            raise ValueError(f"bias has {bias.numel()} entries but w_scale has {sw.numel()}")
+        sw = sw.expand(bias.numel()).clone() if sw.numel() == 1 else sw
+    ats = sa * sw  # f32(sa * sw_j): every backend forms this product in float32
+    if backend == "fbgemm":
+        mult = ats / so
+    elif backend == "qnnpack":
+        mult = ats * (1.0 / so)  # torch multiplies by the float32 reciprocal of so
+    else:
+        mult = ats / so  # onnx: numpy float32 arrays; q31 shows the float32 it approximates
+    bias_int32 = bias_float = None
+    if bias is not None and bias.dtype == torch.int32:
+        bias_int32 = bias
+    elif bias is not None and backend == "fbgemm":
+        bias_float = bias
+    elif bias is not None and backend == "qnnpack":
+        bias_int32 = torch.round(bias * (1.0 / ats)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+    elif bias is not None:
+        bias_int32 = torch.round(bias / ats).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+    if backend == "q31":
+        real = sa.double() * sw.double() / so.double()  # TFLite forms it in double
+    else:
+        real = mult.double()
+    q, shift, err = quantize_multiplier(real)
+    return Requant(backend, mult, bias_int32, q, shift, err, ats, bias_float, per_channel)
+
+
+def output_range(out_dtype: torch.dtype, zero_point: int, relu: bool) -> tuple[int, int]:
+    """(lo, hi) clamp bounds: the dtype's range, the lower one raised to ``zero_point`` by ReLU."""
+    info = torch.iinfo(out_dtype)
+    lo, hi = info.min, info.max
+    if not lo <= zero_point <= hi:
+        raise ValueError(f"out_zero_point {zero_point} outside the {out_dtype} range [{lo}, {hi}]")
+    return (max(lo, zero_point) if relu else lo), hi
+
+
+def _fma_acc(acc: torch.Tensor, b: torch.Tensor, rcp: torch.Tensor) -> torch.Tensor:
+    """float32 ``fma(b, rcp, acc)`` for integer-valued ``acc``: one rounding of the exact sum.
+
+    ``b*rcp`` is exact in float64; ``acc + b*rcp`` in float64 may round, and only when that
+    rounded sum sits exactly halfway between two float32 values can rounding twice differ
+    from rounding once; there the sign of the exact remainder decides.
+    """
+    p = b.double() * rcp.double()
+    s = acc.double() + p
+    r = s.float()
+    tie = (s.view(torch.int64) & 0x1FFFFFFF) == 0x10000000  # halfway between two float32
+    if not bool(tie.any()):
+        return r
+    a64, p = acc.double().expand_as(s), p.expand_as(s)
+    bb = s - a64
+    err = (a64 - (s - bb)) + (p - bb)  # TwoSum: acc + p == s + err exactly
+    inf = torch.full_like(r, float("inf"))
+    below = torch.where(r.double() > s, torch.nextafter(r, -inf), r)
+    above = torch.where(r.double() < s, torch.nextafter(r, inf), r)
+    fixed = torch.where(err > 0, above, below)
+    return torch.where(tie & (err != 0), fixed, r)
+
+
+def _sum_f32(acc: torch.Tensor, b: torch.Tensor, bound: float) -> torch.Tensor:
+    """f32(acc + b) for integer acc and int32 b, exact before the one rounding."""
+    if acc.is_floating_point() and bound + float(b.abs().max()) <= _F32_EXACT:
+        return acc + b.float()
+    return (acc.double() + b.double()).float()
+
+
+def _fbgemm(acc, rq, view, bound):
+    m = view(rq.multiplier)
+    if rq.bias_float is not None and rq.per_channel:
+        y = acc.float() + view(rq.bias_float / rq.act_times_w_scale)  # _mm256_div_ps, then add
+    elif rq.bias_float is not None:
+        rcp = (1.0 / rq.act_times_w_scale.double()).float()  # _mm256_set1_ps(1.0 / ats)
+        y = _fma_acc(acc, view(rq.bias_float), view(rcp))  # mul+add contracted to one fma
+    elif rq.bias_int32 is not None:
+        y = _sum_f32(acc, view(rq.bias_int32), bound)
+    else:
+        return torch.round_(acc.float() * m)
+    return torch.round_(y.mul_(m))
+
+
+def _qnnpack(acc, rq, view, bound):
+    m = view(rq.multiplier)
+    if rq.bias_int32 is None:
+        return torch.round_(acc.float() * m)
+    return torch.round_(_sum_f32(acc, view(rq.bias_int32), bound).mul_(m))
+
+
+def _onnx(acc, rq, view, bound, zo):
+    y = acc.double() if rq.bias_int32 is None else acc.double() + view(rq.bias_int32).double()
+    return torch.round_(y.mul_(view(rq.multiplier.double())).add_(zo)) - zo
+
+
+@torch.no_grad()
+def q31_requantize(x: torch.Tensor, q: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """TFLite ``MultiplyByQuantizedMultiplier(x, q, shift)`` on int64 tensors (broadcasting).
+
+    ``SaturatingRoundingDoublingHighMul``: ``(x*q + nudge) / 2^31`` truncated, nudge
+    ``2^30`` (or ``1 - 2^30`` for negative products); then ``RoundingDivideByPOT``: an
+    arithmetic shift right that rounds half away from zero. Example: x=20, q=2^30,
+    shift=-2 (m=0.125): high-mul gives 10, 10/4 = 2.5 rounds away from zero to 3.
+    """
+    x = x.to(torch.int64) << shift.clamp(min=0)
+    ab = x * q
+    nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
+    high = torch.div(ab + nudge, 2**31, rounding_mode="trunc")
+    right = (-shift).clamp(min=0)
+    mask = (torch.ones_like(right) << right) - 1
+    rem = high & mask
+    threshold = (mask >> 1) + (high < 0).to(torch.int64)
+    return (high >> right) + (rem > threshold).to(torch.int64)
+
+
+def _q31(acc, rq, view, bound):
+    x = acc.to(torch.int64) if rq.bias_int32 is None else acc.to(torch.int64) + view(rq.bias_int32).to(torch.int64)
+    return q31_requantize(x, view(rq.q31_multiplier), view(rq.q31_shift))
+
+
+_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31}
+
+
+@torch.no_grad()
+def requantize(
+    acc: torch.Tensor,
+    rq: Requant,
+    out_zero_point: int,
+    *,
+    relu: bool = False,
+    out_dtype: torch.dtype = torch.uint8,
+    channel_axis: int = 1,
+    bound: float | None = None,
+) -> torch.Tensor:
+    """The backend's requantization of an exact accumulator (see the module doc for formulas).
+
+    Args:
+        acc: the accumulator, (N, O, ...) or (..., O): float32 holding exact integers, or an
+            int32/int64/float64 tensor. Never modified.
+        rq: ``requant_multipliers(...)`` for the same layer.
+        out_zero_point: ``zo``.
+        relu: fused ReLU: clamp below at ``zo``.
+        out_dtype: torch.uint8 or torch.int8.
+        channel_axis: where the output channel sits in ``acc``.
+        bound: a known bound on ``|acc|`` (skips a float64 detour when the sum fits float32).
+    Returns:
+        ``out_dtype`` tensor shaped like ``acc``.
+    """
+    lo, hi = output_range(out_dtype, out_zero_point, relu)
+    axis = channel_axis % acc.dim()
+    shape = [1] * acc.dim()
+
+    def view(v: torch.Tensor) -> torch.Tensor:
+        if v.numel() == 1:
+            return v.reshape([1] * acc.dim())
+        shape[axis] = -1
+        return v.reshape(shape)
+
+    if bound is None:
+        bound = float(acc.abs().max()) if acc.numel() else 0.0
+    if rq.backend == "onnx":
+        v = _onnx(acc, rq, view, bound, out_zero_point)
+    else:
+        v = _FLAVOURS[rq.backend](acc, rq, view, bound)
+    # zp added after rounding, clamp to the output range (ReLU: at zo); [lo-zo, hi-zo] first
+    # keeps every value exact in float32
+    return v.clamp_(lo - out_zero_point, hi - out_zero_point).add_(out_zero_point).to(out_dtype)

@@ -1,0 +1,143 @@
+"""FBGEMM's int16 pair saturation (``vpmaddubsw``) and where it happens.
+
+Without VNNI, FBGEMM's u8 x s8 kernels multiply raw codes (uint8 activation, int8 weight) and
+add adjacent products (k, k+1) into int16 with saturation before widening to int32:
+``sum_p sat16(a_2p*w_2p + a_2p+1*w_2p+1)``. The reduction order is im2col's (kh, kw, c) within
+a group (K padded with zeros to even length); padded pixels hold the activation zero point.
+The zero-point corrections (``za * sum w``, ``zw * sum a``) are exact int32 terms, so the
+accumulator FBGEMM produces is the exact one plus ``sum_p (sat16(s_p) - s_p)``.
+
+Measured on this project's VNNI CPU (torch 2.13, engine fbgemm, activations 200..255):
+linear, im2col conv, pointwise conv and groupwise conv (2..16 channels per group) use VNNI
+and do not saturate, but the **depthwise** fast path (``fbgemm::depthwise_2d_same_pad``:
+groups == in_channels, out_channels == groups or 2*groups, groups % 8 == 0, square 3x3 or
+5x5 kernel, padding (k-1)/2, stride 1 or 2, dilation 1) is a hand-written AVX2 kernel
+that still pairs taps (0,1), (2,3), ... with ``vpmaddubsw`` and saturates.
+
+When every activation code is <= 127, ``|a0*w0 + a1*w1| <= 2*127*128 = 32512`` and no pair
+can saturate.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from qcal.int8.cpu import has_vnni
+
+__all__ = [
+    "ConvPath",
+    "fbgemm_conv_path",
+    "fbgemm_saturates",
+    "pair_saturation",
+    "pair_saturation_conv",
+    "pair_saturation_linear",
+]
+
+ConvPath = Literal["depthwise", "gemm"]
+_I16_MIN, _I16_MAX = -32768, 32767
+_CHUNK = 1 << 22  # elements per temporary (N, O, P, L) block
+
+
+def fbgemm_conv_path(in_channels: int, w_shape: tuple[int, ...], geometry: tuple) -> ConvPath:
+    """Which FBGEMM kernel family torch's fbgemm conv2d runs: "depthwise" or "gemm".
+
+    Args:
+        in_channels: C of the input.
+        w_shape: (O, C/G, kh, kw).
+        geometry: ((sh, sw), (ph, pw), (dh, dw), groups).
+    """
+    (o, _, kh, kw), (stride, padding, dilation, groups) = w_shape, geometry
+    depthwise = (
+        groups == in_channels
+        and o in (groups, 2 * groups)
+        and groups % 8 == 0
+        and kh == kw
+        and kh in (3, 5)
+        and all(s in (1, 2) for s in stride)
+        and all(d == 1 for d in dilation)
+        and all(p == (kh - 1) // 2 for p in padding)
+    )
+    return "depthwise" if depthwise else "gemm"
+
+
+def fbgemm_saturates(path: ConvPath = "gemm", saturate: bool | None = None) -> bool:
+    """Whether FBGEMM saturates int16 pairs: ``saturate`` if given, else as this CPU does.
+
+    None follows the CPU: without VNNI every path saturates; with VNNI only the depthwise
+    kernel does.
+    """
+    if saturate is not None:
+        return bool(saturate)
+    return path == "depthwise" or not has_vnni()
+
+
+def pair_saturation(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``sum_p (sat16(s_p) - s_p)`` with ``s_p = a_2p*w_2p + a_2p+1*w_2p+1`` (raw codes).
+
+    Args:
+        a: (N, G, K, L) raw activation codes in reduction order, one group per G.
+        w: (O, K) raw weight codes in the same order; output channel j belongs to group
+            ``j // (O // G)``.
+    Returns:
+        (delta int32 (N, O, L), number of saturated pairs).
+    """
+    n, g, k, l = a.shape
+    o = w.shape[0]
+    if k % 2:  # FBGEMM pads K with zeros: the last product pairs with 0 and cannot saturate
+        a, w, k = F.pad(a, (0, 0, 0, 1)), F.pad(w, (0, 1)), k + 1
+    af = a.float().reshape(n, g, k // 2, 2, l)
+    wf = w.float().reshape(g, o // g, k // 2, 2)
+    delta = torch.zeros(n, g, o // g, l, dtype=torch.int32)
+    count = 0
+    # Only pairs that can leave int16 need the (slow) elementwise pass.
+    reach = af.abs().amax((0, 4)) * wf.abs().amax(1)  # (G, P, 2): largest |product| per slot
+    live = reach.sum(-1) > _I16_MAX  # (G, P)
+    for gi in range(g):
+        pairs = live[gi].nonzero().flatten()
+        if pairs.numel() == 0:
+            continue
+        ag = af[:, gi, pairs]  # (N, P', 2, L)
+        wg = wf[gi][:, pairs]  # (Og, P', 2)
+        step = max(1, _CHUNK // max(1, n * wg.shape[0] * pairs.numel()))
+        for l0 in range(0, l, step):
+            al = ag[..., l0:l0 + step]
+            s = torch.einsum("npl,op->nopl", al[:, :, 0], wg[..., 0]) + torch.einsum(
+                "npl,op->nopl", al[:, :, 1], wg[..., 1]
+            )  # (N, Og, P', L'): exact, |s| <= 65280
+            d = s.clamp(_I16_MIN, _I16_MAX) - s
+            count += int((d != 0).sum())
+            delta[:, gi, :, l0:l0 + step] += torch.sum(d, 2, dtype=torch.float64).to(torch.int32)
+    return delta.reshape(n, o, l), count
+
+
+@torch.no_grad()
+def pair_saturation_linear(x_q: torch.Tensor, w_q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Saturation delta for ``linear``: pairs along the input features. Returns (delta (..., O), count)."""
+    a = x_q.reshape(-1, x_q.shape[-1]).T[None, None]  # (1, 1, K, M)
+    delta, count = pair_saturation(a, w_q)
+    return delta[0].T.reshape(*x_q.shape[:-1], w_q.shape[0]), count
+
+
+@torch.no_grad()
+def pair_saturation_conv(
+    x_q: torch.Tensor, za: int, w_q: torch.Tensor, geometry: tuple
+) -> tuple[torch.Tensor, int]:
+    """Saturation delta for ``conv2d`` in im2col (kh, kw, c) order, pads holding ``za``.
+
+    Returns:
+        (delta int32 (N, O, H', W'), count).
+    """
+    stride, padding, dilation, groups = geometry
+    o, cg, kh, kw = w_q.shape
+    n, c, h, wd = x_q.shape
+    xp = F.pad(x_q.float(), (padding[1], padding[1], padding[0], padding[0]), value=float(za))
+    cols = F.unfold(xp, (kh, kw), dilation=dilation, stride=stride)  # (N, C*kh*kw, L), (c, kh, kw) order
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    a = cols.reshape(n, groups, cg, kh * kw, -1).transpose(2, 3).reshape(n, groups, kh * kw * cg, -1)
+    wr = w_q.permute(0, 2, 3, 1).reshape(o, kh * kw * cg)  # (kh, kw, c) order
+    delta, count = pair_saturation(a, wr)
+    return delta.reshape(n, o, ho, wo), count
