@@ -1,0 +1,82 @@
+"""What calibration records at each observation point, for every scheme at once.
+
+An ``ObservationPoint`` holds one observer per distinct activation ``QSpec`` (the four
+generic presets share one spec, hence one observer), the running min/max, and a display
+histogram of the values (collected for every scheme, minmax ones included).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from qcal.schemes import QSpec
+
+__all__ = ["ObservationPoint", "ValueHistogram"]
+
+
+class ValueHistogram:
+    """Exact counts of values in fixed-width bins over [-R, R], R a power of two.
+
+    When a value falls outside, R doubles and neighbouring bins merge pairwise, so counts
+    stay exact without keeping the data. ``bins`` (even) fixes the resolution: data within
+    [0, max] always spans at least a quarter of them.
+    """
+
+    def __init__(self, bins: int = 512) -> None:
+        self.bins = bins
+        self.half: float | None = None
+        self.counts = torch.zeros(bins, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1).float()
+        if x.numel() == 0:
+            return
+        need = max(float(x.abs().max()), 2.0**-30)
+        if self.half is None:
+            self.half = 2.0 ** math.ceil(math.log2(need))
+        while need > self.half:
+            merged = self.counts.view(-1, 2).sum(1)  # (B,) -> (B/2,): each pair of bins becomes one
+            self.counts = torch.zeros_like(self.counts)
+            self.counts[self.bins // 4: 3 * self.bins // 4] = merged
+            self.half *= 2
+        self.counts += torch.histc(x, self.bins, -self.half, self.half).double()
+
+    def trimmed(self, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edges (K+1,), counts (K,)) of the bins covering [lo, hi]."""
+        if self.half is None:
+            return torch.zeros(1, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        width = 2 * self.half / self.bins
+        first = max(math.floor((lo + self.half) / width), 0)
+        last = min(math.ceil((hi + self.half) / width), self.bins)
+        last = max(last, first + 1)
+        edges = -self.half + width * torch.arange(first, last + 1, dtype=torch.float64)
+        return edges, self.counts[first:last].clone()
+
+
+class ObservationPoint:
+    """One observed tensor: an observer per activation spec, min/max, a display histogram."""
+
+    def __init__(self, label: str, specs: Iterable[QSpec]) -> None:
+        from qcal.observers import make_observer
+
+        self.label = label
+        self.observers = {spec: make_observer(spec) for spec in dict.fromkeys(specs)}
+        self.min = math.inf
+        self.max = -math.inf
+        self.histogram = ValueHistogram()
+        self.updates = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        """Feed one tensor to every observer (in order: the histogram observer is order-dependent)."""
+        x = x.detach()
+        if not x.is_floating_point() or x.numel() == 0:
+            return
+        for obs in self.observers.values():
+            obs.update(x)
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        self.histogram.update(x)
+        self.updates += 1

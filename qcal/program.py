@@ -1,0 +1,226 @@
+"""Running a planned graph (``qcal.graph``) in fp32 or in integers.
+
+``run_float`` executes the folded fp32 graph, calling ``tap(obs, value)`` wherever torch's
+prepared model would call an observer (calibration), and optionally recording each value
+(the fp32 reference of a trace). ``IntegerProgram`` executes the same steps on integer
+tensors with the qcal engine: quantize at the inputs, conv/linear/add through
+``qcal.int8``, pools and clamps on the codes, dequantize where an fp32 op or the output
+needs it — the same program as torch's ``convert_fx`` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from qcal.graph import Graph, Ref, Step
+from qcal.int8_ops import (
+    adaptive_avg_pool2d,
+    add,
+    avg_pool2d,
+    clamp_codes,
+    max_pool2d,
+)
+from qcal.qparams import dequantize, quantize
+
+__all__ = ["IntegerProgram", "bind_inputs", "run_float"]
+
+Tap = Callable[[int, torch.Tensor], None]
+
+
+def bind_inputs(graph: Graph, inputs: Any) -> dict[str, Any]:
+    """Placeholder values for a batch: a Tensor, a tuple of positional args or a dict of kwargs."""
+    holders = [n for n in graph.module.graph.nodes if n.op == "placeholder"]
+    if isinstance(inputs, dict):
+        args, kwargs = (), dict(inputs)
+    elif isinstance(inputs, tuple | list):
+        args, kwargs = tuple(inputs), {}
+    else:
+        args, kwargs = (inputs,), {}
+    if len(args) > len(holders):
+        raise ValueError(f"the model takes {len(holders)} inputs, got {len(args)}")
+    env: dict[str, Any] = {}
+    for i, node in enumerate(holders):
+        if i < len(args):
+            env[node.name] = args[i]
+        elif node.target in kwargs:
+            env[node.name] = kwargs.pop(node.target)
+        elif node.args:  # the default value fx recorded
+            env[node.name] = node.args[0]
+        else:
+            raise ValueError(f"missing model input {node.target!r}")
+    if kwargs:
+        raise ValueError(f"unknown model inputs {sorted(kwargs)}; the model takes {[n.target for n in holders]}")
+    return env
+
+
+def _load(a: Any, env: dict[str, Any]) -> Any:
+    return fx.node.map_aggregate(a, lambda x: env[x.name] if isinstance(x, Ref) else x)
+
+
+def _call(step: Step, graph: Graph, args: tuple, kwargs: dict) -> Any:
+    """Run a step's original fx op on concrete values (fp32 path, shape and info ops)."""
+    if step.op == "call_module":
+        return graph.module.get_submodule(step.target)(*args, **kwargs)
+    if step.op == "call_function":
+        return step.target(*args, **kwargs)
+    if step.op == "call_method":
+        return getattr(args[0], step.target)(*args[1:], **kwargs)
+    if step.op == "get_attr":
+        obj: Any = graph.module
+        for part in step.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+    raise AssertionError(f"no fx op for step {step.name} ({step.op})")
+
+
+@torch.no_grad()
+def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
+              record: dict[str, torch.Tensor] | None = None) -> Any:
+    """The folded fp32 model on one batch, observed where torch's prepared model observes.
+
+    Args:
+        graph: the planned graph.
+        inputs: a Tensor, tuple of positional args or dict of kwargs.
+        tap: ``tap(obs, value)`` at every observation (input observers, op outputs, and the
+            shared observers' extra looks), in graph order.
+        record: filled with each step's fp32 value when given.
+    """
+    env = bind_inputs(graph, inputs)
+    for step in graph.steps:
+        if step.kind == "input":
+            value = env[step.name]
+        elif step.kind in ("quantize", "dequantize"):
+            value = env[step.args[0].name]
+        elif step.kind == "output":
+            return _load(step.args, env)[0]
+        else:
+            value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
+            if step.relu:
+                value = F.relu(value)
+        env[step.name] = value
+        if tap is not None and step.obs is not None and step.kind != "dequantize":
+            tap(step.obs, value)
+        if record is not None:
+            record[step.name] = value
+    raise AssertionError("the graph has no output step")
+
+
+class IntegerProgram:
+    """The planned graph on integer tensors, for one set of qparams and one backend flavour.
+
+    Args:
+        graph: the planned graph.
+        act_qparams: (scale, zero_point) per observation point.
+        act_dtype: "quint8" or "qint8" activations.
+        layers: layer name -> a callable ``(x_q, trace: bool) -> out_q or KernelResult`` that
+            runs the prepacked int8 conv/linear with its output qparams bound.
+    """
+
+    def __init__(self, graph: Graph, act_qparams: list[tuple[float, int]], act_dtype: str,
+                 layers: dict[str, Callable[..., Any]]) -> None:
+        self.graph = graph
+        self.act = act_qparams
+        self.act_dtype = act_dtype
+        self.layers = layers
+
+    def qparams_of(self, step: Step) -> tuple[float, int]:
+        """(scale, zero_point) of a quantized step's output."""
+        assert step.obs is not None
+        return self.act[step.obs]
+
+    @torch.no_grad()
+    def run(self, inputs: Any, results: dict[str, Any] | None = None) -> Any:
+        """The integer pipeline on one batch; ``results`` (if given) receives each layer's
+        kernel result and each value, for traces."""
+        graph = self.graph
+        env = bind_inputs(graph, inputs)
+        for step in graph.steps:
+            kind = step.kind
+            if kind == "input":
+                continue
+            if kind == "output":
+                return _load(step.args, env)[0]
+            if kind in ("conv", "linear"):
+                x = env[step.args[0].name]
+                if results is None:
+                    value = self.layers[step.target](x, False)
+                else:
+                    res = self.layers[step.target](x, True)
+                    results[step.name] = res
+                    value = res.out
+            elif kind == "quantize":
+                scale, zp = self.act[step.obs]
+                value = quantize(env[step.args[0].name], scale, zp, self.act_dtype)
+            elif kind == "dequantize":
+                scale, zp = self.act[step.obs]
+                value = dequantize(env[step.args[0].name], scale, zp)
+            elif kind == "add":
+                a, b = step.args
+                value = add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
+                            *self.act[step.obs], relu=step.relu)
+            elif kind in ("float", "info"):
+                value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
+            else:
+                value = self._shared(step, env)
+            env[step.name] = value
+            if results is not None:
+                results.setdefault("__values__", {})[step.name] = value
+        raise AssertionError("the graph has no output step")
+
+    def _obs(self, ref: Ref) -> int:
+        return self._obs_by_name[ref.name]
+
+    @property
+    def _obs_by_name(self) -> dict[str, int]:
+        cache = self.__dict__.get("_obs_cache")
+        if cache is None:
+            cache = {s.name: s.obs for s in self.graph.steps if s.obs is not None and s.kind != "dequantize"}
+            self.__dict__["_obs_cache"] = cache
+        return cache
+
+    def _shared(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
+        """Ops that keep their input's qparams, on the codes themselves."""
+        args, kwargs = _load(step.args, env), _load(step.kwargs, env)
+        q = args[0]
+        scale, zp = self.act[step.obs]
+        kind = step.kind
+        if kind == "relu":  # torch's quantized relu: max(q, zero_point)
+            return torch.clamp_min(q, zp)
+        if kind == "clamp":
+            return clamp_codes(q, scale, zp, *step.clamp)
+        if kind == "shape":
+            return _call(step, self.graph, args, kwargs)
+        params = _pool_params(step, self.graph, args, kwargs)
+        if kind == "max_pool2d":
+            return max_pool2d(q, **params)
+        if kind == "avg_pool2d":
+            return avg_pool2d(q, zp, **params)
+        if kind == "adaptive_avg_pool2d":
+            return adaptive_avg_pool2d(q, zp, **params)
+        raise AssertionError(f"unknown step kind {kind}")
+
+
+_POOL_ARGS = {
+    "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    "adaptive_avg_pool2d": ("output_size",),
+}
+
+
+def _pool_params(step: Step, graph: Graph, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A pool's parameters, from its module or from the functional call's arguments."""
+    names = _POOL_ARGS[step.kind]
+    if step.op == "call_module":
+        mod = graph.module.get_submodule(step.target)
+        return {n: getattr(mod, n) for n in names if hasattr(mod, n)}
+    params = dict(zip(names, args[1:], strict=False))
+    params.update({k: v for k, v in kwargs.items() if k in names})
+    if kwargs.get("return_indices"):
+        raise ValueError("max_pool2d with return_indices is not supported")
+    return params
+
