@@ -1,0 +1,284 @@
+"""Layers of a quantized state_dict and the input scale each one most likely reads.
+
+A state dict has no graph. Its order is the modules' registration order (eager) or, for FX,
+root buffers first and then the modules: usually, but not always, the order data flows.
+So the input of a layer is inferred only where the file leaves one reading:
+
+1. an FX input quantizer named after the layer (``<layer>_input_scale_<n>``);
+2. otherwise the nearest activation quantizer before it in state-dict order, when that is a
+   QuantStub, or a layer / BatchNorm whose output channel count matches what this layer
+   reads (a mismatch means a branch: the file order is not the data order);
+3. nothing when the nearest quantizer belongs to a weightless op (an add, cat or activation
+   with its own output scale: its inputs and readers are unknown), or when FX graph ops
+   quantize activations with qparams no layer output has (e.g. a quantized add).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qcal.safe_load import PackedParamsState
+
+__all__ = ["InputGuess", "Layer", "find_layers", "infer_inputs", "requant_row", "weight_scales"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A quantized Conv or Linear found in a state dict."""
+
+    name: str  # module path, e.g. "features.0"
+    kind: str  # "conv" | "linear"
+    weight: torch.Tensor  # torch quantized tensor
+    weight_key: str
+    bias: torch.Tensor | None
+    out_scale: float | None  # None: dynamic quantization or an FX functional op
+    out_zero_point: int | None
+    scale_key: str
+    first_index: int
+    last_key: str  # the requant row goes after this entry
+    functional: bool = False  # FX F.linear / F.conv packed weight at the root
+
+    @property
+    def in_features(self) -> int:
+        """Channels (conv: per group) or features the layer reads."""
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        """Output channels."""
+        return int(self.weight.shape[0])
+
+
+@dataclass(frozen=True)
+class InputGuess:
+    """The input quantization of a layer, or why it cannot be read from the file."""
+
+    scale: float | None
+    zero_point: int | None
+    source: str  # the key it came from, or "" when unknown
+    reason: str
+
+
+def weight_scales(w: torch.Tensor) -> list[float]:
+    """Per-output-channel scales of a quantized weight (one value when per tensor)."""
+    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return w.q_per_channel_scales().tolist()
+    return [w.q_scale()]
+
+
+def _split_packed(value: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    tensors = value.tensors() if isinstance(value, PackedParamsState) else list(value)
+    weight = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_quantized), None)
+    bias = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    return weight, bias
+
+
+def find_layers(entries: list) -> dict[str, Layer]:
+    """Every module with a quantized weight (``.weight``, Linear's packed tuple, or an FX
+    root ``_packed_weight_<n>``), with its bias and output qparams."""
+    by_module: dict[str, dict[str, tuple[int, Any]]] = {}
+    for i, e in enumerate(entries):
+        if e.fx is None and e.module:
+            by_module.setdefault(e.module, {})[e.leaf] = (i, e)
+    layers: dict[str, Layer] = {}
+    for module, leaves in by_module.items():
+        weight = bias = None
+        if "weight" in leaves and getattr(leaves["weight"][1].value, "is_quantized", False):
+            weight_entry = leaves["weight"][1]
+            weight = weight_entry.value
+            bias = leaves["bias"][1].value if "bias" in leaves else None
+        elif "_packed_params._packed_params" in leaves:
+            weight_entry = leaves["_packed_params._packed_params"][1]
+            weight, bias = _split_packed(weight_entry.value)
+        if weight is None:
+            continue
+        scale = leaves.get("scale", (0, None))[1]
+        zp = leaves.get("zero_point", (0, None))[1]
+        layers[module] = Layer(
+            name=module,
+            kind="linear" if weight.dim() == 2 else "conv",
+            weight=weight,
+            weight_key=weight_entry.key,
+            bias=bias if isinstance(bias, torch.Tensor) else None,
+            out_scale=float(scale.value) if scale is not None else None,
+            out_zero_point=int(zp.value) if zp is not None else None,
+            scale_key=scale.key if scale is not None else "",
+            first_index=min(i for i, _ in leaves.values()),
+            last_key=max(leaves.values(), key=lambda p: p[0])[1].key,
+        )
+    for i, e in enumerate(entries):
+        if e.fx is not None and "what" not in e.fx.groupdict():
+            weight, bias = _split_packed(e.value)
+            if weight is not None:
+                name = e.key.rsplit("/", 1)[-1]
+                layers[name] = Layer(name, "linear" if weight.dim() == 2 else "conv", weight,
+                                     e.key, bias, None, None, "", i, e.key, functional=True)  # fmt: skip
+    return layers
+
+
+@dataclass(frozen=True)
+class _Point:
+    index: int
+    name: str
+    kind: str  # "stub" | "layer" | "single" (BatchNorm-like) | "op" (add/cat/activation)
+    scale: float
+    zero_point: int
+    key: str
+    channels: int | None
+
+
+def _points(entries: list, layers: dict[str, Layer]) -> list[_Point]:
+    modules: dict[str, dict[str, tuple[int, Any]]] = {}
+    for i, e in enumerate(entries):
+        if e.fx is None and e.module:
+            modules.setdefault(e.module, {})[e.leaf] = (i, e)
+    points = []
+    for name, leaves in modules.items():
+        if "scale" not in leaves or "zero_point" not in leaves:
+            continue
+        (i, s), (_, z) = leaves["scale"], leaves["zero_point"]
+        if not isinstance(s.value, torch.Tensor) or s.value.numel() != 1:
+            continue
+        if name in layers:
+            kind, channels = "layer", layers[name].out_features
+        elif s.value.dim() == 1:
+            kind, channels = "stub", None
+        elif "running_mean" in leaves:
+            kind, channels = "single", int(leaves["running_mean"][1].value.numel())
+        else:
+            kind, channels = "op", None
+        index = max(j for j, _ in leaves.values())
+        points.append(
+            _Point(
+                index,
+                name,
+                kind,
+                float(s.value.flatten()[0]),
+                int(z.value.flatten()[0]),
+                s.key,
+                channels,
+            )
+        )
+    return sorted(points, key=lambda p: p.index)
+
+
+def _fx_quantizers(entries: list) -> tuple[dict[str, tuple], list[tuple]]:
+    pairs: dict[tuple, dict[str, Any]] = {}
+    for e in entries:
+        if e.fx is not None and "what" in e.fx.groupdict():
+            g = e.fx.groupdict()
+            pairs.setdefault((g["path"], bool(g["input"]), g["n"]), {})[g["what"]] = e
+    inputs, free = {}, []
+    for (path, is_input, _), d in pairs.items():
+        if "scale" in d and "zero_point" in d:
+            item = (float(d["scale"].value), int(d["zero_point"].value), d["scale"].key)
+            if is_input:
+                inputs.setdefault(path, item)
+            else:
+                free.append(item)
+    return inputs, free
+
+
+def _fits(layer: Layer, channels: int | None) -> bool:
+    if channels is None:
+        return True
+    if layer.kind == "linear":  # a flatten of (C, H, W) reads C*H*W features
+        return layer.in_features % channels == 0
+    groups, rest = divmod(channels, layer.in_features)
+    # equal: groups=1; in 1 and out == channels: depthwise; else a grouped conv
+    return rest == 0 and layer.out_features % groups == 0
+
+
+def infer_inputs(entries: list, layers: dict[str, Layer]) -> dict[str, InputGuess]:
+    """The input (scale, zero point) of every layer where the file leaves one reading."""
+    points = _points(entries, layers)
+    fx_inputs, fx_free = _fx_quantizers(entries)
+    outputs = {(p.scale, p.zero_point) for p in points if p.kind == "layer"}
+    odd_free = [f for f in fx_free if (f[0], f[1]) not in outputs]
+    guesses: dict[str, InputGuess] = {}
+    for layer in layers.values():
+        found = fx_inputs.get(layer.name.replace(".", "_"))
+        if found is not None:
+            guesses[layer.name] = InputGuess(
+                found[0], found[1], found[2], f"FX input quantizer {found[2]}"
+            )
+            continue
+        if layer.functional:
+            guesses[layer.name] = _unknown(
+                "a functional op in the FX graph: the graph's code, not the state dict, wires its input and output quantizers"
+            )
+            continue
+        before = [p for p in points if p.index < layer.first_index and p.name != layer.name]
+        if not before:
+            guesses[layer.name] = _unknown(
+                "no QuantStub, FX input quantizer or earlier quantized layer precedes it in the state dict"
+            )
+            continue
+        p = before[-1]
+        if p.kind == "op":
+            guesses[layer.name] = _unknown(
+                f"the nearest quantizer before it is {p.key} of '{p.name}', a weightless op (an add, cat or "
+                f"activation); after an add or a branch the state dict cannot say what {layer.name} reads "
+                f"(it may be {p.name}'s output: scale {p.scale:.6g}, zero point {p.zero_point})"
+            )
+        elif not _fits(layer, p.channels):
+            guesses[layer.name] = _unknown(
+                f"the previous quantized layer '{p.name}' has {p.channels} output channels but {layer.name} reads "
+                f"{layer.in_features}: a branch, so state-dict order is not the data order here"
+            )
+        elif odd_free and p.kind != "stub":
+            keys = ", ".join(f[2] for f in odd_free[:3])
+            guesses[layer.name] = _unknown(
+                f"FX graph ops also quantize activations ({keys}: e.g. a quantized add) with qparams no layer "
+                f"output has; the graph, not the state dict, says whether {layer.name} reads one of them or "
+                f"'{p.name}' (scale {p.scale:.6g}, zero point {p.zero_point})"
+            )
+        else:
+            what = "the QuantStub" if p.kind == "stub" else f"the output of '{p.name}'"
+            guesses[layer.name] = InputGuess(
+                p.scale, p.zero_point, p.key,
+                f"{what}, the nearest activation quantizer before it in state-dict order ({p.key})",
+            )  # fmt: skip
+    return guesses
+
+
+def _unknown(reason: str) -> InputGuess:
+    return InputGuess(None, None, "", reason)
+
+
+def requant_row(
+    prefix: str, layer: Layer, guess: InputGuess, scheme: str, columns: list[str]
+) -> dict:
+    """The layer-level row: requant scale M[c] = s_in * s_w[c] / s_out and where it applies."""
+    sw = weight_scales(layer.weight)
+    row = dict.fromkeys(columns, "") | {
+        "key": prefix + layer.name, "layer": layer.name, "role": "requant", "scale": [],
+        "zero_point": [], "requant_scale": [], "likely_scheme": scheme,
+    }  # fmt: skip
+    channels = f"{len(sw)} per-channel values" if len(sw) > 1 else "one value for all channels"
+    if layer.out_scale is None and not layer.functional:
+        row["note"] = (
+            f"{layer.name} has no output scale: dynamic quantization. Activations are quantized "
+            "per batch at run time, so the file holds no fixed requant scale"
+        )
+        return row
+    if guess.scale is None or layer.out_scale is None:
+        row["note"] = (
+            f"requant scale not inferred: {guess.reason}. With the scale s_in of the tensor "
+            f"{layer.name} reads: M[c] = s_in × s_w[c] / s_out"
+            + (f" (s_out = {layer.out_scale:.6g}, {layer.scale_key})" if layer.out_scale else "")
+        )
+        return row
+    row["requant_scale"] = [guess.scale * s / layer.out_scale for s in sw]
+    zw = "z_w[c]" if len(sw) > 1 else "z_w"
+    row["note"] = (
+        f"requant M[c] = s_in × s_w[c] / s_out, {channels}: s_in = {guess.scale:.6g} from {guess.reason}; "
+        f"s_w from {layer.weight_key}; s_out = {layer.out_scale:.6g} ({layer.scale_key}). Applied after "
+        f"the int32 accumulation acc[c] = Σ (x_q − {guess.zero_point})(w_q − {zw}): "
+        f"y_q = clamp(round(M[c] × (acc[c] + bias[c] / (s_in × s_w[c]))) + {layer.out_zero_point}, 0, 255). "
+        "FBGEMM adds the bias in float like this; QNNPACK first rounds it to int32 at scale s_in × s_w[c]"
+    )
+    return row
