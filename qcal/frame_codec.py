@@ -150,8 +150,8 @@ def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
     else:
         levels = [f"{_INDEX_PREFIX}{i}" for i in range(index.nlevels)]
         layout = {"index": "columns", "levels": levels, "names": list(index.names)}
-        flat = index.to_frame(index=False, name=levels)
-        pieces = [(c, flat[c]) for c in levels] + [(c, frame[c]) for c in names]
+        flat = [(level, pd.Series(index.get_level_values(i), name=None)) for i, level in enumerate(levels)]
+        pieces = flat + [(c, frame[c]) for c in names]
     layout_json = json.dumps(layout, sort_keys=True, default=_json_default)
     digest = hashlib.sha256(f"{len(frame)}\0{layout_json}\0".encode())
     columns = tuple(_encode_column(name, series, digest) for name, series in pieces)

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pandas as pd
 
@@ -305,14 +305,28 @@ class Store:
         if not self._path.exists():
             yield None  # reading never creates the store
             return
-        with self._errors("read"), closing(self._connect()) as conn:
+        with self._errors("read"), closing(self._open_reader()) as conn:
             yield conn if check_schema(conn, self._path, create=False) else None
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return conn
+        except sqlite3.OperationalError as err:
+            conn.close()
+            if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise
+        # A WAL store in a folder we cannot write (no -shm possible): nobody can be writing it
+        # through WAL from here, so read it as an immutable snapshot.
+        return sqlite3.connect(f"file:{quote(str(self._path))}?mode=ro&immutable=1", uri=True, isolation_level=None)
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._errors(action):
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(self._connect()) as conn:
+            with closing(sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)) as conn:
+                conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: a killed process loses nothing committed
                 if self._wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")  # persistent: set once per file
                 conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no half-way upgrade failures
@@ -324,8 +338,3 @@ class Store:
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
-        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
-        return conn
