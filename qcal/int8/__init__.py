@@ -16,7 +16,13 @@ from qcal.int8.kernels import (
     pack_conv2d,
     pack_linear,
 )
-from qcal.int8.requant import BACKENDS, Requant, quantize_multiplier, requant_multipliers, requantize
+from qcal.int8.requant import (
+    BACKENDS,
+    Requant,
+    quantize_multiplier,
+    requant_multipliers,
+    requantize,
+)
 from qcal.int8.saturation import fbgemm_conv_path, fbgemm_saturates
 from qcal.qparams import dequantize, quantize
 

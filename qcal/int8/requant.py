@@ -39,8 +39,8 @@ __all__ = [
     "Backend",
     "Requant",
     "output_range",
-    "quantize_multiplier",
     "q31_requantize",
+    "quantize_multiplier",
     "requant_multipliers",
     "requantize",
 ]
@@ -178,10 +178,8 @@ def requant_multipliers(
         bias_int32 = torch.round(bias * (1.0 / ats)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
     elif bias is not None:
         bias_int32 = torch.round(bias / ats).clamp(-(2**31), 2**31 - 1).to(torch.int32)
-    if backend == "q31":
-        real = sa.double() * sw.double() / so.double()  # TFLite forms it in double
-    else:
-        real = mult.double()
+    # q31 encodes TFLite's double multiplier; the others show their own float32 one in Q31
+    real = sa.double() * sw.double() / so.double() if backend == "q31" else mult.double()
     q, shift, err = quantize_multiplier(real)
     return Requant(backend, mult, bias_int32, q, shift, err, ats, bias_float, per_channel)
 

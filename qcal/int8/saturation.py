@@ -84,13 +84,13 @@ def pair_saturation(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int
     Returns:
         (delta int32 (N, O, L), number of saturated pairs).
     """
-    n, g, k, l = a.shape
+    n, g, k, length = a.shape
     o = w.shape[0]
     if k % 2:  # FBGEMM pads K with zeros: the last product pairs with 0 and cannot saturate
         a, w, k = F.pad(a, (0, 0, 0, 1)), F.pad(w, (0, 1)), k + 1
-    af = a.float().reshape(n, g, k // 2, 2, l)
+    af = a.float().reshape(n, g, k // 2, 2, length)
     wf = w.float().reshape(g, o // g, k // 2, 2)
-    delta = torch.zeros(n, g, o // g, l, dtype=torch.int32)
+    delta = torch.zeros(n, g, o // g, length, dtype=torch.int32)
     count = 0
     # Only pairs that can leave int16 need the (slow) elementwise pass.
     reach = af.abs().amax((0, 4)) * wf.abs().amax(1)  # (G, P, 2): largest |product| per slot
@@ -102,7 +102,7 @@ def pair_saturation(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int
         ag = af[:, gi, pairs]  # (N, P', 2, L)
         wg = wf[gi][:, pairs]  # (Og, P', 2)
         step = max(1, _CHUNK // max(1, n * wg.shape[0] * pairs.numel()))
-        for l0 in range(0, l, step):
+        for l0 in range(0, length, step):
             al = ag[..., l0:l0 + step]
             s = torch.einsum("npl,op->nopl", al[:, :, 0], wg[..., 0]) + torch.einsum(
                 "npl,op->nopl", al[:, :, 1], wg[..., 1]
@@ -110,7 +110,7 @@ def pair_saturation(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int
             d = s.clamp(_I16_MIN, _I16_MAX) - s
             count += int((d != 0).sum())
             delta[:, gi, :, l0:l0 + step] += torch.sum(d, 2, dtype=torch.float64).to(torch.int32)
-    return delta.reshape(n, o, l), count
+    return delta.reshape(n, o, length), count
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def pair_saturation_conv(
     """
     stride, padding, dilation, groups = geometry
     o, cg, kh, kw = w_q.shape
-    n, c, h, wd = x_q.shape
+    n, _, h, wd = x_q.shape
     xp = F.pad(x_q.float(), (padding[1], padding[1], padding[0], padding[0]), value=float(za))
     cols = F.unfold(xp, (kh, kw), dilation=dilation, stride=stride)  # (N, C*kh*kw, L), (c, kh, kw) order
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
