@@ -27,7 +27,7 @@ import torch
 from qcal.batching import as_eval_batches, call_model
 from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
-__all__ = ["Comparison", "compare", "compare_zoo", "environment", "evaluate_job"]
+__all__ = ["Comparison", "compare", "compare_zoo", "evaluate_job"]
 
 Progress = Callable[[float, str], None]
 
@@ -335,22 +335,6 @@ def _concat_with_scheme(items: Iterable[tuple[str, pd.DataFrame]]) -> pd.DataFra
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def environment() -> dict[str, Any]:
-    """Where a run was computed: torch version, CPU capability and VNNI, qcal version, time."""
-    import datetime
-
-    import qcal
-    from qcal.int8.cpu import has_vnni
-
-    return {
-        "torch_version": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "vnni": bool(has_vnni()),
-        "qcal_version": qcal.__version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def compare_zoo(
     model_name: str = "digits_mobilenet",
     schemes: Sequence[str | Scheme] | None = None,
@@ -367,6 +351,7 @@ def compare_zoo(
     (``eval_samples`` caps it). The zoo model is trained on first use and cached in data/.
     """
     from qcal import datasets, zoo
+    from qcal.runs import environment, utc_now
 
     report = progress or (lambda f, m: None)
     model = zoo.load(model_name, progress=lambda f, m: report(0.1 * f, m))
@@ -377,8 +362,9 @@ def compare_zoo(
     meta = {
         "model": model_name,
         "model_source": f"zoo:{model_name}",
-        "data": f"sklearn digits: calib split {len(splits.calib[0])}, test split {len(x)}",
+        "data_description": f"sklearn digits: calibration split {len(splits.calib[0])}, test split {len(x)}",
         "data_fingerprint": datasets.fingerprint(splits.calib[0], x, y),
+        "created": utc_now(),
         **environment(),
     }
     return compare(
