@@ -76,6 +76,21 @@ def _checked_run(conn: sqlite3.Connection, path: Path, run_id: object, max_expan
     return run_id, json.dumps(meta, sort_keys=True, ensure_ascii=True), frames
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Read-only, never writing; a live store's WAL is read when its folder allows, else the file alone."""
+    for params in ("mode=ro", "mode=ro&immutable=1"):
+        conn = sqlite3.connect(f"file:{quote(str(path))}?{params}", uri=True, isolation_level=None)
+        try:
+            conn.execute("PRAGMA trusted_schema = OFF")  # schema-defined SQL may call no risky functions
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as err:
+            conn.close()
+            if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise
+    raise StoreError(f"{path} cannot be opened for reading")
+
+
 def read_run_file(path: Path, *, max_bytes: int = MAX_IMPORT_BYTES) -> list[RunRows]:
     """Every run in an untrusted run file, checked; nothing is written anywhere.
 
@@ -92,10 +107,8 @@ def read_run_file(path: Path, *, max_bytes: int = MAX_IMPORT_BYTES) -> list[RunR
     """
     path = Path(path).expanduser().absolute()
     _check_file(path, max_bytes)
-    uri = f"file:{quote(str(path))}?mode=ro&immutable=1"  # no locks, no -wal/-shm files, no writes
     try:
-        with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
-            conn.execute("PRAGMA trusted_schema = OFF")
+        with closing(_open_read_only(path)) as conn:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise StoreError(f"{path} is a corrupted SQLite file ({'; '.join(problems)}); ask for a fresh export")
