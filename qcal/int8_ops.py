@@ -1,9 +1,9 @@
 """The integer ops a whole-model program needs, bound to qcal's engine (``qcal.int8``).
 
 Conv/linear layers are prepacked once per ``QuantizedModel`` (``make_kernel``); the other
-ops take codes and qparams. Max pooling and clamps are done here (they only compare codes);
-averaging pools and the quantized add come from the engine, which reproduces torch's
-rounding.
+ops take codes and qparams. Clamps (ReLU6, Hardtanh) are done here (they only compare
+codes); pools and the quantized add come from the engine, which reproduces each torch
+engine's rounding (which also depends on the input's memory format, as torch's kernels do).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from qcal.qparams import QRANGES
 
@@ -21,6 +20,7 @@ __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kern
 
 def _engine() -> Any:
     import qcal.int8 as engine
+    import qcal.int8.ops  # noqa: F401  (the between-layer ops)
 
     return engine
 
@@ -43,35 +43,31 @@ def clamp_codes(q: torch.Tensor, scale: float, zero_point: int, lo: float, hi: f
 
 
 def max_pool2d(q: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
-               dilation: Any = 1, ceil_mode: bool = False) -> torch.Tensor:
-    """Max pooling on codes: the max of integers, exact through float32 (codes < 2^24).
-
-    Padding never wins (it is -inf), as in torch's quantized max_pool2d.
-    """
-    out = F.max_pool2d(q.float(), kernel_size, stride if stride is not None else kernel_size, padding,
-                       dilation, ceil_mode=ceil_mode)  # (N, C, H, W) -> (N, C, H', W')
-    return out.to(q.dtype)
+               dilation: Any = 1, ceil_mode: bool = False, *, backend: str = "fbgemm") -> torch.Tensor:
+    """torch's quantized max_pool2d: the window maximum of the codes (the same on every engine)."""
+    return _engine().ops.max_pool2d(q, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def avg_pool2d(q: torch.Tensor, zero_point: int, kernel_size: Any, stride: Any = None, padding: Any = 0,
-               ceil_mode: bool = False, count_include_pad: bool = True,
-               divisor_override: int | None = None) -> torch.Tensor:
-    """torch's quantized avg_pool2d (input and output share qparams), by the engine."""
-    return _engine().avg_pool2d(q, kernel_size, stride=stride if stride is not None else kernel_size,
-                                padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
-                                divisor_override=divisor_override, zero_point=zero_point)
+def avg_pool2d(q: torch.Tensor, scale: float, zero_point: int, kernel_size: Any, stride: Any = None,
+               padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None, *, backend: str = "fbgemm") -> torch.Tensor:
+    """torch's quantized avg_pool2d for ``backend`` (input and output share qparams), by the engine."""
+    return _engine().ops.avg_pool2d(q, scale, zero_point, kernel_size, stride, padding, ceil_mode,
+                                    count_include_pad, divisor_override, backend=backend)
 
 
-def adaptive_avg_pool2d(q: torch.Tensor, zero_point: int, output_size: Any) -> torch.Tensor:
-    """torch's quantized adaptive_avg_pool2d (input and output share qparams), by the engine."""
-    return _engine().adaptive_avg_pool2d(q, output_size, zero_point=zero_point)
+def adaptive_avg_pool2d(q: torch.Tensor, scale: float, zero_point: int, output_size: Any, *,
+                        backend: str = "fbgemm") -> torch.Tensor:
+    """torch's quantized adaptive_avg_pool2d for ``backend`` (shared qparams), by the engine."""
+    return _engine().ops.adaptive_avg_pool2d(q, scale, zero_point, output_size, backend=backend)
 
 
 def add(a: torch.Tensor, a_scale: float, a_zero_point: int, b: torch.Tensor, b_scale: float,
-        b_zero_point: int, out_scale: float, out_zero_point: int, *, relu: bool = False) -> torch.Tensor:
-    """torch's quantized add (add_relu with ``relu``), by the engine."""
-    return _engine().add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point,
-                         relu=relu)
+        b_zero_point: int, out_scale: float, out_zero_point: int, *, relu: bool = False,
+        backend: str = "fbgemm") -> torch.Tensor:
+    """torch's quantized add (add_relu with ``relu``) for ``backend``, by the engine."""
+    return _engine().ops.add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point,
+                             relu=relu, backend=backend)
 
 
 def make_kernel(layer: Any, backend: str) -> Callable[[torch.Tensor, bool], Any]:

@@ -133,7 +133,8 @@ class QuantizedModel:
             if self.mode == "graph":
                 assert self.graph is not None
                 act = [(a.scale, a.zero_point) for a in self.activations]
-                self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype, self._kernels())
+                self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype, self._kernels(),
+                                               self.backend)
             else:
                 from qcal.modules import SwappedModel
 

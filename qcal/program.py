@@ -122,11 +122,13 @@ class IntegerProgram:
     """
 
     def __init__(self, graph: Graph, act_qparams: list[tuple[float, int]], act_dtype: str,
-                 layers: dict[str, Callable[..., Any]]) -> None:
+                 layers: dict[str, Callable[..., Any]], backend: str = "fbgemm") -> None:
         self.graph = graph
         self.act = act_qparams
         self.act_dtype = act_dtype
         self.layers = layers
+        self.backend = backend
+        self.nhwc, self.scrambled = torch_layouts(graph, backend)
 
     def qparams_of(self, step: Step) -> tuple[float, int]:
         """(scale, zero_point) of a quantized step's output."""
@@ -162,7 +164,7 @@ class IntegerProgram:
             elif kind == "add":
                 a, b = step.args
                 value = add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
-                            *self.act[step.obs], relu=step.relu)
+                            *self.act[step.obs], relu=step.relu, backend=self.backend)
             elif kind in ("float", "info"):
                 value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
             else:
@@ -192,17 +194,57 @@ class IntegerProgram:
         if kind == "relu":  # torch's quantized relu: max(q, zero_point)
             return torch.clamp_min(q, zp)
         if kind == "clamp":
-            return clamp_codes(q, scale, zp, *step.clamp)
+            out = clamp_codes(q, scale, zp, *step.clamp)
+            if step.name in self.scrambled and out.dim() == 4:
+                n, c, h, w = out.shape  # torch's bug: NHWC data read back as NCHW
+                out = out.permute(0, 2, 3, 1).reshape(n, c, h, w)
+            return out
         if kind == "shape":
             return _call(step, self.graph, args, kwargs)
         params = _pool_params(step, self.graph, args, kwargs)
         if kind == "max_pool2d":
             return max_pool2d(q, **params)
+        # torch's average pools round differently on channels-last input: match its layout
+        layout = torch.channels_last if self.nhwc.get(step.args[0].name) else torch.contiguous_format
+        q = q.contiguous(memory_format=layout) if q.dim() == 4 else q
         if kind == "avg_pool2d":
-            return avg_pool2d(q, zp, **params)
+            return avg_pool2d(q, scale, zp, **params, backend=self.backend)
         if kind == "adaptive_avg_pool2d":
-            return adaptive_avg_pool2d(q, zp, **params)
+            return adaptive_avg_pool2d(q, scale, zp, **params, backend=self.backend)
         raise AssertionError(f"unknown step kind {kind}")
+
+
+def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozenset[str]]:
+    """Which quantized values torch holds channels-last, and which clamps it scrambles.
+
+    torch's quantized convs return channels-last tensors; relu, pools, add and Identity keep
+    their input's memory format; reshapes and quantize give contiguous ones. The memory
+    format matters twice: torch's average pools round differently on channels-last input,
+    and torch 2.13's ``qnnpack_clamp`` (every quantized hardtanh/relu6/clamp under the
+    qnnpack engine) clamps a channels-last input in NHWC memory order but allocates the
+    output NCHW-contiguous, so the values land in the wrong positions (MobileNet's ReLU6
+    after a conv is hit). qcal's "qnnpack" flavour reproduces torch's converted model, bug
+    included.
+
+    Returns:
+        ({value name: channels-last}, names of the clamp steps torch scrambles).
+    """
+    nhwc: dict[str, bool] = {}
+    hit: set[str] = set()
+    for step in graph.steps:
+        first = step.args[0].name if step.args and isinstance(step.args[0], Ref) else None
+        if step.kind == "conv":
+            nhwc[step.name] = True
+        elif step.kind in ("relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add"):
+            nhwc[step.name] = nhwc.get(first, False)
+        elif step.kind == "clamp":
+            scrambles = backend == "qnnpack" and nhwc.get(first, False)
+            if scrambles:
+                hit.add(step.name)
+            nhwc[step.name] = nhwc.get(first, False) and not scrambles
+        elif step.kind == "shape" and step.op == "call_module":  # nn.Identity
+            nhwc[step.name] = nhwc.get(first, False)
+    return nhwc, frozenset(hit)
 
 
 _POOL_ARGS = {
