@@ -64,7 +64,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return (x - 0.5) / 0.5, torch.tensor(digits.target)
 
 
-def build_example_state_dict(backend: str = "fbgemm", *, seed: int = 0, epochs: int = 2) -> dict:
+def build_example_state_dict(backend: str = "fbgemm", *, seed: int = 0, epochs: int = 1) -> dict:
     """Train, calibrate and convert :class:`ExampleNet` with torch's default qconfig.
 
     ``conv_3x3_32a`` is left unfused from its ReLU, so its output quantization covers signed
@@ -75,7 +75,7 @@ def build_example_state_dict(backend: str = "fbgemm", *, seed: int = 0, epochs: 
         backend: "fbgemm" (per-channel weights, reduce_range activations) or "qnnpack"
             (per-tensor weights, full-range activations).
         seed: the RNG seed (the caller's RNG state is left untouched).
-        epochs: training epochs over the digits (about a quarter second each).
+        epochs: training epochs over the digits (under a second each).
 
     Returns:
         The converted model's ``state_dict()``.
@@ -89,9 +89,9 @@ def build_example_state_dict(backend: str = "fbgemm", *, seed: int = 0, epochs: 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = ExampleNet()
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(epochs):
-            for idx in torch.randperm(len(x)).split(64):
+            for idx in torch.randperm(len(x)).split(128):
                 opt.zero_grad()
                 nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
                 opt.step()

@@ -22,7 +22,15 @@ import torch
 
 from qcal.safe_load import PackedParamsState
 
-__all__ = ["InputGuess", "Layer", "find_layers", "infer_inputs", "requant_row", "weight_scales"]
+__all__ = [
+    "InputGuess",
+    "Layer",
+    "find_layers",
+    "functional_name",
+    "infer_inputs",
+    "requant_row",
+    "weight_scales",
+]
 
 
 @dataclass(frozen=True)
@@ -113,10 +121,16 @@ def find_layers(entries: list) -> dict[str, Layer]:
         if e.fx is not None and "what" not in e.fx.groupdict():
             weight, bias = _split_packed(e.value)
             if weight is not None:
-                name = e.key.rsplit("/", 1)[-1]
+                name = functional_name(e, weight)
                 layers[name] = Layer(name, "linear" if weight.dim() == 2 else "conv", weight,
                                      e.key, bias, None, None, "", i, e.key, functional=True)  # fmt: skip
     return layers
+
+
+def functional_name(e: Any, weight: torch.Tensor) -> str:
+    """The layer name of an FX root packed weight, e.g. ``F.linear(_packed_weight_0)``."""
+    op = "F.linear" if weight.dim() == 2 else "F.conv"
+    return f"{op}({e.key.rsplit('/', 1)[-1]})"
 
 
 @dataclass(frozen=True)

@@ -159,9 +159,13 @@ def model_scheme(weight: WeightEvidence | None, acts: ActivationEvidence) -> tup
         if (s.weight.dtype, s.weight.qscheme) == (weight.dtype, weight.qscheme)
         and not (acts.full_range and s.activation.reduce_range)
     ]
-    if not acts.full_range:  # no proof either way: prefer the reduce_range presets
-        fits.sort(key=lambda s: not s.activation.reduce_range)
-    fits.sort(key=lambda s: not s.name.endswith("_default"))
+    # without a zero point above 127 there is no proof either way: prefer reduce_range presets
+    fits.sort(
+        key=lambda s: (
+            not acts.full_range and not s.activation.reduce_range,
+            not s.name.endswith("_default"),
+        )
+    )
     act = "full-range activations" if acts.full_range else "activation zero points all <= 127"
     if not fits:
         extra = (

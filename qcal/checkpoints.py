@@ -230,6 +230,8 @@ def _explain_one(prefix: str, sd: Mapping) -> list[dict]:
 
 
 def _layer_of(e: Entry, layers: dict[str, Layer]) -> str:
+    if e.fx is not None and "what" not in e.fx.groupdict():
+        return next((n for n, lay in layers.items() if lay.weight_key == e.key), "")
     if e.fx is not None:
         path = e.fx.group("path")
         if "input" in e.fx.groupdict() and e.fx.group("input"):
