@@ -2,9 +2,10 @@
 
 A stored run is shared between people and read back from untrusted files, so a frame is
 written as plain data: each column becomes one ``EncodedColumn`` holding a JSON dtype spec and
-either the raw little-endian bytes of a numpy column (``raw``: float64, int64, bool, ...) or
-the zlib-compressed JSON list of its cells (``json``: strings, list-valued cells, nullable
-extension types, categoricals). Decoding never evaluates anything: it reads numbers, strings
+the raw little-endian bytes of a numpy column (``raw``: float64, int64, bool, ...), a
+zlib-compressed dictionary of distinct strings plus int32 codes (``dict``: str/string
+columns, whose scheme and layer names repeat), or the zlib-compressed JSON list of its cells
+(``json``: list-valued and mixed cells, nullable extension types, categoricals). Decoding never evaluates anything: it reads numbers, strings
 and lists, checks every length against the row count, and rebuilds the same dtypes, so
 ``pandas.testing.assert_frame_equal(decode_frame(encode_frame(df)), df)`` holds with
 ``check_dtype=True``.
@@ -46,7 +47,7 @@ class EncodedColumn:
 
     name: str
     dtype: str  # JSON, e.g. {"kind": "numpy", "dtype": "<f8"}
-    encoding: str  # "raw" | "json"
+    encoding: str  # "raw" | "dict" | "json"
     data: bytes
 
 
@@ -112,6 +113,9 @@ def _encode_column(name: str, series: pd.Series, digest: Any) -> EncodedColumn:
     try:
         if spec["kind"] == "numpy":
             encoding, payload = "raw", np.ascontiguousarray(series.to_numpy(), dtype=np.dtype(spec["dtype"])).tobytes()
+        elif spec["kind"] == "string":  # repeated names (scheme, layer): a dictionary and int32 codes
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            encoding, payload = "dict", _dumps(list(uniques)) + b"\n" + codes.astype("<i4").tobytes()
         elif spec["kind"] == "category":
             encoding, payload = "json", _dumps(series.cat.codes.tolist())
         else:
@@ -122,7 +126,7 @@ def _encode_column(name: str, series: pd.Series, digest: Any) -> EncodedColumn:
     for part in (name, dtype, encoding):
         digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
     digest.update(payload)
-    return EncodedColumn(name, dtype, encoding, zlib.compress(payload, 1) if encoding == "json" else payload)
+    return EncodedColumn(name, dtype, encoding, payload if encoding == "raw" else zlib.compress(payload, 1))
 
 
 def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
@@ -176,17 +180,33 @@ def _series_from_json(values: list[Any], spec: dict[str, Any]) -> pd.Series:
         array[:] = values  # element-wise, so list cells stay lists instead of a 2-D array
         return pd.Series(array, dtype=object)
     if kind == "string":
-        na = pd.NA if spec["na"] == "NA" else np.nan
-        try:
-            dtype = pd.StringDtype(storage=spec["storage"], na_value=na)
-            return pd.Series(pd.array(values, dtype=dtype))
-        except ImportError:  # written where pyarrow backs str; this reader lacks pyarrow
-            return pd.Series(pd.array(values, dtype=pd.StringDtype(na_value=na)))
+        return pd.Series(pd.array(values, dtype=_string_dtype(spec)))
     if kind == "nullable" and spec["dtype"] in _NULLABLE:
         return pd.Series(pd.array(values, dtype=spec["dtype"]))
     if kind == "numpy":
         return pd.Series(np.array(values, dtype=_numpy_dtype(spec)))
     raise FrameCodecError(f"unknown dtype spec {spec!r}")
+
+
+def _string_dtype(spec: dict[str, Any]) -> pd.StringDtype:
+    na = pd.NA if spec["na"] == "NA" else np.nan
+    try:
+        dtype = pd.StringDtype(storage=spec["storage"], na_value=na)
+        pd.array([], dtype=dtype)
+        return dtype
+    except ImportError:  # written where pyarrow backs str; this reader lacks pyarrow
+        return pd.StringDtype(na_value=na)
+
+
+def _strings_from_dict(payload: bytes, n_rows: int, spec: dict[str, Any]) -> pd.Series:
+    head, _, tail = payload.partition(b"\n")  # ASCII-only JSON never holds a raw newline
+    uniques, codes = json.loads(head), np.frombuffer(tail, dtype="<i4")
+    if not isinstance(uniques, list) or not all(isinstance(u, str) for u in uniques):
+        raise FrameCodecError("dictionary of a string column is not a list of strings")
+    if len(codes) != n_rows or (n_rows and not -1 <= codes.min() <= codes.max() < len(uniques)):
+        raise FrameCodecError(f"string codes do not index {len(uniques)} values over {n_rows} rows")
+    strings = pd.array(uniques, dtype=_string_dtype(spec))
+    return pd.Series(strings.take(codes.astype(np.intp), allow_fill=True))  # code -1: missing
 
 
 def _numpy_dtype(spec: dict[str, Any]) -> np.dtype:
@@ -204,6 +224,9 @@ def _decode_column(column: EncodedColumn, n_rows: int, budget: list[int], digest
             raise FrameCodecError(f"column {column.name!r} holds {len(column.data)} bytes, not {n_rows} × {dtype.itemsize}")
         payload = column.data
         series = pd.Series(np.frombuffer(payload, dtype=dtype).astype(dtype.newbyteorder("="), copy=True))
+    elif column.encoding == "dict" and spec.get("kind") == "string":
+        payload = _inflate(column.data, budget)
+        series = _strings_from_dict(payload, n_rows, spec)
     elif column.encoding == "json":
         payload = _inflate(column.data, budget)
         values = json.loads(payload)

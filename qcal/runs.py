@@ -8,6 +8,7 @@ CPU capability, VNNI) that make two runs' integer results comparable or not.
 from __future__ import annotations
 
 import functools
+import json
 import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -15,9 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["Run", "RunInfo", "environment", "utc_now"]
+from qcal.store_schema import StoreError
+
+__all__ = ["Run", "RunInfo", "encode_meta", "environment", "utc_now"]
 
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
@@ -25,6 +29,26 @@ _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 def utc_now() -> str:
     """The current time as a UTC ISO 8601 string, e.g. ``2026-11-27T11:40:14.123456+00:00``."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{value!r} of type {type(value).__name__} is not JSON-like")
+
+
+def encode_meta(meta: Mapping[str, Any]) -> str:
+    """Run metadata as canonical JSON (sorted keys, ASCII): the text a store keeps and digests.
+
+    Raises:
+        StoreError: a key is not a string or a value is not JSON-like (numpy numbers are accepted).
+    """
+    if not all(isinstance(k, str) for k in meta):
+        raise StoreError(f"run metadata keys must be strings; got {sorted(map(repr, meta))}")
+    try:
+        return json.dumps(dict(meta), sort_keys=True, ensure_ascii=True, default=_plain)
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"run metadata must be JSON-like (str, numbers, bool, None, lists, dicts): {err}") from err
 
 
 def _cpu_flags() -> frozenset[str] | None:

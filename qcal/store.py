@@ -21,7 +21,6 @@ and checked before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -36,7 +35,7 @@ import pandas as pd
 
 from qcal.frame_codec import EncodedFrame, FrameCodecError, decode_frame, encode_frame
 from qcal.run_files import MAX_IMPORT_BYTES, read_run_file
-from qcal.runs import Run, RunInfo, environment, utc_now
+from qcal.runs import Run, RunInfo, encode_meta, environment, utc_now
 from qcal.store_schema import (
     SCHEMA_VERSION,
     StoreError,
@@ -44,6 +43,7 @@ from qcal.store_schema import (
     insert_run,
     os_error,
     read_run,
+    run_digest,
     sqlite_error,
 )
 
@@ -67,9 +67,10 @@ def _store_path(url_or_path: str | os.PathLike[str] | None) -> Path:
         if not value.startswith("sqlite:///"):
             raise StoreError(f"store URL {value!r} is not a file URL; use sqlite:///relative/path or sqlite:////absolute/path")
         value = unquote(value[len("sqlite:///") :].partition("?")[0])
-    if value in ("", ":memory:"):
-        raise StoreError(f"store location {url_or_path!r} names no file; give a file path or a sqlite:/// URL of a file")
-    return Path(value).expanduser().absolute()
+    path = Path(value).expanduser().absolute()
+    if value in ("", ":memory:") or path.is_dir():
+        raise StoreError(f"store location {url_or_path or value!r} names no file; give a file path (e.g. runs.sqlite) or a sqlite:/// URL of a file")
+    return path
 
 
 def default_store_url() -> str:
@@ -80,20 +81,10 @@ def default_store_url() -> str:
     return f"sqlite:///{_store_path(None)}"
 
 
-def _meta_json(meta: Mapping[str, Any]) -> str:
-    if not all(isinstance(k, str) for k in meta):
-        raise StoreError(f"run metadata keys must be strings; got {sorted(map(repr, meta))}")
-    try:
-        return json.dumps(dict(meta), sort_keys=True, ensure_ascii=True, default=lambda v: v.item() if hasattr(v, "item") else list(v))
-    except (TypeError, ValueError) as err:
-        raise StoreError(f"run metadata must be JSON-like (str, numbers, bool, None, lists, dicts): {err}") from err
-
-
-def _run_digest(meta_json: str, frames: list[tuple[str, EncodedFrame]]) -> str:
-    digest = hashlib.sha256(meta_json.encode() + b"\0")
-    for name, frame in frames:
-        digest.update(f"{name}\0{frame.digest}\0".encode())
-    return digest.hexdigest()
+def _run_id(run_id: object) -> str:
+    if not isinstance(run_id, str):
+        raise TypeError(f"a run id is a string such as '3f2a9c0b1d4e', got {type(run_id).__name__} {run_id!r}")
+    return run_id
 
 
 class Store:
@@ -144,18 +135,20 @@ class Store:
         """
         meta = dict(meta.to_meta() if isinstance(meta, RunInfo) else meta or {})
         meta.setdefault("created", utc_now())
+        if not isinstance(meta["created"], str):
+            raise StoreError(f"meta['created'] must be a UTC ISO time string, got {meta['created']!r}")
         env = environment() if any(k not in meta for k in ("torch_version", "cpu_capability", "vnni", "qcal_version")) else {}
         meta = {**env, **meta}
         run_id = uuid.uuid4().hex[:12]
-        self._write(run_id, _meta_json(meta), self._encode(frames))
+        self._write(run_id, encode_meta(meta), self._encode(frames))
         return run_id
 
     def list(self) -> pd.DataFrame:
         """One row per run, newest first.
 
         Returns:
-            Columns id, created, title, model, model_source, schemes, backends (comma-joined),
-            data_description, data_fingerprint, frames (comma-joined names), qcal_version,
+            Columns id, created, title, model, model_source, schemes, backends (joined by ","),
+            data_description, data_fingerprint, frames (names joined by ","), qcal_version,
             torch_version, cpu_capability; all strings.
         """
         rows = []
@@ -168,7 +161,7 @@ class Store:
                     meta = json.loads(meta_json)
                     row = {c: meta.get(c) for c in _LIST_COLUMNS}
                     row.update(id=run_id, frames=names.get(run_id, []))
-                    rows.append({k: ", ".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v) for k, v in row.items()})
+                    rows.append({k: ",".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v) for k, v in row.items()})
         return pd.DataFrame(rows, columns=_LIST_COLUMNS, dtype=str)
 
     def load(self, run_id: str) -> Run:
@@ -178,7 +171,7 @@ class Store:
             StoreError: no such run (the message says how to list ids), or the store is corrupted.
         """
         with self._read() as conn:
-            found = conn and read_run(conn, run_id)
+            found = conn and read_run(conn, _run_id(run_id))
         if not found:
             raise self._not_found(run_id)
         meta, encoded = found
@@ -195,7 +188,7 @@ class Store:
             StoreError: no such run, or the store is read-only.
         """
         with self._transaction("delete a run from") as conn:
-            conn.execute("DELETE FROM columns WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM columns WHERE run_id = ?", (_run_id(run_id),))
             conn.execute("DELETE FROM frames WHERE run_id = ?", (run_id,))
             if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
                 raise self._not_found(run_id)
@@ -217,7 +210,7 @@ class Store:
         if target.exists() and not overwrite:
             raise StoreError(f"{target} already exists; choose another path or pass overwrite=True")
         with self._read() as conn:
-            found = conn and read_run(conn, run_id)
+            found = conn and read_run(conn, _run_id(run_id))
         if not found:
             raise self._not_found(run_id)
         meta_json, encoded = found
@@ -256,6 +249,8 @@ class Store:
         return self._merge(read_run_file(Path(path), max_bytes=max_bytes))
 
     def __contains__(self, run_id: object) -> bool:
+        if not isinstance(run_id, str):
+            return False
         with self._read() as conn:
             return conn is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
 
@@ -270,7 +265,7 @@ class Store:
             raise StoreError(f"cannot store this run: {err}") from err
 
     def _write(self, run_id: str, meta_json: str, frames: list[tuple[str, EncodedFrame]]) -> None:
-        digest = _run_digest(meta_json, frames)
+        digest = run_digest(meta_json, frames)
         created = str(json.loads(meta_json).get("created", ""))
         with self._transaction("save a run in") as conn:
             row = conn.execute("SELECT digest FROM runs WHERE id = ?", (run_id,)).fetchone()

@@ -7,13 +7,14 @@ which must agree on one schema: an exported run file is a store holding one run.
 from __future__ import annotations
 
 import errno
+import hashlib
 import sqlite3
 from pathlib import Path
 
 from qcal.frame_codec import EncodedColumn, EncodedFrame
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "StoreError", "check_schema", "insert_run", "os_error",
-           "read_run", "sqlite_error"]  # fmt: skip
+           "read_run", "run_digest", "sqlite_error"]  # fmt: skip
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x7163616C  # 'qcal' in ASCII, so `file` and PRAGMA application_id tell our files apart
@@ -99,6 +100,14 @@ def sqlite_error(err: sqlite3.Error, path: Path, action: str) -> StoreError:
     if code.startswith("SQLITE_FULL"):
         return StoreError(f"cannot {action} the run store {path}: the disk is full ({err})")
     return StoreError(f"cannot {action} the run store {path}: {err}")
+
+
+def run_digest(meta_json: str, frames: list[tuple[str, EncodedFrame]]) -> str:
+    """sha256 over the metadata and each frame's name and digest: equal runs, equal digests."""
+    digest = hashlib.sha256(meta_json.encode() + b"\0")
+    for name, frame in frames:
+        digest.update(f"{name}\0{frame.digest}\0".encode())
+    return digest.hexdigest()
 
 
 def insert_run(conn: sqlite3.Connection, run_id: str, created: str, meta_json: str, digest: str,

@@ -169,3 +169,17 @@ def test_a_decompression_bomb_is_stopped_at_the_size_cap():
     bad = dataclasses.replace(encoded, n_rows=5_000_001, columns=(EncodedColumn("v", encoded.columns[0].dtype, "json", bomb),))
     with pytest.raises(FrameCodecError, match="exceed the size limit"):
         decode_frame(bad, max_bytes=1_000_000)
+
+
+def test_string_columns_are_stored_as_a_dictionary_of_distinct_values():
+    frame = pd.DataFrame({"layer": ["conv1", "conv2"] * 5000, "gone": pd.Series([None] * 10000, dtype="str")})
+    layer = encode_frame(frame).columns[0]
+    assert layer.encoding == "dict" and len(layer.data) < 1000  # 10,000 names in under 1 kB
+    assert_frame_equal(round_trip(frame), frame, check_dtype=True)
+
+
+def test_string_codes_outside_the_dictionary_are_refused():
+    encoded = encode_frame(pd.DataFrame({"s": ["a"]}))
+    bad = zlib.compress(b'["a"]\n' + np.array([5], dtype="<i4").tobytes())
+    with pytest.raises(FrameCodecError, match=r"string codes do not index 1 values over 1 rows"):
+        decode_frame(_replace_column(encoded, data=bad))

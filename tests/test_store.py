@@ -135,8 +135,8 @@ def test_list_has_one_row_per_run_newest_first(store):
     listing = store.list()
     assert listing.id.tolist() == [second, first]
     row = listing.iloc[1]
-    assert row.model == "digits_mlp" and row.schemes == "per_tensor_affine, fbgemm_default"
-    assert row.frames == "summary, layers, scales, histograms, samples, qm_layers"
+    assert row.model == "digits_mlp" and row.schemes == "per_tensor_affine,fbgemm_default"
+    assert row.frames == "summary,layers,scales,histograms,samples,qm_layers"
     assert row.title == META["title"] and row.torch_version == "2.13.0+cpu"
 
 
@@ -280,10 +280,19 @@ def test_without_QCAL_STORE_the_store_lives_in_the_data_folder(monkeypatch, tmp_
     assert Store().path == tmp_path / "runs.sqlite"
 
 
-@pytest.mark.parametrize("url", ["sqlite://host/runs.sqlite", "sqlite:///:memory:", "sqlite:///"])
-def test_a_store_url_that_names_no_file_is_refused(url):
+@pytest.mark.parametrize("url", ["sqlite://host/runs.sqlite", "sqlite:///:memory:", "sqlite:///", "folder"])
+def test_a_store_location_that_names_no_file_is_refused(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
     with pytest.raises(StoreError, match=r"(is not a file URL|names no file); .*sqlite:///"):
         Store(url)
+
+
+def test_a_run_id_that_is_not_a_string_is_a_type_error(store):
+    store.save({}, META)
+    with pytest.raises(TypeError, match=r"a run id is a string such as '3f2a9c0b1d4e', got list \['abc'\]"):
+        store.load(["abc"])
+    assert ["abc"] not in store
 
 
 # ------------------------------------------------------------------ broken or read-only stores
