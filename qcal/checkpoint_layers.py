@@ -48,6 +48,7 @@ class Layer:
     first_index: int
     last_key: str  # the requant row goes after this entry
     functional: bool = False  # FX F.linear / F.conv packed weight at the root
+    dynamic: bool = False  # dynamic quantization: activations quantized per batch at run time
 
     @property
     def in_features(self) -> int:
@@ -105,6 +106,10 @@ def find_layers(entries: list) -> dict[str, Layer]:
             continue
         scale = leaves.get("scale", (0, None))[1]
         zp = leaves.get("zero_point", (0, None))[1]
+        # torch's dynamic Linear saves the unused defaults scale 1.0, zero point 0
+        dynamic = weight.dim() == 2 and (
+            scale is None or (float(scale.value) == 1.0 and zp is not None and int(zp.value) == 0)
+        )
         layers[module] = Layer(
             name=module,
             kind="linear" if weight.dim() == 2 else "conv",
@@ -116,6 +121,7 @@ def find_layers(entries: list) -> dict[str, Layer]:
             scale_key=scale.key if scale is not None else "",
             first_index=min(i for i, _ in leaves.values()),
             last_key=max(leaves.values(), key=lambda p: p[0])[1].key,
+            dynamic=dynamic,
         )
     for i, e in enumerate(entries):
         if e.fx is not None and "what" not in e.fx.groupdict():
@@ -156,6 +162,8 @@ def _points(entries: list, layers: dict[str, Layer]) -> list[_Point]:
         (i, s), (_, z) = leaves["scale"], leaves["zero_point"]
         if not isinstance(s.value, torch.Tensor) or s.value.numel() != 1:
             continue
+        if name in layers and layers[name].dynamic:
+            continue  # its output is fp32
         if name in layers:
             kind, channels = "layer", layers[name].out_features
         elif s.value.dim() == 1:
@@ -188,12 +196,25 @@ def _fx_quantizers(entries: list) -> tuple[dict[str, tuple], list[tuple]]:
     inputs, free = {}, []
     for (path, is_input, _), d in pairs.items():
         if "scale" in d and "zero_point" in d:
-            item = (float(d["scale"].value), int(d["zero_point"].value), d["scale"].key)
+            item = (float(d["scale"].value), int(d["zero_point"].value), d["scale"].key, path)
             if is_input:
                 inputs.setdefault(path, item)
             else:
                 free.append(item)
     return inputs, free
+
+
+def _in_scope(free: list[tuple], before: str, name: str) -> list[tuple]:
+    """The FX graph-op quantizers that could sit between two layers.
+
+    FX names a graph op's buffers after the module whose forward runs it. Two layers in the
+    same (non-root) parent are called one after the other by that parent's forward, so only
+    ops of that parent's scope can come between them; otherwise any may.
+    """
+    parent = name.rpartition(".")[0]
+    if parent and before.rpartition(".")[0] == parent:
+        return [f for f in free if f[3] == parent.replace(".", "_")]
+    return free
 
 
 def _fits(layer: Layer, channels: int | None) -> bool:
@@ -243,8 +264,8 @@ def infer_inputs(entries: list, layers: dict[str, Layer]) -> dict[str, InputGues
                 f"the previous quantized layer '{p.name}' has {p.channels} output channels but {layer.name} reads "
                 f"{layer.in_features}: a branch, so state-dict order is not the data order here"
             )
-        elif odd_free and p.kind != "stub":
-            keys = ", ".join(f[2] for f in odd_free[:3])
+        elif (near := _in_scope(odd_free, p.name, layer.name)) and p.kind != "stub":
+            keys = ", ".join(f[2] for f in near[:3])
             guesses[layer.name] = _unknown(
                 f"FX graph ops also quantize activations ({keys}: e.g. a quantized add) with qparams no layer "
                 f"output has; the graph, not the state dict, says whether {layer.name} reads one of them or "
@@ -273,10 +294,11 @@ def requant_row(
         "zero_point": [], "requant_scale": [], "likely_scheme": scheme,
     }  # fmt: skip
     channels = f"{len(sw)} per-channel values" if len(sw) > 1 else "one value for all channels"
-    if layer.out_scale is None and not layer.functional:
+    if layer.dynamic:
         row["note"] = (
-            f"{layer.name} has no output scale: dynamic quantization. Activations are quantized "
-            "per batch at run time, so the file holds no fixed requant scale"
+            f"{layer.name} is dynamically quantized (its scale 1.0 / zero point 0 are unused defaults): "
+            "activations are quantized per batch at run time and the output stays fp32, so the "
+            "file holds no fixed requant scale"
         )
         return row
     if guess.scale is None or layer.out_scale is None:

@@ -50,7 +50,7 @@ def entry_note(
             if layer.functional:
                 head = (
                     "packed weights of a functional F.linear / F.conv in an FX graph (a torch.ScriptObject "
-                    f"{type(e.value).__name__}, read as data without building the C++ object); {weight.dtype} "
+                    f"{e.value.class_name.rsplit('.', 1)[-1]}, read as data without building the C++ object); {weight.dtype} "
                     f"weight {tuple(layer.weight.shape)}"
                 )
         else:
@@ -65,6 +65,11 @@ def entry_note(
             f"fp32 bias of {layer.name}: torch stores it in float, never as int32. FBGEMM adds "
             "bias[c] / (s_in × s_w[c]) to the accumulator in float; QNNPACK and ONNX round it to "
             "int32 at scale s_in × s_w[c] first"
+        )
+    if role in ("output scale", "output zero point") and layer is not None and layer.dynamic:
+        return (
+            f"unused default of torch's dynamic Linear ({row['scale'] or row['zero_point']}): "
+            f"{layer.name} quantizes its input per batch at run time and returns fp32"
         )
     if role in ("output scale", "output zero point"):
         return _output_note(e, row, layer, acts)

@@ -114,13 +114,14 @@ def _is_quantized(value: Any) -> bool:
         return value.is_quantized
     if isinstance(value, (tuple, list)):
         return any(_is_quantized(v) for v in value)
+    if isinstance(value, torch.ScriptObject):
+        return True  # torch's packed params; anything else is refused when read
     return isinstance(value, PackedParamsState) and any(t.is_quantized for t in value.tensors())
 
 
 def _holds_tensors(d: Mapping) -> bool:
-    return any(
-        isinstance(v, (torch.Tensor, PackedParamsState)) or _is_quantized(v) for v in d.values()
-    )
+    kinds = (torch.Tensor, PackedParamsState, torch.ScriptObject)
+    return any(isinstance(v, kinds) or _is_quantized(v) for v in d.values())
 
 
 def _find_state_dicts(obj: Any) -> tuple[list[tuple[str, Mapping]], list[dict]]:
@@ -161,6 +162,11 @@ def _find_state_dicts(obj: Any) -> tuple[list[tuple[str, Mapping]], list[dict]]:
     visit("", obj, 0)
     if found:
         return found, extra
+    if any(v is torch.float16 for _, d in _all_dicts(obj) for v in d.values()):
+        raise ValueError(
+            "no int8 tensors found: this is a dynamic float16 quantization (packed dtype "
+            "torch.float16: fp16 weights, fp32 activations), which has no scales or zero points"
+        )
     if fp32:
         raise ValueError(
             f"no quantized tensors found: this looks like an fp32 state_dict ({len(fp32)} float "
@@ -169,6 +175,14 @@ def _find_state_dicts(obj: Any) -> tuple[list[tuple[str, Mapping]], list[dict]]:
         )
     keys = ", ".join(repr(k) for k in list(obj)[:5]) or "none"
     raise ValueError(f"no tensors found: the dict (keys {keys}) is not a state_dict")
+
+
+def _all_dicts(obj: Mapping, prefix: str = "", depth: int = 0) -> list[tuple[str, Mapping]]:
+    found = [(prefix, obj)]
+    for k, v in obj.items():
+        if isinstance(v, Mapping) and depth < 4:
+            found += _all_dicts(v, f"{prefix}{k}/", depth + 1)
+    return found
 
 
 def _other_row(key: str, note: str, layer: str = "") -> dict:
@@ -182,6 +196,10 @@ def _entries(prefix: str, sd: Mapping) -> list[Entry]:
     out = []
     for name, value in sd.items():
         name = str(name)
+        if isinstance(
+            value, torch.ScriptObject
+        ):  # an FX state dict in memory: same record as on disk
+            value = PackedParamsState.from_script_object(value)
         fx = None
         if "._packed_params." in name:
             module, leaf = name.split("._packed_params.", 1)
@@ -236,7 +254,7 @@ def _layer_of(e: Entry, layers: dict[str, Layer]) -> str:
         path = e.fx.group("path")
         if "input" in e.fx.groupdict() and e.fx.group("input"):
             return next((n for n in layers if n.replace(".", "_") == path), path)
-        return e.key.rsplit("/", 1)[-1].replace("_zero_point_", "_q").replace("_scale_", "_q")
+        return f"{path or '<root>'}:q{e.fx.group('n')}"  # an FX graph op's quantizer
     return e.module
 
 

@@ -58,6 +58,22 @@ class PackedParamsState:
             raise _Refused(f"torch.ScriptObject of class {name!r}")
         self.class_name, self.state = name, state
 
+    @classmethod
+    def from_script_object(cls, obj: torch.ScriptObject) -> PackedParamsState:
+        """The same record for a live packed-params object (a state dict still in memory).
+
+        Raises:
+            ValueError: ``obj`` is not one of torch's quantized packed-params classes.
+        """
+        record = cls()
+        try:
+            record.__setstate__(obj.__reduce_ex__(2)[2])  # the state torch.save would write
+        except (_Refused, RuntimeError, IndexError, TypeError) as err:
+            raise ValueError(
+                f"cannot read {obj!r}: {err}; expected quantized packed params"
+            ) from None
+        return record
+
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor in the saved state, in order (the weight first for Linear)."""
         found: list[torch.Tensor] = []

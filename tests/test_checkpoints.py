@@ -282,6 +282,42 @@ def test_input_after_an_add_is_reported_as_ambiguous_not_guessed():
     assert len(_row(df, "conv_b").requant_scale) == 4  # conv_b reads conv_a: inferred
 
 
+def test_fx_add_makes_the_next_input_ambiguous_but_siblings_in_a_sequential_are_inferred():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a = nn.Conv2d(1, 4, 3, padding=1)
+            self.conv_b = nn.Conv2d(4, 4, 3, padding=1)
+            self.head = nn.Sequential(nn.Conv2d(4, 6, 1), nn.Conv2d(6, 5, 1))
+
+        def forward(self, x):
+            a = self.conv_a(x)
+            return self.head(a + self.conv_b(a))
+
+    torch.backends.quantized.engine = "fbgemm"
+    x = torch.randn(4, 1, 6, 6)
+    prepared = prepare_fx(Residual().eval(), qa.get_default_qconfig_mapping("fbgemm"), (x,))
+    prepared(x)
+    gm = convert_fx(prepared)
+    df = explain(gm.state_dict())
+    assert _row(df, "_scale_0").layer == "<root>:q0"  # the add's output quantizer
+    assert _row(df, "head.0").requant_scale == []
+    assert "the graph, not the state dict" in _row(df, "head.0").note
+    in_scale, _ = _module_input_qparams(gm, "fx", "head.1")
+    w = _weight(gm, "head.1")
+    expected = [in_scale * s / float(gm.get_submodule("head.1").scale) for s in _scales(w)]
+    np.testing.assert_allclose(_row(df, "head.1").requant_scale, expected, rtol=1e-6)
+
+
+def test_dynamic_quantization_has_no_requant_scale():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    df = explain(qa.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).state_dict())
+    for layer in ("0", "2"):
+        assert _row(df, layer).requant_scale == []
+        assert "dynamically quantized" in _row(df, layer).note
+    assert "unused default" in _row(df, "2.scale").note
+
+
 def test_fx_functional_linear_packed_weight_loads_as_data(tmp_path):
     class Functional(nn.Module):
         def __init__(self):
