@@ -16,6 +16,7 @@ from qcal.int8.kernels import (
     pack_conv2d,
     pack_linear,
 )
+from qcal.int8.ops import adaptive_avg_pool2d, add, avg_pool2d, flatten, max_pool2d
 from qcal.int8.requant import (
     BACKENDS,
     Requant,
@@ -32,14 +33,19 @@ __all__ = [
     "PackedConv2d",
     "PackedLinear",
     "Requant",
+    "adaptive_avg_pool2d",
+    "add",
+    "avg_pool2d",
     "conv2d",
     "conv2d_detailed",
     "dequantize",
     "fbgemm_conv_path",
     "fbgemm_saturates",
+    "flatten",
     "has_vnni",
     "linear",
     "linear_detailed",
+    "max_pool2d",
     "pack_conv2d",
     "pack_linear",
     "quantize",

@@ -1,0 +1,314 @@
+"""The integer ops a CNN needs between layers, rounded exactly as torch's quantized CPU ops.
+
+Each op follows the kernel torch runs for the chosen engine (read from
+``aten/src/ATen/native/quantized/cpu`` and pytorch's QNNPACK, confirmed bit for bit in
+tests/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
+half to even; pooled outputs keep the input's scale and zero point, as torch's do.
+
+add (``torch.ops.quantized.add`` / ``add_relu``)
+    fbgemm: the vectorised ``qadd_kernel``: dequantize with a fused multiply-add,
+    ``d = fma(s, q, f32(-z*s))``; ``c = f32(da + db)`` (ReLU: ``max(c, 0)``);
+    ``out = clamp(rint(f32(c * f32(1/so))) + zo)``.
+    qnnpack (same shapes): QNNPACK's fixed-point ``q8vadd``: ``ma = f32(sa/so)``,
+    ``mb = f32(sb/so)``, ``shift = 21 - exponent(max(ma, mb))``, integer multipliers
+    ``Ma = rint(ma*2^shift)``; ``acc = Ma(a - za) + Mb(b - zb)`` shifted right by ``shift``
+    rounding half away from zero; ``out = clamp(acc + zo)``. Scale ratios must lie in
+    [2^-14, 2^8) (QNNPACK refuses others).
+    onnx / q31: the real-valued ``(sa(a-za) + sb(b-zb))/so + zo`` in float64, then rint
+    (onnxruntime's QLinearAdd; no torch kernel to match).
+max_pool2d: the maximum of the codes in each window (exact; no engine differences).
+avg_pool2d (``torch.nn.functional.avg_pool2d``)
+    fbgemm, NCHW input: ``out = clamp(rint(f32(f32(sum(a - za)) * f32(1/d)) + zo))``: zero point
+    added *before* rounding, product and sum rounded separately (not fused); ``d`` the divisor
+    (count_include_pad / divisor_override as torch).
+    fbgemm, channels_last input: channels below ``C // V * V`` (V = 16 lanes on AVX-512, 8 on
+    AVX2) run ``rint(acc * f32(1/d)) + zo`` (zero point after rounding); the remaining
+    channels run ``rint(f32(acc * r) + zo)`` with ``r = f32(1/f32(1/f32(1/d)))`` (zero point
+    before rounding).
+    qnnpack (quint8, no ceil_mode): padded pixels count as ``za`` and the divisor is always
+    ``kh*kw`` (count_include_pad and divisor_override are ignored, as QNNPACK does);
+    ``out = clamp(rint(f32(acc * f32(s / f32(s*kh*kw)))) + zo)``. QNNPACK refuses 1x1 windows.
+adaptive_avg_pool2d
+    fbgemm, NCHW: ``rint(f32(sum(a)) * f32(f32(1/kh)/kw))`` on the raw codes, no clamp.
+    fbgemm, channels_last (the AVX2 kernel, 8 lanes, also on AVX-512 CPUs): ``acc = sum(a - za)``,
+    ``r = f32(1/f32(1/f32(1/(kh*kw))))``; channels below ``C // 8 * 8``: ``rint(fma(acc, r, zo))``
+    (one rounding), the rest ``rint(f32(acc*r) + zo)``.
+    qnnpack: when the input size is a multiple of the output size (and differs from it),
+    QNNPACK's average pool with kernel = stride = in/out; otherwise as fbgemm.
+Memory format matters because torch picks its kernel by it: a tensor that is contiguous in
+channels_last (which includes C == 1 or H == W == 1) takes the channels_last path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qcal.int8.requant import BACKENDS
+
+__all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "flatten", "max_pool2d"]
+
+
+def _check(backend: str, x: torch.Tensor, name: str = "x_q") -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    if x.dtype not in (torch.uint8, torch.int8):
+        raise TypeError(f"{name} must hold uint8 or int8 codes, got {x.dtype}")
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def _clamp_to(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    info = torch.iinfo(dtype)
+    return v.clamp(info.min, info.max).to(dtype)
+
+
+def _lanes(kernel: str) -> int:
+    """Float lanes torch's quantized pooling kernel uses on this CPU (0: scalar only).
+
+    The average-pool kernel is also registered for AVX-512 (16 lanes); the adaptive one is
+    not, so AVX-512 machines run its AVX2 build (8 lanes).
+    """
+    cap = torch.backends.cpu.get_cpu_capability()
+    if kernel == "adaptive":
+        return 8 if cap in ("AVX2", "AVX512") else 0
+    return {"AVX512": 16, "AVX2": 8}.get(cap, 0)
+
+
+def _qnnpack_add(a, za, b, zb, ma, mb, zo, lo, hi):
+    exp = int(torch.frexp(torch.maximum(ma, mb))[1]) - 1  # float exponent of max(ma, mb)
+    shift = 21 - exp
+    am = int(torch.round(ma.double() * 2.0**shift))  # exact: only the exponent changes
+    bm = int(torch.round(mb.double() * 2.0**shift))
+    acc = am * (a.to(torch.int64) - za) + bm * (b.to(torch.int64) - zb)
+    mask = (1 << shift) - 1
+    rem = (acc & mask) - (acc < 0).to(torch.int64)
+    acc = (acc >> shift) + (rem > (mask >> 1)).to(torch.int64)  # half away from zero
+    return (acc + zo).clamp(lo, hi)
+
+
+@torch.no_grad()
+def add(
+    a_q: torch.Tensor, a_scale: float, a_zero_point: int,
+    b_q: torch.Tensor, b_scale: float, b_zero_point: int,
+    out_scale: float, out_zero_point: int,
+    *, relu: bool = False, backend: str = "fbgemm",
+) -> torch.Tensor:
+    """Quantized elementwise add (torch.ops.quantized.add / add_relu), see the module doc.
+
+    Example (fbgemm): a=10 (s 0.5, z 0), b=1 (s 0.5, z 0), so=1, zo=0: c = 5.5 -> rint 6.
+
+    Args:
+        a_q, b_q: codes of the same dtype (broadcastable under fbgemm; equal shapes for qnnpack).
+        relu: fused ReLU (outputs below ``out_zero_point`` clamp to it).
+    Returns:
+        Codes of ``a_q``'s dtype.
+    """
+    _check(backend, a_q, "a_q")
+    _check(backend, b_q, "b_q")
+    if a_q.dtype != b_q.dtype:
+        raise TypeError(f"a_q and b_q must share a dtype, got {a_q.dtype} and {b_q.dtype}")
+    info = torch.iinfo(a_q.dtype)
+    lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
+    sa, sb, so = _f32(a_scale), _f32(b_scale), _f32(out_scale)
+    if backend == "qnnpack" and a_q.dtype == torch.uint8 and a_q.shape == b_q.shape:
+        ma, mb = sa / so, sb / so
+        for m in (ma, mb):
+            if not 2.0**-14 <= float(m) < 2.0**8:
+                raise ValueError(f"QNNPACK add needs input/output scale ratios in [2^-14, 2^8), got {float(m):.7g}")
+        return _qnnpack_add(a_q, a_zero_point, b_q, b_zero_point, ma, mb, out_zero_point, lo, hi).to(a_q.dtype)
+    if backend in ("onnx", "q31"):
+        real = sa.double() * (a_q.double() - a_zero_point) + sb.double() * (b_q.double() - b_zero_point)
+        return torch.round(real / so.double() + out_zero_point).clamp(lo, hi).to(a_q.dtype)
+    if a_q.shape != b_q.shape:
+        raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
+    # Vector lanes: fma(s, q, f32(-z*s)) (exact in float64, rounded once); zp after rounding.
+    da = (sa.double() * a_q.double() + (sa * -a_zero_point).double()).float()
+    db = (sb.double() * b_q.double() + (sb * -b_zero_point).double()).float()
+    c = da + db
+    if relu:
+        c = c.clamp(min=0.0)
+    scaled = c * (1.0 / so)
+    vec = torch.round(scaled) + out_zero_point
+    # Scalar tail of each thread's range: f32((q - z) * s) and fbgemm's legacy rounding,
+    # zero point added before rounding.
+    da = (a_q.to(torch.int32) - a_zero_point).float() * sa
+    db = (b_q.to(torch.int32) - b_zero_point).float() * sb
+    c = da + db
+    if relu:
+        c = c.clamp(min=0.0)
+    tail = torch.round(c * (1.0 / so) + out_zero_point)
+    out = torch.where(_scalar_tail(a_q), tail, vec)
+    return out.clamp(lo, hi).to(a_q.dtype)
+
+
+_GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it
+
+
+def _scalar_tail(x: torch.Tensor) -> torch.Tensor:
+    """Elements torch's vectorised elementwise loop leaves to its scalar tail.
+
+    ``cpu_kernel_vec`` runs one vector (64 uint8 lanes on AVX-512, 32 on AVX2) per
+    step over each thread's contiguous range in memory order; what is left at the end of a
+    range goes through the scalar lambda. Ranges: ``at::parallel_for`` with grain 32768
+    splits ``n`` into ``ceil(n / threads)`` pieces.
+    """
+    n = x.numel()
+    step = {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability(), 1)
+    threads = max(1, min(torch.get_num_threads(), -(-n // _GRAIN))) if n >= _GRAIN else 1
+    chunk = -(-n // threads)
+    pos = torch.arange(n)
+    begin = (pos // chunk) * chunk
+    end = torch.clamp(begin + chunk, max=n)
+    mask = pos >= begin + ((end - begin) // step) * step
+    order = torch.empty_like(x, dtype=torch.int64)  # same strides: memory position per element
+    order.as_strided((n,), (1,)).copy_(pos) if x.is_contiguous() or _is_nhwc(x) else order.copy_(pos.view(x.shape))
+    return mask[order]
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(int(i) for i in v)
+    if len(t) == 1:
+        t = (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+@torch.no_grad()
+def max_pool2d(
+    x_q: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+) -> torch.Tensor:
+    """Quantized max pool (torch.max_pool2d on quantized tensors): the window maximum of codes.
+
+    (N, C, H, W) -> (N, C, H', W'), same dtype and qparams; integers are exact in float32.
+    """
+    if x_q.dtype not in (torch.uint8, torch.int8):
+        raise TypeError(f"x_q must hold uint8 or int8 codes, got {x_q.dtype}")
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    out = F.max_pool2d(x_q.float(), k, s, _pair(padding, "padding"), _pair(dilation, "dilation"), ceil_mode)
+    return out.to(x_q.dtype)
+
+
+def _window_sums(xc: torch.Tensor, k, s, p, ceil_mode):
+    """Per window: sum of centred codes (float64, exact), real-pixel count, padded-window size."""
+    sums = F.avg_pool2d(xc, k, s, p, ceil_mode, True, 1)
+    ones = torch.ones_like(xc[:1, :1])
+    count = F.avg_pool2d(ones, k, s, p, ceil_mode, True, 1)
+    h, w = xc.shape[-2:]
+    oh, ow = sums.shape[-2:]
+    hs = torch.arange(oh) * s[0] - p[0]
+    ws = torch.arange(ow) * s[1] - p[1]
+    ph = torch.minimum(hs + k[0], torch.tensor(h + p[0])) - hs
+    pw = torch.minimum(ws + k[1], torch.tensor(w + p[1])) - ws
+    pool = (ph[:, None] * pw[None, :]).double()
+    return sums, count, pool
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _qnnpack_avg(xc, scale, zo, k, s, p, dtype):
+    acc = F.avg_pool2d(xc, k, s, p, False, True, 1)  # pads hold za: centred zeros
+    sc = _f32(scale)
+    mult = sc / (sc * float(k[0] * k[1]))  # input_scale / (output_scale * pooling_size)
+    return _clamp_to(torch.round(acc.float() * mult) + zo, dtype)
+
+
+@torch.no_grad()
+def avg_pool2d(
+    x_q: torch.Tensor, x_scale: float, x_zero_point: int, kernel_size, stride=None, padding=0,
+    ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+    *, backend: str = "fbgemm",
+) -> torch.Tensor:
+    """Quantized average pool as torch computes it for ``backend`` and x_q's memory format.
+
+    The output keeps the input's scale and zero point (as torch's). See the module doc for
+    the rounding of each path. (N, C, H, W) -> (N, C, H', W'), channels_last kept.
+    """
+    _check(backend, x_q)
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    p = _pair(padding, "padding")
+    za = int(x_zero_point)
+    xc = x_q.double() - za
+    nhwc = _is_nhwc(x_q)
+    if backend == "qnnpack" and x_q.dtype == torch.uint8 and not ceil_mode:
+        if k == (1, 1):
+            raise ValueError("QNNPACK refuses 1x1 average pooling (torch raises); use kernel_size > 1")
+        out = _qnnpack_avg(xc, x_scale, za, k, s, p, x_q.dtype)
+        return out.contiguous(memory_format=torch.channels_last) if nhwc else out.contiguous()
+    sums, count, pool = _window_sums(xc, k, s, p, ceil_mode)
+    if divisor_override:
+        div = torch.full_like(pool, float(divisor_override))
+    else:
+        div = pool if count_include_pad else count[0, 0]
+    if not nhwc:
+        mult = (1.0 / div).float()  # float multiplier = (double) 1.0 / divide_factor
+        return _clamp_to(torch.round(sums.float() * mult + float(za)), x_q.dtype)  # not fused
+    mult = (1.0 / div.float()).float()  # float(input_scale / output_scale) / divide_factor
+    twice = (1.0 / (1.0 / mult)).float()  # quantize_val(1.0f / multiplier): reciprocal twice
+    lanes = _lanes("avg")
+    c = x_q.shape[1]
+    vector = (torch.arange(c) < (c // lanes) * lanes if lanes else torch.zeros(c, dtype=torch.bool)).view(1, -1, 1, 1)
+    # vector lanes: QuantizeAvx512 (zp after rounding); tail: fbgemm's legacy Quantize (before)
+    y = torch.where(vector, torch.round(sums.float() * mult) + za, torch.round(sums.float() * twice + za))
+    out = _clamp_to(y, x_q.dtype)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def _adaptive_bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    t = torch.arange(n_out, dtype=torch.float32)
+    start = torch.floor(t * n_in / n_out).to(torch.int64)  # (float)(o * in) / out, floored
+    end = torch.ceil((t + 1) * n_in / n_out).to(torch.int64)
+    return list(zip(start.tolist(), end.tolist(), strict=True))
+
+
+@torch.no_grad()
+def adaptive_avg_pool2d(
+    x_q: torch.Tensor, x_scale: float, x_zero_point: int, output_size, *, backend: str = "fbgemm",
+) -> torch.Tensor:
+    """Quantized adaptive average pool, rounded as torch does for ``backend`` (module doc).
+
+    (N, C, H, W) -> (N, C, oh, ow); the output keeps the input's scale and zero point.
+    """
+    _check(backend, x_q)
+    oh, ow = _pair(output_size, "output_size")
+    h, w = x_q.shape[-2:]
+    nhwc = _is_nhwc(x_q)
+    if backend == "qnnpack" and x_q.dtype == torch.uint8 and (h, w) != (oh, ow) and h % oh == 0 and w % ow == 0:
+        k = (h // oh, w // ow)
+        out = _qnnpack_avg(x_q.double() - x_zero_point, x_scale, x_zero_point, k, k, (0, 0), x_q.dtype)
+        return out.contiguous(memory_format=torch.channels_last) if nhwc else out.contiguous()
+    raw = x_q.to(torch.int64)
+    c, lanes = x_q.shape[-3], _lanes("adaptive")
+    vector = torch.arange(c) < (c // lanes * lanes if lanes else 0)  # (C,) channels on vector lanes
+    rows = []
+    for h0, h1 in _adaptive_bounds(h, oh):
+        cols = []
+        for w0, w1 in _adaptive_bounds(w, ow):
+            kh, kw = h1 - h0, w1 - w0
+            total = raw[..., h0:h1, w0:w1].sum((-2, -1))  # (N, C) raw-code sum, exact
+            if nhwc:
+                mult = _f32(1.0) / float(kh * kw)
+                twice = _f32(1.0) / (_f32(1.0) / mult)
+                acc = (total - x_zero_point * kh * kw).float()
+                fused = (acc.double() * twice.double() + x_zero_point).float()  # vector: one rounding
+                split = acc * twice + x_zero_point  # scalar tail: product rounded, then + zp
+                cols.append(_clamp_to(torch.round(torch.where(vector, fused, split)), x_q.dtype))
+            else:
+                r = (_f32(1.0) / kh) / float(kw)  # kDHWr = f32(f32(1/kh) / kw)
+                cols.append(torch.round(total.float() * r).to(x_q.dtype))  # no clamp in torch
+        rows.append(torch.stack(cols, -1))
+    out = torch.stack(rows, -2)
+    return out.contiguous(memory_format=torch.channels_last) if nhwc else out
+
+
+@torch.no_grad()
+def flatten(x_q: torch.Tensor, start_dim: int = 1, end_dim: int = -1) -> torch.Tensor:
+    """``torch.flatten`` on codes (a view when possible; qparams unchanged)."""
+    return torch.flatten(x_q, start_dim, end_dim)
