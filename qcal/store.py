@@ -29,13 +29,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import pandas as pd
 
 from qcal.frame_codec import EncodedFrame, FrameCodecError, decode_frame, encode_frame
-from qcal.run_files import MAX_IMPORT_BYTES, read_run_file
+from qcal.run_files import MAX_IMPORT_BYTES, RunRows, read_run_file
 from qcal.runs import Run, RunInfo, encode_meta, environment, utc_now
+from qcal.store_location import default_store_url, store_path
 from qcal.store_schema import (
     SCHEMA_VERSION,
     StoreError,
@@ -52,33 +53,6 @@ __all__ = ["MAX_IMPORT_BYTES", "SCHEMA_VERSION", "Run", "RunInfo", "Store", "Sto
 _LIST_COLUMNS = ["id", "created", "title", "model", "model_source", "schemes", "backends",
                  "data_description", "data_fingerprint", "frames", "qcal_version", "torch_version",
                  "cpu_capability"]  # fmt: skip
-
-
-def _data_dir() -> Path:
-    env = os.environ.get("QCAL_DATA_DIR")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "data"
-
-
-def _store_path(url_or_path: str | os.PathLike[str] | None) -> Path:
-    value = os.fspath(url_or_path) if url_or_path is not None else os.environ.get("QCAL_STORE", "")
-    if not value:
-        return (_data_dir() / "runs.sqlite").absolute()
-    if value.startswith("sqlite:"):
-        if not value.startswith("sqlite:///"):
-            raise StoreError(f"store URL {value!r} is not a file URL; use sqlite:///relative/path or sqlite:////absolute/path")
-        value = unquote(value[len("sqlite:///") :].partition("?")[0])
-    path = Path(value).expanduser().absolute()
-    if value in ("", ":memory:") or path.is_dir():
-        raise StoreError(f"store location {url_or_path or value!r} names no file; give a file path (e.g. runs.sqlite) or a sqlite:/// URL of a file")
-    return path
-
-
-def default_store_url() -> str:
-    """The store ``Store()`` opens: ``$QCAL_STORE`` if set, else ``data/runs.sqlite``, as a ``sqlite:///`` URL.
-
-    ``data/`` is ``$QCAL_DATA_DIR`` if set, else the ``data`` folder beside the ``qcal`` package.
-    """
-    return f"sqlite:///{_store_path(None)}"
 
 
 def _run_id(run_id: object) -> str:
@@ -103,9 +77,8 @@ class Store:
     """
 
     def __init__(self, url_or_path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 30.0) -> None:
-        self._path = _store_path(url_or_path)
+        self._path = store_path(url_or_path)
         self._timeout = float(busy_timeout)
-        self._wal = True
 
     @property
     def path(self) -> Path:
@@ -114,6 +87,8 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r})"
+
+    _wal = True  # concurrent readers and writers; run files use a rollback journal instead
 
     # ----------------------------------------------------------------- public operations
 
@@ -139,9 +114,7 @@ class Store:
             raise StoreError(f"meta['created'] must be a UTC ISO time string, got {meta['created']!r}")
         env = environment() if any(k not in meta for k in ("torch_version", "cpu_capability", "vnni", "qcal_version")) else {}
         meta = {**env, **meta}
-        run_id = uuid.uuid4().hex[:12]
-        self._write(run_id, encode_meta(meta), self._encode(frames))
-        return run_id
+        return self._write([(uuid.uuid4().hex[:12], encode_meta(meta), self._encode(frames))])[0]
 
     def list(self) -> pd.DataFrame:
         """One row per run, newest first.
@@ -207,6 +180,8 @@ class Store:
             ``path`` as an absolute Path.
         """
         target = Path(path).expanduser().absolute()
+        if target.exists() and target.resolve() == self._path.resolve():
+            raise StoreError(f"{target} is this store itself; export to another file")
         if target.exists() and not overwrite:
             raise StoreError(f"{target} already exists; choose another path or pass overwrite=True")
         with self._read() as conn:
@@ -215,10 +190,9 @@ class Store:
             raise self._not_found(run_id)
         meta_json, encoded = found
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-        single = Store(partial, busy_timeout=self._timeout)
-        single._wal = False  # a rollback journal keeps the export one self-contained file
+        single = _RunFile(partial, busy_timeout=self._timeout)
         try:
-            single._write(run_id, meta_json, encoded)
+            single._write([(run_id, meta_json, encoded)])
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -238,7 +212,7 @@ class Store:
         runs = read_run_file(Path(path), max_bytes=max_bytes)
         if len(runs) != 1:
             raise StoreError(f"{path} holds {len(runs)} runs, not one; use Store.import_all to merge them all")
-        return self._merge(runs)[0]
+        return self._write(runs)[0]
 
     def import_all(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> list[str]:
         """Merge every run of a run file or another store into this store; see ``import_``.
@@ -246,7 +220,7 @@ class Store:
         Returns:
             The imported ids, oldest first (already present identical runs included).
         """
-        return self._merge(read_run_file(Path(path), max_bytes=max_bytes))
+        return self._write(read_run_file(Path(path), max_bytes=max_bytes))
 
     def __contains__(self, run_id: object) -> bool:
         if not isinstance(run_id, str):
@@ -264,23 +238,20 @@ class Store:
         except FrameCodecError as err:
             raise StoreError(f"cannot store this run: {err}") from err
 
-    def _write(self, run_id: str, meta_json: str, frames: list[tuple[str, EncodedFrame]]) -> None:
-        digest = run_digest(meta_json, frames)
-        created = str(json.loads(meta_json).get("created", ""))
+    def _write(self, runs: list[RunRows]) -> list[str]:
+        """Insert runs in one transaction; a run already here with the same digest is skipped."""
         with self._transaction("save a run in") as conn:
-            row = conn.execute("SELECT digest FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is not None:
-                if row[0] == digest:
-                    return  # the same run again: importing is idempotent
-                raise StoreError(
-                    f"run {run_id!r} already exists in {self._path} with different contents; "
-                    f"delete it first (`python -m qcal runs delete {run_id}`) to replace it"
-                )
-            insert_run(conn, run_id, created, meta_json, digest, frames)
-
-    def _merge(self, runs: list[tuple[str, str, list[tuple[str, EncodedFrame]]]]) -> list[str]:
-        for run_id, meta_json, frames in runs:
-            self._write(run_id, meta_json, frames)
+            for run_id, meta_json, frames in runs:
+                digest = run_digest(meta_json, frames)
+                row = conn.execute("SELECT digest FROM runs WHERE id = ?", (run_id,)).fetchone()
+                if row is None:
+                    created = str(json.loads(meta_json).get("created", ""))
+                    insert_run(conn, run_id, created, meta_json, digest, frames)
+                elif row[0] != digest:
+                    raise StoreError(
+                        f"run {run_id!r} already exists in {self._path} with different contents; "
+                        f"delete it first (`python -m qcal runs delete {run_id}`) to replace it"
+                    )
         return [run_id for run_id, _, _ in runs]
 
     def _not_found(self, run_id: object) -> StoreError:
@@ -333,3 +304,9 @@ class Store:
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+
+
+class _RunFile(Store):
+    """An exported run file: a rollback journal keeps it one self-contained file (no -wal/-shm)."""
+
+    _wal = False

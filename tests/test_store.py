@@ -195,6 +195,8 @@ def test_export_refuses_to_overwrite_unless_asked(store, tmp_path):
     with pytest.raises(StoreError, match=re.escape(f"{target} already exists; choose another path or pass overwrite=True")):
         store.export(run_id, target)
     assert store.export(run_id, target, overwrite=True) == target and Store(target).list().id.tolist() == [run_id]
+    with pytest.raises(StoreError, match="is this store itself; export to another file"):
+        store.export(run_id, store.path, overwrite=True)
 
 
 def test_importing_the_same_run_twice_keeps_one_copy(store, tmp_path):
@@ -365,3 +367,15 @@ def test_saving_to_a_read_only_location_says_so_and_names_QCAL_STORE(tmp_path, w
     message = str(caught.value)
     assert message.startswith(f"cannot save a run in the run store {path}: the location is read-only (")
     assert message.endswith("Choose a writable store with QCAL_STORE, e.g. `export QCAL_STORE=$HOME/qcal-runs.sqlite` (a file path or a sqlite:/// URL)")
+
+
+def test_import_all_is_all_or_nothing_when_one_run_conflicts(store, tmp_path):
+    source = Store(tmp_path / "source.sqlite")
+    fresh = source.save({"a": pd.DataFrame({"v": [1.0]})}, dict(META, created="2026-01-01T00:00:00.000000+00:00"))
+    clash = source.save({"a": pd.DataFrame({"v": [2.0]})}, dict(META, created="2026-02-01T00:00:00.000000+00:00"))
+    store.import_(source.export(clash, tmp_path / "clash.qcalrun"))
+    with sqlite3.connect(source.path) as conn:  # the same id now holds different contents in the source
+        conn.execute("UPDATE runs SET meta = replace(meta, 'digits_mlp', 'changed')")
+    with pytest.raises(StoreError, match=rf"run '{clash}' already exists .* with different contents"):
+        store.import_all(source.path)
+    assert fresh not in store and store.list().id.tolist() == [clash]
