@@ -40,7 +40,10 @@ def train_classifier(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig
     """Train ``model`` in place with cross-entropy; deterministic in ``config.seed``.
 
     The caller builds the model inside the same seeded scope (see ``qcal.zoo``) so that
-    initial weights are seeded too. The global RNG state is left as it was.
+    initial weights are seeded too. The global RNG state is left as it was. Training runs
+    on one intra-op thread (restored afterwards): these models are too small to gain from
+    more, a loaded machine makes extra threads much slower, and a fixed thread count keeps
+    the float reductions, hence the weights, the same on machines with any core count.
 
     Args:
         model: a freshly built classifier returning logits.
@@ -52,6 +55,15 @@ def train_classifier(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig
     Returns:
         The same model, in eval mode.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, x, y, config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, progress: Progress | None) -> nn.Module:
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
