@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from qcal.checkpoint_schemes import PER_CHANNEL
 from qcal.safe_load import PackedParamsState
 
 __all__ = [
@@ -73,7 +74,7 @@ class InputGuess:
 
 def weight_scales(w: torch.Tensor) -> list[float]:
     """Per-output-channel scales of a quantized weight (one value when per tensor)."""
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+    if w.qscheme() in PER_CHANNEL:
         return w.q_per_channel_scales().tolist()
     return [w.q_scale()]
 

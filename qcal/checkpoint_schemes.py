@@ -20,12 +20,21 @@ import torch
 from qcal.schemes import SCHEMES
 
 __all__ = [
+    "PER_CHANNEL",
     "ActivationEvidence",
     "WeightEvidence",
     "activation_evidence",
     "model_scheme",
     "weight_evidence",
 ]
+
+
+#: torch qschemes stored with one (scale, zero point) per channel
+PER_CHANNEL = (
+    torch.per_channel_affine,
+    torch.per_channel_symmetric,
+    torch.per_channel_affine_float_qparams,
+)
 
 
 @dataclass(frozen=True)
@@ -78,14 +87,14 @@ def weight_evidence(q: torch.Tensor) -> WeightEvidence:
         The evidence, with ``qscheme`` naming the fitting qcal qscheme.
     """
     dtype = str(q.dtype).removeprefix("torch.")
-    per_channel = q.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+    per_channel = q.qscheme() in PER_CHANNEL
     if per_channel:
-        zps = q.q_per_channel_zero_points().to(torch.int64)
-        codes = q.int_repr().to(torch.int64).movedim(q.q_per_channel_axis(), 0)
-        centred = codes - zps.view(-1, *([1] * (codes.dim() - 1)))
+        zps = q.q_per_channel_zero_points()
+        codes = q.int_repr().to(torch.float64).movedim(q.q_per_channel_axis(), 0)
+        centred = codes - zps.to(torch.float64).view(-1, *([1] * (codes.dim() - 1)))
     else:
         zps = torch.tensor([q.q_zero_point()])
-        centred = q.int_repr().to(torch.int64) - int(zps[0])
+        centred = q.int_repr().to(torch.float64) - float(zps[0])
     max_abs = int(centred.abs().max()) if centred.numel() else 0
     sym_zp = 0 if dtype == "qint8" else 128
     symmetric = bool((zps == sym_zp).all())

@@ -36,7 +36,7 @@ import torch
 from qcal.checkpoint_example import example_checkpoint
 from qcal.checkpoint_layers import Layer, find_layers, infer_inputs, requant_row
 from qcal.checkpoint_notes import entry_note
-from qcal.checkpoint_schemes import activation_evidence, model_scheme, weight_evidence
+from qcal.checkpoint_schemes import PER_CHANNEL, activation_evidence, model_scheme, weight_evidence
 from qcal.safe_load import DEFAULT_MAX_BYTES, PackedParamsState, load_checkpoint
 
 __all__ = ["COLUMNS", "ROLES", "example_checkpoint", "explain"]
@@ -94,8 +94,8 @@ def explain(
 
     Example:
         >>> df = explain(example_checkpoint("qnnpack"))  # doctest: +SKIP
-        >>> df.loc[df.key == "conv_3x3_32a.zero_point", "note"].item()  # doctest: +SKIP
-        'conv_3x3_32a's OUTPUT quantization ... zero point 160 > 127 ...'
+        >>> df.set_index("key").loc["conv_3x3_32a.scale", "role"]  # doctest: +SKIP
+        'output scale'
     """
     obj = state_dict_or_path
     if isinstance(obj, (str, os.PathLike)):
@@ -105,7 +105,10 @@ def explain(
             f"explain() takes a state_dict (a dict) or a file path, got {type(obj).__name__}"
         )
     groups, extra_rows = _find_state_dicts(obj)
-    rows = [row for prefix, sd in groups for row in _explain_one(prefix, sd)]
+    try:
+        rows = [row for prefix, sd in groups for row in _explain_one(prefix, sd)]
+    except RuntimeError as err:  # torch refusing an exotic quantized tensor: still a data problem
+        raise ValueError(f"cannot explain this state_dict: {str(err).splitlines()[0]}") from None
     return pd.DataFrame(rows + extra_rows, columns=COLUMNS)
 
 
@@ -196,9 +199,7 @@ def _entries(prefix: str, sd: Mapping) -> list[Entry]:
     out = []
     for name, value in sd.items():
         name = str(name)
-        if isinstance(
-            value, torch.ScriptObject
-        ):  # an FX state dict in memory: same record as on disk
+        if isinstance(value, torch.ScriptObject):  # FX packed weights still in memory
             value = PackedParamsState.from_script_object(value)
         fx = None
         if "._packed_params." in name:
@@ -314,7 +315,7 @@ def _describe(value: Any, role: str) -> dict:
     out["dtype"] = str(t.dtype).removeprefix("torch.")
     if t.is_quantized:
         out["qscheme"] = str(t.qscheme()).removeprefix("torch.")
-        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        if t.qscheme() in PER_CHANNEL:
             out["scale"] = t.q_per_channel_scales().tolist()
             out["zero_point"] = t.q_per_channel_zero_points().tolist()
         else:

@@ -360,6 +360,13 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
     assert not marker.exists()
 
 
+def test_a_whole_pickled_model_is_refused_with_a_state_dict_hint(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(converted("eager", "fbgemm", "per_channel"), path)
+    with pytest.raises(ValueError, match=r"save model\.state_dict\(\) instead"):
+        explain(path)
+
+
 def test_a_script_object_of_another_class_is_refused(tmp_path):
     qw = torch.quantize_per_tensor(torch.randn(2, 2), 0.1, 0, torch.qint8)
     real = tmp_path / "real.pt"
