@@ -156,6 +156,11 @@ def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
         layout = {"index": "columns", "levels": levels, "names": list(index.names)}
         flat = [(level, pd.Series(index.get_level_values(i), name=None)) for i, level in enumerate(levels)]
         pieces = flat + [(c, frame[c]) for c in names]
+    if names:  # the column labels' own name and dtype (object vs str) are part of the frame too
+        layout["columns"] = {"name": frame.columns.name, "object": frame.columns.dtype == object}
+    names_ok = (n is None or isinstance(n, str) for n in [*index.names, layout.get("columns", {}).get("name")])
+    if not all(names_ok):
+        raise FrameCodecError(f"index and column-axis names must be strings or None; got {list(index.names)}, {frame.columns.name!r}")
     layout_json = json.dumps(layout, sort_keys=True, default=_json_default)
     digest = hashlib.sha256(f"{len(frame)}\0{layout_json}\0".encode())
     columns = tuple(_encode_column(name, series, digest) for name, series in pieces)
@@ -274,6 +279,9 @@ def decode_frame(encoded: EncodedFrame, *, max_bytes: int = 1 << 40) -> pd.DataF
         else:
             frame = frame.set_index(layout["levels"])
             frame.index.names = layout["names"]
+        if "columns" in layout:
+            axis = layout["columns"]
+            frame.columns = pd.Index(list(frame.columns), dtype=object if axis["object"] else None, name=axis["name"])
     except FrameCodecError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError, zlib.error) as err:

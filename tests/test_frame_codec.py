@@ -76,6 +76,13 @@ def test_index_is_kept(index):
     assert_frame_equal(round_trip(frame), frame, check_dtype=True)
 
 
+def test_column_axis_name_and_object_dtype_are_kept():
+    named = pd.DataFrame({"x": [1]}).rename_axis(columns="metric")
+    object_labels = pd.DataFrame([[1, 2.0]], columns=pd.Index(["x", "y"], dtype=object))
+    for frame in (named, object_labels):
+        assert_frame_equal(round_trip(frame), frame, check_dtype=True, check_column_type=True)
+
+
 @pytest.mark.parametrize(
     "frame",
     [pd.DataFrame(), pd.DataFrame({"a": pd.Series([], dtype="float64"), "b": pd.Series([], dtype=object)}),
@@ -130,8 +137,9 @@ def test_equal_frames_encode_to_equal_digests():
         (pd.DataFrame({"s": [{1, 2}]}), "column 's': cell value {1, 2} of type set is not storable"),
         (pd.DataFrame([[1, 2]], columns=["a", "a"]), "frame columns must be unique strings"),
         (pd.DataFrame({0: [1]}), "frame columns must be unique strings"),
+        (pd.DataFrame({"v": [1]}, index=pd.Index([0], name=("a", "b"))), "index and column-axis names must be strings or None"),
     ],
-    ids=["tz-aware datetime", "set cell", "duplicate names", "int column name"],
+    ids=["tz-aware datetime", "set cell", "duplicate names", "int column name", "tuple index name"],
 )
 def test_unstorable_frames_are_refused_with_the_reason(frame, message):
     with pytest.raises(FrameCodecError, match="^" + message.replace("(", r"\(").replace("{", r"\{")):
