@@ -101,15 +101,20 @@ def weight_evidence(q: torch.Tensor) -> WeightEvidence:
     granularity = "per_channel" if per_channel else "per_tensor"
     qscheme = f"{granularity}_{'symmetric' if symmetric else 'affine'}"
     n = int(zps.numel())
-    where = f"{n} output channels" if per_channel else "one pair for the whole tensor"
+    stored = str(q.qscheme()).removeprefix("torch.")
     if symmetric:
-        why = f"every zero point is {sym_zp}, the centre of {dtype}: a symmetric observer ({where})"
+        why = f"every zero point is {sym_zp}, the centre of {dtype}: a symmetric observer"
+        if stored.endswith("affine"):
+            why += (
+                f"; torch stores it as {stored} with these zero points (symmetric is how the "
+                "qparams were chosen, not a storage format)"
+            )
+        if max_abs <= 64:
+            why += f"; max |q| = {max_abs} <= 64: the halved reduce_range codes"
+        else:
+            why += f"; max |q| = {max_abs}: the full {dtype} range, not reduce_range"
     else:
-        why = f"zero points vary ({_few(zps.tolist())}): an affine observer fitted to min/max ({where})"
-    if symmetric and max_abs <= 64:
-        why += f"; max |q| = {max_abs} <= 64: the halved reduce_range codes"
-    elif symmetric:
-        why += f"; max |q| = {max_abs}: the full {dtype} range, not reduce_range"
+        why = f"zero points vary ({_few(zps.tolist())}): an affine observer fitted to min and max"
     return WeightEvidence(dtype, qscheme, n, max_abs, why)
 
 
@@ -130,9 +135,10 @@ def activation_reason(zero_point: int, evidence: ActivationEvidence) -> str:
     if z == 128 and evidence.symmetric:
         return "128 is the centre of quint8's 0..255: a symmetric quint8 observer, full range"
     if z > 127:
+        also = " (exactly 128 is also what a symmetric quint8 observer gives)" if z == 128 else ""
         return (
             f"zero point {z} > 127: a reduce_range observer maps onto 0..127 and cannot produce "
-            "it, so activations were quantized full range (0..255), as qnnpack's default does"
+            f"it, so activations were quantized full range (0..255), as qnnpack's default does{also}"
         )
     if z == 0:
         return "zero point 0: the range starts at 0.0 (an output after a fused ReLU, or non-negative data)"

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import qcal
-from qcal.__main__ import main, short_list
 from qcal.checkpoints import COLUMNS, ROLES, explain
+from qcal.cli import main, short_list
 
 qa = torch.ao.quantization
 # torch attributes its deprecation warning to the caller, so pyproject's torch.ao.* filter misses it
@@ -185,6 +185,7 @@ def test_per_channel_symmetric_qint8_weights_point_to_fbgemm_default():
     row = _row(df, "conv_3x3_32a.weight")
     assert row.likely_scheme == "fbgemm_default"
     assert "symmetric" in row.note and "full qint8 range" in row.note
+    assert "stores it as per_channel_affine" in row.note
     assert all(z == 0 for z in row.zero_point)
 
 
