@@ -40,6 +40,9 @@ def _plain(value: Any) -> Any:
 def encode_meta(meta: Mapping[str, Any]) -> str:
     """Run metadata as canonical JSON (sorted keys, ASCII): the text a store keeps and digests.
 
+    Values come back from JSON as themselves, except tuples (as lists) and numpy values (as
+    Python numbers and lists).
+
     Raises:
         StoreError: a key is not a string or a value is not JSON-like (numpy numbers are accepted).
     """

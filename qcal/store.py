@@ -8,8 +8,9 @@ One store is one SQLite file (``QCAL_STORE``: a path or a ``sqlite:///`` URL; de
     frames(run_id, name, position, n_rows, layout, digest)
     columns(run_id, frame, position, name, dtype, encoding, data)   one row per frame column
 
-Frames are stored column by column through ``qcal.frame_codec`` (raw numeric bytes or JSON,
-never pickle), so any frame name and any column set fits without a schema change. Every save
+Frames are stored column by column through ``qcal.frame_codec`` (raw numeric bytes, string
+dictionaries or JSON; never pickle), so any frame name and column set fits without a schema
+change, and dtypes, NaN, unicode and list cells come back exactly. Every save
 is one ``BEGIN IMMEDIATE`` transaction: a killed writer leaves nothing behind, and concurrent
 writers (WAL mode, 30 s busy timeout) wait for each other instead of failing. Each operation
 opens its own connection, so a ``Store`` may be shared between threads.
