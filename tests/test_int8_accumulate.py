@@ -1,0 +1,84 @@
+"""The fast accumulators are exact: tests built at and beyond the float32 bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qcal.int8.accumulate import F32_EXACT, Accumulator, chunk_plan, onednn_exact
+
+METHODS = ["float"] + (["onednn"] if onednn_exact() else [])
+
+
+def int64_linear(x, za, w, zw):
+    return (x.to(torch.int64) - za) @ (w.to(torch.int64) - zw).T
+
+
+def int64_conv(x, za, w, zw, geometry):
+    stride, padding, dilation, groups = geometry
+    xc = F.pad(x.double() - za, (padding[1], padding[1], padding[0], padding[0]))  # exact small ints
+    out = F.conv2d(xc, w.double() - zw, None, stride, 0, dilation, groups)  # float64: exact below 2^53
+    return out.to(torch.int64)
+
+
+def odd_extreme_linear(k: int):
+    # every product is 255 * -127 = -32385 (odd): float32 sums above 2^24 must round
+    x = torch.full((3, k), 255, dtype=torch.uint8)
+    w = torch.full((2, k), -127, dtype=torch.int8)
+    w[1, ::2] = 127  # mixed signs: partial sums rise and fall
+    return x, w
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_linear_exact_at_the_float32_bound(method):
+    k = F32_EXACT // (255 * 127)  # 518: bound 16,775,130 <= 2^24, one chunk
+    x, w = odd_extreme_linear(k)
+    acc = Accumulator(w, torch.zeros(2, dtype=torch.int64), None, method)
+    assert acc.bound(255) <= F32_EXACT and chunk_plan(acc.col_sums, 255) == ((0, k),)
+    out, _ = acc(x, 0)
+    assert torch.equal(out.to(torch.int64), int64_linear(x, 0, w, 0))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_linear_beyond_the_bound_is_chunked_and_still_exact(method):
+    k = 1201  # odd total above 2^24: not a float32 value
+    x, w = odd_extreme_linear(k)
+    naive = (x.float() @ w.float().T).to(torch.int64)
+    assert not torch.equal(naive, int64_linear(x, 0, w, 0))  # plain float32 really rounds here
+    acc = Accumulator(w, torch.zeros(2, dtype=torch.int64), None, method)
+    assert len(chunk_plan(acc.col_sums, 255)) == 3
+    out, _ = acc(x, 0)
+    assert out.dtype == torch.int32 and torch.equal(out.to(torch.int64), int64_linear(x, 0, w, 0))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("channels", [57, 58, 200])  # 57*9*255*127 <= 2^24 < 58*9*255*127
+def test_conv_exact_at_and_beyond_the_bound(method, channels):
+    x = torch.full((2, channels, 6, 6), 255, dtype=torch.uint8)
+    x[1, :, ::2] = 0  # za = 0 there: mixed window contents
+    w = torch.full((4, channels, 3, 3), -127, dtype=torch.int8)
+    w[1::2, :, 1] = 127
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    acc = Accumulator(w, torch.zeros(4, dtype=torch.int64), geometry, method)
+    out, _ = acc(x, 0)
+    assert torch.equal(out.to(torch.int64), int64_conv(x, 0, w, 0, geometry))
+
+
+def test_grouped_chunks_gather_the_same_channels_of_every_group():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 256, 5, 5), generator=g, dtype=torch.uint8)
+    w = torch.randint(-128, 128, (8, 128, 3, 3), generator=g, dtype=torch.int8)
+    zw = torch.randint(-5, 5, (8,), generator=g)
+    geometry = ((2, 1), (1, 2), (1, 2), 2)
+    acc = Accumulator(w, zw, geometry, "float")
+    assert len(acc._plan(255)) > 1
+    out, _ = acc(x, 3)
+    assert torch.equal(out.to(torch.int64), int64_conv(x, 3, w, zw[:, None, None, None], geometry))
+
+
+def test_nonzero_weight_zero_points_fall_back_to_the_float_engine():
+    w = torch.ones(2, 4, dtype=torch.int8)
+    assert not Accumulator(w, torch.tensor([0, 1]), None, "auto").use_onednn
+    with pytest.raises(ValueError, match="onednn"):
+        Accumulator(w, torch.tensor([0, 1]), None, "onednn")
