@@ -88,16 +88,16 @@ class DigitsMobileNet(nn.Module):
     family on which per-tensor weight quantization loses accuracy and per-channel holds.
 
     ``pruned`` output channels of the stem and of each pointwise layer that feeds a
-    depthwise layer start pruned the way network slimming leaves them: BN gamma 0 and a
-    negative beta, so after ReLU6 they are exactly 0 and get no gradient — they stay dead
-    through training. The depthwise channel reading a dead channel sees only zeros, so its
-    BN running variance decays to ~0 and its weights keep their initial values; folding
-    multiplies them by ``gamma / sqrt(0 + eps)`` (~316). That channel's folded weights are
-    ~100x larger than its neighbours' and set a per-tensor scale that rounds the other
-    channels' weights to a few levels; per channel, each keeps its own scale. The dead
-    channel itself only ever multiplies zeros, so the fp32 model is unaffected. This is
-    the mechanism behind MobileNet's per-tensor collapse (Nagel et al., 2019,
-    "Data-Free Quantization", section 3).
+    depthwise layer start pruned the way network slimming leaves them: BN gamma near 0
+    (1e-3) and a negative beta, so after ReLU6 they are exactly 0 and get no gradient —
+    they stay dead through training. The depthwise channel reading a dead channel sees
+    only zeros, so its BN running variance decays to ~0 and its weights keep their
+    initial values; folding multiplies them by ``gamma / sqrt(0 + eps)`` (~316). That
+    channel's folded weights are ~100x larger than its neighbours' and set a per-tensor
+    scale that rounds the other channels' weights to a few levels; per channel, each
+    keeps its own scale. The dead channel only ever multiplies zeros, so the fp32 model
+    is unaffected. This is the mechanism behind MobileNet's per-tensor collapse (Nagel et
+    al., 2019, "Data-Free Quantization", section 3).
     """
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128, 128),
@@ -116,8 +116,8 @@ class DigitsMobileNet(nn.Module):
             for seq in feeders:
                 bn, c = seq[1], seq[1].num_features
                 dead = [c // (2 * pruned) + i * c // pruned for i in range(pruned)]  # evenly spread
-                bn.weight[dead] = 0.0
-                bn.bias[dead] = -1.0
+                bn.weight[dead] = 1e-3  # not 0: a zero weight channel is a different edge case
+                bn.bias[dead] = -1.0  # pre-activation 1e-3 * z - 1 < 0 unless |z| > 1000
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)  # (B, 1, 8, 8) -> (B, 32, 8, 8)

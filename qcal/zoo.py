@@ -4,8 +4,10 @@
 (seconds on a laptop CPU), caches its state_dict under ``data/zoo/`` and returns it in eval
 mode; later calls read the cache (``torch.load(weights_only=True)``). The cache directory
 is the repository's ``data/`` folder, or ``$QCAL_DATA_DIR``, or the ``data_dir`` argument.
-Files are written atomically, and a missing, unreadable or stale cache is rebuilt. Each
-model's fp32 test accuracy is stored beside its weights as JSON.
+The cache file ``<name>.pt`` holds ``{"zoo_version", "train", "train_seconds", "state_dict"}``
+(plain types only), so a cache made by another recipe is recognised as stale. Files are
+written atomically, and a missing, unreadable or stale cache is rebuilt. Each model's fp32
+test accuracy is stored beside its weights as ``<name>.json``.
 
 The ``*_like`` models are ImageNet-shaped (3x224x224) with realistic random weights, for
 timing; they are not trained and have no accuracy.
@@ -45,7 +47,7 @@ __all__ = [
     "names",
 ]
 
-ZOO_VERSION = 1  # bump when architectures or training change: older caches are retrained
+ZOO_VERSION = 2  # bump when architectures or training change: older caches are retrained
 Progress = Callable[[float, str], None]
 
 
@@ -190,28 +192,34 @@ def _cached_or_trained(entry: ModelInfo, root: str | Path | None,
                        progress: Progress | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     weights, record = _paths(entry.name, root)
     with _LOCK:
-        state = _read_weights(weights, entry)
-        meta = _read_record(record, entry, state) if state is not None else None
-        if state is not None and meta is None:  # weights fine, record lost: re-score only
-            meta = _record(entry, state, train_seconds=None)
+        cached = _read_weights(weights, entry)
+        if cached is None:
+            state, seconds = _train(entry, progress)
+            _atomic_write(weights, _torch_bytes(entry, state, seconds))
+            meta = _record(entry, state, seconds)
             _atomic_write(record, json.dumps(meta, indent=2).encode())
-        if state is None:
-            state, meta = _train(entry, progress)
-            _atomic_write(weights, _torch_bytes(state))
+            return state, meta
+        state, seconds = cached
+        meta = _read_record(record, entry, state)
+        if meta is None:  # weights fine, record lost or damaged: re-score only
+            meta = _record(entry, state, seconds)
             _atomic_write(record, json.dumps(meta, indent=2).encode())
-        elif progress is not None:
-            progress(1.0, f"{entry.name}: loaded from cache")
+    if progress is not None:
+        progress(1.0, f"{entry.name}: loaded from cache")
     return state, meta
 
 
-def _read_weights(path: Path, entry: ModelInfo) -> dict[str, torch.Tensor] | None:
+def _read_weights(path: Path, entry: ModelInfo) -> tuple[dict[str, torch.Tensor], float | None] | None:
+    """The cached (state_dict, training seconds), or None if missing, unreadable or stale."""
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        _build(entry).load_state_dict(state)  # same keys and shapes as today's architecture
-        return state
-    except Exception:  # corrupt, truncated, stale: the cache is only a cache, retrain
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["zoo_version"] != ZOO_VERSION or saved["train"] != asdict(entry.train):
+            return None  # another recipe: retrain
+        _build(entry).load_state_dict(saved["state_dict"])  # same keys and shapes as today's
+        return saved["state_dict"], saved.get("train_seconds")
+    except Exception:  # corrupt, truncated, foreign: the cache is only a cache, retrain
         return None
 
 
@@ -229,7 +237,7 @@ def _read_record(path: Path, entry: ModelInfo, state: dict[str, torch.Tensor]) -
     return meta if fresh else None
 
 
-def _train(entry: ModelInfo, progress: Progress | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _train(entry: ModelInfo, progress: Progress | None) -> tuple[dict[str, torch.Tensor], float]:
     assert entry.train is not None
     if progress is not None:
         progress(0.0, f"{entry.name}: training on digits (first use; cached afterwards)")
@@ -239,8 +247,7 @@ def _train(entry: ModelInfo, progress: Progress | None) -> tuple[dict[str, torch
     with torch.random.fork_rng(devices=[]):
         train_classifier(model, x, y, entry.train, progress=progress)
     seconds = time.perf_counter() - start
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return state, _record(entry, state, train_seconds=seconds)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, seconds
 
 
 def _record(entry: ModelInfo, state: dict[str, torch.Tensor], train_seconds: float | None) -> dict[str, Any]:
@@ -264,11 +271,13 @@ def _state_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return fingerprint(*(state[k] for k in keys)) + f"-{len(keys)}"
 
 
-def _torch_bytes(state: dict[str, torch.Tensor]) -> bytes:
+def _torch_bytes(entry: ModelInfo, state: dict[str, torch.Tensor], seconds: float | None) -> bytes:
     import io
 
     buf = io.BytesIO()
-    torch.save(state, buf)
+    payload = {"zoo_version": ZOO_VERSION, "train": asdict(entry.train), "train_seconds": seconds,
+               "state_dict": state}  # plain types only: loadable with weights_only=True
+    torch.save(payload, buf)
     return buf.getvalue()
 
 

@@ -114,8 +114,21 @@ def test_corrupt_cache_is_regenerated_and_rewritten_readable(tmp_data, train_cal
         torch.save({"fc1.weight": torch.zeros(3)}, weights)
     again = zoo.load("digits_mlp")
     assert len(train_calls) == 2 and _same_weights(reference, again)
-    reread = torch.load(weights, weights_only=True)
+    reread = torch.load(weights, weights_only=True)["state_dict"]
     assert all(torch.equal(reread[k], v) for k, v in reference.state_dict().items())
+
+
+@pytest.mark.parametrize("change", ["zoo_version", "recipe"])
+def test_cache_from_another_version_or_recipe_is_retrained(tmp_data, train_calls, monkeypatch, change):
+    zoo.load("digits_mlp")
+    if change == "zoo_version":
+        monkeypatch.setattr(zoo, "ZOO_VERSION", zoo.ZOO_VERSION + 1)
+    else:
+        entry = zoo.info("digits_mlp")
+        monkeypatch.setitem(zoo.MODELS, "digits_mlp", dataclasses.replace(entry, train=TrainConfig(epochs=2)))
+    zoo.load("digits_mlp")
+    assert len(train_calls) == 2
+    assert json.loads((tmp_data / "zoo" / "digits_mlp.json").read_text())["zoo_version"] == zoo.ZOO_VERSION
 
 
 def test_lost_accuracy_record_is_rescored_without_retraining(tmp_data, train_calls):
@@ -125,7 +138,8 @@ def test_lost_accuracy_record_is_rescored_without_retraining(tmp_data, train_cal
     record.write_text("{ truncated")
     assert zoo.accuracy("digits_mlp") == accuracy
     assert train_calls == ["DigitsMLP"]
-    assert json.loads(record.read_text())["accuracy"] == accuracy
+    rescored = json.loads(record.read_text())
+    assert rescored["accuracy"] == accuracy and rescored["train_seconds"] > 0
 
 
 def test_data_dir_argument_overrides_the_environment(tmp_data, tmp_path_factory):
