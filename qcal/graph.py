@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-__all__ = ["Graph", "Ref", "Step", "UnsupportedGraph", "build_graph"]
+__all__ = ["NO_DEFAULT", "Graph", "Ref", "Step", "UnsupportedGraph", "build_graph"]
 
 
 class UnsupportedGraph(Exception):
@@ -51,6 +51,7 @@ class Step:
 
     kind: "input", "quantize", "dequantize", "conv", "linear", "add", "relu", "clamp",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "shape" (moves values only),
+    "identity" (eval-mode dropout: passes the codes on, observed by nobody),
     "float" (fp32 op), "info" (non-tensor values such as sizes), "output".
     ``obs`` is the observation point whose qparams the output carries (quantized kinds);
     for "quantize" it is the point observing the input value.
@@ -79,16 +80,36 @@ class Graph:
     """The folded fp32 module plus the program planned over it.
 
     Attributes:
-        module: the folded ``fx.GraphModule`` (owns the conv/linear modules steps refer to).
+        module: the folded modules and attributes the steps refer to (a plain nn.Module
+            holding the traced GraphModule's children, so that it pickles).
         steps: the program, in execution order.
         obs_names: a label per observation point (the first value it observes).
         layers: names of the conv/linear steps (their module's qualified name).
+        inputs: (placeholder name, argument name, default or ``NO_DEFAULT``) per model input.
     """
 
-    module: fx.GraphModule
+    module: nn.Module
     steps: list[Step]
     obs_names: list[str]
     layers: list[str]
+    inputs: list[tuple[str, str, Any]] = field(default_factory=list)
+
+
+NO_DEFAULT = "<no default>"
+
+
+def _plain_module(gm: fx.GraphModule, steps: list[Step]) -> nn.Module:
+    """The GraphModule's children, parameters, buffers and get_attr values in a plain Module."""
+    root = nn.Module()
+    root._modules = dict(gm._modules)
+    root._parameters = dict(gm._parameters)
+    root._buffers = dict(gm._buffers)
+    for step in steps:
+        if step.op == "get_attr":
+            head = step.target.split(".")[0]
+            if not hasattr(root, head):
+                setattr(root, head, getattr(gm, head))
+    return root
 
 
 _RELU_MODULES = (nn.ReLU,)
@@ -101,7 +122,7 @@ _POOL_FUNCTIONS = {F.max_pool2d: "max_pool2d", torch._C._nn.avg_pool2d: "avg_poo
                    F.adaptive_avg_pool2d: "adaptive_avg_pool2d"}
 # Ops torch's native backend config would quantize but qcal's engine does not mirror: a
 # graph holding one of them falls back to module-swap mode rather than differ from torch.
-_UNMIRRORED_MODULES = (nn.Dropout, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Hardswish, nn.ELU,
+_UNMIRRORED_MODULES = (nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Hardswish, nn.ELU,
                        nn.LeakyReLU, nn.PReLU, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Sigmoid, nn.Tanh,
                        nn.Softmax, nn.Hardsigmoid, nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d, nn.Embedding,
                        nn.AdaptiveAvgPool1d, nn.AvgPool1d, nn.MaxPool1d, nn.PixelShuffle, nn.Upsample,
@@ -243,11 +264,14 @@ class _Planner:
         return [r for r in refs if self.state[r.name] in ("q", "f")]
 
     def plan(self) -> Graph:
+        inputs = []
         for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                inputs.append((node.name, node.target, node.args[0] if node.args else NO_DEFAULT))
             if node.name in self.alias:
                 continue
             getattr(self, f"_on_{node.op}")(node)
-        return Graph(self.gm, self.steps, self.obs_names, self.layers)
+        return Graph(_plain_module(self.gm, self.steps), self.steps, self.obs_names, self.layers, inputs)
 
     def _on_placeholder(self, node: fx.Node) -> None:
         self.emit(Step(node.name, "input", op="placeholder", target=node.target), "f")
@@ -313,6 +337,8 @@ class _Planner:
             return self._shared(node, _POOL_MODULES[type(mod)])
         if type(mod) is nn.Identity:
             return self._shared(node, "shape")
+        if type(mod) is nn.Dropout:  # eval: torch's QuantizedDropout passes codes and qparams through
+            return self._shared(node, "identity")
         return self._float_step(node)
 
     def _on_call_function(self, node: fx.Node) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from qcal.graph import Graph, Ref, Step
+from qcal.graph import NO_DEFAULT, Graph, Ref, Step
 from qcal.int8_ops import (
     adaptive_avg_pool2d,
     add,
@@ -34,7 +34,7 @@ Tap = Callable[[int, torch.Tensor], None]
 
 def bind_inputs(graph: Graph, inputs: Any) -> dict[str, Any]:
     """Placeholder values for a batch: a Tensor, a tuple of positional args or a dict of kwargs."""
-    holders = [n for n in graph.module.graph.nodes if n.op == "placeholder"]
+    holders = graph.inputs
     if isinstance(inputs, dict):
         args, kwargs = (), dict(inputs)
     elif isinstance(inputs, tuple | list):
@@ -44,17 +44,17 @@ def bind_inputs(graph: Graph, inputs: Any) -> dict[str, Any]:
     if len(args) > len(holders):
         raise ValueError(f"the model takes {len(holders)} inputs, got {len(args)}")
     env: dict[str, Any] = {}
-    for i, node in enumerate(holders):
+    for i, (name, arg, default) in enumerate(holders):
         if i < len(args):
-            env[node.name] = args[i]
-        elif node.target in kwargs:
-            env[node.name] = kwargs.pop(node.target)
-        elif node.args:  # the default value fx recorded
-            env[node.name] = node.args[0]
+            env[name] = args[i]
+        elif arg in kwargs:
+            env[name] = kwargs.pop(arg)
+        elif not (isinstance(default, str) and default == NO_DEFAULT):  # the default value fx recorded
+            env[name] = default
         else:
-            raise ValueError(f"missing model input {node.target!r}")
+            raise ValueError(f"missing model input {arg!r}")
     if kwargs:
-        raise ValueError(f"unknown model inputs {sorted(kwargs)}; the model takes {[n.target for n in holders]}")
+        raise ValueError(f"unknown model inputs {sorted(kwargs)}; the model takes {[h[1] for h in holders]}")
     return env
 
 
@@ -103,7 +103,7 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
             if step.relu:
                 value = F.relu(value)
         env[step.name] = value
-        if tap is not None and step.obs is not None and step.kind != "dequantize":
+        if tap is not None and step.obs is not None and step.kind not in ("dequantize", "identity"):
             tap(step.obs, value)
         if record is not None:
             record[step.name] = value
@@ -201,6 +201,8 @@ class IntegerProgram:
             return out
         if kind == "shape":
             return _call(step, self.graph, args, kwargs)
+        if kind == "identity":
+            return q
         params = _pool_params(step, self.graph, args, kwargs)
         if kind == "max_pool2d":
             return max_pool2d(q, **params)
@@ -242,7 +244,7 @@ def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozense
             if scrambles:
                 hit.add(step.name)
             nhwc[step.name] = nhwc.get(first, False) and not scrambles
-        elif step.kind == "shape" and step.op == "call_module":  # nn.Identity
+        elif step.kind == "identity" or (step.kind == "shape" and step.op == "call_module"):  # Dropout, Identity
             nhwc[step.name] = nhwc.get(first, False)
     return nhwc, frozenset(hit)
 
