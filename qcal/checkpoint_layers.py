@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from qcal.checkpoint_schemes import PER_CHANNEL
+from qcal.checkpoint_weights import QWeight
 from qcal.safe_load import PackedParamsState
 
 __all__ = [
@@ -28,9 +28,9 @@ __all__ = [
     "Layer",
     "find_layers",
     "functional_name",
+    "fx_paths",
     "infer_inputs",
     "requant_row",
-    "weight_scales",
 ]
 
 
@@ -40,16 +40,19 @@ class Layer:
 
     name: str  # module path, e.g. "features.0"
     kind: str  # "conv" | "linear"
-    weight: torch.Tensor  # torch quantized tensor
+    weight: QWeight
     weight_key: str
     bias: torch.Tensor | None
     out_scale: float | None  # None: dynamic quantization or an FX functional op
     out_zero_point: int | None
     scale_key: str
+    zero_point_key: str
     first_index: int
+    last_index: int
     last_key: str  # the requant row goes after this entry
     functional: bool = False  # FX F.linear / F.conv packed weight at the root
     dynamic: bool = False  # dynamic quantization: activations quantized per batch at run time
+    reference: bool = False  # convert_to_reference_fx: fp32 weight + qparams buffers
 
     @property
     def in_features(self) -> int:
@@ -72,71 +75,124 @@ class InputGuess:
     reason: str
 
 
-def weight_scales(w: torch.Tensor) -> list[float]:
-    """Per-output-channel scales of a quantized weight (one value when per tensor)."""
-    if w.qscheme() in PER_CHANNEL:
-        return w.q_per_channel_scales().tolist()
-    return [w.q_scale()]
+def fx_paths(name: str) -> list[str]:
+    """The FX buffer prefixes that may name layer ``name``: its path with dots as
+    underscores, and for the conv inside a fused reference module (``0.0`` in ``0``) the
+    wrapper's path, which FX uses as the scope."""
+    paths = [name.replace(".", "_")]
+    parent, _, last = name.rpartition(".")
+    if parent and last == "0":
+        paths.append(parent.replace(".", "_"))
+    return paths
 
 
-def _split_packed(value: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+_REFERENCE_LEAVES = (
+    "weight_scale",
+    "weight_zero_point",
+    "weight_axis",
+    "weight_qscheme",
+    "weight_dtype",
+)
+
+
+def _split_packed(value: Any) -> tuple[QWeight | None, torch.Tensor | None]:
     tensors = value.tensors() if isinstance(value, PackedParamsState) else list(value)
     weight = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_quantized), None)
     bias = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
-    return weight, bias
+    return (QWeight.from_qtensor(weight) if weight is not None else None), bias
+
+
+def _module_weight(leaves: dict[str, tuple[int, Any]]) -> tuple[Any, QWeight | None, Any, bool]:
+    """(weight entry, weight, bias, is_reference) of one module's entries."""
+    value = lambda leaf: leaves[leaf][1].value if leaf in leaves else None  # noqa: E731
+    bias = value("bias")
+    if getattr(value("weight"), "is_quantized", False):
+        return leaves["weight"][1], QWeight.from_qtensor(value("weight")), bias, False
+    if "_packed_params._packed_params" in leaves:
+        entry = leaves["_packed_params._packed_params"][1]
+        return (entry, *_split_packed(entry.value), False)
+    if "weight" in leaves and all(leaf in leaves for leaf in _REFERENCE_LEAVES):
+        try:
+            weight = QWeight.from_reference(
+                value("weight"), *(value(leaf) for leaf in _REFERENCE_LEAVES)
+            )
+        except (ValueError, RuntimeError, TypeError):
+            return None, None, None, False
+        return leaves["weight"][1], weight, bias, True
+    return None, None, None, False
 
 
 def find_layers(entries: list) -> dict[str, Layer]:
-    """Every module with a quantized weight (``.weight``, Linear's packed tuple, or an FX
-    root ``_packed_weight_<n>``), with its bias and output qparams."""
+    """Every module with a quantized weight (``.weight``, Linear's packed tuple, a reference
+    module's qparams, or an FX root ``_packed_weight_<n>``), with its bias and output qparams."""
     by_module: dict[str, dict[str, tuple[int, Any]]] = {}
     for i, e in enumerate(entries):
         if e.fx is None and e.module:
             by_module.setdefault(e.module, {})[e.leaf] = (i, e)
+    fx_outputs = _fx_outputs(entries)
     layers: dict[str, Layer] = {}
     for module, leaves in by_module.items():
-        weight = bias = None
-        if "weight" in leaves and getattr(leaves["weight"][1].value, "is_quantized", False):
-            weight_entry = leaves["weight"][1]
-            weight = weight_entry.value
-            bias = leaves["bias"][1].value if "bias" in leaves else None
-        elif "_packed_params._packed_params" in leaves:
-            weight_entry = leaves["_packed_params._packed_params"][1]
-            weight, bias = _split_packed(weight_entry.value)
+        weight_entry, weight, bias, reference = _module_weight(leaves)
         if weight is None:
             continue
         scale = leaves.get("scale", (0, None))[1]
         zp = leaves.get("zero_point", (0, None))[1]
+        if reference:  # FX keeps its output quantizer at the root, named after the module
+            scale, zp = next(
+                (fx_outputs[p] for p in fx_paths(module) if p in fx_outputs), (None, None)
+            )
         # torch's dynamic Linear saves the unused defaults scale 1.0, zero point 0
-        dynamic = weight.dim() == 2 and (
-            scale is None or (float(scale.value) == 1.0 and zp is not None and int(zp.value) == 0)
+        dynamic = (
+            not reference
+            and len(weight.shape) == 2
+            and (
+                scale is None
+                or (float(scale.value) == 1.0 and zp is not None and int(zp.value) == 0)
+            )
         )
+        last = max(leaves.values(), key=lambda p: p[0])
         layers[module] = Layer(
             name=module,
-            kind="linear" if weight.dim() == 2 else "conv",
+            kind="linear" if len(weight.shape) == 2 else "conv",
             weight=weight,
             weight_key=weight_entry.key,
             bias=bias if isinstance(bias, torch.Tensor) else None,
             out_scale=float(scale.value) if scale is not None else None,
             out_zero_point=int(zp.value) if zp is not None else None,
             scale_key=scale.key if scale is not None else "",
+            zero_point_key=zp.key if zp is not None else "",
             first_index=min(i for i, _ in leaves.values()),
-            last_key=max(leaves.values(), key=lambda p: p[0])[1].key,
+            last_index=last[0],
+            last_key=last[1].key,
             dynamic=dynamic,
+            reference=reference,
         )
     for i, e in enumerate(entries):
         if e.fx is not None and "what" not in e.fx.groupdict():
             weight, bias = _split_packed(e.value)
             if weight is not None:
                 name = functional_name(e, weight)
-                layers[name] = Layer(name, "linear" if weight.dim() == 2 else "conv", weight,
-                                     e.key, bias, None, None, "", i, e.key, functional=True)  # fmt: skip
+                kind = "linear" if len(weight.shape) == 2 else "conv"
+                layers[name] = Layer(name, kind, weight, e.key, bias, None, None, "", "", i, i, e.key, functional=True)  # fmt: skip
     return layers
 
 
-def functional_name(e: Any, weight: torch.Tensor) -> str:
+def _fx_outputs(entries: list) -> dict[str, tuple[Any, Any]]:
+    """FX output quantizers by path: the first ``<path>_scale_<n>`` / ``_zero_point_<n>`` pair."""
+    pairs: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in entries:
+        if e.fx is not None and "what" in e.fx.groupdict() and not e.fx.group("input"):
+            pairs.setdefault((e.fx.group("path"), int(e.fx.group("n"))), {})[e.fx.group("what")] = e
+    out: dict[str, tuple[Any, Any]] = {}
+    for (path, _), d in sorted(pairs.items()):
+        if path and "scale" in d and "zero_point" in d:
+            out.setdefault(path, (d["scale"], d["zero_point"]))
+    return out
+
+
+def functional_name(e: Any, weight: QWeight) -> str:
     """The layer name of an FX root packed weight, e.g. ``F.linear(_packed_weight_0)``."""
-    op = "F.linear" if weight.dim() == 2 else "F.conv"
+    op = "F.linear" if len(weight.shape) == 2 else "F.conv"
     return f"{op}({e.key.rsplit('/', 1)[-1]})"
 
 
@@ -156,35 +212,26 @@ def _points(entries: list, layers: dict[str, Layer]) -> list[_Point]:
     for i, e in enumerate(entries):
         if e.fx is None and e.module:
             modules.setdefault(e.module, {})[e.leaf] = (i, e)
-    points = []
+    points = [
+        _Point(lay.last_index, lay.name, "layer", lay.out_scale, lay.out_zero_point, lay.scale_key, lay.out_features)
+        for lay in layers.values()
+        if lay.out_scale is not None and lay.out_zero_point is not None and not lay.dynamic
+    ]  # fmt: skip
     for name, leaves in modules.items():
-        if "scale" not in leaves or "zero_point" not in leaves:
+        if name in layers or "scale" not in leaves or "zero_point" not in leaves:
             continue
-        (i, s), (_, z) = leaves["scale"], leaves["zero_point"]
+        s, z = leaves["scale"][1], leaves["zero_point"][1]
         if not isinstance(s.value, torch.Tensor) or s.value.numel() != 1:
             continue
-        if name in layers and layers[name].dynamic:
-            continue  # its output is fp32
-        if name in layers:
-            kind, channels = "layer", layers[name].out_features
-        elif s.value.dim() == 1:
+        if s.value.dim() == 1:
             kind, channels = "stub", None
         elif "running_mean" in leaves:
             kind, channels = "single", int(leaves["running_mean"][1].value.numel())
         else:
             kind, channels = "op", None
         index = max(j for j, _ in leaves.values())
-        points.append(
-            _Point(
-                index,
-                name,
-                kind,
-                float(s.value.flatten()[0]),
-                int(z.value.flatten()[0]),
-                s.key,
-                channels,
-            )
-        )
+        scale, zp = float(s.value.flatten()[0]), int(z.value.flatten()[0])
+        points.append(_Point(index, name, kind, scale, zp, s.key, channels))
     return sorted(points, key=lambda p: p.index)
 
 
@@ -233,10 +280,10 @@ def infer_inputs(entries: list, layers: dict[str, Layer]) -> dict[str, InputGues
     points = _points(entries, layers)
     fx_inputs, fx_free = _fx_quantizers(entries)
     outputs = {(p.scale, p.zero_point) for p in points if p.kind == "layer"}
-    odd_free = [f for f in fx_free if (f[0], f[1]) not in outputs]
+    odd_free = [f for f in fx_free if (f[0], f[1]) not in outputs]  # e.g. a quantized add
     guesses: dict[str, InputGuess] = {}
     for layer in layers.values():
-        found = fx_inputs.get(layer.name.replace(".", "_"))
+        found = next((fx_inputs[p] for p in fx_paths(layer.name) if p in fx_inputs), None)
         if found is not None:
             guesses[layer.name] = InputGuess(
                 found[0], found[1], found[2], f"FX input quantizer {found[2]}"
@@ -289,7 +336,7 @@ def requant_row(
     prefix: str, layer: Layer, guess: InputGuess, scheme: str, columns: list[str]
 ) -> dict:
     """The layer-level row: requant scale M[c] = s_in * s_w[c] / s_out and where it applies."""
-    sw = weight_scales(layer.weight)
+    sw = list(layer.weight.scales)
     row = dict.fromkeys(columns, "") | {
         "key": prefix + layer.name, "layer": layer.name, "role": "requant", "scale": [],
         "zero_point": [], "requant_scale": [], "likely_scheme": scheme,

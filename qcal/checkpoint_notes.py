@@ -16,6 +16,9 @@ _OTHER = {
     "running_mean": "BatchNorm running mean (fp32 statistics, not a quantization parameter)",
     "running_var": "BatchNorm running variance (fp32 statistics, not a quantization parameter)",
     "num_batches_tracked": "BatchNorm's batch counter (not a quantization parameter)",
+    "weight_axis": "the channel axis of a reference module's per-channel weight qparams",
+    "weight_qscheme": "the qscheme a reference module quantizes its fp32 weight with",
+    "weight_dtype": "the integer dtype a reference module quantizes its fp32 weight to",
 }
 
 
@@ -34,27 +37,38 @@ def entry_note(
     """The note for one state-dict entry, given its row (role, dtype, scale, zero_point)."""
     role, who = row["role"], row["layer"] or e.key
     why_scheme = f" Likely scheme: {scheme[1]}." if scheme else ""
+    if role in ("weight scale", "weight zero point") and layer is not None:
+        return (
+            f"{layer.name}'s {role} (a reference module from convert_to_reference_fx keeps the fp32 "
+            f"weight and quantizes it on the fly: w_q = clamp(round(w / scale) + zero_point)); "
+            f"{weight.reason if weight else ''}"
+        )
     if role in ("weight", "packed params") and weight is not None and layer is not None:
-        n = weight.channels
+        n, w = weight.channels, layer.weight
         how = (
-            f"per output channel ({n} scales, axis 0): w ≈ scale[c] × (q − zero_point[c])"
-            if n > 1
-            else f"per tensor: w ≈ {row['scale'][0]:.6g} × (q − {row['zero_point'][0]})"
+            f"per output channel ({n} scales, axis {w.axis}): w ≈ scale[c] × (q − zero_point[c])"
+            if w.axis is not None
+            else f"per tensor: w ≈ {w.scales[0]:.6g} × (q − {w.zero_points[0]})"
         )
         if role == "packed params":
             bias = "no bias" if layer.bias is None else f"fp32 bias [{layer.bias.numel()}]"
             head = (
                 f"{layer.name}'s packed (weight, bias): torch keeps a quantized Linear's weight here "
-                f"instead of '.weight' ({weight.dtype} weight {tuple(layer.weight.shape)}, {bias})"
+                f"instead of '.weight' ({weight.dtype} weight {layer.weight.shape}, {bias})"
             )
             if layer.functional:
                 head = (
                     "packed weights of a functional F.linear / F.conv in an FX graph (a torch.ScriptObject "
                     f"{e.value.class_name.rsplit('.', 1)[-1]}, read as data without building the C++ object); {weight.dtype} "
-                    f"weight {tuple(layer.weight.shape)}"
+                    f"weight {layer.weight.shape}"
                 )
+        elif layer.reference:
+            head = (
+                f"fp32 weight of reference {layer.kind} {layer.name} {layer.weight.shape}: quantized on "
+                f"the fly to {weight.dtype} with its weight_scale / weight_zero_point"
+            )
         else:
-            head = f"{layer.kind} weight {tuple(layer.weight.shape)}, {weight.dtype} codes {_codes(weight.dtype)}"
+            head = f"{layer.kind} weight {layer.weight.shape}, {weight.dtype} codes {_codes(weight.dtype)}"
         return f"{head}; {how}. {weight.reason[0].upper()}{weight.reason[1:]}.{why_scheme}"
     if role == "weight":
         return f"float weight of {who} ({row['dtype']}): this module is not int8 (e.g. a quantized BatchNorm's affine factor)"
@@ -92,7 +106,7 @@ def entry_note(
 
 
 def _output_note(e: Any, row: dict, layer: Layer | None, acts: ActivationEvidence) -> str:
-    if e.fx is not None:
+    if e.fx is not None and layer is None:
         scope = e.fx.group("path") or "the root module"
         owner = (
             f"an activation quantized by an FX graph op in {scope} (a quantized add / cat, or the "

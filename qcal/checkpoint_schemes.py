@@ -17,24 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
+from qcal.checkpoint_weights import QWeight
 from qcal.schemes import SCHEMES
 
 __all__ = [
-    "PER_CHANNEL",
     "ActivationEvidence",
     "WeightEvidence",
     "activation_evidence",
     "model_scheme",
     "weight_evidence",
 ]
-
-
-#: torch qschemes stored with one (scale, zero point) per channel
-PER_CHANNEL = (
-    torch.per_channel_affine,
-    torch.per_channel_symmetric,
-    torch.per_channel_affine_float_qparams,
-)
 
 
 @dataclass(frozen=True)
@@ -77,31 +69,31 @@ class ActivationEvidence:
     zero_points: tuple[int, ...]
 
 
-def weight_evidence(q: torch.Tensor) -> WeightEvidence:
+def weight_evidence(w: QWeight) -> WeightEvidence:
     """Read a quantized weight's qscheme and range from its storage.
 
     Args:
-        q: a torch quantized tensor (qint8 or quint8, per tensor or per channel).
+        w: the weight's codes and qparams (qint8 or quint8, per tensor or per channel).
 
     Returns:
         The evidence, with ``qscheme`` naming the fitting qcal qscheme.
     """
-    dtype = str(q.dtype).removeprefix("torch.")
-    per_channel = q.qscheme() in PER_CHANNEL
+    dtype = w.dtype
+    per_channel = w.axis is not None
+    zps = torch.tensor(w.zero_points, dtype=torch.float64)
+    codes = w.codes.to(torch.float64)
     if per_channel:
-        zps = q.q_per_channel_zero_points()
-        codes = q.int_repr().to(torch.float64).movedim(q.q_per_channel_axis(), 0)
-        centred = codes - zps.to(torch.float64).view(-1, *([1] * (codes.dim() - 1)))
+        codes = codes.movedim(w.axis, 0)
+        centred = codes - zps.view(-1, *([1] * (codes.dim() - 1)))
     else:
-        zps = torch.tensor([q.q_zero_point()])
-        centred = q.int_repr().to(torch.float64) - float(zps[0])
+        centred = codes - zps[0]
     max_abs = int(centred.abs().max()) if centred.numel() else 0
     sym_zp = 0 if dtype == "qint8" else 128
     symmetric = bool((zps == sym_zp).all())
     granularity = "per_channel" if per_channel else "per_tensor"
     qscheme = f"{granularity}_{'symmetric' if symmetric else 'affine'}"
     n = int(zps.numel())
-    stored = str(q.qscheme()).removeprefix("torch.")
+    stored = w.qscheme
     if symmetric:
         why = f"every zero point is {sym_zp}, the centre of {dtype}: a symmetric observer"
         if stored.endswith("affine"):
@@ -114,7 +106,7 @@ def weight_evidence(q: torch.Tensor) -> WeightEvidence:
         else:
             why += f"; max |q| = {max_abs}: the full {dtype} range, not reduce_range"
     else:
-        why = f"zero points vary ({_few(zps.tolist())}): an affine observer fitted to min and max"
+        why = f"zero points vary ({_few(list(w.zero_points))}): an affine observer fitted to min and max"
     return WeightEvidence(dtype, qscheme, n, max_abs, why)
 
 

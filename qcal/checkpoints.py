@@ -34,9 +34,10 @@ import pandas as pd
 import torch
 
 from qcal.checkpoint_example import example_checkpoint
-from qcal.checkpoint_layers import Layer, find_layers, infer_inputs, requant_row
+from qcal.checkpoint_layers import Layer, find_layers, fx_paths, infer_inputs, requant_row
 from qcal.checkpoint_notes import entry_note
-from qcal.checkpoint_schemes import PER_CHANNEL, activation_evidence, model_scheme, weight_evidence
+from qcal.checkpoint_schemes import activation_evidence, model_scheme, weight_evidence
+from qcal.checkpoint_weights import PER_CHANNEL
 from qcal.safe_load import DEFAULT_MAX_BYTES, PackedParamsState, load_checkpoint
 
 __all__ = ["COLUMNS", "ROLES", "example_checkpoint", "explain"]
@@ -46,7 +47,7 @@ COLUMNS: list[str] = [
     "requant_scale", "likely_scheme", "note",
 ]  # fmt: skip
 ROLES: tuple[str, ...] = (
-    "weight", "bias", "output scale", "output zero point", "input scale", "input zero point",
+    "weight", "weight scale", "weight zero point", "bias", "output scale", "output zero point", "input scale", "input zero point",
     "packed params", "requant", "other",
 )  # fmt: skip
 
@@ -139,7 +140,8 @@ def _find_state_dicts(obj: Any) -> tuple[list[tuple[str, Mapping]], list[dict]]:
 
     def visit(prefix: str, d: Mapping, depth: int) -> None:
         if _holds_tensors(d):
-            if any(_is_quantized(v) for v in d.values()):
+            # a reference module (convert_to_reference_fx) records its weight's qscheme instead
+            if any(_is_quantized(v) or isinstance(v, torch.qscheme) for v in d.values()):
                 found.append((prefix, d))
             else:
                 fp32.extend(f"{prefix}{k}" for k, v in d.items() if isinstance(v, torch.Tensor))
@@ -253,9 +255,12 @@ def _layer_of(e: Entry, layers: dict[str, Layer]) -> str:
         return next((n for n, lay in layers.items() if lay.weight_key == e.key), "")
     if e.fx is not None:
         path = e.fx.group("path")
-        if "input" in e.fx.groupdict() and e.fx.group("input"):
-            return next((n for n in layers if n.replace(".", "_") == path), path)
-        return f"{path or '<root>'}:q{e.fx.group('n')}"  # an FX graph op's quantizer
+        if e.fx.group("input"):
+            return next((n for n in layers if path in fx_paths(n)), path)
+        owner = next(
+            (n for n, lay in layers.items() if e.key in (lay.scale_key, lay.zero_point_key)), None
+        )
+        return owner or f"{path or '<root>'}:q{e.fx.group('n')}"  # an FX graph op's quantizer
     return e.module
 
 
@@ -269,11 +274,9 @@ def _entry_row(e, layer, layers, acts, evidence, schemes, overall) -> dict:
     }
     row |= _describe(e.value, role)
     lay = layers.get(layer)
-    if (
-        role in ("weight", "packed params")
-        and lay is not None
-        and row["dtype"] in ("qint8", "quint8")
-    ):
+    if lay is not None and lay.reference and role == "weight":
+        row["qscheme"] = lay.weight.qscheme  # the fp32 weight is quantized with these on the fly
+    if role in ("weight", "packed params", "weight scale", "weight zero point") and lay is not None:
         row["likely_scheme"] = schemes[layer][0]
     elif role.startswith(("output", "input")) or role == "bias":
         row["likely_scheme"] = schemes[layer][0] if layer in schemes else overall
@@ -290,6 +293,8 @@ def _role(e: Entry, layer: str, layers: dict[str, Layer]) -> str:
         return f"{side} {g['what'].replace('_', ' ')}"
     if e.leaf in ("weight", "bias"):
         return e.leaf
+    if e.leaf in ("weight_scale", "weight_zero_point") and layer in layers:  # a reference module
+        return e.leaf.replace("_", " ")
     if e.leaf == "_packed_params._packed_params":
         return "packed params"
     if e.leaf in ("scale", "zero_point") and isinstance(e.value, torch.Tensor):
@@ -320,8 +325,8 @@ def _describe(value: Any, role: str) -> dict:
             out["zero_point"] = t.q_per_channel_zero_points().tolist()
         else:
             out["scale"], out["zero_point"] = [t.q_scale()], [t.q_zero_point()]
-    elif role.endswith("scale") and t.numel() == 1:
-        out["scale"] = [float(t.flatten()[0])]
-    elif role.endswith("zero point") and t.numel() == 1:
-        out["zero_point"] = [int(t.flatten()[0])]
+    elif role.endswith("scale") and (t.numel() == 1 or role == "weight scale"):
+        out["scale"] = t.flatten().tolist()
+    elif role.endswith("zero point") and (t.numel() == 1 or role == "weight zero point"):
+        out["zero_point"] = t.flatten().tolist()
     return out

@@ -27,7 +27,11 @@ qa = torch.ao.quantization
 pytestmark = pytest.mark.filterwarnings(
     "ignore:torch.ao.quantization is deprecated:DeprecationWarning"
 )
-from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: E402
+from torch.ao.quantization.quantize_fx import (  # noqa: E402
+    convert_fx,
+    convert_to_reference_fx,
+    prepare_fx,
+)
 
 
 class Net(nn.Module):
@@ -164,6 +168,36 @@ def test_roles_and_requant_scales_match_the_converted_modules(mode, backend, wei
         expected = [in_scale * s / out_scale for s in _scales(w)]
         np.testing.assert_allclose(requant.requant_scale, expected, rtol=1e-6)
         assert f"(x_q − {in_zp})" in requant.note
+
+
+@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack"])
+def test_fx_reference_model_requant_scales_match_its_graph(backend):
+    torch.backends.quantized.engine = backend
+    x = torch.randn(16, 1, 8, 8)
+    prepared = prepare_fx(Net(eager=False).eval(), qa.get_default_qconfig_mapping(backend), (x,))
+    prepared(x)
+    ref = convert_to_reference_fx(prepared)
+    df = explain(ref.state_dict())
+    nodes = {n.target: n for n in ref.graph.nodes if n.op == "call_module"}
+    for name in ("conv_3x3_32a", "conv2", "fc"):
+        module = ref.get_submodule(name)
+        layer = (
+            f"{name}.0" if _row_exists(df, f"{name}.0") else name
+        )  # fused ConvReLU wraps the conv
+        weight = ref.get_submodule(layer)
+        q_in = nodes[name].args[0].args[0]  # call_module(dequantize(quantize_per_tensor(x, s, z)))
+        q_out = next(iter(nodes[name].users))  # quantize_per_tensor(module(x), s, z)
+        s_in, z_in = (getattr(ref, a.target) for a in q_in.args[1:3])
+        s_out = getattr(ref, q_out.args[1].target)
+        expected = [float(s_in) * s / float(s_out) for s in weight.weight_scale.tolist()]
+        requant = _row(df, layer)
+        np.testing.assert_allclose(requant.requant_scale, expected, rtol=1e-6)
+        assert f"(x_q − {int(z_in)})" in requant.note
+        assert _row(df, f"{layer}.weight_scale").role == "weight scale"
+
+
+def _row_exists(df, key: str) -> bool:
+    return bool((df.key == key).any())
 
 
 def test_fx_state_dict_lists_the_input_quantizer_and_graph_requantize_buffers():
