@@ -180,10 +180,8 @@ def test_fx_reference_model_requant_scales_match_its_graph(backend):
     df = explain(ref.state_dict())
     nodes = {n.target: n for n in ref.graph.nodes if n.op == "call_module"}
     for name in ("conv_3x3_32a", "conv2", "fc"):
-        module = ref.get_submodule(name)
-        layer = (
-            f"{name}.0" if _row_exists(df, f"{name}.0") else name
-        )  # fused ConvReLU wraps the conv
+        # a fused ConvReLU wraps the conv as `<name>.0`
+        layer = f"{name}.0" if _row_exists(df, f"{name}.0") else name
         weight = ref.get_submodule(layer)
         q_in = nodes[name].args[0].args[0]  # call_module(dequantize(quantize_per_tensor(x, s, z)))
         q_out = next(iter(nodes[name].users))  # quantize_per_tensor(module(x), s, z)
