@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 
 from qcal.checkpoint_example import example_checkpoint
-from qcal.checkpoint_layers import Layer, find_layers, fx_paths, infer_inputs, requant_row
+from qcal.checkpoint_layers import Layer, find_layers, fx_paths
 from qcal.checkpoint_notes import entry_note
+from qcal.checkpoint_requant import infer_inputs, requant_row
 from qcal.checkpoint_schemes import activation_evidence, model_scheme, weight_evidence
 from qcal.checkpoint_weights import PER_CHANNEL
 from qcal.safe_load import DEFAULT_MAX_BYTES, PackedParamsState, load_checkpoint
