@@ -15,6 +15,10 @@ Layouts torch 2.13 writes (``model.state_dict()`` after ``convert`` / ``convert_
   graph ops such as a quantized add, or a re-quantize after an fp32 op like flatten) and,
   for functional ``F.linear`` / ``F.conv2d``, ``<scope>_packed_weight_<n>`` (a
   ``torch.ScriptObject``; see :mod:`qcal.safe_load`).
+* FX reference (``convert_to_reference_fx``): fp32 ``<m>.weight`` with ``<m>.weight_scale``,
+  ``weight_zero_point``, ``weight_axis``, ``weight_qscheme``, ``weight_dtype``; every
+  activation quantizer is a root buffer, outputs named after their layer (``<m>_scale_0``).
+* dynamic (``quantize_dynamic``): Linear entries as above with unused scale 1.0 / zero point 0.
 
 The requant scale of a layer with per-output-channel weight scales ``s_w[c]`` is
 ``M[c] = s_in * s_w[c] / s_out``: the int32 accumulator ``acc = Σ (x_q - z_in)(w_q - z_w)``
