@@ -129,7 +129,8 @@ def quantize(
     """Quantize float values to integer codes, bit for bit as torch does.
 
     ``q = clamp(rint(fma(x, f32(1 / f32(scale)), zp)), qmin, qmax)``: multiply by the float32
-    reciprocal, add the zero point, round half to even once, clamp (REQUANT.md §6).
+    reciprocal, add the zero point, round half to even once, clamp (REQUANT.md §6). Per
+    channel the multiply-add is not fused: ``rint(f32(f32(x * inv) + zp))``.
 
     Args:
         x: float tensor of any shape.
@@ -150,7 +151,9 @@ def quantize(
     elif scale.numel() != 1:
         raise ValueError(f"per-tensor quantize takes one scale, got {scale.numel()}; pass axis=")
     inv = (1.0 / scale).float()
-    y = _fma_f32(x, inv, zp)
+    # Per tensor, fbgemm's vectorised kernel fuses the multiply-add; per channel, torch's
+    # scalar loop rounds x * inv to float32 first, then adds zp (ties can differ).
+    y = _fma_f32(x, inv, zp) if axis is None else x * inv + zp
     q = torch.clamp(torch.round(y), qmin, qmax)
     return q.to(INT_DTYPES[dtype])
 
