@@ -3,9 +3,12 @@
 import pytest
 import torch
 
-import qcal  # noqa: F401  (installs the warning filters once)
+from qcal import _torch_warnings
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_quiet():
+    # pytest restores the warning filters around every test, so the filters that
+    # `import qcal` installs once are re-applied here, from the same single list.
+    _torch_warnings.silence()
     torch.manual_seed(0)
