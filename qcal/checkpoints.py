@@ -261,7 +261,9 @@ def _layer_of(e: Entry, layers: dict[str, Layer]) -> str:
     if e.fx is not None:
         path = e.fx.group("path")
         if e.fx.group("input"):
-            return next((n for n in layers if path in fx_paths(n)), path)
+            return next(
+                (n for n in layers if path in fx_paths(n)), path or f"<root>:input{e.fx.group('n')}"
+            )
         owner = next(
             (n for n, lay in layers.items() if e.key in (lay.scale_key, lay.zero_point_key)), None
         )

@@ -351,17 +351,23 @@ def test_dynamic_quantization_has_no_requant_scale():
     assert "unused default" in _row(df, "2.scale").note
 
 
-def test_fx_functional_linear_packed_weight_loads_as_data(tmp_path):
+@pytest.mark.parametrize(
+    ("op", "weight_shape", "x_shape"),
+    [("linear", (3, 6), (4, 6)), ("conv", (3, 1, 3, 3), (2, 1, 5, 5))],
+)
+def test_fx_functional_packed_weight_loads_as_data(tmp_path, op, weight_shape, x_shape):
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()
-            self.w, self.b = nn.Parameter(torch.randn(3, 6)), nn.Parameter(torch.randn(3))
+            self.w, self.b = nn.Parameter(torch.randn(weight_shape)), nn.Parameter(torch.randn(3))
 
         def forward(self, x):
-            return nn.functional.linear(x, self.w, self.b)
+            if op == "linear":
+                return nn.functional.linear(x, self.w, self.b)
+            return nn.functional.conv2d(x, self.w, self.b, [1, 1], [0, 0], [1, 1], 1)
 
     torch.backends.quantized.engine = "fbgemm"
-    x = torch.randn(4, 6)
+    x = torch.randn(x_shape)
     prepared = prepare_fx(Functional().eval(), qa.get_default_qconfig_mapping("fbgemm"), (x,))
     prepared(x)
     gm = convert_fx(prepared)
@@ -371,12 +377,12 @@ def test_fx_functional_linear_packed_weight_loads_as_data(tmp_path):
     torch.save(sd, path)
     with pytest.raises(Exception, match="ScriptObject"):
         torch.load(path, weights_only=True)  # why qcal maps ScriptObject to a plain record
-    df = explain(path)
-    row = _row(df, "_packed_weight_0")
-    assert row.role == "packed params"
-    np.testing.assert_allclose(
-        row.scale, gm._packed_weight_0.unpack()[0].q_per_channel_scales().tolist()
-    )
+    row = _row(explain(path), "_packed_weight_0")
+    assert row.role == "packed params" and row.layer == f"F.{op}(_packed_weight_0)"
+    weight = gm._packed_weight_0.unpack()[0]
+    np.testing.assert_allclose(row.scale, weight.q_per_channel_scales().tolist())
+    # the same state dict still in memory gives the same row
+    assert _row(explain(sd), "_packed_weight_0").scale == row.scale
 
 
 def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
