@@ -172,6 +172,7 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
     gm.graph.lint()
+    gm.delete_all_unused_submodules()
     gm.recompile()
 
 
