@@ -134,7 +134,8 @@ def example_checkpoint(backend: str = "fbgemm") -> Path:
     state_dict = build_example_state_dict(backend)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        torch.save(state_dict, tmp)
+        with tmp.open("wb") as f:  # a file object: the archive's inner folder is "archive"
+            torch.save(state_dict, f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -127,7 +127,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
     if size == 0:
         raise ValueError(f"{path.name} is empty (0 bytes): not a torch checkpoint")
     if zipfile.is_zipfile(path):
-        _check_zip(path)
+        _check_zip(path, max_bytes)
     try:
         with (
             torch.serialization.safe_globals([(PackedParamsState, "torch.ScriptObject")]),
@@ -140,9 +140,15 @@ def load_checkpoint(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
         raise ValueError(_explain_load_error(path, err)) from None
 
 
-def _check_zip(path: Path) -> None:
+def _check_zip(path: Path, max_bytes: int) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
+            # torch.save stores members uncompressed; a compressed one could expand without bound
+            expanded = sum(info.file_size for info in archive.infolist())
+            if expanded > max_bytes:
+                raise ValueError(
+                    f"{path.name} expands to {_size(expanded)}, above the limit of {_size(max_bytes)}"
+                )
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise ValueError(

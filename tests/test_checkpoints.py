@@ -470,6 +470,15 @@ def test_too_large_file_is_refused_before_loading(tmp_path):
         explain(path, max_bytes=100)
 
 
+def test_a_compressed_archive_that_expands_past_the_limit_is_refused(tmp_path):
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (4 * 2**20))
+    assert path.stat().st_size < 2**20
+    with pytest.raises(ValueError, match=r"expands to 4\.0 MiB, above the limit of 1\.0 MiB"):
+        explain(path, max_bytes=2**20)
+
+
 def test_short_list_shortens_long_lists():
     assert short_list([0.0031, 0.0029] + [0.001] * 38) == "[0.0031, 0.0029, … 40 values]"
     assert short_list([160]) == "[160]"
