@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,7 +150,8 @@ def load(name: str, *, data_dir: str | Path | None = None, progress: Progress | 
         progress: optional ``progress(fraction, message)`` callback while training.
 
     Returns:
-        A fresh module (callers may modify it freely) in eval mode.
+        A fresh module (callers may modify it freely) in eval mode. If the cache cannot be
+        written (read-only folder), the model is still returned, with a warning.
 
     Raises:
         ValueError: for an unknown name.
@@ -195,15 +197,15 @@ def _cached_or_trained(entry: ModelInfo, root: str | Path | None,
         cached = _read_weights(weights, entry)
         if cached is None:
             state, seconds = _train(entry, progress)
-            _atomic_write(weights, _torch_bytes(entry, state, seconds))
             meta = _record(entry, state, seconds)
-            _atomic_write(record, json.dumps(meta, indent=2).encode())
+            if _save(weights, _torch_bytes(entry, state, seconds)):
+                _save(record, json.dumps(meta, indent=2).encode())
             return state, meta
         state, seconds = cached
         meta = _read_record(record, entry, state)
         if meta is None:  # weights fine, record lost or damaged: re-score only
             meta = _record(entry, state, seconds)
-            _atomic_write(record, json.dumps(meta, indent=2).encode())
+            _save(record, json.dumps(meta, indent=2).encode())
     if progress is not None:
         progress(1.0, f"{entry.name}: loaded from cache")
     return state, meta
@@ -279,6 +281,17 @@ def _torch_bytes(entry: ModelInfo, state: dict[str, torch.Tensor], seconds: floa
                "state_dict": state}  # plain types only: loadable with weights_only=True
     torch.save(payload, buf)
     return buf.getvalue()
+
+
+def _save(path: Path, payload: bytes) -> bool:
+    """Cache a file; a read-only or full disk costs a retrain next time, not this load."""
+    try:
+        _atomic_write(path, payload)
+    except OSError as e:
+        warnings.warn(f"qcal.zoo: could not cache {path} ({e}); the model works but will be "
+                      f"retrained next time. Set QCAL_DATA_DIR to a writable folder.", stacklevel=4)
+        return False
+    return True
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

@@ -131,6 +131,16 @@ def test_cache_from_another_version_or_recipe_is_retrained(tmp_data, train_calls
     assert json.loads((tmp_data / "zoo" / "digits_mlp.json").read_text())["zoo_version"] == zoo.ZOO_VERSION
 
 
+def test_unwritable_cache_still_returns_the_model_with_a_warning(tmp_data, monkeypatch):
+    def refuse(path, payload):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(zoo, "_atomic_write", refuse)
+    with pytest.warns(UserWarning, match=r"could not cache .*digits_mlp\.pt .*QCAL_DATA_DIR"):
+        model = zoo.load("digits_mlp")
+    assert isinstance(model, nn.Module) and not (tmp_data / "zoo" / "digits_mlp.pt").exists()
+
+
 def test_lost_accuracy_record_is_rescored_without_retraining(tmp_data, train_calls):
     zoo.load("digits_mlp")
     record = tmp_data / "zoo" / "digits_mlp.json"
