@@ -101,12 +101,14 @@ class QuantizedModel:
 
     Attributes:
         scheme, backend, mode ("graph" | "modules"), fallback_reason (why "auto" fell back
-        to module swap, else None), float_model (the eval copy used as fp32 reference).
+        to module swap, else None), float_model (the eval copy used as fp32 reference),
+        reproduce_torch_bugs (True: match torch's converted model even where torch's
+        wrapper code is wrong; see ``notes``).
     """
 
     def __init__(self, *, float_model: nn.Module, scheme: Scheme, backend: str, mode: str,
                  fallback_reason: str | None, graph: Graph | None, layers: dict[str, QuantLayer],
-                 activations: list[ActivationInfo]) -> None:
+                 activations: list[ActivationInfo], reproduce_torch_bugs: bool = True) -> None:
         self.float_model = float_model
         self.scheme = scheme
         self.backend = backend
@@ -115,6 +117,7 @@ class QuantizedModel:
         self.graph = graph
         self.quant_layers = layers
         self.activations = activations
+        self.reproduce_torch_bugs = reproduce_torch_bugs
         self._saturated: dict[str, int] = {}
         self._runtime: Any = None
 
@@ -134,7 +137,7 @@ class QuantizedModel:
                 assert self.graph is not None
                 act = [(a.scale, a.zero_point) for a in self.activations]
                 self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype, self._kernels(),
-                                               self.backend)
+                                               self.backend, self.reproduce_torch_bugs)
             else:
                 from qcal.modules import SwappedModel
 
@@ -200,14 +203,36 @@ class QuantizedModel:
                 layer.output_zero_point, fp32[name].reshape(res.out.shape), int(res.saturated_pairs))
         return traces
 
-    def with_backend(self, backend: str) -> QuantizedModel:
-        """The same qparams and int8 weights on another engine flavour."""
+    def with_backend(self, backend: str, *, reproduce_torch_bugs: bool | None = None) -> QuantizedModel:
+        """The same qparams and int8 weights on another engine flavour.
+
+        ``reproduce_torch_bugs=False`` gives the arithmetic the backend intends where torch's
+        converted model departs from it (see ``notes``); None keeps this model's setting.
+        """
         from qcal.calibration import check_backends
 
         check_backends([backend])
+        keep = self.reproduce_torch_bugs if reproduce_torch_bugs is None else reproduce_torch_bugs
         return QuantizedModel(float_model=self.float_model, scheme=self.scheme, backend=backend, mode=self.mode,
                               fallback_reason=self.fallback_reason, graph=self.graph,
-                              layers=self.quant_layers, activations=self.activations)
+                              layers=self.quant_layers, activations=self.activations, reproduce_torch_bugs=keep)
+
+    @property
+    def notes(self) -> list[str]:
+        """Plain-language caveats about this model's integer pipeline (empty when none)."""
+        out = []
+        if self.fallback_reason:
+            out.append(f"module-swap mode: {self.fallback_reason}")
+        if self.mode == "graph" and self.backend == "qnnpack":
+            from qcal.program import torch_layouts
+
+            hit = sorted(torch_layouts(self.graph, "qnnpack")[1])
+            if hit:
+                what = "reproduced, as torch's converted model computes it" if self.reproduce_torch_bugs else \
+                    "not reproduced (reproduce_torch_bugs=False): outputs follow the intended clamp"
+                out.append(f"torch's qnnpack ReLU6/Hardtanh/clamp writes channels-last inputs back in the "
+                           f"wrong order (torch 2.13 qnnpack_clamp); affects {', '.join(hit)}; {what}")
+        return out
 
     # -- tables ------------------------------------------------------------------------------
     def layers(self) -> pd.DataFrame:

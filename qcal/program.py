@@ -116,19 +116,23 @@ class IntegerProgram:
     Args:
         graph: the planned graph.
         act_qparams: (scale, zero_point) per observation point.
+        backend: the engine flavour of the pools and adds.
+        reproduce_torch_bugs: apply torch's qnnpack clamp scramble (see ``torch_layouts``).
         act_dtype: "quint8" or "qint8" activations.
         layers: layer name -> a callable ``(x_q, trace: bool) -> out_q or KernelResult`` that
             runs the prepacked int8 conv/linear with its output qparams bound.
     """
 
     def __init__(self, graph: Graph, act_qparams: list[tuple[float, int]], act_dtype: str,
-                 layers: dict[str, Callable[..., Any]], backend: str = "fbgemm") -> None:
+                 layers: dict[str, Callable[..., Any]], backend: str = "fbgemm",
+                 reproduce_torch_bugs: bool = True) -> None:
         self.graph = graph
         self.act = act_qparams
         self.act_dtype = act_dtype
         self.layers = layers
         self.backend = backend
-        self.nhwc, self.scrambled = torch_layouts(graph, backend)
+        self.nhwc, scrambled = torch_layouts(graph, backend)
+        self.scrambled = scrambled if reproduce_torch_bugs else frozenset()
 
     def qparams_of(self, step: Step) -> tuple[float, int]:
         """(scale, zero_point) of a quantized step's output."""

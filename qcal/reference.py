@@ -10,6 +10,7 @@ uses it.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from torch.ao.quantization.qconfig import QConfig
 from torch.ao.quantization.qconfig_mapping import _get_default_qconfig_mapping_with_default_qconfig
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from qcal import _torch_warnings
 from qcal.batching import call_model
 from qcal.schemes import QSpec, Scheme, resolve_scheme
 
@@ -67,7 +69,9 @@ def torch_observer(spec: QSpec) -> Any:
     else:
         raise ValueError(f"torch has no {spec.observer!r} observer; torch_reference supports minmax, "
                          "moving_average and histogram")
-    return cls.with_args(**kw)
+    with warnings.catch_warnings():
+        _torch_warnings.silence()
+        return cls.with_args(**kw)
 
 
 def torch_qconfig(scheme: str | Scheme) -> QConfig:
@@ -104,7 +108,8 @@ def torch_reference(model: nn.Module, calib_data: Any, scheme: str | Scheme, bac
     batches = _batches(calib_data)
     if not batches:
         raise ValueError("calibration data is empty")
-    with quantized_engine(backend):
+    with quantized_engine(backend), warnings.catch_warnings():
+        _torch_warnings.silence()  # torch.ao's deprecation notices, on every call
         mapping = _get_default_qconfig_mapping_with_default_qconfig(False, TORCH_ENGINES[backend], qconfig)
         prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, example_inputs=_example(batches[0]))
         for batch in batches:

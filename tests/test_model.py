@@ -263,3 +263,21 @@ def test_tiny_encoder_in_module_swap_mode_stays_close_to_fp32(scheme):
     test = {"x": torch.rand(64, 1, 8, 8), "attention_mask": mask}
     cos = torch.nn.functional.cosine_similarity(qm(test).flatten(), model(**test).flatten(), dim=0)
     assert cos > 0.99, f"{scheme}: cosine {float(cos):.5f}"
+
+
+def test_the_qnnpack_clamp_scramble_is_explained_and_can_be_turned_off(data):
+    calib, x = data
+    model = make_model("mobilenet")
+    qm = calibrate(model, calib, "per_channel_symmetric", "qnnpack")
+    assert any("qnnpack_clamp" in n for n in qm.notes)
+    fixed = qm.with_backend("qnnpack", reproduce_torch_bugs=False)
+    assert any("not reproduced" in n for n in fixed.notes)
+    ref = model(x)
+
+    def cosine(out):
+        return float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+
+    assert cosine(fixed(x)) > 0.99
+    # without the scramble, qnnpack differs from fbgemm only by rounding details
+    assert cosine(fixed(x)) > cosine(qm(x)) - 1e-3
+    assert qm.with_backend("fbgemm").notes == []
