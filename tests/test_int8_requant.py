@@ -131,3 +131,21 @@ def test_engine_outputs_stay_in_the_output_dtype_range(seed, backend, relu):
     zo = int(torch.randint(0, 256, (1,), generator=g))
     out = qi.conv2d(x, 0.05, 100, w, 0.02, 0, torch.randn(3, generator=g), so, zo, relu=relu, backend=backend)
     assert out.dtype == torch.uint8 and int(out.min()) >= (zo if relu else 0)
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "qnnpack"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_products_beyond_int32_saturate_at_the_bottom_like_the_kernels(engine, relu):
+    # y*M >= 2^31: _mm256_cvtps_epi32 yields INT_MIN, so the output clamps low (0, or zo with ReLU)
+    torch.backends.quantized.engine = engine
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (1, 4, 5, 5), generator=g, dtype=torch.uint8)
+    w = torch.randint(-128, 128, (4, 4, 3, 3), generator=g, dtype=torch.int8)
+    xq = torch._make_per_tensor_quantized_tensor(x, 1.0, 3)
+    wq = torch._make_per_tensor_quantized_tensor(w, 1.0, 0)
+    op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
+    for so in (1e-3, 1e-6, 1e-9):
+        packed = torch.ops.quantized.conv2d_prepack(wq, None, [1, 1], [1, 1], [1, 1], 1)
+        ref = op(xq, packed, so, 7).int_repr()
+        out = qi.conv2d(x, 1.0, 3, w, 1.0, 0, None, so, 7, padding=1, relu=relu, backend=engine)
+        assert torch.equal(out, ref), so

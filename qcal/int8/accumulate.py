@@ -77,11 +77,11 @@ def _onednn_conv_pack(w, geometry):
     )
 
 
-def _onednn_linear(x, za, w, packed=None):
+def _onednn_linear(x, za, w, packed=None, bias=None):
     o = w.shape[0]
     packed = torch.ops.onednn.qlinear_prepack(w, None) if packed is None else packed
     return torch.ops.onednn.qlinear_pointwise(
-        x, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), None,
+        x, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), bias,
         1.0, 0, torch.float32, "none", [], "",
     )
 
@@ -172,8 +172,8 @@ class Accumulator:
         idx = (torch.arange(groups)[:, None] * cg + torch.arange(c0, c1)[None, :]).reshape(-1)
         return x.index_select(channel_axis, idx)
 
-    def _one(self, x, za, chunk, whole):
-        """Accumulator of the input channels in ``chunk`` (float32, exact)."""
+    def _one(self, x, za, chunk, whole, bias=None):
+        """Accumulator of the input channels in ``chunk`` (float32, exact), plus ``bias`` if given."""
         lin = self.geometry is None
         xs = x if whole else self._channels(x, chunk, -1 if lin else 1)
         if not whole and self.use_onednn:
@@ -183,11 +183,11 @@ class Accumulator:
             packed = self._packed(chunk)
             if lin:
                 shape = xs.shape
-                return _onednn_linear(xs.reshape(-1, shape[-1]), za, w, packed).reshape(*shape[:-1], -1)
+                return _onednn_linear(xs.reshape(-1, shape[-1]), za, w, packed, bias).reshape(*shape[:-1], -1)
             stride, padding, dilation, groups = self.geometry
             o = w.shape[0]
             return torch.ops.onednn.qconv2d_pointwise(
-                xs, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), None,
+                xs, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), bias,
                 list(stride), list(padding), list(dilation), groups, 1.0, 0, torch.float32,
                 "none", [], "",
             )
@@ -197,6 +197,24 @@ class Accumulator:
             return F.linear(xc, wc)
         stride, padding, dilation, groups = self.geometry
         return F.conv2d(xc, wc, None, stride, padding, dilation, groups)
+
+    @torch.no_grad()
+    def with_bias(self, x_q: torch.Tensor, za: int, bias: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """(``f32(acc + bias_j)``, bound on it) from oneDNN in one pass, or None when not exact here.
+
+        oneDNN adds a float32 bias to ``float(acc) * 1.0`` with one rounding, which is
+        FBGEMM's per-channel ``f32(f32(acc) + f32(b_j/ats_j))`` exactly while ``acc`` itself
+        is exact (a single chunk under the float32 bound).
+        """
+        if not self.use_onednn:
+            return None
+        lo, hi = torch.aminmax(x_q)
+        amax = max(int(hi) - za, za - int(lo), 0)
+        plan = self._plan(amax)
+        if plan is None or len(plan) != 1:
+            return None
+        y = self._one(x_q, za, plan[0], whole=True, bias=bias.float().contiguous())
+        return y, self.bound(amax) + float(bias.abs().max())
 
     @torch.no_grad()
     def __call__(self, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, float]:

@@ -13,6 +13,7 @@ the one-shot forms. Shapes: conv (N, C, H, W) -> (N, O, H', W'); linear (..., K)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -147,17 +148,40 @@ class _Packed:
         info = torch.iinfo(x_q.dtype)
         if not info.min <= za <= info.max:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
+        rq = self.requant(sa, so)
+        out_dtype = _out_dtype(out_zero_point)
+        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q)
+        folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
+        if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
+            return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
+                              channel_axis=axis, bound=folded[1], consume=True)
         acc, bound = self.accumulator(x_q, za)
         pairs = 0
-        if self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q):
+        if sat:
             delta, pairs = self._saturation(x_q, za)
             if pairs:
                 acc, bound = acc.to(torch.int32) + delta, None
-        rq = self.requant(sa, so)
-        out = requantize(acc, rq, zo, relu=relu, out_dtype=_out_dtype(out_zero_point), channel_axis=axis, bound=bound)
+        out = requantize(acc, rq, zo, relu=relu, out_dtype=out_dtype, channel_axis=axis, bound=bound,
+                         consume=not detailed)
         if not detailed:
             return out
         return KernelResult(out, acc.to(torch.int32), pairs, rq)
+
+    def _fold_bias(self, x_q, za, rq: Requant):
+        """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
+        if rq.bias_float is not None and rq.per_channel:
+            term = rq.bias_float / rq.act_times_w_scale  # fbgemm: f32(b_j / ats_j), added in float32
+        elif rq.bias_int32 is not None and rq.backend in ("fbgemm", "qnnpack"):
+            term = rq.bias_int32.float()  # exact: f32(acc + bq) is one rounding of an exact sum
+            if float(rq.bias_int32.abs().max()) > 2**24:
+                return None
+        else:
+            return None
+        return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+
+    @staticmethod
+    def _no_bias(rq: Requant) -> Requant:
+        return dataclasses.replace(rq, bias_int32=None, bias_float=None)
 
     def _can_saturate(self, x_q: torch.Tensor) -> bool:
         # |a0*w0 + a1*w1| <= 2 * max a * max |w|: below 2^15 no pair can saturate

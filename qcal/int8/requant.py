@@ -223,7 +223,7 @@ def _sum_f32(acc: torch.Tensor, b: torch.Tensor, bound: float) -> torch.Tensor:
     return (acc.double() + b.double()).float()
 
 
-def _fbgemm(acc, rq, view, bound):
+def _fbgemm(acc, rq, view, bound, consume=False):
     m = view(rq.multiplier)
     if rq.bias_float is not None and rq.per_channel:
         y = acc.float() + view(rq.bias_float / rq.act_times_w_scale)  # _mm256_div_ps, then add
@@ -233,14 +233,21 @@ def _fbgemm(acc, rq, view, bound):
     elif rq.bias_int32 is not None:
         y = _sum_f32(acc, view(rq.bias_int32), bound)
     else:
-        return torch.round_(acc.float() * m)
+        return torch.round_(_scaled(acc, m, consume))
     return torch.round_(y.mul_(m))
 
 
-def _qnnpack(acc, rq, view, bound):
+def _scaled(acc, m, consume):
+    """f32(acc * m), overwriting ``acc`` when the caller hands it over."""
+    if consume and acc.dtype == torch.float32:
+        return acc.mul_(m)
+    return acc.float() * m
+
+
+def _qnnpack(acc, rq, view, bound, consume=False):
     m = view(rq.multiplier)
     if rq.bias_int32 is None:
-        return torch.round_(acc.float() * m)
+        return torch.round_(_scaled(acc, m, consume))
     return torch.round_(_sum_f32(acc, view(rq.bias_int32), bound).mul_(m))
 
 
@@ -269,9 +276,19 @@ def q31_requantize(x: torch.Tensor, q: torch.Tensor, shift: torch.Tensor) -> tor
     return (high >> right) + (rem > threshold).to(torch.int64)
 
 
-def _q31(acc, rq, view, bound):
+def _q31(acc, rq, view, bound, consume=False):
     x = acc.to(torch.int64) if rq.bias_int32 is None else acc.to(torch.int64) + view(rq.bias_int32).to(torch.int64)
     return q31_requantize(x, view(rq.q31_multiplier), view(rq.q31_shift))
+
+
+def _may_overflow(rq: Requant, bound: float) -> bool:
+    """Whether ``|y * M|`` could reach 2^31 (then the float->int32 conversion overflows)."""
+    bias = 0.0
+    if rq.bias_float is not None:
+        bias = float((rq.bias_float / rq.act_times_w_scale).abs().max())
+    elif rq.bias_int32 is not None:
+        bias = float(rq.bias_int32.abs().max())
+    return (bound + bias) * float(rq.multiplier.max()) * (1 + 2**-20) >= 2**31
 
 
 _FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31}
@@ -287,18 +304,20 @@ def requantize(
     out_dtype: torch.dtype = torch.uint8,
     channel_axis: int = 1,
     bound: float | None = None,
+    consume: bool = False,
 ) -> torch.Tensor:
     """The backend's requantization of an exact accumulator (see the module doc for formulas).
 
     Args:
         acc: the accumulator, (N, O, ...) or (..., O): float32 holding exact integers, or an
-            int32/int64/float64 tensor. Never modified.
+            int32/int64/float64 tensor. Not modified unless ``consume``.
         rq: ``requant_multipliers(...)`` for the same layer.
         out_zero_point: ``zo``.
         relu: fused ReLU: clamp below at ``zo``.
         out_dtype: torch.uint8 or torch.int8.
         channel_axis: where the output channel sits in ``acc``.
         bound: a known bound on ``|acc|`` (skips a float64 detour when the sum fits float32).
+        consume: the caller hands ``acc`` over; it may be overwritten (saves a pass).
     Returns:
         ``out_dtype`` tensor shaped like ``acc``.
     """
@@ -317,7 +336,10 @@ def requantize(
     if rq.backend == "onnx":
         v = _onnx(acc, rq, view, bound, out_zero_point)
     else:
-        v = _FLAVOURS[rq.backend](acc, rq, view, bound)
+        v = _FLAVOURS[rq.backend](acc, rq, view, bound, consume)
+    if rq.backend in ("fbgemm", "qnnpack") and _may_overflow(rq, bound) and float(v.max()) >= 2**31:
+        # _mm256_cvtps_epi32 returns INT_MIN beyond int32: the output saturates at the bottom
+        v = v.masked_fill_(v >= 2**31, -float("inf"))
     # zp added after rounding, clamp to the output range (ReLU: at zo); [lo-zo, hi-zo] first
     # keeps every value exact in float32
     return v.clamp_(lo - out_zero_point, hi - out_zero_point).add_(out_zero_point).to(out_dtype)
