@@ -84,7 +84,10 @@ def _split_packed(value: Any) -> tuple[QWeight | None, torch.Tensor | None]:
 
 def _module_weight(leaves: dict[str, tuple[int, Any]]) -> tuple[Any, QWeight | None, Any, bool]:
     """(weight entry, weight, bias, is_reference) of one module's entries."""
-    value = lambda leaf: leaves[leaf][1].value if leaf in leaves else None  # noqa: E731
+
+    def value(leaf: str) -> Any:
+        return leaves[leaf][1].value if leaf in leaves else None
+
     bias = value("bias")
     if getattr(value("weight"), "is_quantized", False):
         return leaves["weight"][1], QWeight.from_qtensor(value("weight")), bias, False
