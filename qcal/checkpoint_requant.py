@@ -122,6 +122,13 @@ def infer_inputs(entries: list, layers: dict[str, Layer]) -> dict[str, InputGues
     outputs = {(p.scale, p.zero_point) for p in points if p.kind == "layer"}
     odd_free = [f for f in fx_free if (f[0], f[1]) not in outputs]  # e.g. a quantized add
     guesses: dict[str, InputGuess] = {}
+    stubs = [p for p in points if p.kind == "stub"]
+    first = min(
+        (lay for lay in layers.values() if not lay.functional),
+        key=lambda lay: lay.first_index,
+        default=None,
+    )
+    first = first.name if first is not None else None
     for layer in layers.values():
         found = next((fx_inputs[p] for p in fx_paths(layer.name) if p in fx_inputs), None)
         if found is not None:
@@ -135,6 +142,14 @@ def infer_inputs(entries: list, layers: dict[str, Layer]) -> dict[str, InputGues
             )
             continue
         before = [p for p in points if p.index < layer.first_index and p.name != layer.name]
+        if not before and len(stubs) == 1 and layer.name == first:
+            p = stubs[0]
+            guesses[layer.name] = InputGuess(
+                p.scale, p.zero_point, p.key,
+                f"the file's only QuantStub ({p.key}), registered after the layers as torchvision's "
+                "quantizable models do; assumed to feed the first layer",
+            )  # fmt: skip
+            continue
         if not before:
             guesses[layer.name] = _unknown(
                 "no QuantStub, FX input quantizer or earlier quantized layer precedes it in the state dict"

@@ -258,6 +258,17 @@ def test_users_question_output_scale_is_the_layers_output_quantization():
     assert requant.likely_scheme == "qnnpack_default"
 
 
+def test_a_quant_stub_registered_after_the_layers_feeds_the_first_layer():
+    sd = _user_state_dict(160, per_channel=False)
+    moved = {k: v for k, v in sd.items() if not k.startswith("quant.")} | {
+        "quant.scale": sd["quant.scale"],
+        "quant.zero_point": sd["quant.zero_point"],
+    }  # torchvision's quantizable models register quant/dequant last
+    requant = _row(explain(moved), "conv")
+    np.testing.assert_allclose(requant.requant_scale, [0.0078 * 0.00367 / 0.0031], rtol=1e-6)
+    assert "only QuantStub" in requant.note
+
+
 def test_per_tensor_symmetric_weights_without_full_range_evidence_say_per_tensor_symmetric():
     df = explain(_user_state_dict(60, per_channel=False) | {"quant.zero_point": torch.tensor([60])})
     row = _row(df, "conv.weight")
