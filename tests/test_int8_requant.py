@@ -149,3 +149,12 @@ def test_products_beyond_int32_saturate_at_the_bottom_like_the_kernels(engine, r
         ref = op(xq, packed, so, 7).int_repr()
         out = qi.conv2d(x, 1.0, 3, w, 1.0, 0, None, so, 7, padding=1, relu=relu, backend=engine)
         assert torch.equal(out, ref), so
+
+
+@pytest.mark.parametrize("backend", qi.BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32])
+def test_requantize_never_modifies_its_accumulator(backend, dtype):
+    acc = torch.arange(-600, 600, dtype=dtype).reshape(3, 2, 200)  # (N, O, L)
+    before = acc.clone()
+    qi.requantize(acc, _RQ[backend], 9, channel_axis=1)
+    assert torch.equal(acc, before)

@@ -49,6 +49,7 @@ Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
 #: Every requantization flavour qcal reproduces.
 BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
 _F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
+_SLICE = 1 << 18  # accumulator elements requantized per step (1 MB of float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,7 +253,7 @@ def _qnnpack(acc, rq, view, bound, consume=False):
 
 
 def _onnx(acc, rq, view, bound, zo):
-    y = acc.double() if rq.bias_int32 is None else acc.double() + view(rq.bias_int32).double()
+    y = acc.to(torch.float64, copy=True) if rq.bias_int32 is None else acc.double() + view(rq.bias_int32).double()
     return torch.round_(y.mul_(view(rq.multiplier.double())).add_(zo)) - zo
 
 
@@ -333,13 +334,20 @@ def requantize(
 
     if bound is None:
         bound = float(acc.abs().max()) if acc.numel() else 0.0
-    if rq.backend == "onnx":
-        v = _onnx(acc, rq, view, bound, out_zero_point)
-    else:
-        v = _FLAVOURS[rq.backend](acc, rq, view, bound, consume)
-    if rq.backend in ("fbgemm", "qnnpack") and _may_overflow(rq, bound) and float(v.max()) >= 2**31:
-        # _mm256_cvtps_epi32 returns INT_MIN beyond int32: the output saturates at the bottom
-        v = v.masked_fill_(v >= 2**31, -float("inf"))
-    # zp added after rounding, clamp to the output range (ReLU: at zo); [lo-zo, hi-zo] first
-    # keeps every value exact in float32
-    return v.clamp_(lo - out_zero_point, hi - out_zero_point).add_(out_zero_point).to(out_dtype)
+    overflow = rq.backend in ("fbgemm", "qnnpack") and _may_overflow(rq, bound)
+    out = torch.empty_like(acc, dtype=out_dtype)  # keeps channels_last
+    # Slices along the batch keep the five elementwise passes in cache (same numbers).
+    step = acc.shape[0] if acc.dim() < 2 or axis == 0 else max(1, _SLICE // max(1, acc[0].numel()))
+    for i in range(0, max(acc.shape[0], 1), step):
+        a = acc[i:i + step]
+        if rq.backend == "onnx":
+            v = _onnx(a, rq, view, bound, out_zero_point)
+        else:
+            v = _FLAVOURS[rq.backend](a, rq, view, bound, consume)
+        if overflow and float(v.max()) >= 2**31:
+            # _mm256_cvtps_epi32 returns INT_MIN beyond int32: the output saturates at the bottom
+            v = v.masked_fill_(v >= 2**31, -float("inf"))
+        # zp added after rounding, clamp to the output range (ReLU: at zo); [lo-zo, hi-zo]
+        # first keeps every value exact in float32
+        out[i:i + step].copy_(v.clamp_(lo - out_zero_point, hi - out_zero_point).add_(out_zero_point))
+    return out
