@@ -169,3 +169,13 @@ def test_full_sweep_matches_torch_bit_for_bit(engine):
     print(engine, {k: v for k, v in stats.items() if k != "bad_configs"})
     assert stats["configs"] >= 500, stats["refused"]
     assert stats["mismatched_values"] == 0, stats["bad_configs"][:3]
+
+
+@pytest.mark.parametrize("method", ["float", "auto"])
+def test_conv_output_is_channels_last_like_torchs(method):
+    x = torch.randint(0, 128, (2, 8, 6, 6), dtype=torch.uint8)
+    w = torch.randint(-128, 128, (4, 8, 3, 3), dtype=torch.int8)
+    packed = qi.pack_conv2d(w, 0.01, 0, None, padding=1, method=method)
+    out = packed(x, 0.1, 3, 0.5, 7)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert packed(x, 0.1, 3, 0.5, 7, detailed=True).out.is_contiguous(memory_format=torch.channels_last)

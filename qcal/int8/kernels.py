@@ -208,12 +208,16 @@ class PackedConv2d(_Packed):
         saturate: bool | None = None,
         detailed: bool = False,
     ) -> torch.Tensor | KernelResult:
-        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') codes (a KernelResult if detailed)."""
+        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult)."""
         if x_q.dim() != 4 or x_q.shape[1] != self.w_q.shape[1] * self.geometry[3]:
             raise ValueError(
                 f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(self.w_q.shape)} with groups={self.geometry[3]}"
             )
-        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1)
+        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1)
+        # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
+        if isinstance(res, KernelResult):
+            return dataclasses.replace(res, out=res.out.contiguous(memory_format=torch.channels_last))
+        return res.contiguous(memory_format=torch.channels_last)
 
     def _saturation(self, x_q, za):
         return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
