@@ -23,12 +23,30 @@ import pandas as pd
 import streamlit as st
 
 import qcal
-from qcal import views
+from qcal import figures, views
 
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
 BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+EVAL_SAMPLES = 300  # of the 597 held-out digits: enough to rank schemes, quick on 2 cores
 _MEMORY = "qcal_params"  # session-state dict mirroring the URL's query params
+
+
+# ---------------------------------------------------------------- routing
+def require_router() -> None:
+    """Make sure this page runs inside dashboard.py's st.navigation frame.
+
+    Streamlit 1.67 still treats a folder named ``pages/`` beside the entry script as a
+    legacy (v1) multipage app until the entry script first calls ``st.navigation``: the very
+    first session of a server that lands on a page URL (and every AppTest run) would run the
+    page file alone, without the router and its sidebar. Switching the flag and rerunning
+    hands the request to dashboard.py, which routes it to this same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 # ---------------------------------------------------------------- URL-backed selection
@@ -143,8 +161,8 @@ class ComparisonJob:
             if found is None:
                 from qcal.comparison import compare_zoo
 
-                cmp = compare_zoo(self.model, list(self.schemes),
-                                                  list(self.backends), progress=self._progress)
+                cmp = compare_zoo(self.model, list(self.schemes), list(self.backends),
+                                  eval_samples=EVAL_SAMPLES, progress=self._progress)
                 self.comparison = cmp
                 found = cmp.save(store)
             self.run_id = found
@@ -168,6 +186,22 @@ def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
 
     run = Store().load(run_id)
     return dict(run.meta), {name: df.copy() for name, df in run.frames.items()}
+
+
+_FIGURES: dict[str, Callable[..., Any]] = {
+    "accuracy": lambda f: figures.accuracy_figure(f["summary"]),
+    "layer_error": lambda f, metric: figures.layer_error_figure(f["layers"], metric),
+    "scale": lambda f, layer, value: views.scale_figure(f["scales"], layer, value),
+    "weight_range": lambda f, layer, scheme: figures.weight_range_figure(f["scales"], layer, scheme),
+    "histogram": lambda f, layer: figures.histogram_figure(f["histograms"], layer),
+    "scatter": lambda f, layer: figures.sample_scatter_figure(f["samples"], layer),
+}
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def run_figure(run_id: str, name: str, *args: str) -> Any:
+    """A figure of a stored run's frames, built once per (run, figure, arguments)."""
+    return _FIGURES[name](load_run(run_id)[1], *args)
 
 
 @st.cache_data(show_spinner=False)
@@ -292,6 +326,17 @@ def quantized_model(run: CurrentRun, scheme: str, backend: str) -> Any:
     if not run.loadable or scheme not in scheme_names():
         return None
     return live_model(run.model, scheme, backend)
+
+
+@st.cache_resource(show_spinner="Tracing the model on one input…", max_entries=64)
+def _traces(run_id: str, model: str, scheme: str, backend: str, sample: int, _qm: Any) -> dict:
+    return _qm.trace(zoo_inputs(model)[sample:sample + 1])
+
+
+def layer_trace(run: CurrentRun, scheme: str, backend: str, sample: int) -> dict[str, Any]:
+    """Every layer's LayerTrace for one held-out input (live; cached per selection)."""
+    return _traces(run.run_id, run.model, scheme, backend, sample,
+                   quantized_model(run, scheme, backend))
 
 
 def run_caption(run: CurrentRun) -> str:

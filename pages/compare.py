@@ -7,15 +7,18 @@ from pages._shared import (
     DEFAULT_BACKENDS,
     current_run,
     multiselect_param,
+    require_router,
     run_caption,
+    run_figure,
     saved_run_id,
     scheme_names,
     select_param,
 )
-from qcal import figures, views
+from qcal import views
 
 
 def compare_page() -> None:
+    require_router()
     st.title("Compare schemes and backends")
     run = current_run() if saved_run_id() else None
     if run is None:  # the live comparison: its setup is chosen here
@@ -42,7 +45,7 @@ def compare_page() -> None:
     d.metric("int8 size", f"{row['int8_bytes'] / 1024:.1f} KiB")
 
     st.subheader(f"Top-1 {row['metric']} per scheme and backend")
-    st.plotly_chart(figures.accuracy_figure(summary), key="accuracy_chart")
+    st.plotly_chart(run_figure(run.run_id, "accuracy"), key="accuracy_chart")
     st.markdown(views.accuracy_sentence(summary))
 
     st.subheader("Size")

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from pages._shared import explain_bytes, explain_example, fail
+from pages._shared import explain_bytes, explain_example, fail, require_router
 
 SOURCES = {"example": "the bundled example", "upload": "a file of mine"}
 
 
 def explain_page() -> None:
+    require_router()
     st.title("Explain a quantized checkpoint")
     st.markdown("A quantized `state_dict` stores numbers without saying which is which. This page "
                 "reads one as data (`torch.load(weights_only=True)`: a file can never run code) "

@@ -2,14 +2,22 @@
 
 import streamlit as st
 
-from pages._shared import current_run, run_caption, select_param, set_param
-from qcal import figures, views
+from pages._shared import (
+    current_run,
+    require_router,
+    run_caption,
+    run_figure,
+    select_param,
+    set_param,
+)
+from qcal import views
 
 METRICS = {"sqnr_db": "SQNR (dB, higher is better)", "mse": "MSE (lower is better)",
            "cosine": "cosine similarity (1 is exact)"}
 
 
 def layers_page() -> None:
+    require_router()
     st.title("Per-layer error")
     run = current_run()
     st.caption(run_caption(run))
@@ -22,7 +30,7 @@ def layers_page() -> None:
     metric = st.radio("Metric", list(METRICS), format_func=METRICS.get, horizontal=True,
                       key="layer_metric")
     table = views.layer_table(layers, metric)
-    st.plotly_chart(figures.layer_error_figure(layers, metric), key="layer_error_chart")
+    st.plotly_chart(run_figure(run.run_id, "layer_error", metric), key="layer_error_chart")
     st.caption("Click a row (or pick a layer below) to see its outputs; click a column header "
                "to sort.")
 
@@ -49,7 +57,7 @@ def layers_page() -> None:
     if samples.empty or layer not in set(samples["layer"]):
         st.info(f"This run stores no output samples for {layer}.")
         return
-    st.plotly_chart(figures.sample_scatter_figure(samples, layer), key="scatter_chart")
+    st.plotly_chart(run_figure(run.run_id, "scatter", layer), key="scatter_chart")
     st.markdown("Points on the dotted diagonal are reproduced exactly; vertical spread is "
                 "rounding noise (one output step wide at most), and flat runs at the ends are "
                 "values clipped by the output range.")

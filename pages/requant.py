@@ -2,15 +2,110 @@
 
 import streamlit as st
 
-from pages._shared import current_run, run_caption
+from pages._shared import (
+    current_run,
+    fail,
+    layer_trace,
+    quantized_model,
+    require_router,
+    run_caption,
+    select_param,
+)
+from qcal import worked_example as we
+from qcal.int8 import has_vnni
 
 
 def requant_page() -> None:
+    require_router()
     st.title("Requantization, step by step")
     run = current_run()
     st.caption(run_caption(run))
-    st.info("The worked requantization example needs qcal's integer engine (qcal.int8) and "
-            "live traces (QuantizedModel.trace), which are not available yet.")
+    summary = run.frames["summary"]
+    left, right = st.columns(2)
+    scheme = select_param("Scheme", "scheme", list(dict.fromkeys(summary["scheme"])), where=left)
+    backend = select_param("Backend", "backend",
+                           list(summary.loc[summary["scheme"] == scheme, "backend"]), where=right)
+    qm = quantized_model(run, scheme, backend)
+    if qm is None:
+        st.info(f"This view needs live tensors, and model **{run.model}** cannot be loaded here "
+                "(the run was imported, or made with a model outside the built-in zoo). The "
+                "stored scales are on the Scales page; recompute the run where its model lives "
+                "to see the worked example.")
+        st.stop()
+    st.caption(f"Recomputed live from the zoo model {run.model} (same data, same qparams as the "
+               "stored run).")
+
+    layer_name = select_param("Layer", "layer", list(qm.quant_layers))
+    layer = qm.quant_layers[layer_name]
+    a, b, c, d = st.columns(4)
+    sample = a.number_input("Input sample", 0, 31, 0, key="requant_sample")
+    trace = layer_trace(run, scheme, backend, int(sample))[layer_name]
+    shape = tuple(trace.output_q.shape)
+    channel = b.number_input("Output channel", 0, shape[1] - 1, 0, key="requant_channel")
+    row = c.number_input("Row", 0, shape[2] - 1, 0, key="requant_row") if len(shape) == 4 else 0
+    col = d.number_input("Column", 0, shape[3] - 1, 0, key="requant_col") if len(shape) == 4 else 0
+    try:
+        index = we.element_index((1, *shape[1:]), int(channel), int(row), int(col))
+    except ValueError as err:
+        fail(f"{err}. Pick a channel, row and column inside the layer's output.")
+
+    st.subheader(f"{layer_name}: scales and zero points")
+    table = we.requant_table(layer)
+    ch = table.iloc[int(channel)]
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("input scale / zero point", f"{ch['input_scale']:.6g} / {layer.input_zero_point}")
+    m2.metric(f"weight scale / zp (ch {int(channel)})",
+              f"{ch['weight_scale']:.6g} / {int(ch['weight_zero_point'])}")
+    m3.metric("output scale / zero point", f"{ch['output_scale']:.6g} / {layer.output_zero_point}")
+    m4.metric("requant_scale = sa·sw/so", f"{ch['requant_scale']:.9g}")
+    n1, n2, n3 = st.columns(3)
+    n1.metric(f"{backend} multiplier (float32)", f"{ch[f'{backend}_multiplier']:.9g}")
+    n2.metric("Q31 multiplier", f"{int(ch['q31_multiplier'])}")
+    n3.metric("Q31 shift", f"{int(ch['q31_shift'])}")
+    st.markdown("Every backend starts from the same real number `requant_scale`; they differ in "
+                "how they round it (float32 divide vs. reciprocal multiply vs. a 31-bit integer "
+                "and a shift) and where the bias and zero point enter. Per output channel:")
+    st.dataframe(table, hide_index=True, key="requant_table", height=220)
+
+    st.subheader(f"Output element {index[1:]} on {backend}")
+    steps = we.requant_steps(layer, trace, index, backend)
+    st.dataframe(steps, hide_index=True, key="requant_steps")
+    worked = int(steps["value"].iloc[-1])
+    engine = int(trace.output_q[index])
+    reference = we.backend_reference_element(layer, trace, index, backend)
+    r1, r2, r3 = st.columns(3)
+    r1.metric("worked steps", worked)
+    r2.metric("qcal integer engine", engine)
+    r3.metric(f"torch {backend} engine" if reference is not None else "torch engine",
+              reference if reference is not None else "n/a",
+              help="torch.ops.quantized under this engine, same int8 inputs and weights"
+              if reference is not None else f"torch has no {backend} engine; ONNX/Q31 are "
+              "reproduced from their reference arithmetic")
+    if worked == engine and reference in (None, worked):
+        st.success("The worked steps, qcal's engine and the real backend agree on this element.")
+    else:
+        st.warning("The worked value differs from the backend's: see REQUANT.md for known cases.")
+
+    st.subheader("FBGEMM's int16 pair saturation and why reduce_range exists")
+    reduce_range = bool(qm.scheme.activation.reduce_range)
+    pairs, s = we.pair_saturation(layer, trace, index, reduce_range=reduce_range)
+    p1, p2, p3 = st.columns(3)
+    p1.metric("largest input code (as calibrated)", s["max_code_calibrated"])
+    p2.metric("pairs that can saturate at code 255", f"{s['layer_pairs_can_saturate']} / {s['layer_pairs']}")
+    p3.metric("saturated pairs with full-range inputs", s["layer_saturated_full_range"])
+    st.markdown(
+        "Without VNNI, FBGEMM multiplies raw uint8 activation codes by int8 weight codes and adds "
+        "adjacent products in **int16 with saturation** (`vpmaddubsw`) before widening to int32. "
+        "With codes ≤ 127 a pair is at most 2·127·128 = 32512 < 32767: it cannot saturate. With "
+        "full-range codes (up to 255) a pair reaches 65280, the sum is clipped and the accumulator "
+        f"is silently wrong. This scheme's activations use reduce_range={reduce_range}"
+        f"{' (codes 0..127)' if reduce_range else ' (codes 0..255)'}; FBGEMM's default observer sets "
+        "it to give up one bit of activation resolution for safety. This CPU "
+        f"{'has' if has_vnni() else 'has no'} VNNI (`vpdpbusd` does not saturate; FBGEMM's "
+        "depthwise kernel still pairs taps). Below, this element's pairs in im2col (kh, kw, c) "
+        f"order; {s['element_pairs_can_saturate']} of {s['element_pairs']} could saturate with "
+        "inputs at 255 where both weights share a sign.")
+    st.dataframe(pairs, hide_index=True, key="pairs_table", height=260)
 
 
 requant_page()

@@ -9,6 +9,7 @@ from pages._shared import (
     import_run_bytes,
     list_runs,
     report_bytes,
+    require_router,
     select_param,
     set_param,
     share_link,
@@ -17,6 +18,7 @@ from pages._shared import (
 
 
 def runs_page() -> None:
+    require_router()
     st.title("Saved runs")
     st.caption(f"Store: `{store_location()}` (set `QCAL_STORE` to a path or `sqlite:///` URL).")
     runs = list_runs()

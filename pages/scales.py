@@ -2,11 +2,12 @@
 
 import streamlit as st
 
-from pages._shared import current_run, run_caption, select_param
-from qcal import figures, views
+from pages._shared import current_run, require_router, run_caption, run_figure, select_param
+from qcal import views
 
 
 def scales_page() -> None:
+    require_router()
     st.title("Scales and zero points")
     run = current_run()
     st.caption(run_caption(run))
@@ -20,7 +21,7 @@ def scales_page() -> None:
 
     spread = views.scale_spread(scales, layer)
     st.subheader(f"{layer}: per-channel weight scales, scheme by scheme")
-    st.plotly_chart(views.scale_figure(scales, layer, "scale"), key="scale_chart")
+    st.plotly_chart(run_figure(run.run_id, "scale", layer, "scale"), key="scale_chart")
     widest = spread.loc[spread["range_ratio"].idxmax()] if len(spread) else None
     if widest is not None:
         st.markdown(
@@ -31,13 +32,13 @@ def scales_page() -> None:
     st.dataframe(spread, hide_index=True, key="spread_table")
 
     st.subheader("Weight zero points")
-    st.plotly_chart(views.scale_figure(scales, layer, "zero_point"), key="zero_point_chart")
+    st.plotly_chart(run_figure(run.run_id, "scale", layer, "zero_point"), key="zero_point_chart")
     st.markdown("Symmetric weight schemes (and torch's default qconfigs) put every weight zero "
                 "point at 0; only the affine schemes move it to fit a lopsided range.")
 
     st.subheader("Per-channel weight min/max")
     scheme = select_param("Scheme", "scheme", schemes)
-    st.plotly_chart(figures.weight_range_figure(scales, layer, scheme), key="range_chart")
+    st.plotly_chart(run_figure(run.run_id, "weight_range", layer, scheme), key="range_chart")
     st.markdown("Each bar pair is one output channel's weight range; the dotted lines are the "
                 "range a per-tensor scale must cover. Where most bars are far inside the dotted "
                 "lines (typical of depthwise layers), per-tensor quantization wastes precision.")
@@ -48,7 +49,7 @@ def scales_page() -> None:
         st.info("This run stores no activation histograms.")
         return
     act_layer = layer if layer in hist_layers else hist_layers[0]
-    st.plotly_chart(figures.histogram_figure(hists, act_layer), key="histogram_chart")
+    st.plotly_chart(run_figure(run.run_id, "histogram", act_layer), key="histogram_chart")
     st.dataframe(views.clip_ranges(hists, act_layer), hide_index=True, key="clip_table")
     st.markdown("Values outside an observer's dashed lines are clipped to the end of its range; a "
                 "tighter range spends the 256 levels on the values that are common. minmax never "

@@ -19,6 +19,7 @@ from qcal.reporting import worst_layers as _worst_layers
 
 __all__ = [
     "accuracy_sentence",
+    "calibrate_zoo",
     "clip_ranges",
     "find_run",
     "layer_names",
@@ -31,6 +32,7 @@ __all__ = [
     "size_table",
     "worst_layers",
     "worst_layers_sentence",
+    "zoo_eval_inputs",
 ]
 
 
@@ -166,7 +168,7 @@ def scale_figure(scales: pd.DataFrame, layer: str, value: str = "scale") -> go.F
                  hover_data=["channel", "min", "max"])
     if value == "scale":
         fig.update_yaxes(type="log", title="weight scale (log)")
-    fig.update_layout(showlegend=False, margin={"t": 30}, xaxis_title=None)
+    fig.update_layout(showlegend=False, margin={"t": 30}, xaxis_title=None, boxmode="overlay")
     return fig
 
 
@@ -182,6 +184,25 @@ def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:
         rows.append({"scheme": scheme, "observer": observer, "clip_min": lo, "clip_max": hi,
                      "clipped_share": outside / total if total else 0.0})
     return pd.DataFrame(rows, columns=["scheme", "observer", "clip_min", "clip_max", "clipped_share"])
+
+
+def calibrate_zoo(model: str, scheme: str, backend: str, *, batch_size: int = 128) -> Any:
+    """A zoo model calibrated as ``qcal.comparison.compare_zoo`` calibrates it (same data,
+    same batches: the same qparams as the stored run), for views that need live tensors."""
+    from qcal import datasets, zoo
+    from qcal.calibration import calibrate
+
+    calib = datasets.calib_batches(datasets.digits_splits().calib[0], batch_size=batch_size)
+    return calibrate(zoo.load(model), calib, scheme, backend)
+
+
+def zoo_eval_inputs(model: str, n: int = 32) -> Any:
+    """The first ``n`` held-out inputs of a zoo model's data set (what traces are shown on)."""
+    from qcal import datasets, zoo
+
+    if zoo.info(model).data != "digits":
+        raise ValueError(f"zoo model {model!r} has no built-in evaluation data")
+    return datasets.digits_splits().test[0][:n]
 
 
 def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str],

@@ -1,0 +1,169 @@
+"""The dashboard in a real browser: Debian's chromium, driven by the pip playwright client.
+
+Starts ``streamlit run dashboard.py`` on a free loopback port, opens every page, checks
+visible content, that no exception or error box is shown and that the plotly charts drew,
+saves a screenshot per page to artifacts/screenshots/, and measures a warm page switch.
+No browser is ever downloaded: the test uses ``shutil.which("chromium")`` or skips
+(fails when QCAL_REQUIRE_BROWSER=1, as in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+# screenshot name, nav link title, the page's heading, the key of its main element, and
+# whether that element is a plotly chart (then its SVG must be drawn)
+PAGES = [
+    ("compare", "Compare", "Compare schemes and backends", "accuracy_chart", True),
+    ("scales", "Scales", "Scales and zero points", "scale_chart", True),
+    ("layers", "Layers", "Per-layer error", "layer_error_chart", True),
+    ("requant", "Requant math", "Requantization, step by step", "requant_steps", False),
+    ("explain", "Explain a checkpoint", "Explain a quantized checkpoint", "explain_table", False),
+    ("runs", "Runs", "Saved runs", "runs_table", False),
+]
+NAV_TITLES = [p[1] for p in PAGES]
+FIRST_LOAD_SECONDS = 240  # the server may compute the default comparison first
+WARM_SWITCH_BUDGET = 1.0
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path:
+        return path
+    message = ("Debian's chromium is not installed, so the browser test cannot run; install it "
+               "with `apt-get install chromium` (never `playwright install`).")
+    if os.environ.get("QCAL_REQUIRE_BROWSER") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """A streamlit server on loopback, killed at the end; yields its base URL."""
+    _chromium()
+    port = _free_port()
+    env = dict(os.environ)
+    env.setdefault("QCAL_STORE", str(tmp_path_factory.getbasetemp() / "dashboard-runs.sqlite"))
+    log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"streamlit did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _wait_for_content(page, heading: str, key: str, plot: bool, timeout_ms: float) -> None:
+    """Wait until the page's heading and its main element (a drawn chart) are visible."""
+    main = page.locator('[data-testid="stMain"]')
+    main.get_by_role("heading", name=heading).first.wait_for(state="visible", timeout=timeout_ms)
+    element = main.locator(f".st-key-{key}")
+    target = element.locator(".js-plotly-plot .main-svg") if plot else element
+    target.first.wait_for(state="visible", timeout=timeout_ms)
+
+
+def _wait_for_run_end(page, timeout_ms: float) -> None:
+    """Wait until streamlit's running indicator is gone (the script run is over)."""
+    page.locator('[data-testid="stStatusWidgetRunningIcon"]').wait_for(state="detached",
+                                                                       timeout=timeout_ms)
+    for svg in page.locator('[data-testid="stMain"] .js-plotly-plot .main-svg').all():
+        svg.wait_for(state="visible", timeout=timeout_ms)
+
+
+def _assert_clean(page, name: str) -> None:
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, f"{name}: {exceptions.first.inner_text()}"
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, f"{name}: {errors.first.inner_text()}"
+
+
+def test_every_page_draws_in_chromium_and_a_warm_switch_is_fast(server, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/scales")  # a page URL first: the router must still frame it
+    _wait_for_content(page, *PAGES[1][2:], FIRST_LOAD_SECONDS * 1000)
+    _wait_for_run_end(page, 60_000)
+    nav = page.locator('[data-testid="stSidebarNavLink"]')
+    assert nav.count() == len(NAV_TITLES), nav.all_inner_texts()  # the router's six, no "_shared"
+    for title in NAV_TITLES:
+        assert nav.filter(has_text=title).count() == 1, f"no nav link {title!r}"
+
+    for name, title, *content in PAGES:  # first (cold) visit of each page
+        nav.filter(has_text=title).click()
+        _wait_for_content(page, *content, 120_000)
+        _wait_for_run_end(page, 60_000)
+        _assert_clean(page, name)
+        assert page.locator('[data-testid="stMain"]').inner_text().strip(), f"{name} is empty"
+        page.wait_for_timeout(300)  # let plotly finish its transitions before the picture
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    timings, ends = {}, {}
+    for name, title, *content in PAGES:  # second (warm) visit: caches hold everything
+        started = time.perf_counter()
+        nav.filter(has_text=title).click()
+        _wait_for_content(page, *content, 30_000)
+        timings[name] = time.perf_counter() - started
+        _wait_for_run_end(page, 30_000)
+        ends[name] = time.perf_counter() - started
+        _assert_clean(page, name)
+    print("\nwarm page switch, click -> main content drawn (s): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in timings.items())
+          + "\nwarm page switch, click -> run over, every chart drawn (s): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in ends.items()))
+    slowest = max(timings, key=timings.get)
+    assert timings[slowest] < WARM_SWITCH_BUDGET, f"warm switch to {slowest} took {timings[slowest]:.2f}s"
