@@ -82,3 +82,18 @@ def test_nonzero_weight_zero_points_fall_back_to_the_float_engine():
     assert not Accumulator(w, torch.tensor([0, 1]), None, "auto").use_onednn
     with pytest.raises(ValueError, match="onednn"):
         Accumulator(w, torch.tensor([0, 1]), None, "onednn")
+
+
+@pytest.mark.skipif(not onednn_exact(), reason="oneDNN int8 path not exact on this CPU")
+def test_onednn_takes_one_pass_when_the_result_shows_it_is_exact():
+    # static bound 255*127*4000 >> 2^24, but random signs keep |acc| far below 2^24
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (16, 4000), generator=g, dtype=torch.uint8)
+    w = torch.randint(-127, 128, (8, 4000), generator=g, dtype=torch.int8)
+    acc = Accumulator(w, torch.zeros(8, dtype=torch.int64), None, "onednn")
+    out, bound = acc(x, 128)
+    assert out.dtype == torch.float32 and bound < F32_EXACT < acc.bound(128)
+    assert torch.equal(out.to(torch.int64), int64_linear(x, 128, w, 0))
+    bias = torch.randn(8, generator=g) * 100
+    y, _ = acc.with_bias(x, 128, bias)
+    assert torch.equal(y, out + bias)  # f32(acc + b): one rounding of the exact sum

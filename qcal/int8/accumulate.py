@@ -111,6 +111,11 @@ def chunk_plan(col_sums: torch.Tensor, amax: int, limit: int = F32_EXACT) -> tup
     return tuple(chunks)
 
 
+def _absmax(t: torch.Tensor) -> float:
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))
+
+
 @dataclass(frozen=True, eq=False)
 class Accumulator:
     """Exact accumulator of one conv2d (4-D weight) or linear (2-D weight) layer.
@@ -204,25 +209,39 @@ class Accumulator:
 
         oneDNN adds a float32 bias to ``float(acc) * 1.0`` with one rounding, which is
         FBGEMM's per-channel ``f32(f32(acc) + f32(b_j/ats_j))`` exactly while ``acc`` itself
-        is exact (a single chunk under the float32 bound).
+        is exact: under the static bound, or, since oneDNN accumulates in int32, whenever the
+        result shows ``|acc| < 2^24`` (checked: ``|y| + |b| + 2 < 2^24``).
         """
         if not self.use_onednn:
             return None
         lo, hi = torch.aminmax(x_q)
         amax = max(int(hi) - za, za - int(lo), 0)
-        plan = self._plan(amax)
-        if plan is None or len(plan) != 1:
-            return None
-        y = self._one(x_q, za, plan[0], whole=True, bias=bias.float().contiguous())
-        return y, self.bound(amax) + float(bias.abs().max())
+        bias = bias.float().contiguous()
+        bmax = float(bias.abs().max())
+        y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, bias=bias)
+        if self.bound(amax) + bmax <= F32_EXACT:
+            return y, self.bound(amax) + bmax
+        ymax = _absmax(y)
+        if ymax + bmax + 2 < F32_EXACT:
+            return y, ymax
+        return None
 
     @torch.no_grad()
     def __call__(self, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, float]:
-        """(acc, bound): float32 holding exact integers when the bound allows, else int32."""
+        """(acc, bound): float32 holding exact integers when the bound allows, else int32.
+
+        The float engine needs every partial sum under 2^24 (the static bound, else chunks);
+        oneDNN sums in int32, so only its float32 result must stay under 2^24 (checked).
+        """
         lo, hi = torch.aminmax(x_q)
         amax = max(int(hi) - za, za - int(lo), 0)
         plan = self._plan(amax)
         bound = self.bound(amax)
+        if self.use_onednn and plan is not None and len(plan) > 1:
+            acc = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True)
+            observed = _absmax(acc)
+            if observed < F32_EXACT:  # float(acc) < 2^24 implies acc < 2^24: exact
+                return acc, observed
         if plan is None:  # a single channel beyond float32: float64 is exact to 2^53
             xc = x_q.double() - za
             if self.geometry is None:
