@@ -131,6 +131,15 @@ def test_cache_from_another_version_or_recipe_is_retrained(tmp_data, train_calls
     assert json.loads((tmp_data / "zoo" / "digits_mlp.json").read_text())["zoo_version"] == zoo.ZOO_VERSION
 
 
+def test_concurrent_first_loads_train_once(tmp_data, train_calls):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        models = list(pool.map(lambda _: zoo.load("digits_mlp"), range(3)))
+    assert train_calls == ["DigitsMLP"]
+    assert all(_same_weights(models[0], m) for m in models[1:])
+
+
 def test_unwritable_cache_still_returns_the_model_with_a_warning(tmp_data, monkeypatch):
     def refuse(path, payload):
         raise PermissionError(13, "Permission denied", str(path))
