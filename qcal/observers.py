@@ -116,10 +116,10 @@ class Observer:
         self._channels: int | None = None
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) per tensor, (C, N) per channel, as float32."""
+        """``x`` as float32 per tensor (any shape: no copy), (C, N) per channel."""
         x = x.detach().to(torch.float32)
         if not self.spec.per_channel:
-            return x.reshape(-1)
+            return x
         axis = self.spec.ch_axis
         if not -x.dim() <= axis < x.dim() or x.dim() == 0:
             raise ValueError(f"ch_axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")

@@ -25,7 +25,7 @@ TORCH_QSCHEME = {
     "per_channel_symmetric": torch.per_channel_symmetric,
 }
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -178,7 +178,7 @@ def test_histogram_observer_matches_torch_on_degenerate_inputs(kind):
 
 
 @pytest.mark.slow
-@SLOW
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=histogram_specs, batches=histogram_batches(KINDS))
 def test_histogram_observer_matches_torch_sweep(spec, batches):
     assert_identical(*both_qparams(spec, batches))
@@ -306,6 +306,22 @@ def test_percentile_is_within_one_bin_of_the_exact_quantile(kind, n, seed, p, sy
         exact = torch.quantile(x.double(), q).tolist()
     assert abs(lo.item() - exact[0]) <= bin_width * 1.0001
     assert abs(hi.item() - exact[1]) <= bin_width * 1.0001
+
+
+def test_percentile_after_the_range_grew_is_within_two_bins():
+    # torch's rebinning (shared by RunningHistogram) moves each value by up to a bin when
+    # the range grows, so the one-bin promise loosens to two.
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(20_000, generator=g) * (1 + 0.5 * k) for k in range(4)]
+    x = torch.cat(batches)
+    for symmetric in (False, True):
+        qs = "per_tensor_symmetric" if symmetric else "per_tensor_affine"
+        o = make_observer(QSpec("qint8", qs, "percentile", options={"percentile": 99.9}))
+        for b in batches:
+            o.update(b)
+        edges, _ = o.histogram()
+        exact = torch.quantile((x.abs() if symmetric else x).double(), 0.999).item()
+        assert abs(o.clip_range()[1].item() - exact) <= 2 * (edges[1] - edges[0]).item()
 
 
 def test_per_channel_percentile_is_exact():
