@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qcal.int8 as qi
-from qcal.int8.requant import q31_requantize
+from qcal.int8.q31 import q31_requantize
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -5,25 +5,11 @@ Bit-exact against torch's fbgemm and qnnpack engines and the ONNX QLinear* refer
 """
 
 from qcal.int8.cpu import has_vnni
-from qcal.int8.kernels import (
-    KernelResult,
-    PackedConv2d,
-    PackedLinear,
-    conv2d,
-    conv2d_detailed,
-    linear,
-    linear_detailed,
-    pack_conv2d,
-    pack_linear,
-)
+from qcal.int8.kernels import conv2d, conv2d_detailed, linear, linear_detailed
 from qcal.int8.ops import adaptive_avg_pool2d, add, avg_pool2d, flatten, max_pool2d
-from qcal.int8.requant import (
-    BACKENDS,
-    Requant,
-    quantize_multiplier,
-    requant_multipliers,
-    requantize,
-)
+from qcal.int8.packed import KernelResult, PackedConv2d, PackedLinear, pack_conv2d, pack_linear
+from qcal.int8.q31 import q31_requantize, quantize_multiplier
+from qcal.int8.requant import BACKENDS, Requant, requant_multipliers, requantize
 from qcal.int8.saturation import fbgemm_conv_path, fbgemm_saturates
 from qcal.qparams import dequantize, quantize
 
@@ -48,6 +34,7 @@ __all__ = [
     "max_pool2d",
     "pack_conv2d",
     "pack_linear",
+    "q31_requantize",
     "quantize",
     "quantize_multiplier",
     "requant_multipliers",

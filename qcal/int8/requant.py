@@ -34,13 +34,13 @@ from typing import Literal
 
 import torch
 
+from qcal.int8.q31 import q31_requantize, quantize_multiplier
+
 __all__ = [
     "BACKENDS",
     "Backend",
     "Requant",
     "output_range",
-    "q31_requantize",
-    "quantize_multiplier",
     "requant_multipliers",
     "requantize",
 ]
@@ -97,30 +97,6 @@ def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
     if not torch.all(torch.isfinite(t) & (t > 0)):
         raise ValueError(f"{name} must be finite and positive, got {t.tolist()[:8]}")
     return t
-
-
-@torch.no_grad()
-def quantize_multiplier(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """gemmlowp/TFLite ``QuantizeMultiplier``: ``m ~= q * 2^(shift - 31)``, q in [2^30, 2^31).
-
-    Example: m = 0.375 = 0.75 * 2^-1 -> q = round(0.75 * 2^31) = 1610612736, shift = -1.
-
-    Args:
-        m: float64 (or float32) tensor of non-negative multipliers.
-    Returns:
-        (q int64, shift int64, relative error float64), each shaped like ``m``.
-    """
-    m = m.to(torch.float64)
-    mant, exp = torch.frexp(m)  # m = mant * 2^exp, mant in [0.5, 1)
-    q = torch.round(mant * 2.0**31).to(torch.int64)
-    carry = q == 2**31  # the mantissa rounded up to 1.0
-    q = torch.where(carry, q // 2, q)
-    shift = exp.to(torch.int64) + carry.to(torch.int64)
-    q = torch.where(m == 0, torch.zeros_like(q), q)
-    shift = torch.where(m == 0, torch.zeros_like(shift), shift)
-    approx = q.to(torch.float64) * torch.pow(2.0, (shift - 31).to(torch.float64))
-    err = torch.where(m == 0, torch.zeros_like(m), (approx - m) / torch.where(m == 0, 1.0, m))
-    return q, shift, err
 
 
 @torch.no_grad()
@@ -255,26 +231,6 @@ def _qnnpack(acc, rq, view, bound, consume=False):
 def _onnx(acc, rq, view, bound, zo):
     y = acc.to(torch.float64, copy=True) if rq.bias_int32 is None else acc.double() + view(rq.bias_int32).double()
     return torch.round_(y.mul_(view(rq.multiplier.double())).add_(zo)) - zo
-
-
-@torch.no_grad()
-def q31_requantize(x: torch.Tensor, q: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """TFLite ``MultiplyByQuantizedMultiplier(x, q, shift)`` on int64 tensors (broadcasting).
-
-    ``SaturatingRoundingDoublingHighMul``: ``(x*q + nudge) / 2^31`` truncated, nudge
-    ``2^30`` (or ``1 - 2^30`` for negative products); then ``RoundingDivideByPOT``: an
-    arithmetic shift right that rounds half away from zero. Example: x=20, q=2^30,
-    shift=-2 (m=0.125): high-mul gives 10, 10/4 = 2.5 rounds away from zero to 3.
-    """
-    x = x.to(torch.int64) << shift.clamp(min=0)
-    ab = x * q
-    nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
-    high = torch.div(ab + nudge, 2**31, rounding_mode="trunc")
-    right = (-shift).clamp(min=0)
-    mask = (torch.ones_like(right) << right) - 1
-    rem = high & mask
-    threshold = (mask >> 1) + (high < 0).to(torch.int64)
-    return (high >> right) + (rem > threshold).to(torch.int64)
 
 
 def _q31(acc, rq, view, bound, consume=False):

@@ -1,0 +1,300 @@
+"""Prepacked integer conv2d and linear layers: the weight side prepared once, called many times.
+
+A layer runs in three steps, each explicit:
+1. the exact int32 accumulator ``acc = sum_k (a_k - za)(w_jk - zw_j)`` (``accumulate.py``);
+2. under fbgemm, the int16 pair saturation its kernel would add on this CPU
+   (``saturation.py``; none when every activation is <= 127);
+3. the backend's requantization (``requant.py``).
+
+``pack_conv2d`` / ``pack_linear`` prepare the weight side once (centred weights, oneDNN
+prepacks, requant numbers per (input scale, output scale)); ``conv2d`` and ``linear`` are
+the one-shot forms. Shapes: conv (N, C, H, W) -> (N, O, H', W'); linear (..., K) -> (..., O).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from qcal.int8.accumulate import Accumulator, Method
+from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
+from qcal.int8.saturation import (
+    ConvPath,
+    fbgemm_conv_path,
+    fbgemm_saturates,
+    pair_saturation_conv,
+    pair_saturation_linear,
+)
+
+__all__ = ["KernelResult", "PackedConv2d", "PackedLinear", "pack_conv2d", "pack_linear"]
+
+_TORCH_BACKENDS = ("fbgemm", "qnnpack")  # torch's engines: uint8 activations, int8 weights
+
+
+@dataclass(frozen=True, eq=False)
+class KernelResult:
+    """One layer call, with everything the dashboard shows.
+
+    Attributes:
+        out: the quantized output (uint8 or int8).
+        acc: int32 accumulator, shaped like ``out``, as the backend's kernel computed it
+            (including FBGEMM's pair saturation when it applies).
+        saturated_pairs: how many int16 pair sums saturated (0 when not saturating).
+        requant: the requantization numbers used.
+    """
+
+    out: torch.Tensor
+    acc: torch.Tensor
+    saturated_pairs: int
+    requant: Requant
+
+
+def _scalar(v, name: str, kind: type) -> float | int:
+    t = torch.as_tensor(v)
+    if t.numel() != 1:
+        raise ValueError(f"{name} must be a single number, got {t.numel()} values")
+    return kind(t.item())
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(int(i) for i in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+def _out_dtype(out_zero_point) -> torch.dtype:
+    if isinstance(out_zero_point, torch.Tensor) and out_zero_point.dtype in (torch.uint8, torch.int8):
+        return out_zero_point.dtype
+    return torch.uint8
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+
+
+def _check_x(x_q: torch.Tensor, backend: str) -> None:
+    allowed = (torch.uint8,) if backend in _TORCH_BACKENDS else (torch.uint8, torch.int8)
+    if x_q.dtype not in allowed:
+        names = " or ".join(str(d) for d in allowed)
+        raise TypeError(f"x_q has dtype {x_q.dtype}; backend {backend!r} takes {names} activations")
+
+
+def _weights(w_q, w_scale, w_zero_point, bias, backend):
+    allowed = (torch.int8,) if backend in _TORCH_BACKENDS else (torch.int8, torch.uint8)
+    if not isinstance(w_q, torch.Tensor) or w_q.dtype not in allowed:
+        names = " or ".join(str(d) for d in allowed)
+        got = getattr(w_q, "dtype", type(w_q).__name__)
+        raise TypeError(f"w_q has dtype {got}; backend {backend!r} takes {names} weights")
+    o = w_q.shape[0]
+    zp = torch.as_tensor(w_zero_point).reshape(-1).to(torch.int64)
+    if zp.numel() not in (1, o):
+        raise ValueError(f"w_zero_point has {zp.numel()} entries; expected 1 or {o} (one per output channel)")
+    info = torch.iinfo(w_q.dtype)
+    if bool(((zp < info.min) | (zp > info.max)).any()):
+        raise ValueError(f"w_zero_point {zp.tolist()[:8]} outside the {w_q.dtype} range")
+    scale = torch.as_tensor(w_scale)
+    if scale.dim() == 1 and scale.numel() != o:
+        raise ValueError(f"w_scale has {scale.numel()} entries; expected {o} (one per output channel)")
+    if scale.dim() > 1:
+        raise ValueError(f"w_scale must be a number or a 1-D tensor, got shape {tuple(scale.shape)}")
+    if bias is not None:
+        bias = torch.as_tensor(bias)
+        if bias.dtype == torch.float64:
+            bias = bias.float()
+        if bias.dtype not in (torch.float32, torch.int32) or bias.shape != (o,):
+            raise ValueError(f"bias must be float32 or int32 of shape ({o},), got {bias.dtype} {tuple(bias.shape)}")
+    return zp.expand(o).clone(), w_scale, bias
+
+
+@dataclass(frozen=True, eq=False)
+class _Packed:
+    """Weight-side state shared by conv2d and linear (see ``pack_conv2d``)."""
+
+    backend: str
+    w_q: torch.Tensor
+    w_scale: torch.Tensor | float
+    w_zero_point: torch.Tensor
+    bias: torch.Tensor | None
+    accumulator: Accumulator
+    _requants: dict = field(default_factory=dict, repr=False)
+
+    def requant(self, x_scale: float, out_scale: float) -> Requant:
+        """The requantization numbers for one (input scale, output scale) pair (cached)."""
+        key = (x_scale, out_scale)
+        if key not in self._requants:
+            self._requants[key] = requant_multipliers(
+                x_scale, self.w_scale, out_scale, self.bias, backend=self.backend
+            )
+        return self._requants[key]
+
+    def _run(self, x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, axis):
+        _check_x(x_q, self.backend)
+        sa, so = _scalar(x_scale, "x_scale", float), _scalar(out_scale, "out_scale", float)
+        za, zo = _scalar(x_zero_point, "x_zero_point", int), _scalar(out_zero_point, "out_zero_point", int)
+        info = torch.iinfo(x_q.dtype)
+        if not info.min <= za <= info.max:
+            raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
+        rq = self.requant(sa, so)
+        out_dtype = _out_dtype(out_zero_point)
+        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q)
+        folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
+        if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
+            return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
+                              channel_axis=axis, bound=folded[1], consume=True)
+        acc, bound = self.accumulator(x_q, za)
+        pairs = 0
+        if sat:
+            delta, pairs = self._saturation(x_q, za)
+            if pairs:
+                acc, bound = acc.to(torch.int32) + delta, None
+        out = requantize(acc, rq, zo, relu=relu, out_dtype=out_dtype, channel_axis=axis, bound=bound,
+                         consume=not detailed)
+        if not detailed:
+            return out
+        return KernelResult(out, acc.to(torch.int32), pairs, rq)
+
+    def _fold_bias(self, x_q, za, rq: Requant):
+        """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
+        if rq.bias_float is not None and rq.per_channel:
+            term = rq.bias_float / rq.act_times_w_scale  # fbgemm: f32(b_j / ats_j), added in float32
+        elif rq.bias_int32 is not None and rq.backend in ("fbgemm", "qnnpack"):
+            term = rq.bias_int32.float()  # exact: f32(acc + bq) is one rounding of an exact sum
+            if float(rq.bias_int32.abs().max()) > 2**24:
+                return None
+        else:
+            return None
+        return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+
+    @staticmethod
+    def _no_bias(rq: Requant) -> Requant:
+        return dataclasses.replace(rq, bias_int32=None, bias_float=None)
+
+    def _can_saturate(self, x_q: torch.Tensor) -> bool:
+        # |a0*w0 + a1*w1| <= 2 * max a * max |w|: below 2^15 no pair can saturate
+        return 2 * int(x_q.max()) * int(self.w_q.abs().max()) > 32767
+
+
+@dataclass(frozen=True, eq=False)
+class PackedConv2d(_Packed):
+    """A prepacked conv2d; call it with activations (see ``pack_conv2d``)."""
+
+    geometry: tuple = ((1, 1), (0, 0), (1, 1), 1)
+    path: ConvPath = "gemm"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        x_q: torch.Tensor,
+        x_scale: float,
+        x_zero_point: int,
+        out_scale: float,
+        out_zero_point: int | torch.Tensor,
+        *,
+        relu: bool = False,
+        saturate: bool | None = None,
+        detailed: bool = False,
+    ) -> torch.Tensor | KernelResult:
+        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult)."""
+        if x_q.dim() != 4 or x_q.shape[1] != self.w_q.shape[1] * self.geometry[3]:
+            raise ValueError(
+                f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(self.w_q.shape)} with groups={self.geometry[3]}"
+            )
+        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1)
+        # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
+        if isinstance(res, KernelResult):
+            return dataclasses.replace(res, out=res.out.contiguous(memory_format=torch.channels_last))
+        return res.contiguous(memory_format=torch.channels_last)
+
+    def _saturation(self, x_q, za):
+        return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedLinear(_Packed):
+    """A prepacked linear layer; call it with activations (see ``pack_linear``)."""
+
+    path: ConvPath = "gemm"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        x_q: torch.Tensor,
+        x_scale: float,
+        x_zero_point: int,
+        out_scale: float,
+        out_zero_point: int | torch.Tensor,
+        *,
+        relu: bool = False,
+        saturate: bool | None = None,
+        detailed: bool = False,
+    ) -> torch.Tensor | KernelResult:
+        """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed)."""
+        if x_q.shape[-1] != self.w_q.shape[1]:
+            raise ValueError(f"x_q has {x_q.shape[-1]} features, weights expect {self.w_q.shape[1]}")
+        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1)
+
+    def _saturation(self, x_q, za):
+        return pair_saturation_linear(x_q, self.w_q)
+
+
+@torch.no_grad()
+def pack_conv2d(
+    w_q: torch.Tensor,
+    w_scale: float | torch.Tensor,
+    w_zero_point: int | torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    backend: Backend = "fbgemm",
+    method: Method = "auto",
+) -> PackedConv2d:
+    """Prepare a conv2d's weight side once, for many calls.
+
+    Args:
+        w_q: (O, C/groups, kh, kw) int8 codes (uint8 allowed for onnx/q31).
+        w_scale: a number (per tensor) or 1-D (O,) tensor (per channel).
+        w_zero_point: a number or (O,) tensor.
+        bias: float32 (O,) (the backend quantizes it its own way), int32 (O,) (used as is) or None.
+        stride, padding, dilation, groups: as ``torch.nn.functional.conv2d`` (zero padding
+            means padding with the activation zero point).
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        method: accumulator engine, "auto" | "float" | "onednn" (see ``accumulate.py``).
+    Returns:
+        A frozen ``PackedConv2d``: ``packed(x_q, x_scale, x_zero_point, out_scale,
+        out_zero_point, *, relu=False, saturate=None, detailed=False)``.
+    """
+    _check_backend(backend)
+    if w_q.dim() != 4:
+        raise ValueError(f"conv2d weights must be 4-D (O, C/groups, kh, kw), got shape {tuple(w_q.shape)}")
+    zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
+    if groups < 1 or w_q.shape[0] % groups:
+        raise ValueError(f"groups={groups} must be >= 1 and divide the {w_q.shape[0]} output channels")
+    geometry = (_pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"), int(groups))
+    acc = Accumulator(w_q, zp, geometry, method)
+    path = fbgemm_conv_path(w_q.shape[1] * groups, tuple(w_q.shape), geometry)
+    return PackedConv2d(backend, w_q, w_scale, zp, bias, acc, geometry=geometry, path=path)
+
+
+@torch.no_grad()
+def pack_linear(
+    w_q: torch.Tensor,
+    w_scale: float | torch.Tensor,
+    w_zero_point: int | torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    backend: Backend = "fbgemm",
+    method: Method = "auto",
+) -> PackedLinear:
+    """Prepare a linear layer's weight side once (w_q: (O, K)); see ``pack_conv2d``."""
+    _check_backend(backend)
+    if w_q.dim() != 2:
+        raise ValueError(f"linear weights must be 2-D (O, K), got shape {tuple(w_q.shape)}")
+    zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
+    return PackedLinear(backend, w_q, w_scale, zp, bias, Accumulator(w_q, zp, None, method))
