@@ -21,7 +21,6 @@ module-swap mode.
 
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -388,13 +387,18 @@ class _Planner:
 
 @torch.no_grad()
 def build_graph(model: nn.Module) -> Graph:
-    """Trace ``model`` (an eval-mode module, copied first), fold BN, plan the program.
+    """Trace ``model`` (in eval mode), fold BN, plan the program.
+
+    ``model`` is not modified: the traced graph holds its own containers, and folding
+    creates new conv/linear modules (the graph shares the other modules with ``model``).
 
     Raises:
         UnsupportedGraph: the model cannot be traced, or holds an op qcal's engine does not
             mirror bit for bit (the message names it).
     """
-    gm = _trace(copy.deepcopy(model).eval())
+    if model.training:
+        raise ValueError("build_graph needs an eval-mode model (BatchNorm folds with running statistics)")
+    gm = _trace(model)
     _fold_batchnorm(gm)
     graph = _Planner(gm).plan()
     if not graph.layers:

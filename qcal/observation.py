@@ -18,23 +18,30 @@ __all__ = ["ObservationPoint", "ValueHistogram"]
 
 
 class ValueHistogram:
-    """Exact counts of values in fixed-width bins over [-R, R], R a power of two.
+    """Counts of values in fixed-width bins over [-R, R], R a power of two.
 
     When a value falls outside, R doubles and neighbouring bins merge pairwise, so counts
-    stay exact without keeping the data. ``bins`` (even) fixes the resolution: data within
-    [0, max] always spans at least a quarter of them.
+    never need the data again. ``bins`` (even) fixes the resolution: data within [0, max]
+    always spans at least a quarter of them. Tensors of up to ``sample`` values are counted
+    exactly; larger ones through an evenly strided subsample whose counts are scaled up to
+    the tensor's size (the histogram is for display; the observers see every value).
     """
 
-    def __init__(self, bins: int = 512) -> None:
+    def __init__(self, bins: int = 512, sample: int = 2**18) -> None:
         self.bins = bins
+        self.sample = sample
         self.half: float | None = None
         self.counts = torch.zeros(bins, dtype=torch.float64)
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1).float()
-        if x.numel() == 0:
+    def update(self, x: torch.Tensor, lo: float | None = None, hi: float | None = None) -> None:
+        """Count ``x``; ``lo``/``hi`` are its min and max when the caller already has them."""
+        x = x.detach().reshape(-1)
+        n = x.numel()
+        if n == 0:
             return
-        need = max(float(x.abs().max()), 2.0**-30)
+        if lo is None or hi is None:
+            lo, hi = (float(v) for v in torch.aminmax(x))
+        need = max(-lo, hi, 2.0**-30)
         if self.half is None:
             self.half = 2.0 ** math.ceil(math.log2(need))
         while need > self.half:
@@ -42,7 +49,9 @@ class ValueHistogram:
             self.counts = torch.zeros_like(self.counts)
             self.counts[self.bins // 4: 3 * self.bins // 4] = merged
             self.half *= 2
-        self.counts += torch.histc(x, self.bins, -self.half, self.half).double()
+        step = -(-n // self.sample)  # ceil: at most ``sample`` values go to histc
+        counted = torch.histc(x[::step].float(), self.bins, -self.half, self.half).double()
+        self.counts += counted * (n / -(-n // step)) if step > 1 else counted
 
     def trimmed(self, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(edges (K+1,), counts (K,)) of the bins covering [lo, hi]."""
@@ -76,7 +85,8 @@ class ObservationPoint:
             return
         for obs in self.observers.values():
             obs.update(x)
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
-        self.histogram.update(x)
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.histogram.update(x, lo, hi)
         self.updates += 1

@@ -176,3 +176,23 @@ def test_the_display_histogram_counts_stay_exact_when_its_range_doubles():
     edges, counts = h.trimmed(-7.0, 3.5)
     assert counts.sum() == 5 and edges[0] <= -7.0 and edges[-1] >= 3.5
     assert h.half == 8.0
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_weight_quantization_fast_path_equals_torchs_rounding_including_ties(axis):
+    from qcal.calibration import quantize_weight
+    from qcal.qparams import quantize
+
+    torch.manual_seed(1)
+    scale = torch.rand(8) * 0.02 + 0.001 if axis == 0 else torch.tensor([0.0123])
+    w = torch.randn(8, 4, 3, 3) * 0.3
+    # exact ties: (k + 0.5) * scale for half the values
+    k = torch.randint(-120, 120, w.shape).float() + 0.5
+    s = scale.view(-1, 1, 1, 1) if axis == 0 else scale
+    w = torch.where(torch.rand(w.shape) < 0.5, k * s, w)
+    zp = torch.zeros(scale.numel(), dtype=torch.int64)
+    fast = quantize_weight(w, scale, zp, "qint8", axis)
+    assert torch.equal(fast, quantize(w, scale, zp, "qint8", axis=axis))
+    torch_q = (torch.quantize_per_channel(w, scale.double(), zp, 0, torch.qint8) if axis == 0
+               else torch.quantize_per_tensor(w, float(scale), 0, torch.qint8))
+    assert torch.equal(fast, torch_q.int_repr())
