@@ -119,3 +119,14 @@ def test_activations_up_to_127_never_saturate(seed):
     x[:, 0] = 127
     delta, count = pair_saturation_conv(x, 0, w, ((1, 1), (1, 1), (1, 1), 8))
     assert count == 0 and int(delta.abs().sum()) == 0
+
+
+def test_padding_with_a_large_zero_point_saturates_even_for_small_activations():
+    # activations 100 fit, but the pads hold za = 255: (pad, x) pairs saturate
+    x = torch.full((1, 16, 4, 4), 100, dtype=torch.uint8)
+    w = torch.full((16, 1, 3, 3), 127, dtype=torch.int8)
+    r = qi.conv2d_detailed(x, 1.0, 255, w, 1.0, 0, None, 100.0, 128, padding=1, groups=16, saturate=True)
+    assert r.saturated_pairs > 0
+    torch.backends.quantized.engine = "fbgemm"
+    ref = _torch_conv(x, 255, w, ((1, 1), (1, 1), (1, 1), 16), 100.0, 128)
+    assert torch.equal(r.out, ref)  # the real depthwise kernel saturates on these pads too

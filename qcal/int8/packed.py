@@ -140,7 +140,7 @@ class _Packed:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
         rq = self.requant(sa, so)
         out_dtype = _out_dtype(out_zero_point)
-        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q)
+        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q, za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
@@ -173,9 +173,12 @@ class _Packed:
     def _no_bias(rq: Requant) -> Requant:
         return dataclasses.replace(rq, bias_int32=None, bias_float=None)
 
-    def _can_saturate(self, x_q: torch.Tensor) -> bool:
-        # |a0*w0 + a1*w1| <= 2 * max a * max |w|: below 2^15 no pair can saturate
-        return 2 * int(x_q.max()) * int(self.w_q.abs().max()) > 32767
+    def _can_saturate(self, x_q: torch.Tensor, za: int) -> bool:
+        # |a0*w0 + a1*w1| <= 2 * max a * max |w|: below 2^15 no pair can saturate. Padded
+        # pixels hold za, so it counts too when the layer pads.
+        padded = getattr(self, "geometry", None) is not None and any(self.geometry[1])
+        amax = max(int(x_q.max()), za if padded else 0)
+        return 2 * amax * int(self.w_q.abs().max()) > 32767
 
 
 @dataclass(frozen=True, eq=False)
