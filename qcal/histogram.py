@@ -10,6 +10,8 @@ and zero point to the bit. Memory is bounded: the activations themselves are nev
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 __all__ = ["RunningHistogram", "check_finite"]
@@ -57,6 +59,8 @@ class RunningHistogram:
         self.counts = torch.zeros(self.bins)  # (bins,) float32, as torch keeps them
         self.min_val = torch.tensor(float("inf"))  # 0-dim float32
         self.max_val = torch.tensor(float("-inf"))
+        self.updates = 0  # non-empty batches counted so far
+        self._last: tuple[weakref.ref, int] | None = None  # (tensor, its _version) last counted
 
     @property
     def empty(self) -> bool:
@@ -75,6 +79,7 @@ class RunningHistogram:
             return
         x_min, x_max = torch.aminmax(x)
         check_finite(x, x_min, x_max)
+        self.updates += 1
         if self.empty:
             self.min_val, self.max_val = x_min, x_max
             self.counts = torch.histc(x, self.bins, min=x_min.item(), max=x_max.item())
@@ -87,6 +92,17 @@ class RunningHistogram:
             return
         self.counts = fresh + self._rebinned(new_min, new_max)
         self.min_val, self.max_val = new_min, new_max
+
+    def update_once(self, x: torch.Tensor) -> None:
+        """``update``, unless this very tensor (same object, not modified since) was the last
+        one counted: several observers sharing this histogram can each pass the batch on.
+        Only a weak reference is kept, so the batch is never held alive."""
+        if self._last is not None:
+            ref, version = self._last
+            if ref() is x and x._version == version:
+                return
+        self.update(x)
+        self._last = (weakref.ref(x), x._version)
 
     def _rebinned(self, new_min: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
         """The old counts moved onto bins over [new_min, new_max] (torch's _combine_histograms)."""

@@ -20,16 +20,16 @@ from typing import Any
 import torch
 
 from qcal.channel_clipping import channel_entropy_range, channel_mse_range, channel_percentile_range
-from qcal.clipping import entropy_threshold, mse_range, percentile_range
 from qcal.histogram import RunningHistogram, check_finite
-from qcal.l2search import l2_range_search
-from qcal.qparams import EPS, qparams_from_range, qrange
+from qcal.histogram_ranges import levels_for, qparams_from_histogram, range_from_histogram
+from qcal.qparams import EPS, qparams_from_range
 from qcal.schemes import QSpec
 
 __all__ = [
     "Observer",
     "RunningHistogram",
     "make_observer",
+    "make_observers",
     "qparams_from_histogram",
     "range_from_histogram",
 ]
@@ -40,6 +40,7 @@ Range = tuple[torch.Tensor, torch.Tensor]
 def _unseen() -> Range:
     """torch's state before any update: min +inf, max -inf."""
     return torch.tensor([float("inf")]), torch.tensor([float("-inf")])
+
 
 # Options each observer accepts (name -> default).
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -52,55 +53,10 @@ _OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _levels(spec: QSpec, nonnegative: bool) -> int:
-    """Quantized levels available to |x|: all of them for non-negative affine data, else half."""
-    qmin, qmax = qrange(spec.dtype, spec.reduce_range)
-    n = qmax - qmin + 1
-    return n if nonnegative and not spec.symmetric else n // 2
-
-
-def _histogram_range(spec: QSpec, hist: RunningHistogram) -> tuple[float, float] | Range:
-    edges, counts = hist.edges(), hist.counts
-    kind = spec.observer
-    if kind == "histogram":
-        return l2_range_search(counts, hist.min_val, hist.max_val, dst_nbins=256)
-    if kind == "percentile":
-        p = float(spec.option("percentile", 99.99))
-        return percentile_range(edges, counts, p, symmetric=spec.symmetric)
-    if kind == "entropy":
-        lo, hi = hist.min_val.item(), hist.max_val.item()
-        t = entropy_threshold(edges, counts, _levels(spec, lo >= 0), bins=hist.bins)
-        return (-t, t) if spec.symmetric else (max(lo, -t), min(hi, t))
-    if kind == "mse":
-        return mse_range(edges, counts, dtype=spec.dtype, symmetric=spec.symmetric,
-                         reduce_range=spec.reduce_range)
-    if kind == "minmax":
-        return hist.min_val, hist.max_val
-    raise ValueError(f"observer {kind!r} does not read a histogram; expected one of: "
-                     "histogram, percentile, entropy, mse, minmax")
-
-
-@torch.no_grad()
-def range_from_histogram(spec: QSpec, hist: RunningHistogram) -> Range:
-    """The clipping range ``spec``'s estimator picks from a (possibly shared) histogram.
-
-    Returns:
-        (lo, hi): float32 (1,) tensors; (inf, -inf) if the histogram saw nothing.
-    """
-    if hist.empty:
-        return _unseen()
-    if hist.min_val == hist.max_val:  # one value seen: nothing to clip
-        return hist.min_val.reshape(1), hist.max_val.reshape(1)
-    lo, hi = _histogram_range(spec, hist)
-    return (torch.as_tensor(lo, dtype=torch.float32).reshape(1),
-            torch.as_tensor(hi, dtype=torch.float32).reshape(1))
-
-
-@torch.no_grad()
-def qparams_from_histogram(spec: QSpec, hist: RunningHistogram) -> Range:
-    """(scale, zero_point) of ``spec`` from a shared histogram (see ``range_from_histogram``)."""
-    return qparams_from_range(*range_from_histogram(spec, hist), dtype=spec.dtype,
-                              symmetric=spec.symmetric, reduce_range=spec.reduce_range)
+def _check_float(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"observers take float tensors, got {what}")
 
 
 class Observer:
@@ -138,9 +94,7 @@ class Observer:
             TypeError: for a non-tensor or non-float tensor.
             ValueError: for NaN/Inf values (the message counts them) or a bad channel axis.
         """
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"observers take float tensors, got {what}")
+        _check_float(x)
         if x.numel() == 0:
             return
         self._update(self._layout(x))
@@ -209,19 +163,25 @@ class HistogramRangeObserver(Observer):
     """Per-tensor observers reading a ``RunningHistogram``: histogram (torch's L2 search),
     percentile, entropy and mse."""
 
-    def __init__(self, spec: QSpec) -> None:
+    def __init__(self, spec: QSpec, shared: RunningHistogram | None = None) -> None:
         super().__init__(spec)
-        self.hist = RunningHistogram(bins=int(spec.option("bins", 2048)))
+        self.shared = shared is not None
+        self.hist = shared if shared is not None else RunningHistogram(int(spec.option("bins", 2048)))
         self._cache: tuple[int, Range] | None = None
-        self._version = 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        if not self.shared:
+            return super().update(x)
+        _check_float(x)
+        self.hist.update_once(x)  # the first observer of the group to see x counts it
 
     def _update(self, y: torch.Tensor) -> None:
         self.hist.update(y)
-        self._version += 1
 
     def clip_range(self) -> Range:
-        if self._cache is None or self._cache[0] != self._version:
-            self._cache = (self._version, range_from_histogram(self.spec, self.hist))
+        if self._cache is None or self._cache[0] != self.hist.updates:
+            self._cache = (self.hist.updates, range_from_histogram(self.spec, self.hist))
         lo, hi = self._cache[1]
         return lo.clone(), hi.clone()
 
@@ -252,7 +212,7 @@ class ChannelValuesObserver(Observer):
             return channel_mse_range(y, dtype=spec.dtype, symmetric=spec.symmetric,
                                      reduce_range=spec.reduce_range)
         nonneg = bool(y.min() >= 0)
-        return channel_entropy_range(y, _levels(spec, nonneg), symmetric=spec.symmetric)
+        return channel_entropy_range(y, levels_for(spec, nonneg), symmetric=spec.symmetric)
 
 
 def _observer_class(spec: QSpec) -> type[Observer]:
@@ -292,3 +252,22 @@ def make_observer(spec: QSpec) -> Observer:
         raise ValueError("symmetric quint8 with reduce_range is refused (as torch does): its "
                          "zero point 128 lies outside 0..127; use qint8 or reduce_range=False")
     return _observer_class(spec)(spec)
+
+
+def make_observers(specs: list[QSpec]) -> dict[QSpec, Observer]:
+    """One observer per distinct spec; the per-tensor histogram-based ones (histogram,
+    percentile, entropy, mse with the same ``bins``) share one ``RunningHistogram``.
+
+    Feed every observer the same batch (``for o in obs.values(): o.update(x)``): the shared
+    histogram counts it once, so N estimators cost one histogram pass instead of N. Each
+    still gives exactly what ``make_observer(spec)`` fed the same batches would.
+    """
+    observers: dict[QSpec, Observer] = {}
+    shared: dict[int, RunningHistogram] = {}
+    for spec in dict.fromkeys(specs):
+        observer = make_observer(spec)
+        if isinstance(observer, HistogramRangeObserver):
+            bins = observer.hist.bins
+            observer = HistogramRangeObserver(spec, shared.setdefault(bins, RunningHistogram(bins)))
+        observers[spec] = observer
+    return observers

@@ -14,7 +14,7 @@ from qcal import QSpec
 from qcal.clipping import abs_histogram, kl_divergences
 from qcal.histogram import RunningHistogram
 from qcal.l2search import l2_range_search
-from qcal.observers import make_observer, range_from_histogram
+from qcal.observers import make_observer, make_observers, range_from_histogram
 from qcal.qparams import dequantize, qparams_from_range, quantize
 
 TORCH_DTYPE = {"quint8": torch.quint8, "qint8": torch.qint8}
@@ -424,3 +424,24 @@ def test_one_shared_histogram_serves_several_estimators():
         o.update(x)
         shared = range_from_histogram(spec, hist)
         assert torch.equal(shared[0], o.clip_range()[0]) and torch.equal(shared[1], o.clip_range()[1])
+
+
+def test_make_observers_share_one_histogram_pass_and_match_separate_observers():
+    specs = [QSpec("quint8", "per_tensor_affine", "histogram", reduce_range=True),
+             QSpec("quint8", "per_tensor_affine", "histogram"),
+             QSpec("qint8", "per_tensor_symmetric", "percentile"),
+             QSpec("quint8", "per_tensor_affine", "entropy"),
+             QSpec("qint8", "per_tensor_symmetric", "mse"),
+             QSpec("quint8", "per_tensor_affine", "minmax")]
+    group = make_observers(specs)
+    alone = {spec: make_observer(spec) for spec in specs}
+    g = torch.Generator().manual_seed(0)
+    for k in range(3):
+        x = torch.randn(5000, generator=g) * (1 + k)
+        for o in [*group.values(), *alone.values()]:
+            o.update(x)
+    hists = {id(o.hist) for o in group.values() if hasattr(o, "hist")}
+    assert len(hists) == 1 and next(o.hist for o in group.values()
+                                    if hasattr(o, "hist")).updates == 3
+    for spec in specs:
+        assert_identical(group[spec].qparams(), alone[spec].qparams())
