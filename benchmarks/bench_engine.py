@@ -110,9 +110,14 @@ def bench_linear(m, layers, reps, g):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small configuration (batch 4, fewer reps)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per layer (min is kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as torch starts)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    n, reps, m = (4, 3, 256) if args.quick else (32, 7, 2048)
+    n, reps, m = (4, 5, 256) if args.quick else (32, 9, 2048)
+    reps = args.reps or reps
     conv_layers = [(64, 56), (128, 28), (256, 14), (512, 7)]
     lin_layers = [(768, 3072), (3072, 768), (1024, 1024), (512, 1000)]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, VNNI {qi.has_vnni()}")
