@@ -20,15 +20,14 @@ from torch import nn
 
 from qcal.batching import call_model, count_nonfinite
 from qcal.graph import UnsupportedGraph, build_graph
-from qcal.int8_ops import make_kernel  # noqa: F401  (fail early if the engine binding is broken)
+from qcal.int8_ops import quantize_codes
 from qcal.model import ActivationInfo, QuantizedModel, QuantLayer, describe_shape
 from qcal.modules import observe_layers, swappable_layers
 from qcal.observation import ObservationPoint
 from qcal.program import run_float
-from qcal.qparams import INT_DTYPES, qrange, quantize
 from qcal.schemes import BACKENDS, QSpec, Scheme, resolve_scheme
 
-__all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends", "quantize_weight"]
+__all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
 MODES = ("auto", "graph", "modules")
 Progress = Callable[[float, str], None]
@@ -155,30 +154,11 @@ def _quantized_weight(w: torch.Tensor, spec: QSpec) -> dict[str, Any]:
     o.update(w)
     scale, zp = o.qparams()
     axis = spec.ch_axis if spec.per_channel else None
-    q = quantize_weight(w.detach(), scale, zp, spec.dtype, axis=axis)
+    q = quantize_codes(w, scale, zp, spec.dtype, axis=axis)
     flat = w.detach().transpose(0, spec.ch_axis).reshape(w.shape[spec.ch_axis], -1)  # (O, ...) -> (O, K)
     lo, hi = torch.aminmax(flat, dim=1)
     return {"weight_q": q, "weight_scale": scale.float(), "weight_zero_point": zp.long(),
             "weight_qscheme": spec.qscheme, "weight_min": lo, "weight_max": hi}
-
-
-def quantize_weight(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: str,
-                    axis: int | None) -> torch.Tensor:
-    """``qcal.qparams.quantize`` with a fast path for zero points of 0 (symmetric weights).
-
-    torch quantizes with ``rint(fma(w, f32(1/scale), zp))``; with ``zp = 0`` the fused
-    multiply-add rounds once, exactly like the float32 product, so ``rint(f32(w * inv))``
-    is the same number without the float64 detour the general case needs.
-    """
-    if bool((zero_point == 0).all()):
-        inv = (1.0 / scale.float()).float()
-        if axis is not None:
-            shape = [1] * w.dim()
-            shape[axis] = -1
-            inv = inv.reshape(shape)
-        qmin, qmax = qrange(dtype)
-        return torch.round(w.float() * inv).clamp_(qmin, qmax).to(INT_DTYPES[dtype])
-    return quantize(w, scale, zero_point, dtype, axis=axis)
 
 
 def _activation(point: ObservationPoint, spec: QSpec) -> ActivationInfo:

@@ -15,7 +15,8 @@ import torch
 
 from qcal.qparams import QRANGES
 
-__all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_value"]
+__all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_codes",
+           "quantize_value"]
 
 
 def _engine() -> Any:
@@ -23,6 +24,44 @@ def _engine() -> Any:
     import qcal.int8.ops  # noqa: F401  (the between-layer ops)
 
     return engine
+
+
+@torch.no_grad()
+def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "quint8",
+                   axis: int | None = None) -> torch.Tensor:
+    """``qcal.qparams.quantize`` (torch's ``rint(fma(x, f32(1/scale), zp))``), faster.
+
+    The exact value ``v = x * f32(1/scale) + zp`` is formed in float64 (the product is exact,
+    the sum rounds once), ``rint`` is taken there, and only values lying within a float32
+    half-ulp of a half-integer — where torch's float32 rounding of ``v`` could tip ``rint``
+    the other way, or a tie breaks by the float32 bits — are redone with the exact float32
+    fused multiply-add of ``qcal.qparams``. Per channel torch does not fuse
+    (``rint(f32(f32(x * inv) + zp))``), and a zero point of 0 makes the fused form a plain
+    float32 product: both are float32 arithmetic as it stands.
+    """
+    from qcal.qparams import _fma_f32
+
+    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    zp = torch.as_tensor(zero_point).reshape(-1)
+    x = x.detach().float()
+    inv = (1.0 / scale).float()
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        inv, zp = inv.reshape(shape), zp.reshape(shape)
+    qmin, qmax = QRANGES[dtype]
+    if axis is not None or bool((zp == 0).all()):
+        q = torch.round(x * inv + zp.float())
+    else:
+        s = x.double() * inv.double() + zp.double()  # (..) float64: product exact, one rounding
+        q = torch.round(s)
+        near = (s - torch.floor(s) - 0.5).abs() <= s.abs() * 2.0**-22 + 2.0**-60
+        if bool(near.any()):
+            idx = near.nonzero(as_tuple=True)
+            xs = x[idx]
+            exact = _fma_f32(xs, inv.expand_as(x)[idx], zp.expand_as(x)[idx].float())
+            q[idx] = torch.round(exact).double()
+    return q.clamp_(qmin, qmax).to(torch.uint8 if dtype == "quint8" else torch.int8)
 
 
 def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> int:

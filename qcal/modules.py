@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from qcal.batching import call_model
-from qcal.qparams import dequantize, quantize
+from qcal.int8_ops import quantize_codes
+from qcal.qparams import dequantize
 
 __all__ = ["Int8Layer", "SwappedModel", "observe_layers", "swappable_layers"]
 
@@ -59,7 +60,7 @@ class Int8Layer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        x_q = quantize(x, layer.input_scale, layer.input_zero_point, self.act_dtype)
+        x_q = quantize_codes(x, layer.input_scale, layer.input_zero_point, self.act_dtype)
         results = self.runner.results
         if results is None:
             out = self.kernel(x_q, False)

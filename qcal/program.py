@@ -24,10 +24,11 @@ from qcal.int8_ops import (
     avg_pool2d,
     clamp_codes,
     max_pool2d,
+    quantize_codes,
 )
-from qcal.qparams import dequantize, quantize
+from qcal.qparams import dequantize
 
-__all__ = ["IntegerProgram", "bind_inputs", "run_float"]
+__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float", "torch_layouts"]
 
 Tap = Callable[[int, torch.Tensor], None]
 
@@ -78,6 +79,23 @@ def _call(step: Step, graph: Graph, args: tuple, kwargs: dict) -> Any:
     raise AssertionError(f"no fx op for step {step.name} ({step.op})")
 
 
+def release_plan(graph: Graph) -> list[tuple[str, ...]]:
+    """For each step, the values no later step reads: dropped right away, as torch's
+    generated forward does (``x = None``), so big activations do not pile up."""
+    cached = graph.__dict__.get("_release")
+    if cached is None:
+        last: dict[str, int] = {}
+        for i, step in enumerate(graph.steps):
+            for name in step.refs:
+                last[name] = i
+        cached = [[] for _ in graph.steps]
+        for name, i in last.items():
+            cached[i].append(name)
+        cached = [tuple(names) for names in cached]
+        graph.__dict__["_release"] = cached
+    return cached
+
+
 @torch.no_grad()
 def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
               record: dict[str, torch.Tensor] | None = None) -> Any:
@@ -91,7 +109,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
         record: filled with each step's fp32 value when given.
     """
     env = bind_inputs(graph, inputs)
-    for step in graph.steps:
+    release = release_plan(graph)
+    for i, step in enumerate(graph.steps):
         if step.kind == "input":
             value = env[step.name]
         elif step.kind in ("quantize", "dequantize"):
@@ -107,6 +126,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
             tap(step.obs, value)
         if record is not None:
             record[step.name] = value
+        for name in release[i]:
+            del env[name]
     raise AssertionError("the graph has no output step")
 
 
@@ -145,7 +166,8 @@ class IntegerProgram:
         kernel result and each value, for traces."""
         graph = self.graph
         env = bind_inputs(graph, inputs)
-        for step in graph.steps:
+        release = release_plan(graph) if results is None else None
+        for i, step in enumerate(graph.steps):
             kind = step.kind
             if kind == "input":
                 continue
@@ -161,7 +183,7 @@ class IntegerProgram:
                     value = res.out
             elif kind == "quantize":
                 scale, zp = self.act[step.obs]
-                value = quantize(env[step.args[0].name], scale, zp, self.act_dtype)
+                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype)
             elif kind == "dequantize":
                 scale, zp = self.act[step.obs]
                 value = dequantize(env[step.args[0].name], scale, zp)
@@ -176,6 +198,9 @@ class IntegerProgram:
             env[step.name] = value
             if results is not None:
                 results.setdefault("__values__", {})[step.name] = value
+            else:
+                for name in release[i]:
+                    del env[name]
         raise AssertionError("the graph has no output step")
 
     def _obs(self, ref: Ref) -> int:

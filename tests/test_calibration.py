@@ -178,21 +178,24 @@ def test_the_display_histogram_counts_stay_exact_when_its_range_doubles():
     assert h.half == 8.0
 
 
+@pytest.mark.parametrize("zero_point", [0, 37])
 @pytest.mark.parametrize("axis", [None, 0])
-def test_weight_quantization_fast_path_equals_torchs_rounding_including_ties(axis):
-    from qcal.calibration import quantize_weight
+def test_fast_quantize_equals_torchs_rounding_including_ties(axis, zero_point):
+    from qcal.int8_ops import quantize_codes
     from qcal.qparams import quantize
 
     torch.manual_seed(1)
     scale = torch.rand(8) * 0.02 + 0.001 if axis == 0 else torch.tensor([0.0123])
     w = torch.randn(8, 4, 3, 3) * 0.3
-    # exact ties: (k + 0.5) * scale for half the values
+    # exact and near ties: (k + 0.5) * scale for half the values
     k = torch.randint(-120, 120, w.shape).float() + 0.5
     s = scale.view(-1, 1, 1, 1) if axis == 0 else scale
     w = torch.where(torch.rand(w.shape) < 0.5, k * s, w)
-    zp = torch.zeros(scale.numel(), dtype=torch.int64)
-    fast = quantize_weight(w, scale, zp, "qint8", axis)
+    zp = torch.full((scale.numel(),), zero_point, dtype=torch.int64)
+    fast = quantize_codes(w, scale, zp, "qint8", axis)
     assert torch.equal(fast, quantize(w, scale, zp, "qint8", axis=axis))
     torch_q = (torch.quantize_per_channel(w, scale.double(), zp, 0, torch.qint8) if axis == 0
-               else torch.quantize_per_tensor(w, float(scale), 0, torch.qint8))
+               else torch.quantize_per_tensor(w, float(scale), zero_point, torch.qint8))
     assert torch.equal(fast, torch_q.int_repr())
+    act = torch.rand(4096) * 6 - 1
+    assert torch.equal(quantize_codes(act, 0.0471, 21), torch.quantize_per_tensor(act, 0.0471, 21, torch.quint8).int_repr())
