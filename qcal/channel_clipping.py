@@ -61,7 +61,9 @@ def channel_mse_range(
     coordinate descent.
     """
     kw = {"dtype": dtype, "symmetric": symmetric, "reduce_range": reduce_range}
-    lo0, hi0 = torch.aminmax(y, dim=1)
+    data_lo, data_hi = lo0, hi0 = torch.aminmax(y, dim=1)
+    # Shrink the range as qparams see it (widened to include 0), so lo <= 0 <= hi stays true.
+    lo0, hi0 = torch.clamp(lo0, max=0.0), torch.clamp(hi0, min=0.0)
     if symmetric:
         hi0 = torch.max(-lo0, hi0)
         lo0 = -hi0
@@ -81,7 +83,7 @@ def channel_mse_range(
     for _ in range(2):  # coordinate descent over the two factors
         lo = lo0 * best_factor(True, False, lo0, hi)
         hi = hi0 * best_factor(False, True, lo, hi0)
-    return lo, hi
+    return torch.max(lo, data_lo), torch.min(hi, data_hi)  # same qparams, within the data
 
 
 @torch.no_grad()

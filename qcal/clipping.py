@@ -5,7 +5,8 @@ Pure functions of a histogram (``edges`` (B+1,), ``counts`` (B,), e.g. a
 modelled as uniform inside each bin. Arithmetic is float64 numpy; results are floats.
 
 * ``percentile_range``: both tails at (100-p, p) for affine specs, |x| at p for symmetric
-  ones; within one bin of the exact quantile.
+  ones; within one bin of ``torch.quantile``'s value (two once torch's rebinning has moved
+  counts because the range grew).
 * ``entropy_threshold``: TensorRT's calibration: the |x| threshold whose clipped, requantized
   distribution is closest (KL divergence) to the observed one.
 * ``mse_range``: the range minimising the expected quantization MSE: clipped values cost
@@ -176,6 +177,9 @@ def entropy_threshold(
     if abs_counts.sum() <= 0 or abs_edges[-1] == 0.0:
         return float(abs_edges[-1])
     cuts, kl = kl_divergences(abs_counts, levels)
+    # A cut at or below the smallest |x| would clip every value (data away from 0): skip.
+    first = int(np.argmax(abs_counts > 0))
+    kl = np.where(cuts > first, kl, np.inf)
     return float(abs_edges[cuts[int(np.argmin(kl))]])
 
 
@@ -224,12 +228,13 @@ def mse_range(
 ) -> tuple[float, float]:
     """The (lo, hi) of least expected quantization MSE (``expected_mse``).
 
-    Candidates shrink the observed range: symmetric t = max|x| * f, affine lo = min * f_lo,
-    hi = max * f_hi (coordinate search over the two factors), f from 1 down to 1/1024 in
-    steps of 2**(1/16). f = 1 (the min/max range) is always a candidate.
+    Candidates shrink the observed range widened to include 0: symmetric t = max|x| * f,
+    affine lo = min(min, 0) * f_lo, hi = max(max, 0) * f_hi (coordinate search over the two
+    factors), f from 1 down to 1/1024 in steps of 2**(1/16). f = 1 (the min/max range) is
+    always a candidate. The result is clamped to the observed [min, max] (same qparams).
     """
     e = _np(edges)
-    lo0, hi0 = float(e[0]), float(e[-1])
+    lo0, hi0 = min(float(e[0]), 0.0), max(float(e[-1]), 0.0)  # the range qparams see
     kw = {"dtype": dtype, "symmetric": symmetric, "reduce_range": reduce_range}
     if symmetric:
         t = max(abs(lo0), abs(hi0)) * _SHRINK
@@ -241,4 +246,4 @@ def mse_range(
         lo = float(los[int(np.argmin(expected_mse(edges, counts, los, np.full_like(los, hi), **kw)))])
         his = hi0 * _SHRINK
         hi = float(his[int(np.argmin(expected_mse(edges, counts, np.full_like(his, lo), his, **kw)))])
-    return lo, hi
+    return max(lo, float(e[0])), min(hi, float(e[-1]))

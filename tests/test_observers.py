@@ -445,3 +445,21 @@ def test_make_observers_share_one_histogram_pass_and_match_separate_observers():
                                     if hasattr(o, "hist")).updates == 3
     for spec in specs:
         assert_identical(group[spec].qparams(), alone[spec].qparams())
+
+
+@pytest.mark.parametrize("observer", ["percentile", "entropy", "mse"])
+@pytest.mark.parametrize("qscheme", sorted(TORCH_QSCHEME))
+def test_clipping_estimators_give_ordered_ranges_and_finite_scales_on_degenerate_inputs(
+        observer, qscheme):
+    # constant, all-zero, single-element, huge, tiny, integer and offset (away from 0) data
+    for kind in KINDS:
+        for shape in [(4, 50), (1, 1), (3, 1)]:
+            o = make_observer(QSpec("qint8", qscheme, observer))
+            for seed in range(2):
+                o.update(make_batch(kind, seed, shape, 2.0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # all-zero: scale = eps
+                scale, _ = o.qparams()
+            lo, hi = o.clip_range()
+            assert torch.all(lo <= hi), (kind, shape, lo, hi)
+            assert torch.all(torch.isfinite(scale) & (scale > 0)), (kind, shape, scale)
