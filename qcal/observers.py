@@ -8,8 +8,12 @@ the (min, max) the estimator chose, and ``qparams()`` applies ``qparams_from_ran
 * minmax, moving_average: identical to torch's MinMaxObserver, MovingAverageMinMaxObserver
   (averaging constant 0.01, the first batch sets min/max) and their per-channel versions.
 * histogram: identical to torch's HistogramObserver (per tensor only).
-* percentile, entropy, mse: read a ``RunningHistogram`` per tensor (``range_from_histogram``
-  serves several of them from one shared histogram), or the values per channel.
+* percentile, entropy, mse: read a ``RunningHistogram`` per tensor, or the values per
+  channel (weights: small, seen once).
+
+``make_observers(specs)`` builds many at once, the per-tensor histogram-based ones sharing a
+single ``RunningHistogram`` (one histogram pass per batch however many estimators read it);
+``range_from_histogram(spec, hist)`` evaluates any of them on a histogram you hold.
 """
 
 from __future__ import annotations
