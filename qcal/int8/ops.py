@@ -261,11 +261,12 @@ def avg_pool2d(
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def _adaptive_bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
+def _adaptive_bounds(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, 2) int64 window [start, end): floor / ceil of ``(float)(o * in) / out``."""
     t = torch.arange(n_out, dtype=torch.float32)
-    start = torch.floor(t * n_in / n_out).to(torch.int64)  # (float)(o * in) / out, floored
-    end = torch.ceil((t + 1) * n_in / n_out).to(torch.int64)
-    return list(zip(start.tolist(), end.tolist(), strict=True))
+    start = torch.floor(t * n_in / n_out)
+    end = torch.ceil((t + 1) * n_in / n_out)
+    return torch.stack([start, end], 1).to(torch.int64)
 
 
 @torch.no_grad()
@@ -284,27 +285,24 @@ def adaptive_avg_pool2d(
         k = (h // oh, w // ow)
         out = _qnnpack_avg(x_q.double() - x_zero_point, x_scale, x_zero_point, k, k, (0, 0), x_q.dtype)
         return out.contiguous(memory_format=torch.channels_last) if nhwc else out.contiguous()
-    raw = x_q.to(torch.int64)
-    c, lanes = x_q.shape[-3], _lanes("adaptive")
-    vector = torch.arange(c) < (c // lanes * lanes if lanes else 0)  # (C,) channels on vector lanes
-    rows = []
-    for h0, h1 in _adaptive_bounds(h, oh):
-        cols = []
-        for w0, w1 in _adaptive_bounds(w, ow):
-            kh, kw = h1 - h0, w1 - w0
-            total = raw[..., h0:h1, w0:w1].sum((-2, -1))  # (N, C) raw-code sum, exact
-            if nhwc:
-                mult = _f32(1.0) / float(kh * kw)
-                twice = _f32(1.0) / (_f32(1.0) / mult)
-                acc = (total - x_zero_point * kh * kw).float()
-                fused = (acc.double() * twice.double() + x_zero_point).float()  # vector: one rounding
-                split = acc * twice + x_zero_point  # scalar tail: product rounded, then + zp
-                cols.append(_clamp_to(torch.round(torch.where(vector, fused, split)), x_q.dtype))
-            else:
-                r = (_f32(1.0) / kh) / float(kw)  # kDHWr = f32(f32(1/kh) / kw)
-                cols.append(torch.round(total.float() * r).to(x_q.dtype))  # no clamp in torch
-        rows.append(torch.stack(cols, -1))
-    out = torch.stack(rows, -2)
+    hb, wb = _adaptive_bounds(h, oh), _adaptive_bounds(w, ow)  # (oh, 2), (ow, 2) start/end
+    # window sums of the raw codes from an integral image: exact in int64
+    integral = F.pad(x_q.to(torch.int64).cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # (N, C, H+1, W+1)
+    h0, h1, w0, w1 = hb[:, 0, None], hb[:, 1, None], wb[None, :, 0], wb[None, :, 1]
+    total = integral[..., h1, w1] - integral[..., h0, w1] - integral[..., h1, w0] + integral[..., h0, w0]
+    kh, kw = (h1 - h0).float(), (w1 - w0).float()  # (oh, 1), (1, ow)
+    if nhwc:
+        c, lanes = x_q.shape[-3], _lanes("adaptive")
+        vector = (torch.arange(c) < (c // lanes * lanes if lanes else 0)).view(-1, 1, 1)  # vector-lane channels
+        mult = 1.0 / (kh * kw)  # float(input_scale / output_scale) / size
+        twice = 1.0 / (1.0 / mult)  # quantize_val(1.0f / multiplier, ...)
+        acc = (total - x_zero_point * (kh * kw).to(torch.int64)).float()
+        fused = (acc.double() * twice.double() + x_zero_point).float()  # vector lanes: one rounding
+        split = acc * twice + x_zero_point  # scalar tail: product rounded, then + zp
+        out = _clamp_to(torch.round(torch.where(vector, fused, split)), x_q.dtype)
+    else:
+        r = (1.0 / kh) / kw  # kDHWr = f32(f32(1/kh) / kw)
+        out = torch.round(total.float() * r).to(x_q.dtype)  # torch does not clamp here
     return out.contiguous(memory_format=torch.channels_last) if nhwc else out
 
 
