@@ -14,9 +14,11 @@ Caching, for a team on one server (STYLE.md, rule 10):
 
 from __future__ import annotations
 
+import runpy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,6 +27,7 @@ import streamlit as st
 import qcal
 from qcal import figures, views
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
 BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
@@ -39,14 +42,15 @@ def require_router() -> None:
     Streamlit 1.67 still treats a folder named ``pages/`` beside the entry script as a
     legacy (v1) multipage app until the entry script first calls ``st.navigation``: the very
     first session of a server that lands on a page URL (and every AppTest run) would run the
-    page file alone, without the router and its sidebar. Switching the flag and rerunning
-    hands the request to dashboard.py, which routes it to this same page.
+    page file alone, without the router and its sidebar. Here the router takes over in the
+    same run (it routes back to this page), and the bare run stops.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        runpy.run_path(str(ROOT / "dashboard.py"), run_name="__main__")
+        st.stop()
 
 
 # ---------------------------------------------------------------- URL-backed selection
@@ -93,9 +97,8 @@ def select_param(label: str, name: str, options: Sequence[str], default: str | N
         return None
     where = where or st
     key = f"param_{name}"
-    value = get_param(name, options, default)
-    if st.session_state.get(key) not in options or st.query_params.get(name) not in (None, st.session_state.get(key)):
-        st.session_state[key] = value
+    # The shared value wins over any widget state left by another page's widget of this key.
+    st.session_state[key] = get_param(name, options, default)
 
     def _changed() -> None:
         set_param(name, st.session_state[key])
@@ -111,10 +114,7 @@ def multiselect_param(label: str, name: str, options: Sequence[str], default: Se
     """A multiselect whose value is the comma-separated shared selection ``name``."""
     where = where or st
     key = f"param_{name}"
-    value = get_list_param(name, options, default)
-    if key not in st.session_state or st.query_params.get(name) not in (
-            None, ",".join(st.session_state[key])):
-        st.session_state[key] = value
+    st.session_state[key] = get_list_param(name, options, default)
 
     def _changed() -> None:
         set_param(name, ",".join(st.session_state[key]) or None)
@@ -122,6 +122,14 @@ def multiselect_param(label: str, name: str, options: Sequence[str], default: Se
     chosen = where.multiselect(label, list(options), key=key, on_change=_changed, help=help)
     set_param(name, ",".join(chosen) or None)
     return chosen
+
+
+def show_table(df: pd.DataFrame, *, digits: int = 6, **kwargs: Any) -> Any:
+    """st.dataframe with floats shown to ``digits`` significant digits (not 4 decimals)."""
+    config = {c: st.column_config.NumberColumn(format=f"%.{digits}g")
+              for c in df.columns if pd.api.types.is_float_dtype(df[c])}
+    return st.dataframe(df, hide_index=True, column_config=config | kwargs.pop("column_config", {}),
+                        **kwargs)
 
 
 def fail(message: str) -> None:
@@ -189,12 +197,13 @@ def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
 
 
 _FIGURES: dict[str, Callable[..., Any]] = {
-    "accuracy": lambda f: figures.accuracy_figure(f["summary"]),
+    "accuracy": lambda f: views.accuracy_figure(f["summary"]),
     "layer_error": lambda f, metric: figures.layer_error_figure(f["layers"], metric),
     "scale": lambda f, layer, value: views.scale_figure(f["scales"], layer, value),
     "weight_range": lambda f, layer, scheme: figures.weight_range_figure(f["scales"], layer, scheme),
     "histogram": lambda f, layer: figures.histogram_figure(f["histograms"], layer),
-    "scatter": lambda f, layer: figures.sample_scatter_figure(f["samples"], layer),
+    "scatter": lambda f, layer, scheme: figures.sample_scatter_figure(
+        f["samples"][f["samples"]["scheme"] == scheme], layer),
 }
 
 
@@ -456,4 +465,5 @@ def share_link(run_id: str, page: str = "compare") -> str:
     path = parts.path.rstrip("/")
     if path.rsplit("/", 1)[-1] in PAGE_PATHS:
         path = path.rsplit("/", 1)[0]
+    page = "" if page == "compare" else page  # the default page lives at the root URL
     return f"{parts.scheme}://{parts.netloc}{path}/{page}?run={run_id}"

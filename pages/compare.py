@@ -13,6 +13,7 @@ from pages._shared import (
     saved_run_id,
     scheme_names,
     select_param,
+    show_table,
 )
 from qcal import views
 
@@ -55,11 +56,11 @@ def compare_page() -> None:
     st.markdown(views.size_sentence(sizes, fp32_bytes))
 
     st.subheader("Worst layers per scheme")
-    st.dataframe(views.worst_layers(layers, 3), hide_index=True, key="worst_layers")
+    st.dataframe(views.worst_layers_table(layers, 3), hide_index=True, key="worst_layers")
     st.markdown(views.worst_layers_sentence(layers))
 
     with st.expander("Full summary table"):
-        st.dataframe(summary, hide_index=True)
+        show_table(summary, key="summary_table")
 
 
 compare_page()

@@ -33,7 +33,8 @@ def explain_page() -> None:
 
     layers = table["layer"].nunique() if "layer" in table else 0
     st.subheader(f"{name}: {len(table)} entries in {layers} layers")
-    st.dataframe(table, hide_index=True, key="explain_table")
+    with st.container(key="explain_block"):
+        st.dataframe(table, hide_index=True, key="explain_table")
     st.markdown(
         "- **weight scale / zero point** (`<layer>.weight`, stored inside the quantized weight "
         "tensor): how the int8 weights map back to floats, one pair per output channel for "

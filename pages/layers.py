@@ -9,6 +9,7 @@ from pages._shared import (
     run_figure,
     select_param,
     set_param,
+    show_table,
 )
 from qcal import views
 
@@ -37,11 +38,9 @@ def layers_page() -> None:
     def _picked() -> None:
         rows = st.session_state["layer_table"].selection.rows
         if rows:
-            set_param("layer", str(table["layer"].iloc[rows[0]]))
-            st.session_state.pop("param_layer", None)  # let the selectbox follow the click
+            set_param("layer", str(table["layer"].iloc[rows[0]]))  # the selectbox follows
 
-    st.dataframe(table, hide_index=True, key="layer_table", on_select=_picked,
-                 selection_mode="single-row")
+    show_table(table, key="layer_table", on_select=_picked, selection_mode="single-row")
 
     layer = select_param("Layer", "layer", names)
     values = views.layer_values(layers, layer)
@@ -51,13 +50,14 @@ def layers_page() -> None:
              help=f"{worst['scheme']} on {worst['backend']}")
     b.metric("its MSE", f"{worst['mse']:.3g}")
     c.metric("its cosine", f"{worst['cosine']:.5f}")
-    st.dataframe(values, hide_index=True, key="layer_values")
+    show_table(values, key="layer_values")
 
     st.subheader(f"{layer}: fp32 vs int8 outputs")
     if samples.empty or layer not in set(samples["layer"]):
         st.info(f"This run stores no output samples for {layer}.")
         return
-    st.plotly_chart(run_figure(run.run_id, "scatter", layer), key="scatter_chart")
+    scheme = select_param("Scheme", "scheme", list(dict.fromkeys(samples["scheme"])))
+    st.plotly_chart(run_figure(run.run_id, "scatter", layer, scheme), key="scatter_chart")
     st.markdown("Points on the dotted diagonal are reproduced exactly; vertical spread is "
                 "rounding noise (one output step wide at most), and flat runs at the ends are "
                 "values clipped by the output range.")

@@ -41,9 +41,12 @@ def requant_page() -> None:
     sample = a.number_input("Input sample", 0, 31, 0, key="requant_sample")
     trace = layer_trace(run, scheme, backend, int(sample))[layer_name]
     shape = tuple(trace.output_q.shape)
-    channel = b.number_input("Output channel", 0, shape[1] - 1, 0, key="requant_channel")
-    row = c.number_input("Row", 0, shape[2] - 1, 0, key="requant_row") if len(shape) == 4 else 0
-    col = d.number_input("Column", 0, shape[3] - 1, 0, key="requant_col") if len(shape) == 4 else 0
+    # per-layer keys: each layer keeps its own element, starting at the output's centre
+    channel = b.number_input("Output channel", 0, shape[1] - 1, 0, key=f"channel_{layer_name}")
+    row = c.number_input("Row", 0, shape[2] - 1, shape[2] // 2,
+                         key=f"row_{layer_name}") if len(shape) == 4 else 0
+    col = d.number_input("Column", 0, shape[3] - 1, shape[3] // 2,
+                         key=f"col_{layer_name}") if len(shape) == 4 else 0
     try:
         index = we.element_index((1, *shape[1:]), int(channel), int(row), int(col))
     except ValueError as err:
@@ -52,24 +55,36 @@ def requant_page() -> None:
     st.subheader(f"{layer_name}: scales and zero points")
     table = we.requant_table(layer)
     ch = table.iloc[int(channel)]
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("input scale / zero point", f"{ch['input_scale']:.6g} / {layer.input_zero_point}")
-    m2.metric(f"weight scale / zp (ch {int(channel)})",
-              f"{ch['weight_scale']:.6g} / {int(ch['weight_zero_point'])}")
-    m3.metric("output scale / zero point", f"{ch['output_scale']:.6g} / {layer.output_zero_point}")
-    m4.metric("requant_scale = sa·sw/so", f"{ch['requant_scale']:.9g}")
-    n1, n2, n3 = st.columns(3)
-    n1.metric(f"{backend} multiplier (float32)", f"{ch[f'{backend}_multiplier']:.9g}")
-    n2.metric("Q31 multiplier", f"{int(ch['q31_multiplier'])}")
-    n3.metric("Q31 shift", f"{int(ch['q31_shift'])}")
+    rq = we.channel_requant(layer, backend, int(channel))
+    top = st.columns(4)
+    top[0].metric("input scale", f"{ch['input_scale']:.7g}")
+    top[1].metric("input zero point", layer.input_zero_point)
+    top[2].metric("output scale", f"{ch['output_scale']:.7g}")
+    top[3].metric("output zero point", layer.output_zero_point)
+    mid = st.columns(4)
+    mid[0].metric(f"weight scale (channel {int(channel)})", f"{ch['weight_scale']:.7g}")
+    mid[1].metric("weight zero point", int(ch["weight_zero_point"]))
+    mid[2].metric("requant scale", f"{ch['requant_scale']:.9g}",
+                  help="input_scale · weight_scale / output_scale, in float64")
+    mid[3].metric(f"{backend} multiplier (float32)", f"{rq['multiplier']:.9g}")
+    low = st.columns(4)
+    low[0].metric("Q31 multiplier", f"{rq['q31_multiplier']}",
+                  help="gemmlowp/TFLite fixed point: M ≈ q · 2^(shift−31), q in [2^30, 2^31)")
+    low[1].metric("Q31 shift", f"{rq['q31_shift']}")
+    low[2].metric("Q31 relative error", f"{rq['q31_error']:.2e}")
+    low[3].metric("bias in accumulator units", rq["bias_int32"] if rq["bias_int32"] is not None
+                  else "kept in float" if layer.bias is not None else "no bias")
     st.markdown("Every backend starts from the same real number `requant_scale`; they differ in "
                 "how they round it (float32 divide vs. reciprocal multiply vs. a 31-bit integer "
                 "and a shift) and where the bias and zero point enter. Per output channel:")
-    st.dataframe(table, hide_index=True, key="requant_table", height=220)
+    st.dataframe(table, hide_index=True, key="requant_table", height=220,
+                 column_config={c: st.column_config.NumberColumn(format="%.9g")
+                                for c in table.columns if c.endswith(("scale", "multiplier"))})
 
     st.subheader(f"Output element {index[1:]} on {backend}")
     steps = we.requant_steps(layer, trace, index, backend)
-    st.dataframe(steps, hide_index=True, key="requant_steps")
+    with st.container(key="steps_block"):
+        st.dataframe(steps, hide_index=True, key="requant_steps")
     worked = int(steps["value"].iloc[-1])
     engine = int(trace.output_q[index])
     reference = we.backend_reference_element(layer, trace, index, backend)

@@ -43,7 +43,8 @@ def runs_page() -> None:
                 "comparison; `python -m qcal compare` saves one from the command line.")
         st.stop()
 
-    st.dataframe(runs, hide_index=True, key="runs_table")
+    with st.container(key="runs_block"):
+        st.dataframe(runs, hide_index=True, key="runs_table")
     ids = [str(i) for i in runs["id"]]
     labels = {str(r["id"]): " · ".join(str(r[c]) for c in ("id", "model", "created") if c in r)
               for _, r in runs.iterrows()}
@@ -61,7 +62,8 @@ def runs_page() -> None:
                                file_name=f"qcal-report-{run_id}.html", mime="text/html",
                                key="report_run", on_click="ignore")
     confirm = delete_col.checkbox("Confirm delete", key="confirm_delete")
-    if delete_col.button("Delete", key="delete_run", disabled=not confirm):
+    clicked = delete_col.button("Delete", key="delete_run", disabled=not confirm)
+    if clicked:
         delete_run(run_id)
         if st.query_params.get("run") == run_id:
             set_param("run", None)

@@ -2,7 +2,14 @@
 
 import streamlit as st
 
-from pages._shared import current_run, require_router, run_caption, run_figure, select_param
+from pages._shared import (
+    current_run,
+    require_router,
+    run_caption,
+    run_figure,
+    select_param,
+    show_table,
+)
 from qcal import views
 
 
@@ -29,7 +36,7 @@ def scales_page() -> None:
             f"differ by **{widest['range_ratio']:.1f}×**. A per-tensor scheme gives all of them the "
             "widest channel's scale, so the narrowest channels use only a few of the 255 levels; "
             "per-channel schemes give each channel its own scale (the spread of the boxes).")
-    st.dataframe(spread, hide_index=True, key="spread_table")
+    show_table(spread, key="spread_table")
 
     st.subheader("Weight zero points")
     st.plotly_chart(run_figure(run.run_id, "scale", layer, "zero_point"), key="zero_point_chart")
@@ -50,7 +57,7 @@ def scales_page() -> None:
         return
     act_layer = layer if layer in hist_layers else hist_layers[0]
     st.plotly_chart(run_figure(run.run_id, "histogram", act_layer), key="histogram_chart")
-    st.dataframe(views.clip_ranges(hists, act_layer), hide_index=True, key="clip_table")
+    show_table(views.clip_ranges(hists, act_layer), key="clip_table")
     st.markdown("Values outside an observer's dashed lines are clipped to the end of its range; a "
                 "tighter range spends the 256 levels on the values that are common. minmax never "
                 "clips, histogram/percentile/entropy/mse trade a little clipping for resolution.")

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from qcal.reporting import worst_layers as _worst_layers
 
 __all__ = [
+    "accuracy_figure",
     "accuracy_sentence",
     "calibrate_zoo",
     "clip_ranges",
@@ -32,6 +33,7 @@ __all__ = [
     "size_table",
     "worst_layers",
     "worst_layers_sentence",
+    "worst_layers_table",
     "zoo_eval_inputs",
 ]
 
@@ -168,8 +170,34 @@ def scale_figure(scales: pd.DataFrame, layer: str, value: str = "scale") -> go.F
                  hover_data=["channel", "min", "max"])
     if value == "scale":
         fig.update_yaxes(type="log", title="weight scale (log)")
+    fig.update_traces(pointpos=0, jitter=0.6, marker_size=4, boxmean=False)
     fig.update_layout(showlegend=False, margin={"t": 30}, xaxis_title=None, boxmode="overlay")
     return fig
+
+
+def accuracy_figure(summary: pd.DataFrame) -> go.Figure:
+    """``qcal.figures.accuracy_figure`` with the y axis zoomed onto the results and fp32."""
+    from qcal.figures import accuracy_figure as base
+
+    fig = base(summary)
+    if len(summary):
+        lo = float(min(summary["value"].min(), summary["fp32_value"].min()))
+        hi = float(max(summary["value"].max(), summary["fp32_value"].max()))
+        pad = max(0.01, (hi - lo) * 0.5)
+        fig.update_yaxes(range=[max(0.0, lo - pad), min(1.0, hi + pad) + 0.005])
+    return fig
+
+
+def worst_layers_table(layers: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """One row per (scheme, backend): its ``n`` lowest-SQNR layers, worst first."""
+    worst = worst_layers(layers, n)
+    rows = []
+    for (scheme, backend), g in worst.groupby(["scheme", "backend"], sort=False):
+        row = {"scheme": scheme, "backend": backend}
+        for i, (_, r) in enumerate(g.sort_values("sqnr_db").iterrows(), start=1):
+            row[f"worst {i}"] = f"{r['layer']} ({float(r['sqnr_db']):.1f} dB)"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:

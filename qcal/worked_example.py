@@ -29,6 +29,7 @@ from qcal.qparams import dequantize, qparams_from_range, qrange, quantize
 
 __all__ = [
     "backend_reference_element",
+    "channel_requant",
     "element_index",
     "pair_saturation",
     "requant_steps",
@@ -86,6 +87,24 @@ def requant_table(layer: Any, backends: tuple[str, ...] = BACKENDS) -> pd.DataFr
             df["q31_shift"] = rq.q31_shift.expand(n).numpy() if rq.q31_shift.numel() == 1 \
                 else rq.q31_shift.numpy()
     return df
+
+
+@torch.no_grad()
+def channel_requant(layer: Any, backend: str, channel: int) -> dict[str, Any]:
+    """One output channel's requantization numbers on ``backend`` (``requant_multipliers``).
+
+    Returns:
+        multiplier (float32 value as a float), q31_multiplier, q31_shift, q31_error, and
+        bias_int32 (None when the backend keeps a float bias or there is none).
+    """
+    rq = _requant(layer, backend)
+    return {
+        "multiplier": float(_pick(rq.multiplier, channel)),
+        "q31_multiplier": int(_pick(rq.q31_multiplier, channel)),
+        "q31_shift": int(_pick(rq.q31_shift, channel)),
+        "q31_error": float(_pick(rq.q31_error, channel)),
+        "bias_int32": None if rq.bias_int32 is None else int(_pick(rq.bias_int32, channel)),
+    }
 
 
 def element_index(output_shape: tuple[int, ...], channel: int, row: int = 0, col: int = 0,

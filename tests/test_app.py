@@ -75,3 +75,169 @@ def test_every_page_renders_without_exception(page):
     at = app(page)
     assert_clean(at)
     assert at.title, f"{page} shows no title"
+
+
+def metric(at, label: str):
+    """The metric whose label starts with ``label``."""
+    found = [m for m in at.metric if m.label.startswith(label)]
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def table(at, *columns: str):
+    """The first st.dataframe that has all these columns, as a DataFrame."""
+    found = [d.value for d in at.dataframe if set(columns) <= set(d.value.columns)]
+    assert found, f"no table with {columns}; have {[list(d.value.columns) for d in at.dataframe]}"
+    return found[0]
+
+
+def test_every_page_runs_inside_the_router_with_its_sidebar():
+    at = app()
+    for page in PAGES:
+        at.switch_page(f"pages/{page}.py").run()
+        assert_clean(at)
+        assert at.sidebar.selectbox(key="param_model").value == "digits_cnn", page
+
+
+def test_compare_metric_follows_the_picked_scheme_and_backend():
+    at = app("compare")
+    summary = current_run().summary
+    at.selectbox(key="param_scheme").set_value("per_channel_symmetric").run()
+    at.selectbox(key="param_backend").set_value("qnnpack").run()
+    assert_clean(at)
+    row = summary[(summary["scheme"] == "per_channel_symmetric") & (summary["backend"] == "qnnpack")].iloc[0]
+    assert metric(at, "int8 ").value == f"{row['value']:.2%}"
+    assert metric(at, "int8 size").value == f"{row['int8_bytes'] / 1024:.1f} KiB"
+    assert at.query_params["scheme"] == "per_channel_symmetric"
+    assert at.query_params["backend"] == "qnnpack"
+
+
+def test_compare_worst_layers_table_is_the_frames_worst_layers():
+    from qcal import views
+
+    at = app("compare")
+    expected = views.worst_layers_table(current_run().layers, 3)
+    shown = table(at, "scheme", "backend", "worst 1")
+    assert shown.values.tolist() == expected.values.tolist()
+
+
+def test_scales_spread_follows_the_picked_layer():
+    from qcal import views
+
+    at = app("scales")
+    scales = current_run().scales
+    layers = views.layer_names(scales[scales["tensor"] == "weight"])
+    at.selectbox(key="param_layer").set_value(layers[-1]).run()
+    assert_clean(at)
+    shown = table(at, "scale_max", "range_ratio")
+    expected = views.scale_spread(scales, layers[-1])
+    assert shown["scale_max"].tolist() == pytest.approx(expected["scale_max"].tolist())
+    assert shown["channels"].tolist() == expected["channels"].tolist()
+    assert at.query_params["layer"] == layers[-1]
+
+
+def test_layers_worst_sqnr_follows_the_picked_layer():
+    at = app("layers")
+    layers = current_run().layers
+    at.selectbox(key="param_layer").set_value("fc1").run()
+    assert_clean(at)
+    worst = layers[layers["layer"] == "fc1"]["sqnr_db"].min()
+    assert metric(at, "fc1: worst SQNR").value == f"{worst:.2f} dB"
+    at.radio(key="layer_metric").set_value("mse").run()
+    assert_clean(at)
+    shown = table(at, "layer", "kind")
+    assert list(shown["layer"]) == list(dict.fromkeys(layers["layer"]))
+
+
+def test_a_copied_url_reopens_the_same_view():
+    at = app("layers", scheme="qnnpack_default", backend="qnnpack", layer="conv_3x3_64")
+    assert_clean(at)
+    assert at.selectbox(key="param_layer").value == "conv_3x3_64"
+    assert at.query_params["layer"] == "conv_3x3_64"
+    at = app("requant", scheme="qnnpack_default", backend="qnnpack", layer="fc2")
+    assert at.selectbox(key="param_scheme").value == "qnnpack_default"
+    assert at.selectbox(key="param_layer").value == "fc2"
+
+
+def test_requant_multiplier_follows_the_picked_layer_and_channel():
+    import qcal
+    from pages._shared import DEFAULT_MODEL
+    from qcal import views
+
+    at = app("requant")
+    at.selectbox(key="param_scheme").set_value("fbgemm_default").run()
+    at.selectbox(key="param_backend").set_value("fbgemm").run()
+    at.selectbox(key="param_layer").set_value("conv_3x3_64").run()
+    at.number_input(key="channel_conv_3x3_64").set_value(5).run()
+    assert_clean(at)
+    layer = views.calibrate_zoo(DEFAULT_MODEL, "fbgemm_default", "fbgemm").quant_layers["conv_3x3_64"]
+    rq = qcal.int8.requant_multipliers(layer.input_scale, layer.weight_scale, layer.output_scale,
+                                       layer.bias, backend="fbgemm")
+    assert metric(at, "fbgemm multiplier").value == f"{float(rq.multiplier[5]):.9g}"
+    assert metric(at, "Q31 multiplier").value == str(int(rq.q31_multiplier[5]))
+    assert metric(at, "Q31 shift").value == str(int(rq.q31_shift[5]))
+    # the worked element agrees with qcal's engine and with torch's fbgemm
+    assert metric(at, "worked steps").value == metric(at, "qcal integer engine").value \
+        == metric(at, "torch fbgemm").value
+    assert at.success
+
+
+def test_requant_steps_follow_the_backend():
+    at = app("requant", scheme="per_channel_affine", backend="qnnpack", layer="fc1")
+    assert_clean(at)
+    steps = table(at, "step", "formula")
+    assert "bias quantized to int32" in set(steps["step"])
+    at.selectbox(key="param_backend").set_value("fbgemm").run()
+    steps = table(at, "step", "formula")
+    assert "add bias (float)" in set(steps["step"])  # fbgemm keeps a per-channel float bias
+
+
+def test_explain_table_is_qcal_explain_of_the_picked_example():
+    import qcal
+    from qcal.checkpoints import example_checkpoint
+
+    at = app("explain")
+    at.selectbox(key="explain_backend").set_value("qnnpack").run()
+    assert_clean(at)
+    expected = qcal.explain(example_checkpoint("qnnpack"))
+    shown = table(at, "key", "role")
+    assert shown["key"].tolist() == expected["key"].tolist()
+    assert shown["role"].tolist() == expected["role"].tolist()
+
+
+def test_explain_reads_an_upload_and_refuses_a_bad_one_with_a_message():
+    import qcal
+    from qcal.checkpoints import example_checkpoint
+
+    path = example_checkpoint("fbgemm")
+    at = app("explain")
+    at.radio(key="explain_source").set_value("upload").run()
+    at.file_uploader(key="explain_upload").upload("model.pt", path.read_bytes()).run()
+    assert_clean(at)
+    assert table(at, "key", "role")["key"].tolist() == qcal.explain(path)["key"].tolist()
+    at.file_uploader(key="explain_upload").upload("evil.pt", b"not a checkpoint").run()
+    assert not at.exception
+    assert at.error and "evil.pt could not be explained" in at.error[0].value
+
+
+def test_runs_page_opens_shares_and_deletes_a_run():
+    from qcal.store import Store
+
+    store = Store()
+    run = current_run()
+    copy_id = store.save(run.frames, {**run.meta, "title": "copy for the delete test"})
+    at = app("runs")
+    at.selectbox(key="param_pick").set_value(copy_id).run()
+    assert_clean(at)
+    assert f"run={copy_id}" in at.code[0].value
+    at.checkbox(key="confirm_delete").check().run()
+    at.button(key="delete_run").click().run()
+    assert_clean(at)
+    assert copy_id not in set(store.list()["id"])
+
+    at.selectbox(key="param_pick").set_value(run.id).run()
+    at.button(key="open_run").click().run()
+    assert_clean(at)
+    assert at.title[0].value == "Compare schemes and backends"
+    assert at.query_params["run"] == run.id
+    assert any("saved run" in c.value for c in at.caption)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -32,13 +33,14 @@ PAGES = [
     ("compare", "Compare", "Compare schemes and backends", "accuracy_chart", True),
     ("scales", "Scales", "Scales and zero points", "scale_chart", True),
     ("layers", "Layers", "Per-layer error", "layer_error_chart", True),
-    ("requant", "Requant math", "Requantization, step by step", "requant_steps", False),
-    ("explain", "Explain a checkpoint", "Explain a quantized checkpoint", "explain_table", False),
-    ("runs", "Runs", "Saved runs", "runs_table", False),
+    ("requant", "Requant math", "Requantization, step by step", "steps_block", False),
+    ("explain", "Explain a checkpoint", "Explain a quantized checkpoint", "explain_block", False),
+    ("runs", "Runs", "Saved runs", "runs_block", False),
 ]
 NAV_TITLES = [p[1] for p in PAGES]
 FIRST_LOAD_SECONDS = 240  # the server may compute the default comparison first
-WARM_SWITCH_BUDGET = 1.0
+WARM_SWITCH_BUDGET = 1.0  # seconds, median per page
+WARM_ROUNDS = 3
 
 
 def _chromium() -> str:
@@ -152,18 +154,23 @@ def test_every_page_draws_in_chromium_and_a_warm_switch_is_fast(server, browser)
         page.wait_for_timeout(300)  # let plotly finish its transitions before the picture
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
-    timings, ends = {}, {}
-    for name, title, *content in PAGES:  # second (warm) visit: caches hold everything
-        started = time.perf_counter()
-        nav.filter(has_text=title).click()
-        _wait_for_content(page, *content, 30_000)
-        timings[name] = time.perf_counter() - started
-        _wait_for_run_end(page, 30_000)
-        ends[name] = time.perf_counter() - started
-        _assert_clean(page, name)
-    print("\nwarm page switch, click -> main content drawn (s): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in timings.items())
-          + "\nwarm page switch, click -> run over, every chart drawn (s): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in ends.items()))
-    slowest = max(timings, key=timings.get)
-    assert timings[slowest] < WARM_SWITCH_BUDGET, f"warm switch to {slowest} took {timings[slowest]:.2f}s"
+    timings: dict[str, list[float]] = {name: [] for name, *_ in PAGES}
+    ends: dict[str, list[float]] = {name: [] for name, *_ in PAGES}
+    for _ in range(WARM_ROUNDS):  # warm visits: every cache holds this page's data
+        for name, title, *content in PAGES:
+            started = time.perf_counter()
+            nav.filter(has_text=title).click()
+            _wait_for_content(page, *content, 30_000)
+            timings[name].append(time.perf_counter() - started)
+            _wait_for_run_end(page, 30_000)
+            ends[name].append(time.perf_counter() - started)
+            _assert_clean(page, name)
+    content_s = {k: statistics.median(v) for k, v in timings.items()}
+    end_s = {k: statistics.median(v) for k, v in ends.items()}
+    print(f"\nwarm page switch, median of {WARM_ROUNDS}, click -> main content drawn (s): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in content_s.items())
+          + "\nwarm page switch, click -> run over and every chart drawn (s): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in end_s.items()))
+    slowest = max(content_s, key=content_s.get)
+    assert content_s[slowest] < WARM_SWITCH_BUDGET, \
+        f"warm switch to {slowest} took {content_s[slowest]:.2f}s (median)"
