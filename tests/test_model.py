@@ -8,7 +8,7 @@ from torch import nn
 from wholemodel_cases import MATCHING_ENGINE, digits_data, make_model
 
 import qcal
-from qcal.calibration import calibrate
+from qcal.calibration import calibrate, calibrate_many
 from qcal.reference import quantized_engine, torch_reference
 
 ISSUE_ARCHS = ["cnn", "mobilenet", "resnet"]
@@ -281,3 +281,21 @@ def test_the_qnnpack_clamp_scramble_is_explained_and_can_be_turned_off(data):
     # without the scramble, qnnpack differs from fbgemm only by rounding details
     assert cosine(fixed(x)) > cosine(qm(x)) - 1e-3
     assert qm.with_backend("fbgemm").notes == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenet", "digits_resnet", "digits_mlp"])
+def test_trained_zoo_models_are_identical_to_torch_on_held_out_digits(name):
+    from qcal import zoo
+    from qcal.datasets import digits_splits
+
+    splits = digits_splits()
+    calib, test = list(splits.calib[0].split(50)), splits.test[0]
+    model = zoo.load(name)
+    schemes = list(MATCHING_ENGINE)
+    qms = calibrate_many(model, calib, schemes, ["fbgemm", "qnnpack"])
+    mismatches = {}
+    for (scheme, backend), qm in qms.items():
+        _, expected = _torch_outputs(model, calib, scheme, backend, test)
+        mismatches[(scheme, backend)] = _mismatches(qm(test), expected)
+    assert mismatches == dict.fromkeys(qms, 0)

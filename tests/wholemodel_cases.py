@@ -29,8 +29,8 @@ def make_model(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def digits_data(calib_batches: int = 3, batch: int = 32) -> tuple[list[torch.Tensor], torch.Tensor]:
+def digits_data(calib_batches: int = 3, batch: int = 16) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Calibration batches from the digits calib split, and held-out test images."""
     splits = digits_splits()
     x_calib = splits.calib[0][: calib_batches * batch]
-    return list(x_calib.split(batch)), splits.test[0][:128]
+    return list(x_calib.split(batch)), splits.test[0][:64]
