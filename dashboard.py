@@ -9,7 +9,8 @@ import logging
 
 import streamlit as st
 
-from pages._shared import DEFAULT_MODEL, fail, saved_run_id, select_param, set_param, zoo_names
+from pages._shared import DEFAULT_MODEL, saved_run_id, zoo_names
+from pages._state import fail, select_param, set_param
 
 st.set_page_config(page_title="qcal", page_icon=":material/calculate:", layout="wide")
 

@@ -1,4 +1,4 @@
-"""What every page shares: the URL-backed selection, the cached loaders, the current run.
+"""What every page reads: the current run, the cached loaders, the run store.
 
 Not a page (st.navigation lists only the page files). Pages import it as
 ``from pages._shared import ...``; Streamlit puts the entry script's folder on sys.path.
@@ -14,128 +14,22 @@ Caching, for a team on one server (STYLE.md, rule 10):
 
 from __future__ import annotations
 
-import runpy
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 import qcal
+from pages._state import fail, get_list_param, get_param, memory, set_param
 from qcal import figures, views
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
 BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
 EVAL_SAMPLES = 300  # of the 597 held-out digits: enough to rank schemes, quick on 2 cores
-_MEMORY = "qcal_params"  # session-state dict mirroring the URL's query params
-
-
-# ---------------------------------------------------------------- routing
-def require_router() -> None:
-    """Make sure this page runs inside dashboard.py's st.navigation frame.
-
-    Streamlit 1.67 still treats a folder named ``pages/`` beside the entry script as a
-    legacy (v1) multipage app until the entry script first calls ``st.navigation``: the very
-    first session of a server that lands on a page URL (and every AppTest run) would run the
-    page file alone, without the router and its sidebar. Here the router takes over in the
-    same run (it routes back to this page), and the bare run stops.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        runpy.run_path(str(ROOT / "dashboard.py"), run_name="__main__")
-        st.stop()
-
-
-# ---------------------------------------------------------------- URL-backed selection
-def _memory() -> dict[str, str]:
-    return st.session_state.setdefault(_MEMORY, {})
-
-
-def get_param(name: str, options: Sequence[str], default: str | None = None) -> str | None:
-    """The value of a shared selection: the URL's, else this session's last, else default.
-
-    Values are validated against ``options``; an unknown value in a URL falls back quietly.
-    """
-    for candidate in (st.query_params.get(name), _memory().get(name), default):
-        if candidate is not None and candidate in options:
-            return candidate
-    return options[0] if options else None
-
-
-def set_param(name: str, value: str | None) -> None:
-    """Write a shared selection to the URL and this session's memory (None removes it)."""
-    if value is None:
-        _memory().pop(name, None)
-        if name in st.query_params:
-            del st.query_params[name]
-        return
-    _memory()[name] = value
-    if st.query_params.get(name) != value:
-        st.query_params[name] = value
-
-
-def get_list_param(name: str, options: Sequence[str], default: Sequence[str]) -> list[str]:
-    """A comma-separated shared selection, validated item by item."""
-    raw = st.query_params.get(name) or _memory().get(name)
-    items = [s for s in raw.split(",") if s in options] if raw else []
-    return items or [s for s in default if s in options]
-
-
-def select_param(label: str, name: str, options: Sequence[str], default: str | None = None,
-                 *, where: Any = None, format_func: Callable[[str], str] = str,
-                 help: str | None = None) -> str | None:
-    """A selectbox whose value is the shared selection ``name`` (URL query parameter)."""
-    options = list(options)
-    if not options:
-        return None
-    where = where or st
-    key = f"param_{name}"
-    # The shared value wins over any widget state left by another page's widget of this key.
-    st.session_state[key] = get_param(name, options, default)
-
-    def _changed() -> None:
-        set_param(name, st.session_state[key])
-
-    chosen = where.selectbox(label, options, key=key, format_func=format_func,
-                             on_change=_changed, help=help)
-    set_param(name, chosen)
-    return chosen
-
-
-def multiselect_param(label: str, name: str, options: Sequence[str], default: Sequence[str],
-                      *, where: Any = None, help: str | None = None) -> list[str]:
-    """A multiselect whose value is the comma-separated shared selection ``name``."""
-    where = where or st
-    key = f"param_{name}"
-    st.session_state[key] = get_list_param(name, options, default)
-
-    def _changed() -> None:
-        set_param(name, ",".join(st.session_state[key]) or None)
-
-    chosen = where.multiselect(label, list(options), key=key, on_change=_changed, help=help)
-    set_param(name, ",".join(chosen) or None)
-    return chosen
-
-
-def show_table(df: pd.DataFrame, *, digits: int = 6, **kwargs: Any) -> Any:
-    """st.dataframe with floats shown to ``digits`` significant digits (not 4 decimals)."""
-    config = {c: st.column_config.NumberColumn(format=f"%.{digits}g")
-              for c in df.columns if pd.api.types.is_float_dtype(df[c])}
-    return st.dataframe(df, hide_index=True, column_config=config | kwargs.pop("column_config", {}),
-                        **kwargs)
-
-
-def fail(message: str) -> None:
-    """Stop the page with an error that says what to do (never a traceback)."""
-    st.error(message)
-    st.stop()
 
 
 # ---------------------------------------------------------------- the comparison job
@@ -271,7 +165,7 @@ def comparison_setup() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
 
 def saved_run_id() -> str | None:
     """The saved run the URL (or this session) has open, if any."""
-    return st.query_params.get("run") or _memory().get("run")
+    return st.query_params.get("run") or memory().get("run")
 
 
 def current_run() -> CurrentRun:
@@ -387,83 +281,3 @@ def explain_example(backend: str) -> pd.DataFrame | str:
         return qcal.explain(example_checkpoint(backend=backend))
     except Exception as err:
         return f"the bundled example is not available ({type(err).__name__}: {err})"
-
-
-# ---------------------------------------------------------------- the run store
-PAGE_PATHS = ("compare", "scales", "layers", "requant", "explain", "runs")
-
-
-def _store() -> Any:
-    from qcal.store import Store
-
-    return Store()
-
-
-def store_location() -> str:
-    """Where runs are stored (QCAL_STORE, or the default under data/)."""
-    try:
-        store = _store()
-        return str(getattr(store, "url", None) or getattr(store, "path", None) or store)
-    except Exception as err:
-        return f"unavailable ({err})"
-
-
-def list_runs() -> pd.DataFrame | str:
-    """The saved runs, newest first, or a message saying why the store cannot be read."""
-    try:
-        runs = _store().list()
-    except Exception as err:
-        return f"{type(err).__name__}: {err}"
-    if "created" in runs:
-        runs = runs.sort_values("created", ascending=False)
-    return runs.reset_index(drop=True)
-
-
-def delete_run(run_id: str) -> None:
-    """Delete a run and forget its cached frames."""
-    _store().delete(run_id)
-    load_run.clear(run_id)
-
-
-def export_run_bytes(run_id: str) -> bytes:
-    """The portable SQLite file of one run, as bytes (made on the download click)."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="qcal-export-") as tmp:
-        return Path(_store().export(run_id, Path(tmp) / f"{run_id}.sqlite")).read_bytes()
-
-
-def import_run_bytes(data: bytes, filename: str) -> str:
-    """Import an uploaded run file; returns the new id, or "error:<message>"."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="qcal-import-") as tmp:
-        path = Path(tmp) / "upload.sqlite"
-        path.write_bytes(data)
-        try:
-            return str(_store().import_(path))
-        except Exception as err:
-            return f"error:{type(err).__name__}: {err}"
-
-
-def report_bytes(run_id: str) -> bytes:
-    """The self-contained HTML report of one run, as bytes (made on the download click)."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="qcal-report-") as tmp:
-        return Path(qcal.report(_store().load(run_id), Path(tmp) / "report.html")).read_bytes()
-
-
-def share_link(run_id: str, page: str = "compare") -> str:
-    """A URL that opens ``run_id`` on ``page`` of this server."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(st.context.url or "http://localhost:8501/")
-    path = parts.path.rstrip("/")
-    if path.rsplit("/", 1)[-1] in PAGE_PATHS:
-        path = path.rsplit("/", 1)[0]
-    page = "" if page == "compare" else page  # the default page lives at the root URL
-    return f"{parts.scheme}://{parts.netloc}{path}/{page}?run={run_id}"

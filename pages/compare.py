@@ -6,15 +6,12 @@ from pages._shared import (
     BACKEND_CHOICES,
     DEFAULT_BACKENDS,
     current_run,
-    multiselect_param,
-    require_router,
     run_caption,
     run_figure,
     saved_run_id,
     scheme_names,
-    select_param,
-    show_table,
 )
+from pages._state import multiselect_param, require_router, select_param, show_table
 from qcal import views
 
 

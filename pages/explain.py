@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from pages._shared import explain_bytes, explain_example, fail, require_router
+from pages._shared import explain_bytes, explain_example
+from pages._state import fail, require_router
+from qcal import views
 
 SOURCES = {"example": "the bundled example", "upload": "a file of mine"}
 
@@ -34,7 +36,17 @@ def explain_page() -> None:
     layers = table["layer"].nunique() if "layer" in table else 0
     st.subheader(f"{name}: {len(table)} entries in {layers} layers")
     with st.container(key="explain_block"):
-        st.dataframe(table, hide_index=True, key="explain_table")
+        picked = st.dataframe(views.explain_view(table), hide_index=True, key="explain_table",
+                              on_select="rerun", selection_mode="single-row",
+                              column_config={"note": st.column_config.TextColumn(width="large")})
+    rows = picked.selection.rows if picked else []
+    entry = table.iloc[rows[0] if rows else 0]
+    with st.expander(f"Entry `{entry['key']}` in full (click a row above to pick another)",
+                     expanded=bool(rows)):
+        st.markdown(entry["note"])
+        st.json({c: entry[c] for c in ("scale", "zero_point", "requant_scale")
+                 if isinstance(entry[c], list) and entry[c]},
+                expanded=False)
     st.markdown(
         "- **weight scale / zero point** (`<layer>.weight`, stored inside the quantized weight "
         "tensor): how the int8 weights map back to floats, one pair per output channel for "

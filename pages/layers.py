@@ -2,15 +2,8 @@
 
 import streamlit as st
 
-from pages._shared import (
-    current_run,
-    require_router,
-    run_caption,
-    run_figure,
-    select_param,
-    set_param,
-    show_table,
-)
+from pages._shared import current_run, run_caption, run_figure
+from pages._state import require_router, select_param, set_param, show_table
 from qcal import views
 
 METRICS = {"sqnr_db": "SQNR (dB, higher is better)", "mse": "MSE (lower is better)",

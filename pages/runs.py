@@ -2,16 +2,13 @@
 
 import streamlit as st
 
-from pages._shared import (
+from pages._state import fail, require_router, select_param, set_param
+from pages._store import (
     delete_run,
     export_run_bytes,
-    fail,
     import_run_bytes,
     list_runs,
     report_bytes,
-    require_router,
-    select_param,
-    set_param,
     share_link,
     store_location,
 )

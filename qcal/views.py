@@ -22,6 +22,7 @@ __all__ = [
     "accuracy_sentence",
     "calibrate_zoo",
     "clip_ranges",
+    "explain_view",
     "find_run",
     "layer_names",
     "layer_table",
@@ -31,6 +32,7 @@ __all__ = [
     "scale_spread",
     "size_sentence",
     "size_table",
+    "summarize_values",
     "worst_layers",
     "worst_layers_sentence",
     "worst_layers_table",
@@ -231,6 +233,28 @@ def zoo_eval_inputs(model: str, n: int = 32) -> Any:
     if zoo.info(model).data != "digits":
         raise ValueError(f"zoo model {model!r} has no built-in evaluation data")
     return datasets.digits_splits().test[0][:n]
+
+
+def summarize_values(values: Any, digits: int = 4) -> str:
+    """A list of qparams as one short cell: the value, or "n values: lo … hi" / "all 0"."""
+    vals = list(values) if isinstance(values, list | tuple) else ([] if values is None else [values])
+    if not vals:
+        return ""
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}g}" if isinstance(vals[0], float) else str(vals[0])
+    lo, hi = min(vals), max(vals)
+    if lo == hi:
+        return f"all {lo:.{digits}g}" if isinstance(lo, float) else f"all {lo}"
+    return f"{len(vals)} values: {lo:.{digits}g} … {hi:.{digits}g}"
+
+
+def explain_view(table: pd.DataFrame) -> pd.DataFrame:
+    """``qcal.explain``'s table with list cells summarized, for a page-width table."""
+    out = table.copy()
+    for col in ("scale", "zero_point", "requant_scale"):
+        if col in out:
+            out[col] = out[col].map(summarize_values)
+    return out
 
 
 def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str],
