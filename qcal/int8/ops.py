@@ -89,6 +89,20 @@ def _qnnpack_add(a, za, b, zb, ma, mb, zo, lo, hi):
     return (acc + zo).clamp(lo, hi)
 
 
+def _fbgemm_add(a, za, sa, b, zb, sb, so, zo, relu, lo, hi, tail: bool):
+    """torch's qadd_kernel on code tensors: vector lanes, or (``tail``) its scalar lambda."""
+    if tail:  # f32((q - z) * s); fbgemm's legacy Quantize: zero point before rounding
+        c = (a - za).float() * sa + (b - zb).float() * sb
+        c = c.clamp(min=0.0) if relu else c
+        return torch.round(c * (1.0 / so) + zo).clamp(lo, hi)
+    # fma(s, q, f32(-z*s)): exact in float64, rounded once; zero point after rounding
+    da = (sa.double() * a.double() + (sa * -za).double()).float()
+    db = (sb.double() * b.double() + (sb * -zb).double()).float()
+    c = da + db
+    c = c.clamp(min=0.0) if relu else c
+    return (torch.round(c * (1.0 / so)) + zo).clamp(lo, hi)
+
+
 @torch.no_grad()
 def add(
     a_q: torch.Tensor, a_scale: float, a_zero_point: int,
@@ -98,74 +112,81 @@ def add(
 ) -> torch.Tensor:
     """Quantized elementwise add (torch.ops.quantized.add / add_relu), see the module doc.
 
-    Example (fbgemm): a=10 (s 0.5, z 0), b=1 (s 0.5, z 0), so=1, zo=0: c = 5.5 -> rint 6.
+    The result depends only on the pair of codes, so it is tabulated for all 65,536 pairs
+    with the backend's formula and looked up (exact and fast).
+
+    Example (fbgemm, a lone element): a=5, b=0 (scales 0.5, zero points 0), so=1, zo=1:
+    the scalar path gives rint(2.5 + 1) = 4; on vector lanes rint(2.5) + 1 = 3.
 
     Args:
-        a_q, b_q: codes of the same dtype (broadcastable under fbgemm; equal shapes for qnnpack).
+        a_q, b_q: codes of the same dtype and shape (broadcastable for onnx/q31). torch walks
+            them in ``a_q``'s memory order (contiguous or channels_last); ``b_q`` is read in it.
         relu: fused ReLU (outputs below ``out_zero_point`` clamp to it).
     Returns:
-        Codes of ``a_q``'s dtype.
+        Codes of ``a_q``'s dtype, in ``a_q``'s memory format.
     """
     _check(backend, a_q, "a_q")
     _check(backend, b_q, "b_q")
     if a_q.dtype != b_q.dtype:
         raise TypeError(f"a_q and b_q must share a dtype, got {a_q.dtype} and {b_q.dtype}")
+    if backend in ("fbgemm", "qnnpack") and a_q.shape != b_q.shape:
+        raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
     info = torch.iinfo(a_q.dtype)
     lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
     sa, sb, so = _f32(a_scale), _f32(b_scale), _f32(out_scale)
-    if backend == "qnnpack" and a_q.dtype == torch.uint8 and a_q.shape == b_q.shape:
+    codes = torch.arange(info.min, info.max + 1)
+    ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
+    za, zb, zo = a_zero_point, b_zero_point, out_zero_point
+    if backend == "qnnpack":
         ma, mb = sa / so, sb / so
         for m in (ma, mb):
             if not 2.0**-14 <= float(m) < 2.0**8:
                 raise ValueError(f"QNNPACK add needs input/output scale ratios in [2^-14, 2^8), got {float(m):.7g}")
-        return _qnnpack_add(a_q, a_zero_point, b_q, b_zero_point, ma, mb, out_zero_point, lo, hi).to(a_q.dtype)
-    if backend in ("onnx", "q31"):
-        real = sa.double() * (a_q.double() - a_zero_point) + sb.double() * (b_q.double() - b_zero_point)
-        return torch.round(real / so.double() + out_zero_point).clamp(lo, hi).to(a_q.dtype)
-    if a_q.shape != b_q.shape:
-        raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
-    # Vector lanes: fma(s, q, f32(-z*s)) (exact in float64, rounded once); zp after rounding.
-    da = (sa.double() * a_q.double() + (sa * -a_zero_point).double()).float()
-    db = (sb.double() * b_q.double() + (sb * -b_zero_point).double()).float()
-    c = da + db
-    if relu:
-        c = c.clamp(min=0.0)
-    scaled = c * (1.0 / so)
-    vec = torch.round(scaled) + out_zero_point
-    # Scalar tail of each thread's range: f32((q - z) * s) and fbgemm's legacy rounding,
-    # zero point added before rounding.
-    da = (a_q.to(torch.int32) - a_zero_point).float() * sa
-    db = (b_q.to(torch.int32) - b_zero_point).float() * sb
-    c = da + db
-    if relu:
-        c = c.clamp(min=0.0)
-    tail = torch.round(c * (1.0 / so) + out_zero_point)
-    out = torch.where(_scalar_tail(a_q), tail, vec)
-    return out.clamp(lo, hi).to(a_q.dtype)
+        table = _qnnpack_add(ta, za, tb, zb, ma, mb, zo, lo, hi)
+    elif backend in ("onnx", "q31"):
+        real = sa.double() * (ta.double() - za) + sb.double() * (tb.double() - zb)
+        table = torch.round(real / so.double() + zo).clamp(lo, hi)
+    else:
+        table = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=False)
+    table = table.to(a_q.dtype)
+    if a_q.shape != b_q.shape:  # onnx / q31 broadcast
+        a_q, b_q = torch.broadcast_tensors(a_q, b_q)
+        a_q, b_q = a_q.contiguous(), b_q.contiguous()
+    nhwc = a_q.dim() == 4 and _is_nhwc(a_q) and not a_q.is_contiguous()
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    a_q, b_q = a_q.contiguous(memory_format=fmt), b_q.contiguous(memory_format=fmt)
+    # pair index in memory order: a * 256 + b (offset to 0..65535 for int8 codes)
+    a_flat = a_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else a_q.reshape(-1)
+    b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
+    idx = a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min)
+    out = table.index_select(0, idx)
+    if backend == "fbgemm":
+        pos = _scalar_tail(out.numel())
+        if pos.numel():
+            tail = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=True).to(a_q.dtype)
+            out[pos] = tail[idx[pos]]
+    if nhwc:
+        n, c, h, w = a_q.shape
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view
+    return out.view(a_q.shape)
 
 
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it
 
 
-def _scalar_tail(x: torch.Tensor) -> torch.Tensor:
-    """Elements torch's vectorised elementwise loop leaves to its scalar tail.
+def _scalar_tail(n: int) -> torch.Tensor:
+    """Memory positions torch's vectorised elementwise loop leaves to its scalar lambda.
 
-    ``cpu_kernel_vec`` runs one vector (64 uint8 lanes on AVX-512, 32 on AVX2) per
-    step over each thread's contiguous range in memory order; what is left at the end of a
-    range goes through the scalar lambda. Ranges: ``at::parallel_for`` with grain 32768
-    splits ``n`` into ``ceil(n / threads)`` pieces.
+    ``cpu_kernel_vec`` runs one vector (64 uint8 lanes on AVX-512, 32 on AVX2) per step over
+    each thread's contiguous range in memory order; what is left at the end of a range goes
+    through the scalar lambda. Ranges: ``at::parallel_for`` with grain 32768 splits ``n``
+    into ``ceil(n / threads)`` pieces.
     """
-    n = x.numel()
     step = {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability(), 1)
     threads = max(1, min(torch.get_num_threads(), -(-n // _GRAIN))) if n >= _GRAIN else 1
-    chunk = -(-n // threads)
-    pos = torch.arange(n)
-    begin = (pos // chunk) * chunk
-    end = torch.clamp(begin + chunk, max=n)
-    mask = pos >= begin + ((end - begin) // step) * step
-    order = torch.empty_like(x, dtype=torch.int64)  # same strides: memory position per element
-    order.as_strided((n,), (1,)).copy_(pos) if x.is_contiguous() or _is_nhwc(x) else order.copy_(pos.view(x.shape))
-    return mask[order]
+    chunk = max(1, -(-n // threads))
+    pos = [torch.arange(b + (min(b + chunk, n) - b) // step * step, min(b + chunk, n)) for b in range(0, n, chunk)]
+    return torch.cat(pos) if pos else torch.zeros(0, dtype=torch.int64)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
