@@ -122,3 +122,12 @@ def test_avg_pool_nchw_adds_zero_point_before_rounding():
 def test_flatten_is_torch_flatten():
     x = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 2, 2)
     assert torch.equal(qi.flatten(x), x.reshape(2, 12))
+
+
+def test_onnx_add_on_int8_codes_uses_the_real_valued_formula_and_broadcasts():
+    a = torch.arange(-128, 128, dtype=torch.int8).reshape(16, 16)
+    b = torch.arange(-8, 8, dtype=torch.int8).reshape(1, 16) * 16
+    f32 = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float32).double()  # scales as float32
+    real = f32[0] * (a.double() - 3) + f32[1] * (b.double() + 2)
+    expected = torch.round(real / f32[2] - 7).clamp(-128, 127).to(torch.int8)
+    assert torch.equal(qi.add(a, 0.1, 3, b, 0.2, -2, 0.3, -7, backend="onnx"), expected)
