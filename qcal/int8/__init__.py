@@ -1,7 +1,19 @@
 """qcal's integer engine: conv2d, linear and the ops between them, on plain integer tensors.
 
-Bit-exact against torch's fbgemm and qnnpack engines and the ONNX QLinear* reference; see
-``requant.py`` for each backend's arithmetic and ``saturation.py`` for FBGEMM's int16 pairs.
+Bit-exact against torch's fbgemm and qnnpack engines (torch.ops.quantized conv2d / linear /
+add / pools) and the ONNX QLinearConv / QLinearMatMul reference:
+
+* ``conv2d`` / ``linear`` (and ``*_detailed`` -> ``KernelResult(out, acc, saturated_pairs,
+  requant)``); ``pack_conv2d`` / ``pack_linear`` prepare weights once for repeated calls.
+* ``requant_multipliers`` -> ``Requant``: each backend's multipliers, int32 bias and the
+  gemmlowp Q31 (multiplier, shift) form (``q31.py``).
+* ``add``, ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``, ``flatten``, and
+  ``quantize`` / ``dequantize`` (from ``qcal.qparams``).
+
+Where each backend rounds is documented in ``requant.py`` (layers) and ``ops.py`` (add,
+pools); FBGEMM's int16 pair saturation (which on VNNI CPUs survives only in its depthwise
+kernel) in ``saturation.py``; how the exact int32 accumulator is computed fast in
+``accumulate.py``.
 """
 
 from qcal.int8.cpu import has_vnni
