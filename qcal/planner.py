@@ -42,11 +42,11 @@ _UNMIRRORED_MODULES = (nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Hardswis
                        nn.LSTM, nn.GRU, nn.MultiheadAttention)
 _UNMIRRORED_FUNCTIONS = {torch.cat, torch.stack, torch.mean, torch.narrow, torch.repeat_interleave,
                          F.interpolate, F.dropout, F.conv2d, F.linear, F.layer_norm, F.hardswish, F.elu,
-                         F.leaky_relu, torch.sigmoid, torch.tanh, F.softmax, torch.softmax, operator.mul,
-                         torch.mul, F.pixel_shuffle, F.max_pool1d, F.adaptive_avg_pool1d, operator.floordiv,
-                         F.group_norm, torch.matmul, torch.bmm}
+                         F.leaky_relu, torch.sigmoid, torch.tanh, F.hardsigmoid, operator.mul, torch.mul,
+                         F.pixel_shuffle, F.max_pool1d, F.adaptive_avg_pool1d, operator.floordiv,
+                         F.group_norm, torch.matmul}
 _UNMIRRORED_METHODS = {"mean", "repeat", "repeat_interleave", "resize_", "squeeze_", "unsqueeze_",
-                       "detach_", "mul", "sigmoid", "tanh", "softmax", "matmul", "add", "add_"}
+                       "detach_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "hardsigmoid_"}
 
 
 

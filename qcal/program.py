@@ -248,8 +248,9 @@ class IntegerProgram:
 def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozenset[str]]:
     """Which quantized values torch holds channels-last, and which clamps it scrambles.
 
-    torch's quantized convs return channels-last tensors; relu, pools, add and Identity keep
-    their input's memory format; reshapes and quantize give contiguous ones. The memory
+    torch's quantized convs return channels-last tensors; relu, pools, add, Identity,
+    (de)quantize and elementwise fp32 ops keep their input's memory format; reshapes give
+    contiguous ones (as does the model input, assumed contiguous). The memory
     format matters twice: torch's average pools round differently on channels-last input,
     and torch 2.13's ``qnnpack_clamp`` (every quantized hardtanh/relu6/clamp under the
     qnnpack engine) clamps a channels-last input in NHWC memory order but allocates the
@@ -273,7 +274,9 @@ def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozense
             if scrambles:
                 hit.add(step.name)
             nhwc[step.name] = nhwc.get(first, False) and not scrambles
-        elif step.kind == "identity" or (step.kind == "shape" and step.op == "call_module"):  # Dropout, Identity
+        elif step.kind in ("identity", "quantize", "dequantize", "float") or (
+                step.kind == "shape" and step.op == "call_module"):
+            # Dropout, Identity, (de)quantize and elementwise fp32 ops keep the memory format
             nhwc[step.name] = nhwc.get(first, False)
     return nhwc, frozenset(hit)
 

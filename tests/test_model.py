@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from wholemodel_cases import MATCHING_ENGINE, digits_data, make_model
 
@@ -299,3 +300,33 @@ def test_trained_zoo_models_are_identical_to_torch_on_held_out_digits(name):
         _, expected = _torch_outputs(model, calib, scheme, backend, test)
         mismatches[(scheme, backend)] = _mismatches(qm(test), expected)
     assert mismatches == dict.fromkeys(qms, 0)
+
+
+class MixedOps(nn.Module):
+    """fp32 islands (torch.relu, GELU, softmax), a reshape through x.size(), functional pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))  # torch.relu: no quantized pattern, runs in fp32
+        y = F.avg_pool2d(F.hardtanh(self.conv2(y), -1.0, 2.0), 2)
+        y = self.act(y) + y  # fp32 GELU, then a quantized add of a requantized value
+        y = F.max_pool2d(y, 3, stride=1, padding=1)
+        return F.softmax(self.fc(y.reshape(y.size(0), -1)), dim=1)
+
+
+@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack"])
+def test_fp32_islands_views_and_functional_ops_match_torch(backend, data):
+    calib, x = data
+    torch.manual_seed(0)
+    model = MixedOps().eval()
+    scheme = "fbgemm_default" if backend == "fbgemm" else "qnnpack_default"
+    qm = calibrate(model, calib, scheme, backend)
+    assert qm.mode == "graph"
+    _, expected = _torch_outputs(model, calib, scheme, backend, x)
+    assert _mismatches(qm(x), expected) == 0
