@@ -8,7 +8,10 @@ half to even; pooled outputs keep the input's scale and zero point, as torch's d
 add (``torch.ops.quantized.add`` / ``add_relu``)
     fbgemm: the vectorised ``qadd_kernel``: dequantize with a fused multiply-add,
     ``d = fma(s, q, f32(-z*s))``; ``c = f32(da + db)`` (ReLU: ``max(c, 0)``);
-    ``out = clamp(rint(f32(c * f32(1/so))) + zo)``.
+    ``out = clamp(rint(f32(c * f32(1/so))) + zo)``. The scalar tail of each thread's range in
+    memory order (``n mod 64`` elements on AVX-512, 32 on AVX2; ranges split at 32768
+    elements per thread) runs the scalar lambda instead: ``d = f32((q - z) * s)`` and the zero
+    point added *before* rounding, ``rint(f32(c * f32(1/so)) + zo)``.
     qnnpack (same shapes): QNNPACK's fixed-point ``q8vadd``: ``ma = f32(sa/so)``,
     ``mb = f32(sb/so)``, ``shift = 21 - exponent(max(ma, mb))``, integer multipliers
     ``Ma = rint(ma*2^shift)``; ``acc = Ma(a - za) + Mb(b - zb)`` shifted right by ``shift``
@@ -16,7 +19,8 @@ add (``torch.ops.quantized.add`` / ``add_relu``)
     [2^-14, 2^8) (QNNPACK refuses others).
     onnx / q31: the real-valued ``(sa(a-za) + sb(b-zb))/so + zo`` in float64, then rint
     (onnxruntime's QLinearAdd; no torch kernel to match).
-max_pool2d: the maximum of the codes in each window (exact; no engine differences).
+max_pool2d: the maximum of the codes in each window (exact; no engine differences, except
+    that QNNPACK refuses 1x1 windows where qcal still computes them).
 avg_pool2d (``torch.nn.functional.avg_pool2d``)
     fbgemm, NCHW input: ``out = clamp(rint(f32(f32(sum(a - za)) * f32(1/d)) + zo))``: zero point
     added *before* rounding, product and sum rounded separately (not fused); ``d`` the divisor
