@@ -51,6 +51,10 @@ def default_backends(scheme: Scheme, backends: Sequence[str] | None) -> list[str
     """DESIGN.md's rule: a *_default preset on its own engine unless backends is given,
     the rest on each requested backend (default ["fbgemm"])."""
     if backends is not None:
+        if isinstance(backends, str):
+            raise TypeError(f"backends must be a list of names, got the string {backends!r}; use [{backends!r}]")
+        if not backends:
+            raise ValueError(f"no backend given; pass None (the default rule) or some of: {', '.join(BACKENDS)}")
         return check_backends(backends)
     return [_OWN_ENGINE.get(scheme.name, "fbgemm")]
 

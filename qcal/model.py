@@ -241,8 +241,8 @@ class QuantizedModel:
 
         rows = []
         for name, layer in self.quant_layers.items():
-            rq = requant_multipliers(layer.input_scale, layer.weight_scale, layer.output_scale, layer.bias,
-                                     backend=self.backend)
+            w_scale = layer.weight_scale if layer.weight_scale.numel() > 1 else float(layer.weight_scale)
+            rq = requant_multipliers(layer.input_scale, w_scale, layer.output_scale, layer.bias, backend=self.backend)
             rows.append({
                 "name": name, "kind": layer.kind, "input_scale": layer.input_scale,
                 "input_zero_point": layer.input_zero_point, "weight_qscheme": layer.weight_qscheme,

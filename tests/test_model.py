@@ -172,6 +172,19 @@ def test_layers_frame_lists_qparams_and_backend_multipliers(data):
     assert (frame.saturated_pairs == 0).all()
 
 
+@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack", "onnx", "q31"])
+def test_per_tensor_layers_frame_and_traces_on_every_flavour(backend, data):
+    calib, x = data
+    qm = calibrate(make_model("resnet"), calib, "per_tensor_affine", backend)
+    frame = qm.layers()
+    assert len(frame) == len(qm.quant_layers) and frame.weight_scale.map(len).eq(1).all()
+    assert frame.requant_scale.map(len).ge(1).all()
+    traces = qm.trace(x[:4])
+    assert {"add", "conv", "linear"} == {t.kind for t in traces.values()}
+    cos = torch.nn.functional.cosine_similarity(qm(x).flatten(), qm.float_model(x).flatten(), dim=0)
+    assert cos > 0.99
+
+
 def test_scales_and_histograms_frames(data):
     calib, _ = data
     qm = calibrate(make_model("cnn"), calib, "qnnpack_default", "qnnpack")
