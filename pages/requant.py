@@ -33,15 +33,15 @@ def requant_page() -> None:
     a, b, c, d = st.columns(4)
     sample = a.number_input("Input sample", 0, 31, 0, key="requant_sample")
     trace = layer_trace(run, scheme, backend, int(sample))[layer_name]
-    shape = tuple(trace.output_q.shape)
+    channels, rows, cols = we.element_grid(tuple(trace.output_q.shape), layer.kind)
     # per-layer keys: each layer keeps its own element, starting at the output's centre
-    channel = b.number_input("Output channel", 0, shape[1] - 1, 0, key=f"channel_{layer_name}")
-    row = c.number_input("Row", 0, shape[2] - 1, shape[2] // 2,
-                         key=f"row_{layer_name}") if len(shape) == 4 else 0
-    col = d.number_input("Column", 0, shape[3] - 1, shape[3] // 2,
-                         key=f"col_{layer_name}") if len(shape) == 4 else 0
+    channel = b.number_input("Output channel", 0, channels - 1, 0, key=f"channel_{layer_name}")
+    row = c.number_input("Row" if layer.kind == "conv" else "Row (token)", 0, rows - 1, rows // 2,
+                         key=f"row_{layer_name}") if rows > 1 else 0
+    col = d.number_input("Column", 0, cols - 1, cols // 2, key=f"col_{layer_name}") if cols > 1 else 0
     try:
-        index = we.element_index((1, *shape[1:]), int(channel), int(row), int(col))
+        index = we.element_index(tuple(trace.output_q.shape), layer.kind, int(channel), int(row),
+                                 int(col))
     except ValueError as err:
         fail(f"{err}. Pick a channel, row and column inside the layer's output.")
 

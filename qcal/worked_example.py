@@ -29,7 +29,9 @@ from qcal.qparams import dequantize, qparams_from_range, qrange, quantize
 
 __all__ = [
     "backend_reference_element",
+    "channel_of",
     "channel_requant",
+    "element_grid",
     "element_index",
     "pair_saturation",
     "requant_steps",
@@ -107,18 +109,43 @@ def channel_requant(layer: Any, backend: str, channel: int) -> dict[str, Any]:
     }
 
 
-def element_index(output_shape: tuple[int, ...], channel: int, row: int = 0, col: int = 0,
-                  sample: int = 0) -> tuple[int, ...]:
-    """The index of one output element: (n, c) for linear, (n, c, h, w) for conv.
+def element_grid(output_shape: tuple[int, ...], kind: str) -> tuple[int, int, int]:
+    """(channels, rows, columns) to pick one output element from (batch excluded).
+
+    conv (N, C, H, W): (C, H, W). linear (N, ..., O): (O, rows = product of the middle
+    dims, e.g. tokens, 1).
+    """
+    if kind == "conv":
+        return int(output_shape[1]), int(output_shape[2]), int(output_shape[3])
+    middle = 1
+    for d in output_shape[1:-1]:
+        middle *= int(d)
+    return int(output_shape[-1]), middle, 1
+
+
+def element_index(output_shape: tuple[int, ...], kind: str, channel: int, row: int = 0,
+                  col: int = 0, sample: int = 0) -> tuple[int, ...]:
+    """The index of one output element: (n, c, h, w) for conv, (n, ..., c) for linear.
 
     Raises:
         ValueError: an index outside the output (the message gives the valid ranges).
     """
-    index = (sample, channel) if len(output_shape) == 2 else (sample, channel, row, col)
-    if len(index) != len(output_shape) or any(not 0 <= i < s for i, s in zip(index, output_shape, strict=True)):
-        raise ValueError(f"element {index} is outside the output of shape {tuple(output_shape)}; "
-                         f"each index must be in [0, size)")
-    return index
+    channels, rows, cols = element_grid(output_shape, kind)
+    if not (0 <= channel < channels and 0 <= row < rows and 0 <= col < cols
+            and 0 <= sample < output_shape[0]):
+        raise ValueError(f"element (sample {sample}, channel {channel}, row {row}, column {col}) is "
+                         f"outside the output of shape {tuple(output_shape)}: channels 0..{channels - 1}, "
+                         f"rows 0..{rows - 1}, columns 0..{cols - 1}")
+    if kind == "conv":
+        return (sample, channel, row, col)
+    middle = tuple(int(i) for i in torch.unravel_index(torch.tensor(row), output_shape[1:-1])) \
+        if len(output_shape) > 2 else ()
+    return (sample, *middle, channel)
+
+
+def channel_of(index: tuple[int, ...], kind: str) -> int:
+    """The output channel of an element index (axis 1 for conv, the last axis for linear)."""
+    return int(index[1] if kind == "conv" else index[-1])
 
 
 @torch.no_grad()
@@ -136,7 +163,7 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         digits). The last row is the output value; it equals ``qcal.int8.requantize`` of the
         same accumulator (and the traced ``output_q``).
     """
-    c = int(index[1])
+    c = channel_of(index, layer.kind)
     acc = int(trace.acc[index])
     zo, relu = int(layer.output_zero_point), bool(layer.relu)
     lo, hi = output_range(trace.output_q.dtype, zo, relu)
@@ -292,7 +319,7 @@ def pair_saturation(layer: Any, trace: Any, index: tuple[int, ...], *, reduce_ra
     full = quantize(dequantize(codes, sa, za), s_full, z_full, "quint8")
     a_cal = _reduction_inputs(layer, codes, za, index)
     a_full = _reduction_inputs(layer, full, int(z_full), index)
-    w = _weight_row(layer, int(index[1]))
+    w = _weight_row(layer, channel_of(index, layer.kind))
     if len(w) % 2:
         a_cal, a_full, w = F.pad(a_cal, (0, 1)), F.pad(a_full, (0, 1)), F.pad(w, (0, 1))
     pairs_cal = (a_cal.long() * w.long()).reshape(-1, 2)
@@ -337,9 +364,9 @@ def pair_saturation(layer: Any, trace: Any, index: tuple[int, ...], *, reduce_ra
 
 def _reduction_inputs(layer: Any, codes: torch.Tensor, za: int, index: tuple[int, ...]) -> torch.Tensor:
     """The activation codes one output element reduces over, in FBGEMM's (kh, kw, c) order."""
-    n, c = int(index[0]), int(index[1])
     if layer.kind != "conv":
-        return codes[n].reshape(-1).to(torch.int64)
+        return codes[index[:-1]].reshape(-1).to(torch.int64)
+    n, c = int(index[0]), int(index[1])
     o, cg, kh, kw = layer.weight_q.shape
     g = c // (o // layer.groups)
     (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation

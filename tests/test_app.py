@@ -241,3 +241,56 @@ def test_runs_page_opens_shares_and_deletes_a_run():
     assert at.title[0].value == "Compare schemes and backends"
     assert at.query_params["run"] == run.id
     assert any("saved run" in c.value for c in at.caption)
+
+
+def test_a_run_whose_model_is_not_here_shows_frames_and_says_why_no_live_view():
+    from qcal.store import Store
+
+    run = current_run()
+    foreign = Store().save(run.frames, {**run.meta, "model": "my_model", "model_source": "mine:make"})
+    at = app("compare", run=foreign)
+    assert_clean(at)
+    assert any("saved run" in c.value for c in at.caption)
+    at.switch_page("pages/requant.py").run()
+    assert_clean(at)
+    assert at.info and "my_model" in at.info[0].value and "cannot be loaded" in at.info[0].value
+    at.switch_page("pages/layers.py").run()  # stored frames still show
+    assert_clean(at)
+    assert metric(at, f"{views_layers(run)[0]}: worst SQNR")
+    Store().delete(foreign)
+
+
+def views_layers(run):
+    from qcal import views
+
+    return views.layer_names(run.layers)
+
+
+def test_runs_page_imports_an_exported_run_file():
+    from pages._store import export_run_bytes
+    from qcal.store import Store
+
+    store, run = Store(), current_run()
+    copy_id = store.save(run.frames, {**run.meta, "title": "exported elsewhere"})
+    data = export_run_bytes(copy_id)
+    store.delete(copy_id)  # as if the file came from a colleague's server
+    at = app("runs")
+    at.file_uploader(key="import_upload").upload("run.sqlite", data).run()
+    at.button(key="import_button").click().run()
+    assert_clean(at)
+    assert copy_id in set(store.list()["id"])
+    assert at.success and copy_id in at.success[0].value
+    store.delete(copy_id)
+    at.file_uploader(key="import_upload").upload("bad.sqlite", b"SQLite format 3\x00 nope").run()
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    assert at.error and "Import failed" in at.error[0].value
+
+
+def test_a_broken_store_shows_an_error_with_what_to_do(tmp_path, monkeypatch):
+    bad = tmp_path / "not-a-db.sqlite"
+    bad.write_bytes(b"this is not sqlite at all" * 100)
+    monkeypatch.setenv("QCAL_STORE", str(bad))
+    at = app("runs")
+    assert not at.exception
+    assert at.error and "QCAL_STORE" in at.error[0].value
