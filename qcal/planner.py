@@ -15,6 +15,7 @@ torch's native (fbgemm/qnnpack) backend config does:
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ _UNMIRRORED_MODULES = (nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Hardswis
                        nn.Softmax, nn.Hardsigmoid, nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d, nn.Embedding,
                        nn.AdaptiveAvgPool1d, nn.AvgPool1d, nn.MaxPool1d, nn.PixelShuffle, nn.Upsample,
                        nn.LSTM, nn.GRU, nn.MultiheadAttention)
-_UNMIRRORED_FUNCTIONS = {torch.cat, torch.stack, torch.mean, torch.narrow, torch.repeat_interleave,
+_UNMIRRORED_FUNCTIONS = {torch.stack, torch.mean, torch.narrow, torch.repeat_interleave,
                          F.interpolate, F.dropout, F.conv2d, F.linear, F.layer_norm, F.hardswish, F.elu,
                          F.leaky_relu, torch.sigmoid, torch.tanh, F.hardsigmoid, operator.mul, torch.mul,
                          F.pixel_shuffle, F.max_pool1d, F.adaptive_avg_pool1d, operator.floordiv,
@@ -162,7 +163,17 @@ class _Planner:
             if node.name in self.alias:
                 continue
             getattr(self, f"_on_{node.op}")(node)
+        self._compact_observation_points()
         return Graph(_plain_module(self.gm, self.steps), self.steps, self.obs_names, self.layers, inputs)
+
+    def _compact_observation_points(self) -> None:
+        """Renumber the points still in use (torch.cat merges some) as 0..n-1, in order."""
+        used = list(dict.fromkeys(s.obs for s in self.steps if s.obs is not None))
+        if used == list(range(len(self.obs_names))):
+            return
+        new = {old: i for i, old in enumerate(used)}
+        self.obs_names = [self.obs_names[old] for old in used]
+        self.steps = [replace(s, obs=new[s.obs]) if s.obs is not None else s for s in self.steps]
 
     def _on_placeholder(self, node: fx.Node) -> None:
         self.emit(Step(node.name, "input", op="placeholder", target=node.target), "f")
@@ -248,7 +259,34 @@ class _Planner:
             return self._shared(node, "shape")
         if t in (F.relu6, F.hardtanh, F.hardtanh_, torch.clamp):
             return self._shared(node, "clamp")
+        if t is torch.cat:
+            return self._cat(node)
         return self._float_step(node)
+
+    def _cat(self, node: fx.Node) -> None:
+        """torch.cat: every input and the output share the first input's observer.
+
+        prepare_fx points the observer node right after each later input at the first
+        input's observer instance: that value is then observed by, and quantized with, the
+        first input's observer. Ops that had shared the later input's old observer keep it,
+        so they requantize (see ``IntegerProgram``); a shared op producing the later input
+        requantizes its output likewise.
+        """
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, list | tuple) or isinstance(dim, fx.Node):
+            return self._float_step(node)
+        refs = [self.quantized(r) for r in self.ref(list(tensors))]
+        first = self.obs_of[refs[0].name]
+        for r in refs[1:]:
+            own = self.obs_of[r.name]
+            if own == first:
+                continue
+            for i, step in enumerate(self.steps):  # the producer and any dequantize of its value
+                if step.name == r.name or (step.kind == "dequantize" and step.args[0].name == r.name):
+                    self.steps[i] = replace(step, obs=first)
+            self.obs_of[r.name] = first
+        self.emit(Step(node.name, "cat", op=node.op, target=node.target, args=(refs, dim), obs=first), "q")
 
     def _on_call_method(self, node: fx.Node) -> None:
         if node.target in ("relu", "relu_"):

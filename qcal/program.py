@@ -215,10 +215,20 @@ class IntegerProgram:
         return cache
 
     def _shared(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
-        """Ops that keep their input's qparams, on the codes themselves."""
+        """Ops that keep their input's qparams; requantized when torch.cat re-pointed the
+        observer on either side (dequantize, then quantize with the output's qparams)."""
+        out = self._shared_codes(step, env)
+        first = step.args[0][0] if step.kind == "cat" else step.args[0]
+        x_obs = self._obs(first)
+        if x_obs == step.obs:
+            return out
+        (xs, xz), (ys, yz) = self.act[x_obs], self.act[step.obs]
+        return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype)
+
+    def _shared_codes(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
         args, kwargs = _load(step.args, env), _load(step.kwargs, env)
         q = args[0]
-        scale, zp = self.act[step.obs]
+        scale, zp = self.act[self._obs(step.args[0][0] if step.kind == "cat" else step.args[0])]
         kind = step.kind
         if kind == "relu":  # torch's quantized relu: max(q, zero_point)
             return torch.clamp_min(q, zp)
@@ -232,6 +242,8 @@ class IntegerProgram:
             return _call(step, self.graph, args, kwargs)
         if kind == "identity":
             return q
+        if kind == "cat":  # every input already carries the shared qparams: a plain concatenation
+            return torch.cat(q, args[1])
         params = _pool_params(step, self.graph, args, kwargs)
         if kind == "max_pool2d":
             return max_pool2d(q, **params)
@@ -274,6 +286,8 @@ def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozense
             if scrambles:
                 hit.add(step.name)
             nhwc[step.name] = nhwc.get(first, False) and not scrambles
+        elif step.kind == "cat":
+            nhwc[step.name] = all(nhwc.get(r.name, False) for r in step.args[0])
         elif step.kind in ("identity", "quantize", "dequantize", "float") or (
                 step.kind == "shape" and step.op == "call_module"):
             # Dropout, Identity, (de)quantize and elementwise fp32 ops keep the memory format

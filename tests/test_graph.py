@@ -75,13 +75,13 @@ def test_the_folded_float_graph_computes_the_model():
     torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
 
 
-class Cat(nn.Module):
+class Stack(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1)
 
     def forward(self, x):
-        return torch.cat([self.a(x), self.b(x)], 1)
+        return torch.stack([self.a(x), self.b(x)], 1)
 
 
 class AddScalar(nn.Module):
@@ -103,7 +103,7 @@ class Branchy(nn.Module):
 
 
 @pytest.mark.parametrize(("model", "reason"), [
-    (Cat(), "cat"),
+    (Stack(), "stack"),
     (AddScalar(), "scalar"),
     (Branchy(), "cannot trace Branchy"),
     (nn.Sequential(nn.GELU()), "no nn.Conv2d or nn.Linear"),
@@ -129,3 +129,19 @@ def test_functional_relu_after_linear_is_fused_but_torch_relu_is_not():
     # torch.relu has no quantized pattern in torch's native config: it runs in fp32
     assert any(s.kind == "float" and s.target is torch.relu for s in graph.steps)
     assert operator.add not in {s.target for s in graph.steps}
+
+
+def test_cat_inputs_and_output_share_the_first_inputs_observation_point():
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 3, 1)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    graph = build_graph(Cat().eval())
+    obs = {s.name: s.obs for s in graph.steps}
+    assert obs["a"] == obs["b"] == obs["cat"]
+    assert len(graph.obs_names) == 2  # the input's and the shared one, renumbered 0..1
+    assert len(graph.obs_names) == len(_torch_observer_instances(Cat().eval(), torch.rand(1, 1, 4, 4)))

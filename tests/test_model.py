@@ -343,3 +343,30 @@ def test_fp32_islands_views_and_functional_ops_match_torch(backend, data):
     assert qm.mode == "graph"
     _, expected = _torch_outputs(model, calib, scheme, backend, x)
     assert _mismatches(qm(x), expected) == 0
+
+
+class Concat(nn.Module):
+    """torch.cat of a pooled conv output and the pooled model input, then more layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 6, 3, padding=1)
+        self.b = nn.Conv2d(1, 5, 1)
+        self.c = nn.Conv2d(12, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = torch.cat([F.max_pool2d(self.a(x), 2), F.max_pool2d(x, 2), F.relu(self.b(x[:, :, ::2, ::2]))], dim=1)
+        return self.fc(torch.flatten(self.c(y), 1))
+
+
+@pytest.mark.parametrize("scheme", ["fbgemm_default", "qnnpack_default", "per_tensor_affine"])
+def test_concatenation_matches_torch_including_requantized_inputs(scheme, data):
+    calib, x = data
+    torch.manual_seed(0)
+    model = Concat().eval()
+    backend = "qnnpack" if scheme == "qnnpack_default" else "fbgemm"
+    qm = calibrate(model, calib, scheme, backend)
+    assert qm.mode == "graph"
+    _, expected = _torch_outputs(model, calib, scheme, backend, x)
+    assert _mismatches(qm(x), expected) == 0
