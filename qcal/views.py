@@ -266,7 +266,7 @@ def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str],
 
     def _as_list(v: Any) -> list[str]:
         if isinstance(v, str):
-            return [s for s in v.replace(";", ",").split(",") if s]
+            return [s.strip() for s in v.replace(";", ",").split(",") if s.strip()]
         return list(v) if v is not None else []
 
     hits = runs[runs["model"] == model]

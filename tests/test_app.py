@@ -294,3 +294,24 @@ def test_a_broken_store_shows_an_error_with_what_to_do(tmp_path, monkeypatch):
     at = app("runs")
     assert not at.exception
     assert at.error and "QCAL_STORE" in at.error[0].value
+
+
+def test_an_unknown_run_in_the_url_says_what_to_do_and_back_to_live_recovers():
+    at = app("compare", run="0123456789ab")
+    assert not at.exception
+    assert at.error and "Runs page" in at.error[0].value
+    at = app("scales")
+    run = current_run()
+    at.query_params["run"] = run.id
+    at.run()
+    assert_clean(at)
+    at.sidebar.button(key="leave_run").click().run()
+    assert_clean(at)
+    assert "run" not in at.query_params
+    assert at.sidebar.selectbox(key="param_model").value == "digits_cnn"
+
+
+def test_an_unknown_layer_in_the_url_falls_back_to_the_first_layer():
+    at = app("layers", layer="no_such_layer")
+    assert_clean(at)
+    assert at.selectbox(key="param_layer").value == at.selectbox(key="param_layer").options[0]
