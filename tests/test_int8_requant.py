@@ -158,3 +158,13 @@ def test_requantize_never_modifies_its_accumulator(backend, dtype):
     before = acc.clone()
     qi.requantize(acc, _RQ[backend], 9, channel_axis=1)
     assert torch.equal(acc, before)
+
+
+@pytest.mark.parametrize("backend", qi.BACKENDS)
+def test_requantizing_in_slices_gives_the_same_codes(backend, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    acc = torch.randint(-(2**20), 2**20, (7, 2, 33), generator=g).float().contiguous()
+    whole = qi.requantize(acc, _RQ[backend], 11, channel_axis=1)
+    monkeypatch.setattr("qcal.int8.requant._SLICE", 40)  # one batch row per slice
+    assert torch.equal(qi.requantize(acc, _RQ[backend], 11, channel_axis=1), whole)
+    assert torch.equal(qi.requantize(acc, _RQ[backend], 11, channel_axis=1, consume=True), whole)
