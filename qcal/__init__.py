@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "quantize": "qparams",
     "dequantize": "qparams",
     "make_observer": "observers",
+    "make_observers": "observers",
+    "RunningHistogram": "histogram",
     "calibrate": "calibration",
     "QuantizedModel": "model",
     "LayerTrace": "model",
@@ -32,9 +34,18 @@ _EXPORTS: dict[str, str] = {
     "compare": "comparison",
     "Comparison": "comparison",
     "explain": "checkpoints",
+    "example_checkpoint": "checkpoints",
+    "Store": "store",
+    "StoreError": "store",
+    "Run": "runs",
+    "RunInfo": "runs",
+    "compare_zoo": "comparison",
     "report": "reporting",
 }
-_SUBMODULES = ("int8", "zoo", "datasets", "store", "schemes", "qparams", "observers")
+_SUBMODULES = (
+    "int8", "zoo", "datasets", "architectures", "store", "schemes", "qparams", "observers",
+    "figures",
+)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
@@ -55,13 +66,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from qcal import datasets, int8, observers, qparams, schemes, store, zoo  # noqa: F401
+    from qcal import (  # noqa: F401
+        architectures, datasets, figures, int8, observers, qparams, schemes, store, zoo,
+    )
     from qcal.calibration import calibrate  # noqa: F401
-    from qcal.checkpoints import explain  # noqa: F401
-    from qcal.comparison import Comparison, compare  # noqa: F401
+    from qcal.checkpoints import example_checkpoint, explain  # noqa: F401
+    from qcal.comparison import Comparison, compare, compare_zoo  # noqa: F401
+    from qcal.histogram import RunningHistogram  # noqa: F401
     from qcal.model import LayerTrace, QuantizedModel  # noqa: F401
-    from qcal.observers import make_observer  # noqa: F401
+    from qcal.observers import make_observer, make_observers  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.reference import torch_reference  # noqa: F401
     from qcal.reporting import report  # noqa: F401
+    from qcal.runs import Run, RunInfo  # noqa: F401
     from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401
+    from qcal.store import Store, StoreError  # noqa: F401

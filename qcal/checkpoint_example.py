@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qcal.paths import data_dir
+
 __all__ = [
     "EXAMPLE_BACKENDS",
     "ExampleNet",
@@ -47,12 +49,6 @@ class ExampleNet(nn.Module):
         x = self.relu_a(self.conv_3x3_32a(self.quant(x)))
         x = self.relu_b(self.conv_3x3_32b(x))
         return self.dequant(self.fc(x.flatten(1)))
-
-
-def data_dir() -> Path:
-    """``$QCAL_DATA_DIR`` if set, else ``data/`` next to the qcal package."""
-    env = os.environ.get("QCAL_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:

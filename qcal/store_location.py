@@ -11,15 +11,10 @@ import os
 from pathlib import Path
 from urllib.parse import unquote
 
+from qcal.paths import data_dir
 from qcal.store_schema import StoreError
 
 __all__ = ["data_dir", "default_store_url", "store_path"]
-
-
-def data_dir() -> Path:
-    """``$QCAL_DATA_DIR`` if set, else the repository's ``data/`` folder."""
-    env = os.environ.get("QCAL_DATA_DIR")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "data"
 
 
 def store_path(url_or_path: str | os.PathLike[str] | None) -> Path:

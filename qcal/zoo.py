@@ -31,6 +31,7 @@ from torch import nn
 
 from qcal import architectures as arch
 from qcal.datasets import digits_splits, fingerprint
+from qcal.paths import data_dir
 from qcal.training import TrainConfig, evaluate, train_classifier
 from qcal.user_models import load_user_model
 
@@ -126,14 +127,6 @@ def info(name: str) -> ModelInfo:
     if name not in MODELS:
         raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(MODELS)}")
     return MODELS[name]
-
-
-def data_dir(override: str | Path | None = None) -> Path:
-    """Where generated files live: ``override``, else ``$QCAL_DATA_DIR``, else the repo's data/."""
-    if override is not None:
-        return Path(override)
-    env = os.environ.get("QCAL_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
 
 
 def _paths(name: str, root: str | Path | None) -> tuple[Path, Path]:
