@@ -67,7 +67,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal import (  # noqa: F401
-        architectures, datasets, figures, int8, observers, qparams, schemes, store, zoo,
+        architectures,
+        datasets,
+        figures,
+        int8,
+        observers,
+        qparams,
+        schemes,
+        store,
+        zoo,
     )
     from qcal.calibration import calibrate  # noqa: F401
     from qcal.checkpoints import example_checkpoint, explain  # noqa: F401
