@@ -31,18 +31,17 @@ def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "q
                    axis: int | None = None) -> torch.Tensor:
     """``qcal.qparams.quantize`` (torch's ``rint(fma(x, f32(1/scale), zp))``), faster.
 
-    The exact value ``v = x * f32(1/scale) + zp`` is formed in float64 (the product is exact,
-    the sum rounds once), ``rint`` is taken there, and only values lying within a float32
-    half-ulp of a half-integer — where torch's float32 rounding of ``v`` could tip ``rint``
-    the other way, or a tie breaks by the float32 bits — are redone with the exact float32
-    fused multiply-add of ``qcal.qparams``. Per channel torch does not fuse
-    (``rint(f32(f32(x * inv) + zp))``), and a zero point of 0 makes the fused form a plain
-    float32 product: both are float32 arithmetic as it stands.
+    Per tensor, ``t = f32(f32(x * inv) + zp)`` is within ~2^-23 * 768 of the exact
+    ``v = x * inv + zp`` for every value that does not clamp, so ``rint(t)`` equals torch's
+    ``rint(f32(v))`` except within that distance of a half-integer; those few values
+    (about 0.1%) are redone with the exact float32 fused multiply-add of ``qcal.qparams``.
+    Per channel torch does not fuse (``rint(f32(f32(x * inv) + zp))``) and with a zero
+    point of 0 the fused form is the float32 product: both are plain float32 arithmetic.
     """
     from qcal.qparams import _fma_f32
 
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-    zp = torch.as_tensor(zero_point).reshape(-1)
+    zp = torch.as_tensor(zero_point).reshape(-1).float()
     x = x.detach().float()
     inv = (1.0 / scale).float()
     if axis is not None:
@@ -50,17 +49,17 @@ def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "q
         shape[axis] = -1
         inv, zp = inv.reshape(shape), zp.reshape(shape)
     qmin, qmax = QRANGES[dtype]
-    if axis is not None or bool((zp == 0).all()):
-        q = torch.round(x * inv + zp.float())
-    else:
-        s = x.double() * inv.double() + zp.double()  # (..) float64: product exact, one rounding
-        q = torch.round(s)
-        near = (s - torch.floor(s) - 0.5).abs() <= s.abs() * 2.0**-22 + 2.0**-60
+    t = x * inv
+    t += zp
+    q = torch.round(t)
+    if axis is None and bool((zp != 0).any()):
+        # |t - v| <= 2^-24 (|x*inv| + |t|) <= 2^-24 * 1024 where it matters (|t| <= 512):
+        # only values within 2^-12 of a half-integer can round differently
+        near = (t - q).abs_().ge_(0.5 - 2.0**-12)
         if bool(near.any()):
             idx = near.nonzero(as_tuple=True)
-            xs = x[idx]
-            exact = _fma_f32(xs, inv.expand_as(x)[idx], zp.expand_as(x)[idx].float())
-            q[idx] = torch.round(exact).double()
+            exact = _fma_f32(x[idx], inv.expand_as(x)[idx], zp.expand_as(x)[idx])
+            q[idx] = torch.round(exact)
     return q.clamp_(qmin, qmax).to(torch.uint8 if dtype == "quint8" else torch.int8)
 
 
