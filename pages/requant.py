@@ -57,14 +57,17 @@ def requant_page() -> None:
     mid = st.columns(4)
     mid[0].metric(f"weight scale (channel {int(channel)})", f"{ch['weight_scale']:.7g}")
     mid[1].metric("weight zero point", int(ch["weight_zero_point"]))
-    mid[2].metric("requant scale", f"{ch['requant_scale']:.9g}",
-                  help="input_scale · weight_scale / output_scale, in float64")
-    mid[3].metric(f"{backend} multiplier (float32)", f"{rq['multiplier']:.9g}")
+    mid[2].metric("requant scale", f"{ch['requant_scale']:.7g}",
+                  help=f"input_scale · weight_scale / output_scale in float64: {ch['requant_scale']:.12g}")
+    mid[3].metric(f"{backend} multiplier", f"{rq['multiplier']:.7g}",
+                  help=f"float32, exactly as {backend} computes it: {rq['multiplier']:.9g}")
     low = st.columns(4)
     low[0].metric("Q31 multiplier", f"{rq['q31_multiplier']}",
-                  help="gemmlowp/TFLite fixed point: M ≈ q · 2^(shift−31), q in [2^30, 2^31)")
+                  help=f"{backend}'s multiplier in gemmlowp/TFLite fixed point: "
+                       "M ≈ q · 2^(shift−31), q in [2^30, 2^31)")
     low[1].metric("Q31 shift", f"{rq['q31_shift']}")
-    low[2].metric("Q31 relative error", f"{rq['q31_error']:.2e}")
+    low[2].metric("TFLite q / shift", f"{int(ch['q31_multiplier'])} / {int(ch['q31_shift'])}",
+                  help="what TFLite/gemmlowp derive from the float64 requant scale (the q31 flavour)")
     low[3].metric("bias in accumulator units", rq["bias_int32"] if rq["bias_int32"] is not None
                   else "kept in float" if layer.bias is not None else "no bias")
     st.markdown("Every backend starts from the same real number `requant_scale`; they differ in "

@@ -187,6 +187,7 @@ def accuracy_figure(summary: pd.DataFrame) -> go.Figure:
         hi = float(max(summary["value"].max(), summary["fp32_value"].max()))
         pad = max(0.01, (hi - lo) * 0.5)
         fig.update_yaxes(range=[max(0.0, lo - pad), min(1.0, hi + pad) + 0.005])
+        fig.update_annotations(bgcolor="rgba(255,255,255,0.85)", yanchor="bottom")
     return fig
 
 

@@ -151,7 +151,8 @@ def test_every_page_draws_in_chromium_and_a_warm_switch_is_fast(server, browser)
         _wait_for_run_end(page, 60_000)
         _assert_clean(page, name)
         assert page.locator('[data-testid="stMain"]').inner_text().strip(), f"{name} is empty"
-        page.wait_for_timeout(300)  # let plotly finish its transitions before the picture
+        page.wait_for_timeout(500)  # a run may start just after the click: settle, re-check
+        _wait_for_run_end(page, 60_000)
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
     timings: dict[str, list[float]] = {name: [] for name, *_ in PAGES}
