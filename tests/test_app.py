@@ -317,3 +317,33 @@ def test_an_unknown_layer_in_the_url_falls_back_to_the_first_layer():
     at = app("layers", layer="no_such_layer")
     assert_clean(at)
     assert at.selectbox(key="param_layer").value == at.selectbox(key="param_layer").options[0]
+
+
+def test_sessions_asking_for_the_same_comparison_share_one_computation(monkeypatch):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import qcal.comparison
+    from pages import _shared
+
+    calls = []
+
+    def fake_compare_zoo(model, schemes, backends, **kwargs):
+        calls.append(model)
+        time.sleep(0.5)  # long enough for every session to ask while it runs
+        return SimpleNamespace(models={}, save=lambda store: "shared-run")
+
+    monkeypatch.setattr(qcal.comparison, "compare_zoo", fake_compare_zoo)
+    key = ("digits_mlp", ("per_tensor_affine",), ("onnx",))  # a setup no other test uses
+    jobs = []
+    sessions = [threading.Thread(target=lambda: jobs.append(_shared._comparison_job(*key)))
+                for _ in range(4)]
+    for s in sessions:
+        s.start()
+    for s in sessions:
+        s.join()
+    assert all(job.done.wait(10) for job in jobs)
+    assert len(calls) == 1 and len({id(job) for job in jobs}) == 1
+    assert jobs[0].run_id == "shared-run" and jobs[0].error is None
+    _shared._comparison_job.clear(*key)
