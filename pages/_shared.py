@@ -7,7 +7,8 @@ Caching, for a team on one server (STYLE.md, rule 10):
 * ``_comparison_job`` is an ``st.cache_resource`` keyed on (model name, schemes tuple,
   backends tuple): the first session that asks starts one background computation, every
   other session asking for the same key gets the same job and watches the same progress.
-* ``load_run`` is an ``st.cache_data`` keyed on the run id (stored frames, read once).
+* ``load_run`` is an ``st.cache_resource`` keyed on the run id: stored frames, read once and
+  shared read-only (pages never modify a frame; no copy per rerun).
 * ``live_model`` is an ``st.cache_resource`` keyed on (model, scheme, backend): a calibrated
   QuantizedModel for the views that need live tensors.
 """
@@ -81,13 +82,13 @@ def _comparison_job(model: str, schemes: tuple[str, ...], backends: tuple[str, .
 
 
 # ---------------------------------------------------------------- loaders
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
-    """A stored run's metadata and frames, read once per run id."""
+    """A stored run's metadata and frames, read once per run id (treat them as read-only)."""
     from qcal.store import Store
 
     run = Store().load(run_id)
-    return dict(run.meta), {name: df.copy() for name, df in run.frames.items()}
+    return dict(run.meta), dict(run.frames)
 
 
 _FIGURES: dict[str, Callable[..., Any]] = {
@@ -119,7 +120,7 @@ def scheme_names() -> list[str]:
     return list(qcal.SCHEMES)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner="Calibrating the model for live tensors (once)…", max_entries=16)
 def live_model(model: str, scheme: str, backend: str) -> Any:
     """A calibrated QuantizedModel of a zoo model, for views that need live tensors."""
     return views.calibrate_zoo(model, scheme, backend)
@@ -203,7 +204,15 @@ def current_run() -> CurrentRun:
         _comparison_job.clear(model, schemes, backends)  # the next visit retries
         fail(f"Computing the comparison failed: {job.error}. Reload the page to retry; if it "
              "fails again, run `python -m qcal compare` in a terminal to see the details.")
-    meta, frames = load_run(job.run_id)
+    try:
+        meta, frames = load_run(job.run_id)
+    except Exception as err:  # the stored run went away (deleted on the Runs page): recompute
+        _comparison_job.clear(model, schemes, backends)
+        if st.session_state.get("qcal_retried") == job.run_id:
+            fail(f"Run {job.run_id} cannot be read from the store ({err}). Delete it on the Runs "
+                 "page, or point QCAL_STORE at another file, then reload.")
+        st.session_state["qcal_retried"] = job.run_id
+        st.rerun()
     return CurrentRun(job.run_id, meta, frames, saved=False)
 
 
@@ -252,7 +261,7 @@ def run_caption(run: CurrentRun) -> str:
 
 
 # ---------------------------------------------------------------- checkpoints
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_data(show_spinner="Reading the checkpoint as data…", max_entries=8, ttl=3600)
 def explain_bytes(data: bytes, filename: str) -> pd.DataFrame | str:
     """qcal.explain of uploaded bytes (written to a temp file, loaded as data only).
 

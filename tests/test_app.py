@@ -347,3 +347,13 @@ def test_sessions_asking_for_the_same_comparison_share_one_computation(monkeypat
     assert len(calls) == 1 and len({id(job) for job in jobs}) == 1
     assert jobs[0].run_id == "shared-run" and jobs[0].error is None
     _shared._comparison_job.clear(*key)
+
+
+def test_runs_page_downloads_are_a_portable_sqlite_file_and_a_self_contained_report():
+    from pages._store import export_run_bytes, report_bytes
+
+    run = current_run()
+    assert export_run_bytes(run.id).startswith(b"SQLite format 3\x00")
+    html = report_bytes(run.id)
+    assert html.lstrip().lower().startswith(b"<!doctype html") and b"digits_cnn" in html
+    assert b"<script src=" not in html  # plotly.js inline: opens offline
