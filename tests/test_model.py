@@ -370,3 +370,18 @@ def test_concatenation_matches_torch_including_requantized_inputs(scheme, data):
     assert qm.mode == "graph"
     _, expected = _torch_outputs(model, calib, scheme, backend, x)
     assert _mismatches(qm(x), expected) == 0
+
+
+@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack"])
+def test_order_sensitive_moving_average_observers_match_torch_through_shared_relu6(backend, data):
+    # a moving average depends on the order and number of looks: the conv output, then
+    # the ReLU6 output, per batch, exactly as torch's shared observer instance sees them
+    from qcal.schemes import QSpec, Scheme
+
+    calib, x = data
+    scheme = Scheme("moving", QSpec("qint8", "per_channel_affine", "moving_average"),
+                    QSpec("quint8", "per_tensor_affine", "moving_average", reduce_range=True))
+    model = make_model("mobilenet")
+    qm = calibrate(model, calib, scheme, backend)
+    _, expected = _torch_outputs(model, calib, scheme, backend, x)
+    assert _mismatches(qm(x), expected) == 0
