@@ -24,9 +24,10 @@ __all__ = ["Int8Layer", "SwappedModel", "observe_layers", "swappable_layers"]
 
 
 def swappable_layers(model: nn.Module) -> list[str]:
-    """Qualified names of the nn.Conv2d (zero padding) and nn.Linear modules, in order."""
+    """Qualified names of the nn.Conv2d (numeric zero padding) and nn.Linear modules, in order."""
     return [name for name, mod in model.named_modules()
-            if (type(mod) is nn.Conv2d and mod.padding_mode == "zeros") or type(mod) is nn.Linear]
+            if (type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and not isinstance(mod.padding, str))
+            or type(mod) is nn.Linear]
 
 
 @contextmanager

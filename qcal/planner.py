@@ -217,8 +217,9 @@ class _Planner:
 
     def _weighted(self, node: fx.Node, kind: str) -> None:
         mod = self.modules[node.target]
-        if kind == "conv" and mod.padding_mode != "zeros":
-            raise UnsupportedGraph(f"{node.target}: padding_mode {mod.padding_mode!r} is not supported")
+        if kind == "conv" and (mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
+            raise UnsupportedGraph(f"{node.target}: padding {mod.padding!r} / padding_mode {mod.padding_mode!r} "
+                                   "is not supported (numeric zero padding only)")
         x = self.quantized(self.ref(node.args[0]))
         relu = self._fuse_relu(node, _RELU_FUNCTIONS)
         self.layers.append(node.target)
