@@ -11,6 +11,8 @@ activation qparams read from that scheme's observers.
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -59,6 +61,18 @@ def default_backends(scheme: Scheme, backends: Sequence[str] | None) -> list[str
     return [_OWN_ENGINE.get(scheme.name, "fbgemm")]
 
 
+def _warn(message: str) -> None:
+    """Warn at the caller's line: the first frame outside qcal and torch's decorators."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_QCAL_DIR)
+                                 or frame.f_code.co_filename.endswith("_contextlib.py")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)
+
+
+_QCAL_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _batches(calib_data: Any) -> Iterator[Any]:
     if isinstance(calib_data, torch.Tensor | dict):
         yield calib_data
@@ -93,8 +107,8 @@ class _Observed:
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
-        warnings.warn(f"qcal: torch.fx graph mode is not possible ({reason}); using module-swap mode: "
-                      "each Conv2d/Linear runs int8, the rest fp32", stacklevel=4)
+        _warn(f"qcal: torch.fx graph mode is not possible ({reason}); using module-swap mode: "
+              "each Conv2d/Linear runs int8, the rest fp32")
         self.graph = None
         self._use_modules()
 
@@ -214,8 +228,8 @@ def calibrate_many(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:
-        warnings.warn("qcal: the model is in training mode; calibrating an eval-mode copy "
-                      "(BatchNorm running statistics, dropout off). Your model is unchanged.", stacklevel=3)
+        _warn("qcal: the model is in training mode; calibrating an eval-mode copy "
+              "(BatchNorm running statistics, dropout off). Your model is unchanged.")
     report = progress or (lambda fraction, message: None)
     float_model = copy.deepcopy(model).eval()
 

@@ -385,3 +385,28 @@ def test_order_sensitive_moving_average_observers_match_torch_through_shared_rel
     qm = calibrate(model, calib, scheme, backend)
     _, expected = _torch_outputs(model, calib, scheme, backend, x)
     assert _mismatches(qm(x), expected) == 0
+
+
+@pytest.mark.slow
+def test_trained_encoder_in_module_swap_mode_per_scheme_and_backend():
+    from qcal import zoo
+    from qcal.datasets import digits_splits
+
+    splits = digits_splits()
+    model = zoo.load("digits_encoder")
+    gen = torch.Generator().manual_seed(0)
+
+    def masked(x):
+        keep = torch.randint(6, 9, (x.shape[0],), generator=gen)
+        return {"x": x, "attention_mask": torch.arange(8)[None, :] < keep[:, None]}
+
+    calib = [masked(b) for b in splits.calib[0].split(50)]
+    test = masked(splits.test[0])
+    ref = model(**test)
+    fp32_acc = float((ref.argmax(1) == splits.test[1]).float().mean())
+    for (scheme, backend), qm in calibrate_many(model, calib, list(qcal.SCHEMES), ["fbgemm", "qnnpack"]).items():
+        out = qm(test)
+        cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+        acc = float((out.argmax(1) == splits.test[1]).float().mean())
+        print(f"{scheme:22s} {backend:8s} cosine {cos:.5f} accuracy {acc:.4f} (fp32 {fp32_acc:.4f})")
+        assert qm.mode == "modules" and cos > 0.998 and acc > fp32_acc - 0.02, (scheme, backend)
