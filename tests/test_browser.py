@@ -175,3 +175,24 @@ def test_every_page_draws_in_chromium_and_a_warm_switch_is_fast(server, browser)
     slowest = max(content_s, key=content_s.get)
     assert content_s[slowest] < WARM_SWITCH_BUDGET, \
         f"warm switch to {slowest} took {content_s[slowest]:.2f}s (median)"
+
+
+def test_clicking_a_layer_row_shows_its_scatter_and_puts_it_in_the_url(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{server}/layers")
+    grid = page.locator('.st-key-layer_table [data-testid="stDataFrame"]')
+    grid.wait_for(state="visible", timeout=FIRST_LOAD_SECONDS * 1000)
+    _wait_for_run_end(page, 60_000)
+    scatter = page.locator('[data-testid="stMain"] h3', has_text="fp32 vs int8 outputs")
+    before = scatter.inner_text()
+    box = grid.bounding_box()
+    row_px = 35  # glide grid's default header and row height
+    page.mouse.click(box["x"] + 15, box["y"] + row_px + row_px * 3 + row_px / 2)  # 4th row
+    page.wait_for_function(
+        "b => [...document.querySelectorAll('[data-testid=stMain] h3')]"
+        ".some(h => h.innerText.endsWith('fp32 vs int8 outputs') && h.innerText !== b)",
+        arg=before, timeout=30_000)
+    layer = scatter.inner_text().split(":")[0]
+    assert layer != before.split(":")[0]
+    assert f"layer={layer}" in page.evaluate("window.location.href")
+    _assert_clean(page, "layers")
