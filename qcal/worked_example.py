@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.requant import (
+from qcal.int8.requant import (  # _fma_acc: the engine's exact single-rounding fma
     BACKENDS,
+    _fma_acc,
     output_range,
     q31_requantize,
     requant_multipliers,
@@ -185,7 +186,7 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
                           ("add bias (float)", "y = f32(acc + b/ats)", y.item())]
             else:
                 rcp = (1.0 / ats.double()).float()
-                y = (b.double() * rcp.double() + acc).float()
+                y = _fma_acc(acc_f, b, rcp)  # the engine's exact single-rounding fma
                 steps += [("bias reciprocal", "rcp = f32(1 / f32(sa·sw))", rcp.item()),
                           ("add bias (one fused multiply-add)", "y = fma(b, rcp, acc)", y.item())]
         elif backend == "qnnpack" and rq.bias_int32 is not None:
