@@ -28,6 +28,9 @@ def compare_page() -> None:
             multiselect_param("Backends", "backends", BACKEND_CHOICES, DEFAULT_BACKENDS, where=right)
         run = current_run()
     st.caption(run_caption(run))
+    for job, notes in (run.meta.get("notes") or {}).items():
+        for note in notes:
+            st.warning(f"**{job}**: {note}", icon=":material/info:")
 
     summary, layers = run.frames["summary"], run.frames["layers"]
     schemes = list(dict.fromkeys(summary["scheme"]))

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "make_observers": "observers",
     "RunningHistogram": "histogram",
     "calibrate": "calibration",
+    "calibrate_many": "calibration",
     "QuantizedModel": "model",
     "LayerTrace": "model",
     "torch_reference": "reference",
@@ -77,7 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         store,
         zoo,
     )
-    from qcal.calibration import calibrate  # noqa: F401
+    from qcal.calibration import calibrate, calibrate_many  # noqa: F401
     from qcal.checkpoints import example_checkpoint, explain  # noqa: F401
     from qcal.comparison import Comparison, compare, compare_zoo  # noqa: F401
     from qcal.histogram import RunningHistogram  # noqa: F401

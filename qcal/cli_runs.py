@@ -128,6 +128,8 @@ def compare_command(args: argparse.Namespace) -> int:
         write("\nworst layers per scheme (lowest SQNR):")
         write(_table(worst_layers(cmp.layers, args.layers)))
         write("\n" + "\n".join(f"- {s}" for s in conclusions(cmp.summary, cmp.layers)))
+        for job, notes in cmp.meta.get("notes", {}).items():
+            write("\n".join(f"- note, {job}: {n}" for n in notes))
     if not args.no_save:
         run_id = cmp.save(args.store, title=args.title)
         print(f"saved run {run_id} (python -m qcal runs show {run_id}; python -m qcal report {run_id})",

@@ -317,6 +317,7 @@ def compare(
         "fp32_value": fp32_value,
         "eval_samples": sum(int(out.shape[0]) for out in fp32_outputs),
         "mode": next(iter(models.values())).mode,
+        "notes": {f"{s} / {b}": qm.notes for (s, b), qm in models.items() if qm.notes},
         **(meta or {}),
     }
     return Comparison(

@@ -8,6 +8,7 @@ output, the rest of the model in fp32 (``qcal.modules``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,10 +147,24 @@ class QuantizedModel:
         return self._runtime
 
     @torch.no_grad()
-    def __call__(self, inputs: Any) -> torch.Tensor:
-        """The fp32 (dequantized) output of the integer pipeline for one batch (a Tensor, a
-        tuple of positional args or a dict of keyword args)."""
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The fp32 (dequantized) output of the integer pipeline for one batch.
+
+        Call it like the float model (``qm(x)``, ``qm(x, attention_mask=m)``) or with one batch
+        in any calibration form (a Tensor, a tuple of positional args, a dict of kwargs).
+        """
+        inputs = self._batch(args, kwargs)
         return _fits(lambda: self.runtime().run(inputs), inputs)
+
+    def _batch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One batch from call arguments: a lone argument as is, else bound to forward's names."""
+        if len(args) == 1 and not kwargs:
+            return args[0]
+        try:
+            bound = inspect.signature(self.float_model.forward).bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"arguments do not fit the model's forward: {err}") from err
+        return dict(bound.arguments)
 
     @torch.no_grad()
     def trace(self, inputs: Any) -> dict[str, LayerTrace]:

@@ -104,7 +104,10 @@ def report(run_or_comparison: Any, path: str | os.PathLike[str]) -> Path:
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in sorted(meta.items())
     )
-    notes = "".join(f"<li>{html.escape(s)}</li>" for s in conclusions(summary, layers))
+    sentences = conclusions(summary, layers) + [
+        f"Note on {job}: {n}" for job, ns in (meta.get("notes") or {}).items() for n in ns
+    ]
+    notes = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
     title = html.escape(str(meta.get("title") or f"qcal report: {meta.get('model', 'model')}"))
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

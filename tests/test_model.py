@@ -261,6 +261,19 @@ def test_module_swap_runs_each_linear_in_int8_with_keyword_masks():
     assert traces["qkv"].fp32.shape == traces["qkv"].output_q.shape == (16, 6, 96)
 
 
+def test_a_quantized_model_is_called_like_the_float_model():
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    mask = torch.ones(16, 6, dtype=torch.bool)
+    mask[:, 5:] = False
+    x = torch.randn(16, 6, 8)
+    qm = calibrate(model, [{"x": x, "attention_mask": mask}], "fbgemm_default", mode="modules")
+    assert torch.equal(qm(x, attention_mask=mask), qm({"x": x, "attention_mask": mask}))
+    assert torch.equal(qm(x, mask), qm((x, mask)))
+    with pytest.raises(TypeError, match="arguments do not fit the model's forward"):
+        qm(x, colour="blue")
+
+
 @pytest.mark.parametrize("scheme", list(qcal.SCHEMES))
 def test_tiny_encoder_in_module_swap_mode_stays_close_to_fp32(scheme):
     from qcal.architectures import TinyEncoder
