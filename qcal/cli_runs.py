@@ -32,28 +32,26 @@ def _table(df: pd.DataFrame, fmt: str = "table") -> str:
         return df.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
+def _choices(text: str, what: str, valid: Any, also: str = "") -> list[str]:
+    """A comma list of names, each checked against ``valid`` (the message lists them)."""
+    names = _csv(text)
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise ValueError(f"unknown {what} {(unknown or [text])[0]!r}; expected {also}a comma list of: "
+                         f"{', '.join(valid)}")
+    return names
+
+
 def _schemes(text: str) -> list[str] | None:
     from qcal.schemes import SCHEMES
 
-    if text == "all":
-        return None
-    names = _csv(text)
-    unknown = [n for n in names if n not in SCHEMES]
-    if unknown:
-        raise ValueError(f"unknown scheme {unknown[0]!r}; expected 'all' or a comma list of: {', '.join(SCHEMES)}")
-    return names
+    return None if text == "all" else _choices(text, "scheme", SCHEMES, also="'all' or ")
 
 
 def _backends(text: str | None) -> list[str] | None:
     from qcal.schemes import BACKENDS
 
-    if text is None:
-        return None
-    names = _csv(text)
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown:
-        raise ValueError(f"unknown backend {unknown[0]!r}; expected a comma list of: {', '.join(BACKENDS)}")
-    return names
+    return None if text is None else _choices(text, "backend", BACKENDS)
 
 
 def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any) -> Any:
