@@ -19,8 +19,9 @@ def explain_page() -> None:
                       key="explain_source")
     if source == "example":
         backend = st.selectbox("Example quantized with", ["fbgemm", "qnnpack"], key="explain_backend",
-                               help="A zoo model converted with torch's own FX flow and default "
-                                    "qconfig for this engine.")
+                               help="A small digits CNN (its first layer is conv_3x3_32a) calibrated "
+                                    "with torch's default qconfig for this engine and converted "
+                                    "in eager mode (scripts/make_example_checkpoint.py).")
         name, table = f"example ({backend})", explain_example(backend)
     else:
         upload = st.file_uploader("A quantized model's state_dict (.pt / .pth)", type=["pt", "pth"],
