@@ -15,6 +15,7 @@ Caching, for a team on one server (STYLE.md, rule 10):
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -271,8 +272,9 @@ def explain_bytes(data: bytes, filename: str) -> pd.DataFrame | str:
     from pathlib import Path
 
     suffix = Path(filename).suffix if Path(filename).suffix in (".pt", ".pth") else ".pt"
+    stem = re.sub(r"[^\w.-]", "_", Path(filename).stem)[:80] or "upload"  # messages name the user's file
     with tempfile.TemporaryDirectory(prefix="qcal-upload-") as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+        path = Path(tmp) / f"{stem}{suffix}"
         path.write_bytes(data)
         try:
             return qcal.explain(path)

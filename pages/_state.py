@@ -44,15 +44,35 @@ def memory() -> dict[str, str]:
     return st.session_state.setdefault(_MEMORY, {})
 
 
+_CHECKED = ("model", "scheme", "schemes", "backend", "backends")  # names the URL must spell right
+
+
+def _refuse_in_url(name: str, bad: Sequence[str], options: Sequence[str], shown: Sequence[str]) -> None:
+    """Say once per session that the URL asked for names that do not exist, and what is shown."""
+    told = st.session_state.setdefault("qcal_url_refused", set())
+    if name not in _CHECKED or not bad or (name, tuple(bad)) in told:
+        return
+    told.add((name, tuple(bad)))
+    st.error(f"The URL asks for {name} {', '.join(map(repr, bad))}, which "
+             f"{'is' if len(bad) == 1 else 'are'} not available here; valid: "
+             f"{', '.join(options) or '(none)'}. Showing {', '.join(shown) or 'nothing'} instead.")
+
+
 def get_param(name: str, options: Sequence[str], default: str | None = None) -> str | None:
     """The value of a shared selection: the URL's, else this session's last, else default.
 
-    Values are validated against ``options``; an unknown value in a URL falls back quietly.
+    Values are validated against ``options``; an unknown model, scheme or backend in the URL
+    is named in an error box (the page goes on with the fallback), other names fall back quietly.
     """
+    chosen = options[0] if options else None
     for candidate in (st.query_params.get(name), memory().get(name), default):
         if candidate is not None and candidate in options:
-            return candidate
-    return options[0] if options else None
+            chosen = candidate
+            break
+    url = st.query_params.get(name)
+    if url is not None and url not in options:
+        _refuse_in_url(name, [url], options, [chosen] if chosen else [])
+    return chosen
 
 
 def set_param(name: str, value: str | None) -> None:
@@ -71,7 +91,10 @@ def get_list_param(name: str, options: Sequence[str], default: Sequence[str]) ->
     """A comma-separated shared selection, validated item by item."""
     raw = st.query_params.get(name) or memory().get(name)
     items = [s for s in raw.split(",") if s in options] if raw else []
-    return items or [s for s in default if s in options]
+    chosen = items or [s for s in default if s in options]
+    url = st.query_params.get(name) or ""
+    _refuse_in_url(name, [s for s in url.split(",") if s and s not in options], options, chosen)
+    return chosen
 
 
 def select_param(label: str, name: str, options: Sequence[str], default: str | None = None,

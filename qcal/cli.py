@@ -2,14 +2,16 @@
 
 Each subcommand is one function decorated with :func:`command`, which registers it with
 its arguments; ``main`` dispatches. ``explain`` lives here; ``compare``, ``runs``,
-``report`` and ``bench`` live in ``qcal.cli_runs``. Errors a user can fix (bad file, bad value) print one
-line, ``qcal: error: ...``, to stderr and exit 1; usage errors exit 2; never a traceback.
+``report`` and ``bench`` live in ``qcal.cli_runs``. Errors a user can fix (bad file, bad
+value) print one line, ``qcal: error: ...``, to stderr and exit 1; usage errors exit 2;
+never a traceback (``QCAL_DEBUG=1`` shows one for unexpected errors).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -75,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"qcal: error: {message}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug or an unforeseen input: still one line, traceback on request
+        if os.environ.get("QCAL_DEBUG"):
+            raise
+        message = " ".join(str(err).split())[:500]
+        print(f"qcal: error: unexpected {type(err).__name__}: {message} "
+              "(set QCAL_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qcal: interrupted", file=sys.stderr)

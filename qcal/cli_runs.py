@@ -56,6 +56,8 @@ def _backends(text: str | None) -> list[str] | None:
 
 def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any) -> Any:
     """compare on a user's model (module:factory) and data file."""
+    import torch
+
     from qcal import datasets
     from qcal.comparison import compare
     from qcal.runs import environment, utc_now
@@ -65,6 +67,10 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
         raise ValueError("a module:factory model needs --data FILE (.pt, .npz or .safetensors with inputs, optionally labels)")
     model = load_user_model(args.model, args.state_dict)
     x, y = datasets.load_tensors(args.data)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x).reshape(len(x), -1)
+        raise ValueError(f"{args.data}: inputs hold {int(bad.sum())} NaN or Inf values in "
+                         f"{int(bad.any(1).sum())} of {len(x)} samples; clean or drop those samples")
     n_calib = min(args.calib_samples, max(len(x) // 2, 1))
     calib, x_eval = x[:n_calib], x[n_calib:]
     y_eval = None if y is None else y[n_calib:]

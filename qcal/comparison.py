@@ -216,6 +216,16 @@ def evaluate_job(
     return {"summary": summary, "layers": layers, "samples": samples_df}
 
 
+def _fp32_output(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+    """The float model's output on one eval batch; a batch that does not fit names its shape."""
+    from qcal.model import describe_shape
+
+    try:
+        return call_model(model, inputs)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"eval batch of shape {describe_shape(inputs)} does not fit the model: {err}") from err
+
+
 def _fp32_metric(outputs: list[torch.Tensor], batches: list[tuple[Any, Any]]) -> tuple[str, float]:
     if any(labels is None for _, labels in batches):
         return "agreement", 1.0
@@ -265,16 +275,18 @@ def compare(
     jobs = _plan(schemes, backends)
     batches = as_eval_batches(eval_data)
     float_model = copy.deepcopy(model).eval()
-    fp32_outputs = [call_model(float_model, inputs) for inputs, _ in batches]
+    fp32_outputs = [_fp32_output(float_model, inputs) for inputs, _ in batches]
     for out, (_, labels) in zip(fp32_outputs, batches, strict=True):
         if labels is not None and labels.reshape(-1).shape[0] != out.shape[0]:
             raise ValueError(
                 f"labels do not match the outputs: {labels.reshape(-1).shape[0]} labels for "
                 f"a batch of {out.shape[0]} outputs"
             )
-        if labels is not None and out.dim() >= 2 and int(labels.max()) >= out.shape[1]:
+        if labels is not None and out.dim() >= 2 and labels.numel() and (
+                int(labels.max()) >= out.shape[1] or int(labels.min()) < 0):
+            bad = int(labels.max()) if int(labels.max()) >= out.shape[1] else int(labels.min())
             raise ValueError(
-                f"label {int(labels.max())} is out of range for a model with "
+                f"label {bad} is out of range for a model with "
                 f"{out.shape[1]} outputs; labels must be class indices 0..{out.shape[1] - 1}"
             )
     fp32_metric, fp32_value = _fp32_metric(fp32_outputs, batches)

@@ -166,6 +166,9 @@ def _explain_load_error(path: Path, err: Exception) -> str:
             f"refusing {path.name}: it holds a {refused}, which is not quantized packed "
             "weights; qcal loads only tensors and torch's quantized packed params"
         )
+    if ("weights only load failed" in text.lower() and "GLOBAL" not in text
+            and not _looks_like_torch(path)):
+        return f"{path.name} is not a torch checkpoint (neither a torch.save zip archive nor a pickle)"
     if "weights only load failed" in text.lower():
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f"it references {found.group(1)}" if found else "code or custom classes"
@@ -176,11 +179,24 @@ def _explain_load_error(path: Path, err: Exception) -> str:
             "model.state_dict() instead"
         )
     first = text.split(". ")[0].strip() or type(err).__name__
-    if any(s in text for s in ("central directory", "zip archive", "EOF", "truncated")):
+    if any(s in text for s in ("central directory", "zip archive", "EOF", "truncated")) or _starts_zip(path):
         return f"{path.name} looks truncated or damaged: {first}"
     return (
         f"{path.name} is not a torch checkpoint (unpickling failed: {type(err).__name__} {first})"
     )
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """A torch.save zip archive, or a legacy file starting with a pickle protocol header."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def _starts_zip(path: Path) -> bool:
+    """Starts like a zip archive (torch.save's format) even if its end is cut off."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _chain(err: BaseException) -> list[BaseException]:

@@ -35,8 +35,8 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None) -> nn.
         The model in eval mode.
 
     Raises:
-        ValueError: malformed spec, module not found, missing attribute, unreadable
-            weights or mismatched state_dict keys/shapes (a few are listed).
+        ValueError: malformed spec, module not found, missing attribute, a factory that
+            raised, unreadable weights or mismatched state_dict keys/shapes (a few are listed).
         TypeError: the factory is not callable or does not return an nn.Module.
     """
     module_name, sep, attr_path = spec.partition(":")
@@ -54,7 +54,11 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None) -> nn.
         factory = getattr(factory, part)
     if not callable(factory):
         raise TypeError(f"{spec!r}: {attr_path!r} is a {type(factory).__name__}, not a callable factory")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:  # the user's code failed: say where, keep their message
+        raise ValueError(f"{spec!r}: calling {attr_path}() failed with {type(err).__name__}: {err} "
+                         "(the factory must build the model with no arguments)") from err
     if not isinstance(model, nn.Module):
         raise TypeError(f"{spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict_path is not None:

@@ -357,3 +357,34 @@ def test_runs_page_downloads_are_a_portable_sqlite_file_and_a_self_contained_rep
     html = report_bytes(run.id)
     assert html.lstrip().lower().startswith(b"<!doctype html") and b"digits_cnn" in html
     assert b"<script src=" not in html  # plotly.js inline: opens offline
+
+
+def test_an_uploaded_checkpoint_that_is_truncated_pickled_code_or_junk_says_which():
+    from qcal.checkpoints import example_checkpoint
+
+    whole = example_checkpoint("fbgemm").read_bytes()
+    at = app("explain")
+    at.radio(key="explain_source").set_value("upload").run()
+    for name, data, reason in [
+        ("cut.pt", whole[: len(whole) // 2], "cut.pt looks truncated or damaged"),
+        ("evil.pt", b"cos\nsystem\n(S'echo hi'\ntR.", "refusing evil.pt: it holds pickled Python objects"),
+        ("junk.pth", b"garbage" * 10, "junk.pth is not a torch checkpoint"),
+    ]:
+        at.file_uploader(key="explain_upload").upload(name, data).run()
+        assert not at.exception
+        assert len(at.error) == 1 and at.error[0].value.startswith(f"{name} could not be explained: {reason}")
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ({"scheme": "int4_magic"}, "scheme 'int4_magic'"),
+    ({"backends": "fbgemm,tpu"}, "backends 'tpu'"),
+    ({"model": "resnet50"}, "model 'resnet50'"),
+])
+def test_an_unknown_name_in_the_url_is_named_with_the_valid_ones_and_the_page_goes_on(query, named):
+    at = app("compare", **query)
+    assert not at.exception
+    assert len(at.error) == 1, [e.value for e in at.error]
+    assert at.error[0].value.startswith(f"The URL asks for {named}, which is not available here; valid: ")
+    assert at.selectbox(key="param_scheme").value in _schemes()  # the page still shows a comparison
+    at.run()  # the URL now holds the shown selection: no error on the next run
+    assert_clean(at)
