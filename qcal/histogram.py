@@ -68,8 +68,10 @@ class RunningHistogram:
         return bool(self.min_val == float("inf"))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Add the values of ``x`` (any shape; float) to the histogram.
+    def update(self, x: torch.Tensor, x_min: torch.Tensor | None = None,
+               x_max: torch.Tensor | None = None) -> None:
+        """Add the values of ``x`` (any shape; float) to the histogram; ``x_min``/``x_max``
+        (0-dim float32, ``torch.aminmax(x)``) when the caller already has them.
 
         Raises:
             ValueError: if ``x`` holds NaN or Inf (the message counts them).
@@ -77,7 +79,8 @@ class RunningHistogram:
         x = x.detach().to(torch.float32)
         if x.numel() == 0:
             return
-        x_min, x_max = torch.aminmax(x)
+        if x_min is None or x_max is None:
+            x_min, x_max = torch.aminmax(x)
         check_finite(x, x_min, x_max)
         self.updates += 1
         if self.empty:
@@ -93,7 +96,8 @@ class RunningHistogram:
         self.counts = fresh + self._rebinned(new_min, new_max)
         self.min_val, self.max_val = new_min, new_max
 
-    def update_once(self, x: torch.Tensor) -> None:
+    def update_once(self, x: torch.Tensor, x_min: torch.Tensor | None = None,
+                    x_max: torch.Tensor | None = None) -> None:
         """``update``, unless this very tensor (same object, not modified since) was the last
         one counted: several observers sharing this histogram can each pass the batch on.
         Only a weak reference is kept, so the batch is never held alive."""
@@ -101,7 +105,7 @@ class RunningHistogram:
             ref, version = self._last
             if ref() is x and x._version == version:
                 return
-        self.update(x)
+        self.update(x, x_min, x_max)
         self._last = (weakref.ref(x), x._version)
 
     def _rebinned(self, new_min: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:

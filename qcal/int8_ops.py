@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from qcal.qparams import QRANGES
+from qcal.qparams import QRANGES, quantize
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_codes",
            "quantize_value"]
@@ -26,41 +26,10 @@ def _engine() -> Any:
     return engine
 
 
-@torch.no_grad()
 def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "quint8",
                    axis: int | None = None) -> torch.Tensor:
-    """``qcal.qparams.quantize`` (torch's ``rint(fma(x, f32(1/scale), zp))``), faster.
-
-    Per tensor, ``t = f32(f32(x * inv) + zp)`` is within ~2^-23 * 768 of the exact
-    ``v = x * inv + zp`` for every value that does not clamp, so ``rint(t)`` equals torch's
-    ``rint(f32(v))`` except within that distance of a half-integer; those few values
-    (about 0.1%) are redone with the exact float32 fused multiply-add of ``qcal.qparams``.
-    Per channel torch does not fuse (``rint(f32(f32(x * inv) + zp))``) and with a zero
-    point of 0 the fused form is the float32 product: both are plain float32 arithmetic.
-    """
-    from qcal.qparams import _fma_f32
-
-    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-    zp = torch.as_tensor(zero_point).reshape(-1).float()
-    x = x.detach().float()
-    inv = (1.0 / scale).float()
-    if axis is not None:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        inv, zp = inv.reshape(shape), zp.reshape(shape)
-    qmin, qmax = QRANGES[dtype]
-    t = x * inv
-    t += zp
-    q = torch.round(t)
-    if axis is None and bool((zp != 0).any()):
-        # |t - v| <= 2^-24 (|x*inv| + |t|) <= 2^-24 * 1024 where it matters (|t| <= 512):
-        # only values within 2^-12 of a half-integer can round differently
-        near = (t - q).abs_().ge_(0.5 - 2.0**-12)
-        if bool(near.any()):
-            idx = near.nonzero(as_tuple=True)
-            exact = _fma_f32(x[idx], inv.expand_as(x)[idx], zp.expand_as(x)[idx])
-            q[idx] = torch.round(exact)
-    return q.clamp_(qmin, qmax).to(torch.uint8 if dtype == "quint8" else torch.int8)
+    """``qcal.qparams.quantize`` (torch-exact, per tensor or per channel along ``axis``)."""
+    return quantize(x, scale, zero_point, dtype, axis=axis)
 
 
 def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from qcal.histogram import check_finite
 from qcal.schemes import QSpec
 
 __all__ = ["ObservationPoint", "ValueHistogram"]
@@ -69,10 +70,11 @@ class ObservationPoint:
     """One observed tensor: an observer per activation spec, min/max, a display histogram."""
 
     def __init__(self, label: str, specs: Iterable[QSpec]) -> None:
-        from qcal.observers import make_observer
+        from qcal.observers import make_observers
 
         self.label = label
-        self.observers = {spec: make_observer(spec) for spec in dict.fromkeys(specs)}
+        # histogram-based specs (fbgemm_default's and qnnpack_default's) share one histogram
+        self.observers = make_observers(list(specs))
         self.min = math.inf
         self.max = -math.inf
         self.histogram = ValueHistogram()
@@ -83,9 +85,12 @@ class ObservationPoint:
         x = x.detach()
         if not x.is_floating_point() or x.numel() == 0:
             return
+        x = x.to(torch.float32)
+        lo_t, hi_t = torch.aminmax(x)  # one pass over the data serves every observer
+        check_finite(x, lo_t, hi_t)
         for obs in self.observers.values():
-            obs.update(x)
-        lo, hi = (float(v) for v in torch.aminmax(x))
+            obs._observe(x, lo_t, hi_t)
+        lo, hi = float(lo_t), float(hi_t)
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         self.histogram.update(x, lo, hi)

@@ -106,6 +106,11 @@ class Observer:
     def _update(self, y: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """``update`` for a finite float32 ``x`` whose ``aminmax`` the caller already has
+        (one pass over the data serves every observer of an observation point)."""
+        self.update(x)
+
     def clip_range(self) -> Range:
         """(lo, hi): float32 1-D tensors, the range chosen before widening to include 0."""
         raise NotImplementedError
@@ -148,6 +153,15 @@ class MinMaxObserver(Observer):
     def _update(self, y: torch.Tensor) -> None:
         lo, hi = torch.aminmax(y, dim=1) if self.spec.per_channel else torch.aminmax(y)
         check_finite(y, lo, hi)
+        self._absorb(lo, hi)
+
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        if self.spec.per_channel:
+            self.update(x)
+        else:
+            self._absorb(lo, hi)
+
+    def _absorb(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
         elif self.moving:
@@ -179,6 +193,12 @@ class HistogramRangeObserver(Observer):
             return super().update(x)
         _check_float(x)
         self.hist.update_once(x)  # the first observer of the group to see x counts it
+
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        if self.shared:
+            self.hist.update_once(x, lo, hi)
+        else:
+            self.hist.update(x, lo, hi)
 
     def _update(self, y: torch.Tensor) -> None:
         self.hist.update(y)

@@ -120,7 +120,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
         else:
             value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
             if step.relu:
-                value = F.relu(value)
+                # a conv/linear module's output is fresh: ReLU in place saves a pass
+                value = value.relu_() if step.kind in ("conv", "linear") and step.op == "call_module" else F.relu(value)
         env[step.name] = value
         if tap is not None and step.obs is not None and step.kind not in ("dequantize", "identity"):
             tap(step.obs, value)

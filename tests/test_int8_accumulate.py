@@ -77,11 +77,37 @@ def test_grouped_chunks_gather_the_same_channels_of_every_group():
     assert torch.equal(out.to(torch.int64), int64_conv(x, 3, w, zw[:, None, None, None], geometry))
 
 
-def test_nonzero_weight_zero_points_fall_back_to_the_float_engine():
+def test_nonzero_weight_zero_points_never_take_the_plain_onednn_path():
     w = torch.ones(2, 4, dtype=torch.int8)
     assert not Accumulator(w, torch.tensor([0, 1]), None, "auto").use_onednn
     with pytest.raises(ValueError, match="onednn"):
         Accumulator(w, torch.tensor([0, 1]), None, "onednn")
+
+
+@pytest.mark.skipif(not onednn_exact(), reason="oneDNN int8 path not exact on this CPU")
+@pytest.mark.parametrize("groups", [1, 4])
+def test_nonzero_weight_zero_points_are_onednn_minus_zw_times_the_window_sum(groups):
+    g = torch.Generator().manual_seed(groups)
+    x = torch.randint(0, 256, (2, 8, 9, 9), generator=g, dtype=torch.uint8)
+    w = torch.randint(-128, 128, (8, 8 // groups, 3, 3), generator=g, dtype=torch.int8)
+    zw = torch.randint(-128, 128, (8,), generator=g)
+    geometry = ((2, 2), (1, 1), (1, 1), groups)  # pads hold za: their window terms vanish
+    acc = Accumulator(w, zw, geometry, "auto")
+    assert acc.onednn_zw and not acc.use_onednn
+    out, _ = acc(x, 77)
+    assert torch.equal(out.to(torch.int64), int64_conv(x, 77, w, zw.reshape(-1, 1, 1, 1), geometry))
+
+
+@pytest.mark.skipif(not onednn_exact(), reason="oneDNN int8 path not exact on this CPU")
+def test_zero_point_correction_beyond_float32_is_done_in_int32():
+    # oneDNN's part stays small (random signs) but zw * window sum = 127 * 255 * 600 > 2^24
+    g = torch.Generator().manual_seed(5)
+    x = torch.full((4, 600), 255, dtype=torch.uint8)
+    w = torch.randint(-128, 128, (3, 600), generator=g, dtype=torch.int8)
+    zw = torch.tensor([127, -128, 3])
+    out, _ = Accumulator(w, zw, None, "auto")(x, 0)
+    assert out.dtype == torch.int32
+    assert torch.equal(out.to(torch.int64), int64_linear(x, 0, w, zw.reshape(-1, 1)))
 
 
 @pytest.mark.skipif(not onednn_exact(), reason="oneDNN int8 path not exact on this CPU")

@@ -134,6 +134,7 @@ class Accumulator:
     w_centred: torch.Tensor = field(init=False, repr=False)
     col_sums: torch.Tensor = field(init=False, repr=False)
     use_onednn: bool = field(init=False)
+    onednn_zw: bool = field(init=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +149,9 @@ class Accumulator:
             raise ValueError("accumulator method 'onednn' needs int8 weights with zero point 0 on a CPU where oneDNN is exact (VNNI)")
         use = self.method == "onednn" or (self.method == "auto" and eligible and onednn_exact())
         object.__setattr__(self, "use_onednn", use)
+        # Non-zero weight zero points: oneDNN on the raw weights, minus zw_j * window sums
+        zw_path = self.method == "auto" and self.w_q.dtype == torch.int8 and not eligible and onednn_exact()
+        object.__setattr__(self, "onednn_zw", zw_path)
 
     def bound(self, amax: int) -> float:
         """``amax * max_j sum_k |w_jk - zw_j|``: no partial sum can exceed it."""
@@ -177,13 +181,14 @@ class Accumulator:
         idx = (torch.arange(groups)[:, None] * cg + torch.arange(c0, c1)[None, :]).reshape(-1)
         return x.index_select(channel_axis, idx)
 
-    def _one(self, x, za, chunk, whole, bias=None):
-        """Accumulator of the input channels in ``chunk`` (float32, exact), plus ``bias`` if given."""
+    def _one(self, x, za, chunk, whole, bias=None, raw=False):
+        """Accumulator of the input channels in ``chunk`` (float32, exact), plus ``bias`` if given;
+        ``raw``: oneDNN's ``sum (a - za) w`` on the raw weights (zero points ignored)."""
         lin = self.geometry is None
         xs = x if whole else self._channels(x, chunk, -1 if lin else 1)
         if not whole and self.use_onednn:
             xs = xs.contiguous() if lin else xs.contiguous(memory_format=torch.channels_last)
-        if self.use_onednn:
+        if self.use_onednn or raw:
             w = self.w_q if whole else self.w_q[:, chunk[0]:chunk[1]]
             packed = self._packed(chunk)
             if lin:
@@ -226,6 +231,43 @@ class Accumulator:
             return y, ymax
         return None
 
+    def _window_sums(self, x_q: torch.Tensor, za: int) -> torch.Tensor:
+        """``sum_k (a_k - za)`` over each output's window (its group's channels and kernel
+        taps), exact in float32 (|sum| <= 255 * K); (..., 1) for linear, (N, G, H', W') for conv."""
+        if self.geometry is None:
+            k = x_q.shape[-1]
+            return (x_q.sum(-1, keepdim=True, dtype=torch.int32) - k * za).float()
+        stride, padding, dilation, groups = self.geometry
+        n, c, h, w = x_q.shape
+        per_group = x_q.reshape(n, groups, c // groups, h, w) if groups > 1 else x_q
+        sums = per_group.sum(2 if groups > 1 else 1, keepdim=groups == 1, dtype=torch.int32)  # (N, G, H, W)
+        centred = sums.float().sub_((c // groups) * za)  # padded pixels hold za: they add 0
+        ones = torch.ones(groups, 1, *self.w_q.shape[2:])
+        return F.conv2d(centred, ones, None, stride, padding, dilation, groups)
+
+    def _zero_point_corrected(self, x_q: torch.Tensor, za: int, bound: float):
+        """(acc, bound) as ``sum_k (a_k - za) w_jk - zw_j * sum_k (a_k - za)``: oneDNN's exact
+        int32 sum on the raw weights (exact in its float32 result while that stays under
+        2^24, checked), minus the zero-point term, in float32 while every term and the result
+        stay under 2^24, else in int32. None when oneDNN's result is not provably exact."""
+        y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, raw=True)
+        ymax = _absmax(y)
+        if ymax >= F32_EXACT:
+            return None
+        sums = self._window_sums(x_q, za)
+        o, groups = self.w_q.shape[0], 1 if self.geometry is None else self.geometry[3]
+        zw = self.w_zero_point
+        if groups > 1:
+            sums = sums.repeat_interleave(o // groups, dim=1)  # (N, G, ...) -> (N, O, ...)
+        axis_shape = [1] * y.dim()
+        axis_shape[-1 if self.geometry is None else 1] = o
+        zw = zw.reshape(axis_shape)
+        corr_max = _absmax(sums) * float(zw.abs().max())
+        if ymax + corr_max < F32_EXACT:  # every term an exact float32 integer, and the result
+            return y.sub_(sums * zw.float()), ymax + corr_max
+        acc = y.to(torch.int32).sub_(sums.to(torch.int32) * zw.to(torch.int32))  # |zw * sum| < 2^31
+        return acc, bound
+
     @torch.no_grad()
     def __call__(self, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, float]:
         """(acc, bound): float32 holding exact integers when the bound allows, else int32.
@@ -237,6 +279,10 @@ class Accumulator:
         amax = max(int(hi) - za, za - int(lo), 0)
         plan = self._plan(amax)
         bound = self.bound(amax)
+        if self.onednn_zw and plan is not None and x_q.dtype == torch.uint8:
+            found = self._zero_point_corrected(x_q, za, bound)
+            if found is not None:
+                return found
         if self.use_onednn and plan is not None and len(plan) > 1:
             acc = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True)
             observed = _absmax(acc)

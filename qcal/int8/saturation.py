@@ -133,6 +133,8 @@ def pair_saturation_conv(
     stride, padding, dilation, groups = geometry
     o, cg, kh, kw = w_q.shape
     n, _, h, wd = x_q.shape
+    if cg == 1:
+        return _depthwise_saturation(x_q, za, w_q, geometry)
     xp = F.pad(x_q.float(), (padding[1], padding[1], padding[0], padding[0]), value=float(za))
     cols = F.unfold(xp, (kh, kw), dilation=dilation, stride=stride)  # (N, C*kh*kw, L), (c, kh, kw) order
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -141,3 +143,42 @@ def pair_saturation_conv(
     wr = w_q.permute(0, 2, 3, 1).reshape(o, kh * kw * cg)  # (kh, kw, c) order
     delta, count = pair_saturation(a, wr)
     return delta.reshape(n, o, ho, wo), count
+
+
+def _depthwise_saturation(x_q: torch.Tensor, za: int, w_q: torch.Tensor, geometry: tuple) -> tuple[torch.Tensor, int]:
+    """``pair_saturation_conv`` for one input channel per group: the reduction is the taps in
+    (kh, kw) order, so pair p adds taps (2p, 2p+1), each a strided view of the padded input.
+
+    Only output channels whose pair can leave int16 (``amax_c * (|w_2p| + |w_2p+1|) > 32767``)
+    are computed; a last odd tap pairs with FBGEMM's zero and cannot saturate
+    (``255 * 128 < 32767``). Returns (delta int32 (N, O, H', W'), count).
+    """
+    (sh, sw), (ph, pw), (dh, dw), _ = geometry
+    o, _, kh, kw = w_q.shape
+    n, c, h, wd = x_q.shape
+    mult = o // c  # output channel j reads input channel j // mult
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    delta = torch.zeros(n, o, ho, wo, dtype=torch.int32)
+    taps = w_q.reshape(o, kh * kw).to(torch.int32)  # (O, T) in (kh, kw) order
+    amax = x_q.amax((0, 2, 3)).to(torch.int32).repeat_interleave(mult)  # (O,)
+    if ph or pw:
+        amax = amax.clamp_min(za)  # padded pixels hold za
+    xp = F.pad(x_q.to(torch.int32), (pw, pw, ph, ph), value=int(za))  # (N, C, H+2ph, W+2pw)
+    count = 0
+    for t in range(0, kh * kw - 1, 2):
+        reach = amax * (taps[:, t].abs() + taps[:, t + 1].abs())  # (O,) largest |pair sum|
+        live = (reach > _I16_MAX).nonzero().flatten()
+        if live.numel() == 0:
+            continue
+        s = None
+        for tap in (t, t + 1):
+            i, j = divmod(tap, kw)
+            a = xp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+            a = a.index_select(1, live // mult)  # (N, O', H', W')
+            prod = a.mul_(taps[live, tap].reshape(1, -1, 1, 1))
+            s = prod if s is None else s.add_(prod)  # exact: |s| <= 65280
+        d = s.clamp(_I16_MIN, _I16_MAX).sub_(s)  # (N, O', H', W')
+        count += int(d.count_nonzero())
+        delta.index_add_(1, live, d)
+    return delta, count
