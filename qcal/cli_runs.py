@@ -19,6 +19,24 @@ _STORE_ARG = arg("--store", default=None,
                  help="run store: a file path or sqlite:/// URL (default: $QCAL_STORE or data/runs.sqlite)")
 
 
+def _count(text: str) -> int:
+    """A positive whole number (argparse type): the message names the bad value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def _counts(text: str, what: str) -> list[int]:
+    try:
+        return [_count(t) for t in _csv(text)]
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"{what} must be a comma list of positive whole numbers, got {text!r}") from None
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -98,12 +116,12 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--schemes", default="all", help="'all' or a comma list of preset names"),
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
-    arg("--eval-samples", type=int, default=None, help="cap the evaluation samples"),
-    arg("--calib-samples", type=int, default=256, help="samples of --data used for calibration"),
-    arg("--batch-size", type=int, default=128),
+    arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
+    arg("--calib-samples", type=_count, default=256, help="samples of --data used for calibration"),
+    arg("--batch-size", type=_count, default=128),
     arg("--title", default="", help="a title for the saved run"),
     arg("--no-save", action="store_true", help="print only; do not save a run"),
-    arg("--layers", type=int, default=3, help="worst layers shown per scheme"),
+    arg("--layers", type=_count, default=3, help="worst layers shown per scheme"),
     arg("--format", choices=("table", "csv", "json"), default="table"),
     arg("--list-models", action="store_true", help="list the zoo models and exit"),
     _STORE_ARG,
@@ -166,7 +184,9 @@ def runs_command(args: argparse.Namespace) -> int:
         run = store.load(args.target)
         if args.format == "table":
             write(json.dumps(run.meta, indent=1, default=str))
-        frame = getattr(run, args.frame)
+        if args.frame not in run.frames:
+            raise ValueError(f"run {args.target} has no frame {args.frame!r}; its frames: {', '.join(run.frames)}")
+        frame = run.frames[args.frame]
         write(_table(frame, args.format))
     elif args.action == "delete":
         store.delete(args.target)
@@ -202,8 +222,8 @@ def report_command(args: argparse.Namespace) -> int:
     "time qcal against torch's own pipeline (ratios qcal/torch, medians, same process)",
     arg("--models", default="digits_cnn,digits_mobilenet,resnet18_like,mobilenet_v2_like"),
     arg("--batches", default="8,32", help="comma list of batch sizes"),
-    arg("--repeat", type=int, default=5, help="runs per cell (median kept)"),
-    arg("--calib-batches", type=int, default=8),
+    arg("--repeat", type=_count, default=5, help="runs per cell (median kept)"),
+    arg("--calib-batches", type=_count, default=8),
     arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets"),
     arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
 )
@@ -211,7 +231,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from qcal.bench import bench, format_bench
     from qcal.progress import TerminalProgress
 
-    models, batches, repeat = _csv(args.models), [int(b) for b in _csv(args.batches)], args.repeat
+    models, batches, repeat = _csv(args.models), _counts(args.batches, "--batches"), args.repeat
     if args.quick:
         models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
     rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,

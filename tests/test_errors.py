@@ -202,6 +202,36 @@ def test_cli_a_run_command_without_its_run_id_says_what_it_needs(tmp_path, capsy
     assert cli_error(["runs", "show", "--store", str(tmp_path / "s.sqlite")], capsys) == "'runs show' needs a run id"
 
 
+def test_cli_show_of_a_frame_the_run_does_not_hold_lists_its_frames(tmp_path, capsys):
+    store = tmp_path / "runs.sqlite"
+    run_id = Store(store).save(make_frames(), META)
+    message = cli_error(["runs", "show", run_id, "--frame", "sumary", "--store", str(store)], capsys)
+    assert message == f"run {run_id} has no frame 'sumary'; its frames: summary, layers, scales, histograms, samples, qm_layers"
+
+
+# ---- usage errors: exit 2, one line -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["compare", "--eval-samples", "-3"], "argument --eval-samples: must be a positive whole number, got '-3'"),
+    (["compare", "--batch-size", "many"], "argument --batch-size: must be a positive whole number, got 'many'"),
+    (["explain", "x.pt", "--max-mb", "0"], "argument --max-mb: must be a positive number of MiB, got 0"),
+    (["runs", "purge"], "argument action: invalid choice: 'purge' (choose from "),
+    (["calibrate"], "argument COMMAND: invalid choice: 'calibrate'"),
+])
+def test_cli_usage_errors_exit_2_with_one_line_naming_the_argument(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"qcal: error: {expected}"), err
+
+
+def test_cli_bench_batches_must_be_whole_numbers(capsys):
+    assert cli_error(["bench", "--batches", "8,x"], capsys) == (
+        "--batches must be a comma list of positive whole numbers, got '8,x'")
+
+
 # ---- checkpoints through `qcal explain` ---------------------------------------------------
 
 
