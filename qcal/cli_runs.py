@@ -212,7 +212,11 @@ def report_command(args: argparse.Namespace) -> int:
     from qcal.store import Store
 
     run = Store(args.store).load(args.run_id)
-    path = report(run, Path(args.output or f"qcal-report-{args.run_id}.html"))
+    try:
+        path = report(run, Path(args.output or f"qcal-report-{args.run_id}.html"))
+    except KeyError as err:  # a run saved by hand, not by compare
+        raise ValueError(f"run {args.run_id} is not a comparison run: its frames lack {err}; "
+                         "reports need the frames `qcal compare` saves") from err
     write(f"wrote {path}")
     return 0
 

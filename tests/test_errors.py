@@ -209,6 +209,14 @@ def test_cli_show_of_a_frame_the_run_does_not_hold_lists_its_frames(tmp_path, ca
     assert message == f"run {run_id} has no frame 'sumary'; its frames: summary, layers, scales, histograms, samples, qm_layers"
 
 
+def test_cli_report_of_a_run_that_is_not_a_comparison_says_so(tmp_path, capsys):
+    store = tmp_path / "runs.sqlite"
+    run_id = Store(store).save({"summary": make_frames()["summary"].drop(columns="metric")}, META)
+    message = cli_error(["report", run_id, "--store", str(store), "-o", str(tmp_path / "r.html")], capsys)
+    assert message == (f"run {run_id} is not a comparison run: its frames lack 'metric'; "
+                       "reports need the frames `qcal compare` saves")
+
+
 # ---- usage errors: exit 2, one line -------------------------------------------------------
 
 
