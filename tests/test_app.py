@@ -377,7 +377,7 @@ def test_an_uploaded_checkpoint_that_is_truncated_pickled_code_or_junk_says_whic
 
 @pytest.mark.parametrize(("query", "named"), [
     ({"scheme": "int4_magic"}, "scheme 'int4_magic'"),
-    ({"backends": "fbgemm,tpu"}, "backends 'tpu'"),
+    ({"backends": "fbgemm,tpu,qnnpack"}, "backends 'tpu'"),
     ({"model": "resnet50"}, "model 'resnet50'"),
 ])
 def test_an_unknown_name_in_the_url_is_named_with_the_valid_ones_and_the_page_goes_on(query, named):
