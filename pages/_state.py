@@ -47,9 +47,23 @@ def memory() -> dict[str, str]:
 _CHECKED = ("model", "scheme", "schemes", "backend", "backends")  # names the URL must spell right
 
 
+def _known(name: str) -> Sequence[str] | None:
+    """Every name a URL parameter can hold anywhere (a page may offer fewer), None: unchecked."""
+    from qcal.schemes import BACKENDS, SCHEMES
+
+    return {"scheme": list(SCHEMES), "schemes": list(SCHEMES),
+            "backend": list(BACKENDS), "backends": list(BACKENDS)}.get(name)
+
+
 def _refuse_in_url(name: str, bad: Sequence[str], options: Sequence[str], shown: Sequence[str]) -> None:
-    """Say once per session that the URL asked for names that do not exist, and what is shown."""
+    """Say once per session that the URL asked for names that do not exist, and what is shown.
+
+    A real scheme or backend that this run or page does not offer falls back quietly (it is
+    what navigating between runs and pages leaves in the URL); a misspelt one is named.
+    """
     told = st.session_state.setdefault("qcal_url_refused", set())
+    known = _known(name)
+    bad = [b for b in bad if known is None or b not in known]
     if name not in _CHECKED or not bad or (name, tuple(bad)) in told:
         return
     told.add((name, tuple(bad)))

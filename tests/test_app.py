@@ -388,3 +388,9 @@ def test_an_unknown_name_in_the_url_is_named_with_the_valid_ones_and_the_page_go
     assert at.selectbox(key="param_scheme").value in _schemes()  # the page still shows a comparison
     at.run()  # the URL now holds the shown selection: no error on the next run
     assert_clean(at)
+
+
+def test_a_real_backend_this_run_lacks_falls_back_quietly():
+    at = app("requant", backend="q31")  # valid name, but the default run has fbgemm and qnnpack only
+    assert_clean(at)
+    assert at.selectbox(key="param_backend").value in ("fbgemm", "qnnpack")
