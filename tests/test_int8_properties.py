@@ -66,8 +66,6 @@ def test_engine_outputs_stay_in_the_output_dtype_range_and_saturate_instead_of_w
         assert bool((out[ideal < low - margin] == low).all())
 
 
-@pytest.mark.xfail(reason="qcal/int8/accumulate.py hands int8 activations to oneDNN's uint8-only "
-                          "qconv2d (RuntimeError); reported to the engine's owner", raises=RuntimeError)
 @pytest.mark.parametrize("backend", ["onnx", "q31"])
 def test_conv2d_takes_int8_activations_on_onnx_and_q31(backend):
     g = torch.Generator().manual_seed(0)

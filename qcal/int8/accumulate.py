@@ -111,6 +111,14 @@ def chunk_plan(col_sums: torch.Tensor, amax: int, limit: int = F32_EXACT) -> tup
     return tuple(chunks)
 
 
+def _as_uint8(x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, int]:
+    """int8 activation codes as uint8 codes of the same values (oneDNN takes uint8 only):
+    ``a + 128`` with ``za + 128`` leaves every ``a - za``, so the accumulator, unchanged."""
+    if x_q.dtype == torch.int8:
+        return (x_q.to(torch.int16) + 128).to(torch.uint8), int(za) + 128
+    return x_q, za
+
+
 def _absmax(t: torch.Tensor) -> float:
     lo, hi = torch.aminmax(t)
     return max(-float(lo), float(hi))
@@ -219,6 +227,7 @@ class Accumulator:
         """
         if not self.use_onednn:
             return None
+        x_q, za = _as_uint8(x_q, za)
         lo, hi = torch.aminmax(x_q)
         amax = max(int(hi) - za, za - int(lo), 0)
         bias = bias.float().contiguous()
@@ -275,6 +284,7 @@ class Accumulator:
         The float engine needs every partial sum under 2^24 (the static bound, else chunks);
         oneDNN sums in int32, so only its float32 result must stay under 2^24 (checked).
         """
+        x_q, za = _as_uint8(x_q, za)
         lo, hi = torch.aminmax(x_q)
         amax = max(int(hi) - za, za - int(lo), 0)
         plan = self._plan(amax)
