@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -294,8 +295,8 @@ class Store:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with closing(sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)) as conn:
                 conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: a killed process loses nothing committed
-                if self._wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")  # persistent: set once per file
+                if self._wal:
+                    self._ensure_wal(conn)
                 conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no half-way upgrade failures
                 try:
                     check_schema(conn, self._path, create=True)
@@ -305,6 +306,20 @@ class Store:
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+
+
+    def _ensure_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch a new store to WAL (persistent: once per file). SQLite answers a journal-mode
+        switch that races another new writer with an immediate "locked", without waiting on
+        the busy timeout, so the switch is retried until the mode is WAL or the timeout ends."""
+        deadline = time.monotonic() + self._timeout
+        while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 class _RunFile(Store):
