@@ -3,6 +3,7 @@
 import inspect
 import json
 import os
+import selectors
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import pytest
 from pandas.testing import assert_frame_equal
 
 from qcal.store import Store
@@ -51,6 +53,16 @@ _WRITER = textwrap.dedent(inspect.getsource(run_frames)) + textwrap.dedent("""
 """)
 
 
+def _readline(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The child's next stdout line; a child silent for ``timeout`` s fails the test, never hangs it."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            proc.kill()
+            pytest.fail(f"a writer process printed nothing for {timeout:.0f} s")
+    return proc.stdout.readline()
+
+
 def test_two_processes_writing_50_runs_each_at_once_leave_100_intact_runs(tmp_path):
     path = tmp_path / "shared" / "runs.sqlite"  # neither the folder nor the file exists yet
     writers = [
@@ -59,7 +71,7 @@ def test_two_processes_writing_50_runs_each_at_once_leave_100_intact_runs(tmp_pa
         for w in range(2)
     ]
     for proc in writers:
-        line = proc.stdout.readline()
+        line = _readline(proc)
         assert line.strip() == "ready", line + proc.stderr.read()
     for proc in writers:
         proc.stdin.write("go\n")
@@ -108,7 +120,7 @@ def test_a_writer_killed_mid_save_leaves_no_partial_run_and_prior_runs_intact(tm
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(store.path), json.dumps(META)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
+        line = _readline(proc)
         assert line.strip() == "inside the transaction", proc.stderr.read()
         wal = store.path.with_name(store.path.name + "-wal")
         assert wal.stat().st_size > 4 * 2**20  # the big frame's pages already reached the disk, uncommitted
