@@ -22,8 +22,6 @@ from torch import nn
 from qcal.cli import main
 from qcal.store import Store
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 USER_MODELS = """
 import torch
 from torch import nn

@@ -18,7 +18,6 @@ import torch
 
 import qcal.int8 as qi
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ENGINES = ("fbgemm", "qnnpack")
 
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 import qcal.int8 as qi
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ENGINES = ("fbgemm", "qnnpack")
 
 

@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 import qcal.int8 as qi
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 
 

@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 import qcal.int8 as qi
 from qcal.int8.q31 import q31_requantize
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 
 def one_by_one(x: int, w: int):
     return torch.tensor([[[[x]]]], dtype=torch.uint8), torch.tensor([[[[w]]]], dtype=torch.int8)

@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 import qcal.int8 as qi
 from qcal.int8.saturation import fbgemm_conv_path, pair_saturation_conv, pair_saturation_linear
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 
 def test_one_linear_pair_saturates_to_int16_max():
     # 255*127 + 255*127 = 64770 -> 32767: the accumulator loses 32003
