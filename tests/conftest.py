@@ -12,3 +12,13 @@ def _seed_and_quiet():
     # `import qcal` installs once are re-applied here, from the same single list.
     _torch_warnings.silence()
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module single-threaded: on tiny tensors and busy cores, waking OpenMP workers
+    costs more than the work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
