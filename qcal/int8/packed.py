@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qcal.int8.accumulate import Accumulator, Method
+from qcal.int8.isa import InstructionSet
 from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
@@ -131,7 +132,8 @@ class _Packed:
             )
         return self._requants[key]
 
-    def _run(self, x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, axis):
+    def _run(self, x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, axis,
+             isa=None):
         _check_x(x_q, self.backend)
         sa, so = _scalar(x_scale, "x_scale", float), _scalar(out_scale, "out_scale", float)
         za, zo = _scalar(x_zero_point, "x_zero_point", int), _scalar(out_zero_point, "out_zero_point", int)
@@ -140,7 +142,8 @@ class _Packed:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
         rq = self.requant(sa, so)
         out_dtype = _out_dtype(out_zero_point)
-        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q, za)
+        sat = (self.backend == "fbgemm" and fbgemm_saturates(self._family(isa), saturate, isa)
+               and self._can_saturate(x_q, za))
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
@@ -168,6 +171,9 @@ class _Packed:
         else:
             return None
         return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+
+    def _family(self, isa) -> ConvPath:
+        return self.path  # linear: always FBGEMM's GEMM
 
     @staticmethod
     def _no_bias(rq: Requant) -> Requant:
@@ -200,17 +206,25 @@ class PackedConv2d(_Packed):
         relu: bool = False,
         saturate: bool | None = None,
         detailed: bool = False,
+        isa: InstructionSet | None = None,
     ) -> torch.Tensor | KernelResult:
-        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult)."""
+        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult).
+
+        ``isa`` names the x86 CPU whose FBGEMM kernels to emulate (None: ``assumed_cpu()``).
+        """
         if x_q.dim() != 4 or x_q.shape[1] != self.w_q.shape[1] * self.geometry[3]:
             raise ValueError(
                 f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(self.w_q.shape)} with groups={self.geometry[3]}"
             )
-        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1)
+        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1, isa)
         # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
         if isinstance(res, KernelResult):
             return dataclasses.replace(res, out=res.out.contiguous(memory_format=torch.channels_last))
         return res.contiguous(memory_format=torch.channels_last)
+
+    def _family(self, isa) -> ConvPath:
+        return self.path if isa is None else fbgemm_conv_path(self.w_q.shape[1] * self.geometry[3],
+                                                              tuple(self.w_q.shape), self.geometry, isa)
 
     def _saturation(self, x_q, za):
         return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
@@ -234,11 +248,12 @@ class PackedLinear(_Packed):
         relu: bool = False,
         saturate: bool | None = None,
         detailed: bool = False,
+        isa: InstructionSet | None = None,
     ) -> torch.Tensor | KernelResult:
-        """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed)."""
+        """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed); ``isa`` as for conv."""
         if x_q.shape[-1] != self.w_q.shape[1]:
             raise ValueError(f"x_q has {x_q.shape[-1]} features, weights expect {self.w_q.shape[1]}")
-        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1)
+        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1, isa)
 
     def _saturation(self, x_q, za):
         return pair_saturation_linear(x_q, self.w_q)
