@@ -30,7 +30,7 @@ from qcal import figures, views
 
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
-BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31", "x86")
 EVAL_SAMPLES = 300  # of the 597 held-out digits: enough to rank schemes, quick on 2 cores
 
 

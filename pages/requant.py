@@ -5,7 +5,7 @@ import streamlit as st
 from pages._shared import current_run, layer_trace, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
 from qcal import worked_example as we
-from qcal.int8 import has_vnni
+from qcal.int8 import assumed_cpu
 
 
 def requant_page() -> None:
@@ -111,9 +111,10 @@ def requant_page() -> None:
         "full-range codes (up to 255) a pair reaches 65280, the sum is clipped and the accumulator "
         f"is silently wrong. This scheme's activations use reduce_range={reduce_range}"
         f"{' (codes 0..127)' if reduce_range else ' (codes 0..255)'}; FBGEMM's default observer sets "
-        "it to give up one bit of activation resolution for safety. This CPU "
-        f"{'has' if has_vnni() else 'has no'} VNNI (`vpdpbusd` does not saturate; FBGEMM's "
-        "depthwise kernel still pairs taps). Below, this element's pairs in im2col (kh, kw, c) "
+        "it to give up one bit of activation resolution for safety. qcal emulates an x86 CPU with "
+        f"**{assumed_cpu().describe()}** (`QCAL_CPU` picks another): with AVX512-VNNI `vpdpbusd` "
+        "does not saturate, except in FBGEMM's depthwise kernel, which still pairs taps; "
+        "AVX-VNNI without AVX-512 runs the saturating AVX2 kernels. Below, this element's pairs in im2col (kh, kw, c) "
         f"order; {s['element_pairs_can_saturate']} of {s['element_pairs']} could saturate with "
         "inputs at 255 where both weights share a sign.")
     st.dataframe(pairs, hide_index=True, key="pairs_table", height=260)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from qcal.int8.onednn import onednn_steps, x86_uses_onednn
 from qcal.int8.requant import (  # _fma_acc: the engine's exact single-rounding fma
     BACKENDS,
     _fma_acc,
@@ -157,7 +158,8 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         layer: the ``QuantLayer`` (scales, float bias, fused ReLU).
         trace: the layer's ``LayerTrace`` for the batch (its ``acc`` and ``output_q``).
         index: the element, from ``element_index``.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (the steps of the kernel x86
+            runs for this layer on the assumed CPU: FBGEMM's or oneDNN's).
 
     Returns:
         Columns step, formula, value (a string: integers exactly, floats with 9 significant
@@ -168,6 +170,9 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
     acc = int(trace.acc[index])
     zo, relu = int(layer.output_zero_point), bool(layer.relu)
     lo, hi = output_range(trace.output_q.dtype, zo, relu)
+    if backend == "x86":  # torch's x86 engine: FBGEMM, or oneDNN for this conv on VNNI CPUs
+        onednn = layer.kind == "conv" and x86_uses_onednn(layer.weight_zero_point, int(layer.groups))
+        backend = "onednn" if onednn else "fbgemm"
     rq = _requant(layer, backend)
     m = _pick(rq.multiplier, c)
     k = int(layer.weight_q[c].numel())
@@ -213,6 +218,10 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
                   ("add output zero point first", f"+ zo ({zo})", t + zo)]
         v = int(torch.round(torch.tensor(t + zo, dtype=torch.float64)))
         steps.append(("round half to even", "rint(·)", v))
+    elif backend == "onednn":
+        bias = None if rq.bias_float is None else _pick(rq.bias_float, c)
+        v, rows = onednn_steps(acc, _pick(rq.act_times_w_scale, c), rq.dst_multiplier, bias, zo)
+        steps += rows
     elif backend == "q31":
         b = 0 if rq.bias_int32 is None else int(_pick(rq.bias_int32, c))
         q, shift = int(_pick(rq.q31_multiplier, c)), int(_pick(rq.q31_shift, c))
@@ -263,7 +272,7 @@ def backend_reference_element(layer: Any, trace: Any, index: tuple[int, ...], ba
     Returns None for flavours torch has no engine for ("onnx", "q31") or inputs it cannot
     take (int8 activations).
     """
-    if backend not in ("fbgemm", "qnnpack") or trace.input_q.dtype != torch.uint8:
+    if backend not in ("fbgemm", "qnnpack", "x86") or trace.input_q.dtype != torch.uint8:
         return None
     x = torch._make_per_tensor_quantized_tensor(trace.input_q, float(layer.input_scale),
                                                 int(layer.input_zero_point))
