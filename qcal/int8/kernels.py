@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qcal.int8.packed import KernelResult, pack_conv2d, pack_linear
-from qcal.int8.requant import Backend
+from qcal.schemes import Backend
 
 __all__ = ["conv2d", "conv2d_detailed", "linear", "linear_detailed"]
 

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
+from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -45,9 +45,6 @@ __all__ = [
     "requantize",
 ]
 
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
-#: Every requantization flavour qcal reproduces.
-BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
 _F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
 _SLICE = 1 << 22  # accumulator elements requantized per step (16 MB of float32: fits L3)
 
@@ -81,11 +78,6 @@ class Requant:
     act_times_w_scale: torch.Tensor
     bias_float: torch.Tensor | None
     per_channel: bool
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
 
 
 def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
@@ -123,7 +115,7 @@ def requant_multipliers(
         >>> requant_multipliers(0.5, 0.25, 1.0, backend="fbgemm").multiplier
         tensor([0.1250])
     """
-    _check_backend(backend)
+    check_backend(backend)
     per_channel = torch.as_tensor(w_scale).dim() == 1
     sa = _f32_vector(x_scale, "x_scale")
     sw = _f32_vector(w_scale, "w_scale")
