@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from qcal.checkpoint.schemes import activation_evidence, model_scheme, weight_ev
 from qcal.checkpoint.weights import PER_CHANNEL
 from qcal.io.safe_load import DEFAULT_MAX_BYTES, PackedParamsState, load_checkpoint
 
-__all__ = ["COLUMNS", "ROLES", "example_checkpoint", "explain"]
+__all__ = ["COLUMNS", "ROLES", "example_checkpoint", "explain", "explain_bytes"]
 
 COLUMNS: list[str] = [
     "key", "layer", "role", "dtype", "qscheme", "scale", "zero_point",
@@ -116,6 +117,27 @@ def explain(
     except RuntimeError as err:  # torch refusing an exotic quantized tensor: still a data problem
         raise ValueError(f"cannot explain this state_dict: {str(err).splitlines()[0]}") from None
     return pd.DataFrame(rows + extra_rows, columns=COLUMNS)
+
+
+def explain_bytes(data: bytes, filename: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
+    """``explain`` of an uploaded file given as bytes (the dashboard's upload).
+
+    The bytes go to a private temporary file named after ``filename`` (sanitised, so that
+    messages name the user's file) and are read as data only, like any path.
+
+    Raises:
+        ValueError: too large, or not a quantized checkpoint (the message says why).
+    """
+    if len(data) > max_bytes:
+        raise ValueError(f"{filename} is {len(data) / 2**20:.1f} MiB, above the limit of "
+                         f"{max_bytes / 2**20:.1f} MiB")
+    name = Path(filename)
+    suffix = name.suffix if name.suffix in (".pt", ".pth") else ".pt"
+    stem = re.sub(r"[^\w.-]", "_", name.stem)[:80] or "upload"
+    with tempfile.TemporaryDirectory(prefix="qcal-upload-") as tmp:
+        path = Path(tmp) / f"{stem}{suffix}"
+        path.write_bytes(data)
+        return explain(path, max_bytes=max_bytes)
 
 
 def _is_quantized(value: Any) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -226,6 +227,32 @@ class Store:
         if len(runs) != 1:
             raise StoreError(f"{path} holds {len(runs)} runs, not one; use Store.import_all to merge them all")
         return self._write(runs)[0]
+
+    def export_bytes(self, run_id: str) -> bytes:
+        """The portable run file of one run (as ``export`` writes it), as bytes: for downloads.
+
+        Raises:
+            StoreError: no such run.
+        """
+        with tempfile.TemporaryDirectory(prefix="qcal-export-") as tmp:
+            return self.export(run_id, Path(tmp) / "run.sqlite").read_bytes()
+
+    def import_bytes(self, data: bytes, *, max_bytes: int = MAX_IMPORT_BYTES) -> str:
+        """Merge an uploaded run file, given as bytes, into this store; returns the run's id.
+
+        The bytes are untrusted, checked as ``import_`` checks a file (size cap first, before
+        anything is written to disk).
+
+        Raises:
+            StoreError: too large, or not a valid one-run qcal run file (see ``import_``).
+        """
+        if len(data) > max_bytes:
+            raise StoreError(f"the uploaded run file is {len(data) / 2**20:.1f} MiB, over the import "
+                             f"limit of {max_bytes / 2**20:.1f} MiB; pass max_bytes= to accept larger")
+        with tempfile.TemporaryDirectory(prefix="qcal-import-") as tmp:
+            path = Path(tmp) / "upload.sqlite"
+            path.write_bytes(data)
+            return self.import_(path, max_bytes=max_bytes)
 
     def import_all(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> list[str]:
         """Merge every run of a run file or another store into this store; see ``import_``.
