@@ -54,14 +54,24 @@ def test_fbgemm_add_rounds_scalar_tails_of_each_thread_range_like_torch():
         assert torch.equal(qi.add(a, 0.125, 130, b, 0.05, 110, 0.1, 47), ref)
 
 
-def test_fbgemm_add_tie_rounds_half_to_even_after_zero_point_on_vector_lanes():
-    # 64 elements = one AVX-512 vector: c = 0.5*5 + 0.5*0 = 2.5 -> rint 2, + zo 1 = 3
-    a, b = torch.full((64,), 5, dtype=torch.uint8), torch.zeros(64, dtype=torch.uint8)
-    out = qi.add(a, 0.5, 0, b, 0.5, 0, 1.0, 1)
-    if torch.backends.cpu.get_cpu_capability() == "AVX512":
-        assert out.tolist() == [3] * 64
-    # a lone element takes the scalar path: rint(2.5 + 1) = 4
-    assert qi.add(a[:1], 0.5, 0, b[:1], 0.5, 0, 1.0, 1).tolist() == [4]
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_fbgemm_add_steps_64_codes_on_avx2_and_avx512_cpus(monkeypatch, capability):
+    # qadd_stub has no AVX-512 build (REGISTER_DISPATCH), so AVX-512 CPUs run the AVX2 loop:
+    # two 32-code vectors per step. Tie c = 0.5*5 + 0.5*0 = 2.5: vector lanes rint(2.5) + 1 = 3,
+    # the scalar tail rint(2.5 + 1) = 4. 100 codes: 64 on vector lanes, 36 in the tail.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    a, b = torch.full((100,), 5, dtype=torch.uint8), torch.zeros(100, dtype=torch.uint8)
+    assert qi.add(a, 0.5, 0, b, 0.5, 0, 1.0, 1).tolist() == [3] * 64 + [4] * 36
+    assert qi.add(a[:63], 0.5, 0, b[:63], 0.5, 0, 1.0, 1).tolist() == [4] * 63
+
+
+def test_fbgemm_add_vector_steps_match_torch_on_this_cpu():
+    torch.backends.quantized.engine = "fbgemm"
+    a = torch.full((200,), 5, dtype=torch.uint8)
+    b = torch.zeros(200, dtype=torch.uint8)
+    for n in (1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200):
+        ref = torch.ops.quantized.add(qt(a[:n], 0.5, 0), qt(b[:n], 0.5, 0), 1.0, 1).int_repr()
+        assert torch.equal(qi.add(a[:n], 0.5, 0, b[:n], 0.5, 0, 1.0, 1), ref), n
 
 
 def test_qnnpack_add_rounds_half_away_from_zero_in_fixed_point():
