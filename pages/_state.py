@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager  # private: see require_router
 
 ROOT = Path(__file__).resolve().parent.parent
 _MEMORY = "qcal_params"  # session-state dict mirroring the URL's query params
@@ -29,9 +30,12 @@ def require_router() -> None:
     first session of a server that lands on a page URL (and every AppTest run) would run the
     page file alone, without the router and its sidebar. Here the router takes over in the
     same run (it routes back to this page), and the bare run stops.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
 
+    Streamlit 1.67 has no supported switch for this: the private class flag
+    ``PagesManager.uses_pages_directory`` is set from ``(entry folder / "pages").exists()``
+    and read by the script runner; only ``st.navigation`` clears it. This is the one place
+    qcal touches it; tests/test_pages_router.py fails the day Streamlit changes it.
+    """
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(ROOT / "dashboard.py"), run_name="__main__")
