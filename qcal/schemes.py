@@ -2,7 +2,7 @@
 
 A ``QSpec`` names the integer dtype, the qscheme (per tensor or per channel, affine or
 symmetric), the range estimator ("observer") and its options. A ``Scheme`` pairs a weight
-spec with an activation spec. ``SCHEMES`` holds the presets of DESIGN.md.
+spec with an activation spec. ``SCHEMES`` holds the named presets defined below.
 """
 
 from __future__ import annotations
