@@ -2,7 +2,7 @@
 
 Each op follows the kernel torch runs for the chosen engine (read from
 ``aten/src/ATen/native/quantized/cpu`` and pytorch's QNNPACK, confirmed bit for bit in
-tests/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
+tests/int8/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
 half to even; pooled outputs keep the input's scale and zero point, as torch's do.
 
 add (``torch.ops.quantized.add`` / ``add_relu``)
