@@ -17,6 +17,8 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager  # private: see require_router
 
+from qcal.schemes import BACKENDS, SCHEMES
+
 ROOT = Path(__file__).resolve().parent.parent
 _MEMORY = "qcal_params"  # session-state dict mirroring the URL's query params
 
@@ -53,8 +55,6 @@ _CHECKED = ("model", "scheme", "schemes", "backend", "backends")  # names the UR
 
 def _known(name: str) -> Sequence[str] | None:
     """Every name a URL parameter can hold anywhere (a page may offer fewer), None: unchecked."""
-    from qcal.schemes import BACKENDS, SCHEMES
-
     return {"scheme": list(SCHEMES), "schemes": list(SCHEMES),
             "backend": list(BACKENDS), "backends": list(BACKENDS)}.get(name)
 
