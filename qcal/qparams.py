@@ -33,7 +33,7 @@ INT_DTYPES: dict[str, torch.dtype] = {"quint8": torch.uint8, "qint8": torch.int8
 #: torch's smallest scale, ``finfo(float32).eps``.
 EPS = torch.finfo(torch.float32).eps
 # quantize's conventions: torch's (its engines') and ONNX QuantizeLinear's
-_QUANTIZE_BACKENDS = ("fbgemm", "qnnpack", "onnx", "q31")
+_QUANTIZE_BACKENDS = ("fbgemm", "qnnpack", "onnx", "q31", "x86")
 
 
 def qrange(dtype: str, reduce_range: bool = False) -> tuple[int, int]:
@@ -142,7 +142,7 @@ def quantize(
         scale, zero_point: scalars, or 1-D tensors along ``axis`` for per-channel.
         dtype: "quint8" (returns uint8 codes) or "qint8" (int8 codes).
         axis: the channel axis for per-channel quantization; None for per tensor.
-        backend: "fbgemm", "qnnpack", "q31": torch's quantize_per_tensor/_per_channel (the
+        backend: "fbgemm", "qnnpack", "q31", "x86": torch's quantize_per_tensor/_per_channel (the
             torch engines quantize inputs with it); "onnx": QuantizeLinear,
             ``saturate(rint(f32(x / scale)) + zp)`` (division, half to even, then the zero point).
     Returns:

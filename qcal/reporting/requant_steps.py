@@ -1,6 +1,7 @@
 """One element's requantization replayed step by step, one small function per backend.
 
-``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31), runs
+``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31, and
+onednn, which x86 runs for some convs), runs
 them on the element's int32 accumulator, clamps, and checks the result against
 ``qcal.int8.requantize`` of the same accumulator: the table cannot drift from the engine.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from qcal.int8.onednn import onednn_steps, x86_uses_onednn
 from qcal.int8.requant import (  # _fma_acc: the engine's exact single-rounding fma
     Requant,
     _fma_acc,
@@ -104,6 +106,19 @@ def _onnx_steps(e: _Element) -> tuple[int, list[Step]]:
                ("round half to even", "rint(·)", v)]
 
 
+def _onednn_steps(e: _Element) -> tuple[int, list[Step]]:
+    bias = None if e.rq.bias_float is None else pick(e.rq.bias_float, e.channel)
+    return onednn_steps(e.acc, pick(e.rq.act_times_w_scale, e.channel), e.rq.dst_multiplier, bias, e.zo)
+
+
+def _flavour(layer: Any, backend: str) -> str:
+    """x86 runs FBGEMM, or oneDNN for this conv on the assumed CPU (``qcal.int8.onednn``)."""
+    if backend != "x86":
+        return backend
+    onednn = layer.kind == "conv" and x86_uses_onednn(layer.weight_zero_point, int(layer.groups))
+    return "onednn" if onednn else "fbgemm"
+
+
 def _q31_steps(e: _Element) -> tuple[int, list[Step]]:
     """q31: gemmlowp's fixed point; both roundings half away from zero."""
     b = e.bias_int32()
@@ -126,6 +141,7 @@ _STEPS: dict[Backend, Callable[[_Element], tuple[int, list[Step]]]] = {
     "qnnpack": _torch_steps(_qnnpack_bias, "qnnpack"),
     "onnx": _onnx_steps,
     "q31": _q31_steps,
+    "onednn": _onednn_steps,
 }
 
 
@@ -137,20 +153,21 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         layer: the ``QuantLayer`` (scales, float bias, fused ReLU).
         trace: the layer's ``LayerTrace`` for the batch (its ``acc`` and ``output_q``).
         index: the element, from ``element_index``.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (the steps of the kernel x86 runs
+            for this layer on the assumed CPU: FBGEMM's or oneDNN's).
 
     Returns:
         Columns step, formula, value (a string: integers exactly, floats with 9 significant
         digits). The last row is the output value; it equals ``qcal.int8.requantize`` of the
         same accumulator (and the traced ``output_q``).
     """
-    check_backend(backend)
+    flavour = _flavour(layer, check_backend(backend))
     c = channel_of(index, layer.kind)
-    e = _Element(int(trace.acc[index]), c, int(layer.output_zero_point), layer_requant(layer, backend))
+    e = _Element(int(trace.acc[index]), c, int(layer.output_zero_point), layer_requant(layer, flavour))
     relu = bool(layer.relu)
     lo, hi = output_range(trace.output_q.dtype, e.zo, relu)
     k = int(layer.weight_q[c].numel())
-    v, steps = _STEPS[backend](e)
+    v, steps = _STEPS[flavour](e)
     out = min(max(v, lo), hi)
     steps = [("accumulator", f"acc = Σ_k (a_k − za)(w_k − zw), {k} products, exact int32", e.acc), *steps,
              ("clamp", f"clamp to [{lo}, {hi}]" + (" (fused ReLU: low end at zo)" if relu else ""), out)]

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from qcal.int8.cpu import has_vnni
+from qcal.int8.isa import assumed_cpu
 from qcal.reporting.elements import (
     channel_of,
     channel_requant,
@@ -52,7 +52,7 @@ def backend_reference_element(layer: Any, trace: Any, index: tuple[int, ...], ba
     Returns None for flavours torch has no engine for ("onnx", "q31") or inputs it cannot
     take (int8 activations).
     """
-    if backend not in ("fbgemm", "qnnpack") or trace.input_q.dtype != torch.uint8:
+    if backend not in ("fbgemm", "qnnpack", "x86") or trace.input_q.dtype != torch.uint8:
         return None
     x = torch._make_per_tensor_quantized_tensor(trace.input_q, float(layer.input_scale),
                                                 int(layer.input_zero_point))
@@ -96,7 +96,8 @@ class ElementReport:
         verdict: one sentence saying whether they agree.
         pairs, saturation: ``pair_saturation`` of the element (rows, counts).
         reduce_range: whether the scheme's activations use codes 0..127.
-        vnni: whether this CPU has VNNI.
+        vnni: whether the CPU qcal emulates has AVX512-VNNI (``qcal.int8.assumed_cpu``).
+        cpu: that CPU in words, e.g. "avx2 (from /proc/cpuinfo)".
     """
 
     layer: str
@@ -116,6 +117,7 @@ class ElementReport:
     saturation: dict[str, Any]
     reduce_range: bool
     vnni: bool
+    cpu: str = ""
 
 
 def _verdict(worked: int, engine: int, reference: int | None, backend: str) -> tuple[bool, str]:
@@ -136,7 +138,7 @@ def element_report(qm: Any, layer_name: str, trace: Any, index: tuple[int, ...],
         layer_name: a key of ``qm.quant_layers``.
         trace: that layer's ``LayerTrace`` (``qm.trace(x)[layer_name]``).
         index: the element, from ``element_index``.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86".
     """
     layer = qm.quant_layers[layer_name]
     channel = channel_of(index, layer.kind)
@@ -147,8 +149,9 @@ def element_report(qm: Any, layer_name: str, trace: Any, index: tuple[int, ...],
     agrees, verdict = _verdict(worked, engine, reference, backend)
     reduce_range = bool(qm.scheme.activation.reduce_range)
     pairs, saturation = pair_saturation(layer, trace, index, reduce_range=reduce_range)
+    cpu = assumed_cpu()
     return ElementReport(
         layer=layer_name, backend=backend, channel=channel, index=tuple(index), table=table,
         channel_numbers=table.iloc[channel].to_dict(), requant=channel_requant(layer, backend, channel),
         steps=steps, worked=worked, engine=engine, reference=reference, agrees=agrees, verdict=verdict,
-        pairs=pairs, saturation=saturation, reduce_range=reduce_range, vnni=has_vnni())
+        pairs=pairs, saturation=saturation, reduce_range=reduce_range, vnni=cpu.vnni, cpu=cpu.describe())
