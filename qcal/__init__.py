@@ -21,6 +21,9 @@ _EXPORTS: dict[str, str] = {
     "Scheme": "schemes",
     "SCHEMES": "schemes",
     "resolve_scheme": "schemes",
+    "check_runnable": "schemes",
+    "parse_scheme": "scheme_text",
+    "format_scheme": "scheme_text",
     "qparams_from_range": "qparams",
     "quantize": "qparams",
     "dequantize": "qparams",
@@ -88,5 +91,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.reference import torch_reference  # noqa: F401
     from qcal.reporting import report  # noqa: F401
     from qcal.runs import Run, RunInfo  # noqa: F401
-    from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401
+    from qcal.scheme_text import format_scheme, parse_scheme  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Scheme, check_runnable, resolve_scheme  # noqa: F401
     from qcal.store import Store, StoreError  # noqa: F401

@@ -27,7 +27,7 @@ from qcal.model import ActivationInfo, QuantizedModel, QuantLayer, describe_shap
 from qcal.modules import observe_layers, swappable_layers
 from qcal.observation import ObservationPoint
 from qcal.program import run_float
-from qcal.schemes import BACKENDS, QSpec, Scheme, resolve_scheme
+from qcal.schemes import BACKENDS, QSpec, Scheme, check_runnable, resolve_scheme
 
 __all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
@@ -225,6 +225,9 @@ def calibrate_many(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
     plan = {s.name: default_backends(s, backends) for s in resolved}
+    for s in resolved:
+        for backend in plan[s.name]:
+            check_runnable(s, backend)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:

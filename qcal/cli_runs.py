@@ -60,10 +60,23 @@ def _choices(text: str, what: str, valid: Any, also: str = "") -> list[str]:
     return names
 
 
-def _schemes(text: str) -> list[str] | None:
+def _schemes(text: str | None, built: list[str] | None = None) -> list[Any] | None:
+    """Presets from ``--schemes`` plus the schemes built with ``--scheme TEXT``."""
+    from qcal.scheme_text import parse_scheme
     from qcal.schemes import SCHEMES
 
-    return None if text == "all" else _choices(text, "scheme", SCHEMES, also="'all' or ")
+    built_schemes = [parse_scheme(t) for t in built or []]
+    names = {s.name for s in built_schemes}
+    if len(names) < len(built_schemes):
+        raise ValueError("two --scheme texts carry the same name; give each its own name=...")
+    if text is None and built_schemes:
+        return built_schemes
+    presets = list(SCHEMES) if text in (None, "all") else _choices(text, "scheme", SCHEMES, also="'all' or ")
+    clash = names & set(presets)
+    if clash:
+        raise ValueError(f"--scheme name {sorted(clash)[0]!r} is a preset's; give the built scheme another name=...")
+    return ([SCHEMES[n] for n in presets] + built_schemes) if built_schemes else (
+        None if text in (None, "all") else presets)
 
 
 def _backends(text: str | None) -> list[str] | None:
@@ -113,7 +126,11 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
         help="a zoo name (see --list-models) or module:factory for your own model"),
     arg("--state-dict", default=None, help="weights for a module:factory model (loaded weights_only)"),
     arg("--data", default=None, help="your data file (.pt/.npz/.safetensors): inputs, optional labels"),
-    arg("--schemes", default="all", help="'all' or a comma list of preset names"),
+    arg("--schemes", default=None,
+        help="'all' or a comma list of preset names (default: all, or none when --scheme is given)"),
+    arg("--scheme", action="append", default=None, metavar="TEXT",
+        help="a built scheme, repeatable: e.g. 'name=p999;w=per_channel_symmetric/minmax;"
+             "a=per_tensor_affine/percentile:99.9' (grammar in the README)"),
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
     arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
@@ -135,7 +152,7 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.list_models:
         write(_table(pd.DataFrame([{"name": n, "description": zoo.info(n).description} for n in zoo.names()])))
         return 0
-    schemes, backends = _schemes(args.schemes), _backends(args.backends)
+    schemes, backends = _schemes(args.schemes, args.scheme), _backends(args.backends)
     progress = TerminalProgress()
     if ":" in args.model:
         cmp = _user_comparison(args, schemes, backends, progress)

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from qcal.batching import as_eval_batches, call_model
+from qcal.scheme_text import format_scheme
 from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
 __all__ = ["Comparison", "compare", "compare_zoo", "evaluate_job"]
@@ -323,6 +324,7 @@ def compare(
     histograms = _concat_with_scheme((s, qm.histograms()) for s, qm in per_scheme.items())
     info = {
         "schemes": [s.name for s in schemes_in_order],
+        "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order},
         "backends": backends_in_order,
         "fp32_metric": fp32_metric,
         "fp32_value": fp32_value,
