@@ -123,7 +123,8 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     "compare",
     "calibrate a model under several schemes, run each in int8, print and save the comparison",
     arg("--model", default="digits_mobilenet",
-        help="a zoo name (see --list-models) or module:factory for your own model"),
+        help="a zoo or registered name (see --list-models; $QCAL_MODELS registers a team's "
+             "models) or module:factory for your own model"),
     arg("--state-dict", default=None, help="weights for a module:factory model (loaded weights_only)"),
     arg("--data", default=None, help="your data file (.pt/.npz/.safetensors): inputs, optional labels"),
     arg("--schemes", default=None,
@@ -140,17 +141,21 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--no-save", action="store_true", help="print only; do not save a run"),
     arg("--layers", type=_count, default=3, help="worst layers shown per scheme"),
     arg("--format", choices=("table", "csv", "json"), default="table"),
-    arg("--list-models", action="store_true", help="list the zoo models and exit"),
+    arg("--list-models", action="store_true",
+        help="list the zoo and registered models (registry problems on stderr) and exit"),
     _STORE_ARG,
 )
 def compare_command(args: argparse.Namespace) -> int:
-    from qcal import zoo
     from qcal.comparison import compare_zoo
     from qcal.progress import TerminalProgress
     from qcal.reporting import conclusions, worst_layers
+    from qcal.zoo_registry import catalogue
 
     if args.list_models:
-        write(_table(pd.DataFrame([{"name": n, "description": zoo.info(n).description} for n in zoo.names()])))
+        models, problems = catalogue()
+        write(_table(models, args.format))
+        for problem in problems:  # named, while the listed models stay usable
+            print(f"qcal: registry problem: {problem}", file=sys.stderr)
         return 0
     schemes, backends = _schemes(args.schemes, args.scheme), _backends(args.backends)
     progress = TerminalProgress()

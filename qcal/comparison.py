@@ -359,30 +359,32 @@ def compare_zoo(
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Compare schemes on a built-in model and the digits data (the dashboard's default).
+    """Compare schemes on a zoo model and the digits data (the dashboard's default), or on
+    a registered model and its own files (``qcal.zoo_registry``).
 
-    Calibrates on the 200-image calibration split and evaluates on the held-out test split
-    (``eval_samples`` caps it). The zoo model is trained on first use and cached in data/.
+    Zoo models calibrate on the 200-image calibration split and evaluate on the held-out
+    test split (``eval_samples`` caps it); they are trained on first use and cached in data/.
     """
-    from qcal import datasets, zoo
+    from qcal import datasets
     from qcal.runs import environment, utc_now
+    from qcal.zoo_registry import load_named
 
     report = progress or (lambda f, m: None)
-    model = zoo.load(model_name, progress=lambda f, m: report(0.1 * f, m))
-    splits = datasets.digits_splits()
-    x, y = splits.test
+    named = load_named(model_name, progress=lambda f, m: report(0.1 * f, m))
+    calib, x, y = named.calib, named.eval_x, named.eval_y
     if eval_samples is not None:
-        x, y = x[:eval_samples], y[:eval_samples]
+        x, y = x[:eval_samples], None if y is None else y[:eval_samples]
+    where = "sklearn digits: calibration split" if named.source.startswith("zoo:") else "its calibration file:"
     meta = {
         "model": model_name,
-        "model_source": f"zoo:{model_name}",
-        "data_description": f"sklearn digits: calibration split {len(splits.calib[0])}, test split {len(x)}",
-        "data_fingerprint": datasets.fingerprint(splits.calib[0], x, y),
+        "model_source": named.source,
+        "data_description": f"{where} {len(calib)}, test split {len(x)}",
+        "data_fingerprint": datasets.fingerprint(calib, x, y),
         "created": utc_now(),
         **environment(),
     }
     return compare(
-        model, datasets.calib_batches(splits.calib[0], batch_size=batch_size),
+        named.model, datasets.calib_batches(calib, batch_size=batch_size),
         datasets.batches(x, y, batch_size=batch_size), schemes, backends,
         executor=executor, progress=lambda f, m: report(0.1 + 0.9 * f, m), meta=meta,
     )

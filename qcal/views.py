@@ -218,22 +218,25 @@ def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:
 
 
 def calibrate_zoo(model: str, scheme: str, backend: str, *, batch_size: int = 128) -> Any:
-    """A zoo model calibrated as ``qcal.comparison.compare_zoo`` calibrates it (same data,
+    """A zoo or registered model calibrated as ``qcal.comparison.compare_zoo`` calibrates it (same data,
     same batches: the same qparams as the stored run), for views that need live tensors."""
-    from qcal import datasets, zoo
+    from qcal import datasets
     from qcal.calibration import calibrate
+    from qcal.zoo_registry import load_named
 
-    calib = datasets.calib_batches(datasets.digits_splits().calib[0], batch_size=batch_size)
-    return calibrate(zoo.load(model), calib, scheme, backend)
+    named = load_named(model)
+    calib = datasets.calib_batches(named.calib, batch_size=batch_size)
+    return calibrate(named.model, calib, scheme, backend)
 
 
 def zoo_eval_inputs(model: str, n: int = 32) -> Any:
     """The first ``n`` held-out inputs of a zoo model's data set (what traces are shown on)."""
-    from qcal import datasets, zoo
+    from qcal import zoo
+    from qcal.zoo_registry import load_named
 
-    if zoo.info(model).data != "digits":
+    if model in zoo.names() and zoo.info(model).data != "digits":
         raise ValueError(f"zoo model {model!r} has no built-in evaluation data")
-    return datasets.digits_splits().test[0][:n]
+    return load_named(model).eval_x[:n]
 
 
 def summarize_values(values: Any, digits: int = 4) -> str:
