@@ -7,6 +7,7 @@ spec with an activation spec. ``SCHEMES`` holds the presets of DESIGN.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -16,8 +17,11 @@ __all__ = [
     "OBSERVERS",
     "QSCHEMES",
     "SCHEMES",
+    "Backend",
     "QSpec",
     "Scheme",
+    "check_backend",
+    "check_backends",
     "check_runnable",
     "resolve_scheme",
 ]
@@ -38,6 +42,21 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def check_backend(backend: Any) -> Backend:
+    """The one backend validator: returns ``backend`` when it is one of ``BACKENDS``.
+
+    Raises:
+        ValueError: for any other value (the message lists the valid names).
+    """
+    _check_choice("backend", backend, BACKENDS)
+    return backend
+
+
+def check_backends(backends: Iterable[Any]) -> list[Backend]:
+    """Each name through ``check_backend``; returns them as a list."""
+    return [check_backend(b) for b in backends]
 
 
 @dataclass(frozen=True)
@@ -246,7 +265,7 @@ def check_runnable(scheme: Scheme, backend: str) -> None:
         ValueError: e.g. qint8 activations on fbgemm, naming the scheme, the setting and
             the reason.
     """
-    _check_choice("backend", backend, BACKENDS)
+    check_backend(backend)
     for role, spec in (("weight", scheme.weight), ("activation", scheme.activation)):
         reason = _UNRUNNABLE.get((backend, role, spec.dtype))
         if reason:
