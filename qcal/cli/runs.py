@@ -101,7 +101,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
         bad = ~torch.isfinite(x).reshape(len(x), -1)
         raise ValueError(f"{args.data}: inputs hold {int(bad.sum())} NaN or Inf values in "
                          f"{int(bad.any(1).sum())} of {len(x)} samples; clean or drop those samples")
-    n_calib = min(args.calib_samples, max(len(x) // 2, 1))
+    n_calib = min(args.calib_samples or 256, max(len(x) // 2, 1))
     calib, x_eval = x[:n_calib], x[n_calib:]
     y_eval = None if y is None else y[n_calib:]
     if len(x_eval) == 0:
@@ -134,7 +134,9 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
     arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
-    arg("--calib-samples", type=_count, default=256, help="samples of --data used for calibration"),
+    arg("--calib-samples", type=_count, default=None,
+        help="calibration samples: the first N of the model's calibration set (default: all), "
+             "or of --data (default 256)"),
     arg("--batch-size", type=_count, default=128),
     arg("--title", default="", help="a title for the saved run"),
     arg("--no-save", action="store_true", help="print only; do not save a run"),
@@ -164,6 +166,7 @@ def compare_command(args: argparse.Namespace) -> int:
         cmp = _user_comparison(args, schemes, backends, progress)
     else:
         cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
+                          calib_samples=args.calib_samples,
                           batch_size=args.batch_size, progress=progress)
     if args.format != "table":
         write(_table(cmp.summary, args.format))

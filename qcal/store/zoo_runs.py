@@ -23,6 +23,7 @@ def compare_zoo(
     backends: Sequence[str] | None = None,
     *,
     eval_samples: int | None = None,
+    calib_samples: int | None = None,
     batch_size: int = 128,
     executor: Executor | None = None,
     progress: Progress | None = None,
@@ -32,10 +33,16 @@ def compare_zoo(
 
     Zoo models calibrate on the 200-image calibration split and evaluate on the held-out
     test split (``eval_samples`` caps it); they are trained on first use and cached in data/.
+    ``calib_samples`` calibrates on the first that many calibration inputs only (a new
+    comparison, recorded in the run's metadata).
     """
     report = progress or (lambda f, m: None)
     named = load_named(model_name, progress=lambda f, m: report(0.1 * f, m))
     calib, x, y = named.calib, named.eval_x, named.eval_y
+    if calib_samples is not None:
+        if calib_samples < 1:
+            raise ValueError(f"calib_samples must be a positive whole number, got {calib_samples!r}")
+        calib = calib[:calib_samples]
     if eval_samples is not None:
         x, y = x[:eval_samples], None if y is None else y[:eval_samples]
     where = "sklearn digits: calibration split" if named.source.startswith("zoo:") else "calibration file"
@@ -43,6 +50,7 @@ def compare_zoo(
         "model": model_name,
         "model_source": named.source,
         "data_description": f"{where} {len(calib)}, test split {len(x)}",
+        "calib_samples": len(calib),
         "data_fingerprint": datasets.fingerprint(calib, x, y),
         "created": utc_now(),
         **environment(),
