@@ -19,7 +19,7 @@ from torch import nn
 
 from qcal.calibration.calibrate import _Observed
 from qcal.calibration.trajectory import activation_specs
-from qcal.qparams import dequantize, quantize, qrange
+from qcal.qparams import dequantize, qrange, quantize
 from qcal.schemes import QSpec
 
 __all__ = ["LAB_COLUMNS", "ObserverLab", "observer_lab"]

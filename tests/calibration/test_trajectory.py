@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 import pytest
 import torch
@@ -27,7 +29,7 @@ def test_each_checkpoint_equals_calibrating_on_the_samples_seen_so_far(observers
     assert set(traj["samples"]) == {10, 25, 40} and set(traj["observer"]) == set(observers)
     bounds = [0, 10, 25, 40]
     for k, stop in enumerate(bounds[1:], start=1):
-        batches = [x[a:b] for a, b in zip(bounds[:k], bounds[1:k + 1], strict=True)]
+        batches = [x[a:b] for a, b in itertools.pairwise(bounds[: k + 1])]
         for spec in specs:
             scheme = qcal.Scheme("s", qcal.QSpec("qint8", "per_tensor_symmetric"), spec)
             want = qcal.calibrate(model, batches, scheme).scales()
