@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from qcal.calibration.calibrate import calibrate
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
+from qcal.reporting.story import scheme_colors
 from qcal.zoo import datasets, zoo
 from qcal.zoo.registry import load_named
 
@@ -173,6 +174,7 @@ def scale_figure(scales: pd.DataFrame, layer: str, value: str = "scale") -> go.F
     per scheme side by side; scales on a log axis (they span orders of magnitude)."""
     w = scales[(scales["layer"] == layer) & (scales["tensor"] == "weight")]
     fig = px.box(w, x="scheme", y=value, color="scheme", points="all", template="plotly_white",
+                 color_discrete_map=scheme_colors(w["scheme"]),
                  hover_data=["channel", "min", "max"])
     if value == "scale":
         fig.update_yaxes(type="log", title="weight scale (log)")
