@@ -25,7 +25,8 @@ from typing import Any
 
 from qcal.schemes import DTYPES, OBSERVERS, QSCHEMES, SCHEMES, QSpec, Scheme
 
-__all__ = ["format_scheme", "format_spec", "parse_scheme", "parse_spec", "run_schemes", "scheme_from_text"]
+__all__ = ["build_scheme", "format_scheme", "format_spec", "parse_scheme", "parse_spec", "run_schemes",
+           "scheme_from_text"]
 
 _ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "w": {"dtype": "qint8", "reduce_range": False, "ch_axis": 0},
@@ -237,3 +238,28 @@ def run_schemes(meta: dict[str, Any]) -> dict[str, Scheme]:
         elif name in SCHEMES:
             out[name] = SCHEMES[name]
     return out
+
+
+def build_scheme(name: str, weight: dict[str, Any], activation: dict[str, Any],
+                 *, percentile: float = 99.99, bins: int | None = None) -> Scheme:
+    """A Scheme from a form's choices, through the text form (same checks and messages as
+    the CLI's ``--scheme``).
+
+    Args:
+        name: the scheme's name ("" names it by its text).
+        weight, activation: "qscheme", "observer" and optionally "dtype", "reduce_range".
+        percentile: p for a percentile observer.
+        bins: histogram bins for the observers that take them (None: their default).
+    """
+    def spec(fields: dict[str, Any], role: str) -> str:
+        observer = fields["observer"] + (f":{percentile!r}" if fields["observer"] == "percentile" else "")
+        parts = [fields["qscheme"], observer]
+        for key in ("dtype", "reduce_range"):
+            if key in fields and fields[key] != _ROLE_DEFAULTS[role][key]:
+                parts.append(f"{key}={str(fields[key]).lower()}")
+        if bins is not None and fields["observer"] in _MODIFIERS["bins"][1]:
+            parts.append(f"bins={bins}")
+        return "/".join(parts)
+
+    head = f"name={name.strip()};" if name.strip() else ""
+    return parse_scheme(f"{head}w={spec(weight, 'w')};a={spec(activation, 'a')}")

@@ -119,3 +119,16 @@ def test_run_schemes_rebuilds_built_and_preset_schemes() -> None:
             "scheme_texts": {"per_tensor_affine": "per_tensor_affine", "p9": format_scheme(built)}}
     assert run_schemes(meta) == {"per_tensor_affine": SCHEMES["per_tensor_affine"], "p9": built}
     assert run_schemes({"schemes": ["fbgemm_default"]}) == {"fbgemm_default": SCHEMES["fbgemm_default"]}
+
+
+def test_build_scheme_from_form_choices_equals_the_text():
+    from qcal.scheme_text import build_scheme
+
+    built = build_scheme("p", {"qscheme": "per_channel_symmetric", "observer": "minmax", "dtype": "qint8"},
+                         {"qscheme": "per_tensor_affine", "observer": "percentile", "reduce_range": False},
+                         percentile=99.9, bins=512)
+    assert built == parse_scheme("name=p;w=per_channel_symmetric/minmax;"
+                                 "a=per_tensor_affine/percentile:99.9/reduce_range=false/bins=512")
+    with pytest.raises(ValueError, match="bad activation percentile p '20.0'"):
+        build_scheme("", {"qscheme": "per_tensor_affine", "observer": "minmax"},
+                     {"qscheme": "per_tensor_affine", "observer": "percentile"}, percentile=20.0)

@@ -19,6 +19,7 @@ from qcal.calibration.calibrate import calibrate
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
 from qcal.reporting.story import scheme_colors
+from qcal.scheme_text import run_schemes
 from qcal.zoo import datasets, zoo
 from qcal.zoo.registry import load_named
 
@@ -33,6 +34,7 @@ __all__ = [
     "layer_table",
     "layer_values",
     "metric_value",
+    "same_setup",
     "scale_figure",
     "scale_spread",
     "size_sentence",
@@ -221,11 +223,20 @@ def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["scheme", "observer", "clip_min", "clip_max", "clipped_share"])
 
 
-def calibrate_zoo(model: str, scheme: str, backend: str, *, batch_size: int = 128) -> Any:
+def same_setup(meta: dict[str, Any], schemes: Sequence[Any], calib_samples: int | None) -> bool:
+    """Whether a stored run was computed with exactly these Schemes (definitions, not just
+    names) and this calibration size (None: the model's whole calibration set)."""
+    if run_schemes(meta) != {s.name: s for s in schemes}:
+        return False
+    return calib_samples is None or meta.get("calib_samples") == calib_samples
+
+
+def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = 128,
+                  calib_samples: int | None = None) -> Any:
     """A zoo or registered model calibrated as ``qcal.compare_zoo`` calibrates it (same
     data, same batches: the same qparams as the stored run), for views that need live tensors."""
     named = load_named(model)
-    calib = datasets.calib_batches(named.calib, batch_size=batch_size)
+    calib = datasets.calib_batches(named.calib[:calib_samples], batch_size=batch_size)
     return calibrate(named.model, calib, scheme, backend)
 
 
