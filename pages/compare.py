@@ -80,8 +80,9 @@ def compare_page() -> None:
     if run is None:  # the live comparison: its setup is chosen here
         with st.container(border=True):
             left, mid, right = st.columns([1, 2, 1])
-            left.selectbox("Data", ["digits (scikit-learn, bundled)"], key="data",
-                           help="The zoo models are trained and scored on the bundled digits.")
+            left.selectbox("Data", ["the model's own"], key="data",
+                           help="Zoo models are trained and scored on the bundled digits; "
+                                "registered models on their registry's calibration and eval files.")
             names = [*scheme_names(), *built_schemes()]
             multiselect_param("Schemes", "schemes", names, names, where=mid)
             multiselect_param("Backends", "backends", BACKEND_CHOICES, DEFAULT_BACKENDS, where=right)

@@ -21,12 +21,12 @@ def requant_page() -> None:
     qm = quantized_model(run, scheme, backend)
     if qm is None:
         st.info(f"This view needs live tensors, and model **{run.model}** cannot be loaded here "
-                "(the run was imported, or made with a model outside the built-in zoo). The "
+                "(the run was imported, or made with a model neither in the zoo nor registered). The "
                 "stored scales are on the Scales page; recompute the run where its model lives "
                 "to see the worked example.")
         st.stop()
-    st.caption(f"Recomputed live from the zoo model {run.model} (same data, same qparams as the "
-               "stored run).")
+    st.caption(f"Recomputed live from model {run.model} (same data, same scheme, same qparams "
+               "as the stored run).")
 
     layer_name = select_param("Layer", "layer", list(qm.quant_layers))
     layer = qm.quant_layers[layer_name]

@@ -129,6 +129,6 @@ def test_build_scheme_from_form_choices_equals_the_text():
                          percentile=99.9, bins=512)
     assert built == parse_scheme("name=p;w=per_channel_symmetric/minmax;"
                                  "a=per_tensor_affine/percentile:99.9/reduce_range=false/bins=512")
-    with pytest.raises(ValueError, match="bad activation percentile p '20.0'"):
+    with pytest.raises(ValueError, match=r"bad activation percentile p '20\.0'"):
         build_scheme("", {"qscheme": "per_tensor_affine", "observer": "minmax"},
                      {"qscheme": "per_tensor_affine", "observer": "percentile"}, percentile=20.0)
