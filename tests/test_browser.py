@@ -206,10 +206,10 @@ def _store_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_the_first_screen_leads_with_the_per_channel_difference_in_the_summarys_numbers(
         server, browser, tmp_path_factory):
     from pages._shared import DEFAULT_BACKENDS, DEFAULT_MODEL
-    from qcal.reporting import views
     from qcal.reporting.story import lead_sentence
     from qcal.schemes import SCHEMES
-    from qcal.store.store import Store
+    from qcal.store import Store
+    from qcal.store.zoo_runs import find_run
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server)
@@ -219,7 +219,7 @@ def test_the_first_screen_leads_with_the_per_channel_difference_in_the_summarys_
     _assert_clean(page, "compare")
     text = lead.inner_text().strip()
     store = Store(_store_path(tmp_path_factory))
-    run_id = views.find_run(store.list(), DEFAULT_MODEL, list(SCHEMES), list(DEFAULT_BACKENDS))
+    run_id = find_run(store.list(), DEFAULT_MODEL, list(SCHEMES), list(DEFAULT_BACKENDS))
     summary = store.load(run_id).summary
     row = {s: summary[(summary["scheme"] == s) & (summary["backend"] == "fbgemm")].iloc[0]["value"]
            for s in ("per_channel_symmetric", "per_tensor_symmetric")}

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qcal.calibration.calibrate import MODES, _Observed
-from qcal.schemes import OBSERVERS, QSpec
+from qcal.calibration.calibrate import _Observed
+from qcal.schemes import OBSERVERS, QSpec, check_mode
 
 __all__ = ["TRAJECTORY_COLUMNS", "activation_specs", "scale_trajectory", "settling_samples"]
 
@@ -78,8 +78,7 @@ def scale_trajectory(
     """
     if not isinstance(calib_inputs, torch.Tensor) or calib_inputs.dim() == 0 or len(calib_inputs) == 0:
         raise ValueError("calib_inputs must be a non-empty Tensor with samples along dim 0")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+    check_mode(mode)
     specs = list(dict.fromkeys(specs or activation_specs()))
     names = {s: s.observer for s in specs}
     if len(set(names.values())) < len(specs):

@@ -8,7 +8,6 @@ with the same call. No Streamlit here; the pages only call these, cache and draw
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -19,7 +18,6 @@ from qcal.calibration.calibrate import calibrate
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
 from qcal.reporting.story import scheme_colors
-from qcal.scheme_text import run_schemes
 from qcal.zoo import datasets, zoo
 from qcal.zoo.registry import load_named
 
@@ -29,12 +27,10 @@ __all__ = [
     "calibrate_zoo",
     "clip_ranges",
     "explain_view",
-    "find_run",
     "layer_names",
     "layer_table",
     "layer_values",
     "metric_value",
-    "same_setup",
     "scale_figure",
     "scale_spread",
     "size_sentence",
@@ -223,14 +219,6 @@ def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["scheme", "observer", "clip_min", "clip_max", "clipped_share"])
 
 
-def same_setup(meta: dict[str, Any], schemes: Sequence[Any], calib_samples: int | None) -> bool:
-    """Whether a stored run was computed with exactly these Schemes (definitions, not just
-    names) and this calibration size (None: the model's whole calibration set)."""
-    if run_schemes(meta) != {s.name: s for s in schemes}:
-        return False
-    return calib_samples is None or meta.get("calib_samples") == calib_samples
-
-
 def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = 128,
                   calib_samples: int | None = None) -> Any:
     """A zoo or registered model calibrated as ``qcal.compare_zoo`` calibrates it (same
@@ -267,27 +255,3 @@ def explain_view(table: pd.DataFrame) -> pd.DataFrame:
         if col in out:
             out[col] = out[col].map(summarize_values)
     return out
-
-
-def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str],
-             backends: Sequence[str]) -> str | None:
-    """The newest stored run of exactly this (model, schemes, backends), or None."""
-    if runs is None or runs.empty or not {"id", "model"} <= set(runs.columns):
-        return None
-    want_s, want_b = list(schemes), list(backends)
-
-    def _as_list(v: Any) -> list[str]:
-        if isinstance(v, str):
-            return [s.strip() for s in v.replace(";", ",").split(",") if s.strip()]
-        return list(v) if v is not None else []
-
-    hits = runs[runs["model"] == model]
-    if "schemes" in hits:
-        hits = hits[hits["schemes"].map(_as_list) == pd.Series([want_s] * len(hits), index=hits.index)]
-    if "backends" in hits:
-        hits = hits[hits["backends"].map(_as_list) == pd.Series([want_b] * len(hits), index=hits.index)]
-    if hits.empty:
-        return None
-    if "created" in hits:
-        hits = hits.sort_values("created")
-    return str(hits["id"].iloc[-1])

@@ -1,20 +1,26 @@
 """Zoo runs: compare schemes on a built-in model, and find such a run in the store or compute it.
 
-The dashboard's default comparison and ``qcal compare --model NAME`` both come from here.
+The dashboard's default comparison (``find_or_compute_zoo_run``) and ``qcal compare --model
+NAME`` (``compare_zoo``) both come from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from typing import Any
+
+import pandas as pd
 
 from qcal.analysis.compare import Comparison, Progress, compare
+from qcal.scheme_text import run_schemes, scheme_from_text
 from qcal.schemes import Scheme
 from qcal.store.runs import environment, utc_now
-from qcal.zoo import datasets
-from qcal.zoo.registry import load_named
+from qcal.store.store import Store
+from qcal.zoo import datasets, zoo
+from qcal.zoo.registry import load_named, registered
 
-__all__ = ["compare_zoo"]
+__all__ = ["compare_zoo", "find_or_compute_zoo_run", "find_run", "same_setup", "scorable_models"]
 
 
 def compare_zoo(
@@ -60,3 +66,74 @@ def compare_zoo(
         datasets.batches(x, y, batch_size=batch_size), schemes, backends,
         executor=executor, progress=lambda f, m: report(0.1 + 0.9 * f, m), meta=meta,
     )
+
+
+def scorable_models() -> list[str]:
+    """The models ``compare_zoo`` can score: the zoo's with a data set (the digits ones),
+    then the registered ones (``qcal.zoo.registry``; check them with its ``catalogue``)."""
+    return [*(n for n in zoo.names() if zoo.info(n).data is not None), *registered()[0]]
+
+
+def _as_list(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [s.strip() for s in v.replace(";", ",").split(",") if s.strip()]
+    return list(v) if v is not None else []
+
+
+def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str], backends: Sequence[str]) -> str | None:
+    """The newest run of exactly this (model, schemes, backends) in a ``Store.list()`` frame, or None."""
+    if runs is None or runs.empty or not {"id", "model"} <= set(runs.columns):
+        return None
+    want_s, want_b = list(schemes), list(backends)
+    hits = runs[runs["model"] == model]
+    if "schemes" in hits:
+        hits = hits[hits["schemes"].map(_as_list) == pd.Series([want_s] * len(hits), index=hits.index)]
+    if "backends" in hits:
+        hits = hits[hits["backends"].map(_as_list) == pd.Series([want_b] * len(hits), index=hits.index)]
+    if hits.empty:
+        return None
+    if "created" in hits:
+        hits = hits.sort_values("created")
+    return str(hits["id"].iloc[-1])
+
+
+def same_setup(meta: dict[str, Any], schemes: Sequence[Scheme], calib_samples: int | None) -> bool:
+    """Whether a stored run was computed with exactly these Schemes (definitions, not just
+    names) and this calibration size (None: the model's whole calibration set)."""
+    if run_schemes(meta) != {s.name: s for s in schemes}:
+        return False
+    return calib_samples is None or meta.get("calib_samples") == calib_samples
+
+
+def find_or_compute_zoo_run(
+    model_name: str,
+    schemes: Sequence[str | Scheme],
+    backends: Sequence[str],
+    *,
+    store: Store | str | None = None,
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[str, Comparison | None]:
+    """The stored run of this (model, schemes, backends, calibration size), computed and
+    saved on first use.
+
+    Args:
+        model_name, backends: as for ``compare_zoo``.
+        schemes: preset names, scheme texts (``qcal.parse_scheme``) or Schemes, in the order
+            shown; a stored run counts only if its schemes have the same definitions.
+        store: a ``Store``, a path/URL, or None for the default store.
+        eval_samples, calib_samples, progress: passed to ``compare_zoo`` when the run has to
+            be computed (``calib_samples`` must also match the stored run's).
+
+    Returns:
+        (run id, the Comparison when it was computed here, with its live models; else None).
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    resolved = [scheme_from_text(s) for s in schemes]
+    found = find_run(store.list(), model_name, [s.name for s in resolved], backends)
+    if found is not None and same_setup(store.load(found).meta, resolved, calib_samples):
+        return found, None
+    cmp = compare_zoo(model_name, resolved, list(backends), eval_samples=eval_samples,
+                      calib_samples=calib_samples, progress=progress)
+    return store.save_comparison(cmp), cmp
