@@ -261,15 +261,16 @@ def resolve_scheme(scheme: str | Scheme) -> Scheme:
     raise TypeError(f"scheme must be a preset name or a qcal.Scheme, got {type(scheme).__name__}")
 
 
+_TORCH_ENGINES = tuple(b for b in BACKENDS if b in ("fbgemm", "qnnpack", "x86"))
 # (backend, role, dtype) -> why the backend cannot run it. Checked before any calibration, so
 # a built scheme fails with the reason instead of a dtype error deep inside a kernel.
 _UNRUNNABLE: dict[tuple[str, str, str], str] = {
     **{(b, "activation", "qint8"): f"{b}'s kernels take quint8 activations only (torch's "
-       f"quantized::conv2d/linear refuse qint8 inputs under the {b} engine)" for b in ("fbgemm", "qnnpack")},
+       f"quantized::conv2d/linear refuse qint8 inputs under the {b} engine)" for b in _TORCH_ENGINES},
     **{(b, "activation", "qint8"): "qcal's whole-model pipeline carries activations as quint8 "
        "(the int8 kernels take qint8 codes, the model wiring does not)" for b in ("onnx", "q31")},
     **{(b, "weight", "quint8"): f"{b}'s kernels take qint8 weights only (torch packs weights "
-       f"as qint8 for the {b} engine)" for b in ("fbgemm", "qnnpack")},
+       f"as qint8 for the {b} engine)" for b in _TORCH_ENGINES},
 }
 
 

@@ -29,7 +29,16 @@ from qcal.graph.program import run_float
 from qcal.graph.trace import build_graph
 from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
-from qcal.schemes import BACKENDS, MODES, QSpec, Scheme, check_backends, check_mode, check_runnable, resolve_scheme
+from qcal.schemes import (
+    BACKENDS,
+    MODES,
+    QSpec,
+    Scheme,
+    check_backends,
+    check_mode,
+    check_runnable,
+    resolve_scheme,
+)
 
 __all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 

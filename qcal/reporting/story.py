@@ -17,8 +17,8 @@ import plotly.express as px
 __all__ = ["BACKEND_DASHES", "backend_dashes", "grouped_caveats", "lead_sentence", "scheme_colors"]
 
 BACKEND_DASHES: dict[str, str] = {"fbgemm": "solid", "qnnpack": "dash", "onnx": "dot",
-                                  "q31": "dashdot", "ort": "longdash"}
-_EXTRA_DASHES = ("longdashdot", "5px,3px,1px,3px")
+                                  "q31": "dashdot", "x86": "longdash", "ort": "longdashdot"}
+_EXTRA_DASHES = ("5px,3px,1px,3px", "1px,4px")
 _PALETTE = (*px.colors.qualitative.Dark24, *px.colors.qualitative.Light24)
 
 
