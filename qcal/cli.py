@@ -10,6 +10,7 @@ never a traceback (``QCAL_DEBUG=1`` shows one for unexpected errors).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["arg", "command", "main", "write"]
+__all__ = ["DASK_ARG", "arg", "cluster_executor", "command", "main", "report_sweep", "write"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,27 @@ _COMMANDS: dict[str, _Command] = {}
 def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     """One argparse argument, as ``parser.add_argument(*flags, **options)`` takes it."""
     return flags, options
+
+
+DASK_ARG = arg(
+    "--dask", metavar="ADDRESS", default=None,
+    help="run the independent evaluations on the Dask cluster whose scheduler is at ADDRESS "
+         "(tcp://host:8786, as `dask scheduler` prints it)")
+
+
+def cluster_executor(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """``with cluster_executor(args) as executor:``: the ``--dask`` cluster's Executor, or None."""
+    from qcal.analysis.cluster import dask_executor
+
+    return dask_executor(args.dask) if getattr(args, "dask", None) else contextlib.nullcontext(None)
+
+
+def report_sweep(stats: dict[str, int] | None) -> None:
+    """One stderr line saying what a ``--dask`` sweep sent to its workers (nothing in process)."""
+    if stats and stats.get("workers"):
+        print(f"dask: {stats['jobs']} jobs on {stats['workers']} workers; sent "
+              f"{stats['shared_bytes'] / 2**20:.2f} MiB of model and data to each worker once, "
+              f"at most {stats['job_bytes']} bytes per job", file=sys.stderr)
 
 
 def command(name: str, help: str, *arguments: tuple) -> Callable:
@@ -74,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:  # ImportError: a missing optional package
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"qcal: error: {message}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from qcal.analysis.cluster import run_sweep
 from qcal.batching import as_eval_batches, call_model
 from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
@@ -215,6 +217,11 @@ def evaluate_job(
     return {"summary": summary, "layers": layers, "samples": samples_df}
 
 
+def _evaluate_key(shared: dict[str, Any], key: tuple[str, str]) -> dict[str, pd.DataFrame]:
+    """One (scheme, backend) job of a sweep: its model and the eval data come from ``shared``."""
+    return evaluate_job(shared["models"][key], shared["batches"], shared["fp32_outputs"])
+
+
 def _fp32_output(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
     """The float model's output on one eval batch; a batch that does not fit names its shape."""
     from qcal.model import describe_shape
@@ -260,7 +267,9 @@ def compare(
         backends: engine flavours; None means each *_default preset on its own engine and
             the rest on fbgemm (DESIGN.md).
         executor: a ``concurrent.futures.Executor`` for the (scheme, backend) jobs; None runs
-            them in this process, one after the other.
+            them in this process, one after the other. On a ``distributed`` executor the
+            calibrated models and the eval data go to each worker once, and each job sends
+            only its (scheme, backend) key (``meta["dask"]`` records the bytes).
         progress: ``progress(fraction, message)`` callback.
         mode: "auto" | "graph" | "modules", as for ``calibrate``.
         meta: extra metadata to record (model name, data description...).
@@ -298,17 +307,12 @@ def compare(
     )
     models = {(s.name, b): models[(s.name, b)] for s, b in jobs}
 
-    results: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
-    if executor is None:
-        for i, key in enumerate(models):
-            report(0.5 + 0.5 * i / len(models), f"evaluating {key[0]} on {key[1]}")
-            results[key] = evaluate_job(models[key], batches, fp32_outputs)
-    else:
-        futures = {key: executor.submit(evaluate_job, qm, batches, fp32_outputs)
-                   for key, qm in models.items()}
-        for i, (key, fut) in enumerate(futures.items()):
-            results[key] = fut.result()
-            report(0.5 + 0.5 * (i + 1) / len(futures), f"evaluated {key[0]} on {key[1]}")
+    keys = list(models)
+    shared = {"models": models, "batches": batches, "fp32_outputs": fp32_outputs}
+    frames, sweep = run_sweep(executor, _evaluate_key, shared, keys,
+                              progress=lambda f, m: report(0.5 + 0.5 * f, m),
+                              describe=lambda key: f"evaluating {key[0]} on {key[1]}")
+    results = dict(zip(keys, frames, strict=True))
     report(1.0, "done")
 
     summary = pd.concat([r["summary"] for r in results.values()], ignore_index=True)
@@ -329,6 +333,7 @@ def compare(
         "eval_samples": sum(int(out.shape[0]) for out in fp32_outputs),
         "mode": next(iter(models.values())).mode,
         "notes": {f"{s} / {b}": qm.notes for (s, b), qm in models.items() if qm.notes},
+        **({"dask": dataclasses.asdict(sweep)} if sweep.workers else {}),
         **(meta or {}),
     }
     return Comparison(
