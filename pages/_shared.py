@@ -63,10 +63,13 @@ class ComparisonJob:
             store = Store()
             found = views.find_run(store.list(), self.model, self.schemes, self.backends)
             if found is None:
+                from qcal.analysis.cluster import env_executor
                 from qcal.comparison import compare_zoo
 
-                cmp = compare_zoo(self.model, list(self.schemes), list(self.backends),
-                                  eval_samples=EVAL_SAMPLES, progress=self._progress)
+                with env_executor() as executor:  # $QCAL_DASK: the jobs run on that cluster
+                    cmp = compare_zoo(self.model, list(self.schemes), list(self.backends),
+                                      eval_samples=EVAL_SAMPLES, executor=executor,
+                                      progress=self._progress)
                 self.comparison = cmp
                 found = cmp.save(store)
             self.run_id = found
