@@ -24,10 +24,10 @@ import pytest
 import torch
 
 import qcal
-from qcal import datasets, zoo
 from qcal.analysis.cluster import Sweep, connect, dask_executor, env_executor, run_sweep
-from qcal.cli import main
+from qcal.cli.main import main
 from qcal.store import Store
+from qcal.zoo import datasets, zoo
 
 distributed = pytest.importorskip("distributed")
 
