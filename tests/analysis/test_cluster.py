@@ -27,6 +27,7 @@ import qcal
 from qcal.analysis.cluster import Sweep, connect, dask_executor, env_executor, run_sweep
 from qcal.cli.main import main
 from qcal.store import Store
+from qcal.store.zoo_runs import find_or_compute_zoo_run
 from qcal.zoo import datasets, zoo
 
 distributed = pytest.importorskip("distributed")
@@ -266,3 +267,22 @@ def test_a_worker_killed_mid_sweep_loses_no_result(tmp_path, one_thread):
     assert rescheduled >= 1  # the killed worker was running a job, finished elsewhere
     assert len(remote.summary) == len(local.summary) == 8
     _assert_same_frames(local.frames(), remote.frames())
+
+
+def test_qcal_dask_runs_the_dashboards_comparison_on_the_cluster(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("QCAL_DASK", cluster.address)
+    seen = []
+    run_id, cmp = find_or_compute_zoo_run("digits_mlp", ["per_tensor_affine", "per_channel_symmetric"],
+                                          ["fbgemm"], store=tmp_path / "runs.sqlite", eval_samples=64,
+                                          progress=lambda f, m: seen.append((f, m)))
+    assert cmp.meta["dask"]["workers"] == 2 and cmp.meta["dask"]["jobs"] == 2
+    assert Store(tmp_path / "runs.sqlite").load(run_id).meta["dask"] == cmp.meta["dask"]
+    assert any("done (2/2)" in m for _, m in seen) and seen[-1][0] == 1.0  # the page's bar
+
+
+def test_an_unreachable_qcal_dask_is_the_dashboards_one_error(tmp_path, monkeypatch):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("QCAL_DASK", address)
+    with pytest.raises(ConnectionError, match=f"cannot reach the Dask scheduler at {address}"):
+        find_or_compute_zoo_run("digits_mlp", ["per_tensor_affine"], ["fbgemm"],
+                                store=tmp_path / "runs.sqlite")
