@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from qcal.analysis.cluster import env_executor
 from qcal.analysis.compare import Comparison, Progress, compare
 from qcal.scheme_text import run_schemes, scheme_from_text
 from qcal.schemes import Scheme
@@ -124,7 +125,8 @@ def find_or_compute_zoo_run(
             shown; a stored run counts only if its schemes have the same definitions.
         store: a ``Store``, a path/URL, or None for the default store.
         eval_samples, calib_samples, progress: passed to ``compare_zoo`` when the run has to
-            be computed (``calib_samples`` must also match the stored run's).
+            be computed (``calib_samples`` must also match the stored run's). The
+            computation runs on the Dask cluster ``$QCAL_DASK`` names, when it is set.
 
     Returns:
         (run id, the Comparison when it was computed here, with its live models; else None).
@@ -134,6 +136,7 @@ def find_or_compute_zoo_run(
     found = find_run(store.list(), model_name, [s.name for s in resolved], backends)
     if found is not None and same_setup(store.load(found).meta, resolved, calib_samples):
         return found, None
-    cmp = compare_zoo(model_name, resolved, list(backends), eval_samples=eval_samples,
-                      calib_samples=calib_samples, progress=progress)
+    with env_executor() as executor:
+        cmp = compare_zoo(model_name, resolved, list(backends), eval_samples=eval_samples,
+                          calib_samples=calib_samples, executor=executor, progress=progress)
     return store.save_comparison(cmp), cmp
