@@ -24,6 +24,7 @@ __all__ = [
     "Scheme",
     "check_backend",
     "check_backends",
+    "check_choice",
     "check_mode",
     "resolve_scheme",
 ]
@@ -43,7 +44,12 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 MODES: tuple[str, ...] = get_args(Mode)
 
 
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    """The one message style for a closed choice: ``unknown <what> <value>; expected one of: ...``.
+
+    Raises:
+        ValueError: ``value`` is not in ``choices``.
+    """
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
 
@@ -54,7 +60,7 @@ def check_backend(backend: Any) -> Backend:
     Raises:
         ValueError: for any other value (the message lists the valid names).
     """
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, BACKENDS)
     return backend
 
 
@@ -69,7 +75,7 @@ def check_mode(mode: Any) -> Mode:
     Raises:
         ValueError: for any other value (the message lists the valid modes).
     """
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     return mode
 
 
@@ -102,9 +108,9 @@ class QSpec:
     options: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("qscheme", self.qscheme, QSCHEMES)
-        _check_choice("observer", self.observer, OBSERVERS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("qscheme", self.qscheme, QSCHEMES)
+        check_choice("observer", self.observer, OBSERVERS)
         opts = self.options
         if isinstance(opts, dict):
             opts = tuple(opts.items())
