@@ -194,7 +194,7 @@ class IntegerProgram:
 
     def _quantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         scale, zp = self.act[step.obs]
-        return quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype)
+        return quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype, backend=self.backend)
 
     def _dequantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         scale, zp = self.act[step.obs]
