@@ -13,7 +13,7 @@ import threading
 import torch
 from torch import nn
 
-from qcal.checkpoints import explain
+from qcal.checkpoint.explain import explain
 
 qa = torch.ao.quantization
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: E402
