@@ -40,7 +40,7 @@ import torch
 
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
-from qcal.schemes import BACKENDS, Backend, check_choice  # re-exported: qcal.int8.BACKENDS
+from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -124,7 +124,8 @@ def requant_multipliers(
         >>> requant_multipliers(0.5, 0.25, 1.0, backend="fbgemm").multiplier
         tensor([0.1250])
     """
-    check_choice("backend", backend, FLAVOURS)
+    if backend != "onednn":  # oneDNN is reached through x86's dispatch, not a backend of its own
+        check_backend(backend)
     backend = "fbgemm" if backend == "x86" else backend  # x86's own layers run FBGEMM
     per_channel = torch.as_tensor(w_scale).dim() == 1
     sa = _f32_vector(x_scale, "x_scale")
