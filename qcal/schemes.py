@@ -24,6 +24,7 @@ __all__ = [
     "Scheme",
     "check_backend",
     "check_backends",
+    "check_choice",
     "check_mode",
     "check_runnable",
     "resolve_scheme",
@@ -34,7 +35,7 @@ QScheme = Literal[
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
 ]
 Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]  # x86: torch's x86 engine (FBGEMM or oneDNN per layer)
 Mode = Literal["auto", "graph", "modules"]  # calibrate: torch.fx graph, module swap, or graph falling back
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
@@ -44,7 +45,12 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 MODES: tuple[str, ...] = get_args(Mode)
 
 
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    """The one message style for a closed choice: ``unknown <what> <value>; expected one of: ...``.
+
+    Raises:
+        ValueError: ``value`` is not in ``choices``.
+    """
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
 
@@ -55,7 +61,7 @@ def check_backend(backend: Any) -> Backend:
     Raises:
         ValueError: for any other value (the message lists the valid names).
     """
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, BACKENDS)
     return backend
 
 
@@ -70,7 +76,7 @@ def check_mode(mode: Any) -> Mode:
     Raises:
         ValueError: for any other value (the message lists the valid modes).
     """
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     return mode
 
 
@@ -103,9 +109,9 @@ class QSpec:
     options: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("qscheme", self.qscheme, QSCHEMES)
-        _check_choice("observer", self.observer, OBSERVERS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("qscheme", self.qscheme, QSCHEMES)
+        check_choice("observer", self.observer, OBSERVERS)
         opts = self.options
         if isinstance(opts, dict):
             opts = tuple(opts.items())

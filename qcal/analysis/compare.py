@@ -132,10 +132,8 @@ def compare(
     _check_labels(fp32_outputs, batches)
     schemes_in_order = list(dict.fromkeys(s for s, _ in jobs))
     backends_in_order = list(dict.fromkeys(b for _, b in jobs))
-    models = calibrate_many(
-        model, calib_data, schemes_in_order, backends_in_order, mode=mode,
-        progress=lambda f, m: report(0.5 * f, m),
-    )
+    models = calibrate_many(model, calib_data, schemes_in_order, backends_in_order, mode=mode,
+                            progress=lambda f, m: report(0.5 * f, m))
     models = {(s.name, b): models[(s.name, b)] for s, b in jobs}
     results, sweep = _run_jobs(models, batches, fp32_outputs, executor, report)
     report(1.0, "done")

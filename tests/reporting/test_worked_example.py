@@ -85,7 +85,7 @@ def traced():
     return out
 
 
-@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack", "onnx", "q31"])
+@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack", "onnx", "q31", "x86"])
 def test_worked_steps_end_on_the_engines_output_and_torchs(traced, backend):
     g = torch.Generator().manual_seed(0)
     for (_, b), (qm, traces) in traced.items():
