@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,26 @@ from qcal.schemes import BACKENDS, SCHEMES
 
 _STORE_ARG = arg("--store", default=None,
                  help="run store: a file path or sqlite:/// URL (default: $QCAL_STORE or data/runs.sqlite)")
+_CPU_ARG = arg("--cpu", default=None, metavar="ISA",
+               help="x86 instruction set to emulate for fbgemm/x86: avx2, avx512, avx512_vnni, ... "
+                    "(default: $QCAL_CPU, else this machine's)")
+
+
+@contextmanager
+def _assumed_cpu(isa: str | None) -> Iterator[str]:
+    """``--cpu`` as QCAL_CPU for the command (restored after); yields the line naming the CPU."""
+    from qcal.int8.isa import ENV_VAR, assumed_cpu
+
+    before = os.environ.get(ENV_VAR)
+    if isa:
+        os.environ[ENV_VAR] = assumed_cpu(isa).isa  # checked: a bad name raises ValueError
+    try:
+        yield f"x86 CPU assumed for fbgemm/x86 kernels: {assumed_cpu().describe()}"
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
 
 
 def _count(text: str) -> int:
@@ -134,7 +157,8 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
         help="a built scheme, repeatable: e.g. 'name=p999;w=per_channel_symmetric/minmax;"
              "a=per_tensor_affine/percentile:99.9' (grammar in the README)"),
     arg("--backends", default=None,
-        help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
+        help="comma list of fbgemm,qnnpack,onnx,q31,x86 (default: each *_default preset on its own engine, the rest on fbgemm)"),
+    _CPU_ARG,
     arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
     arg("--calib-samples", type=_count, default=None,
         help="calibration samples: the first N of the model's calibration set (default: all), "
@@ -150,6 +174,11 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     _STORE_ARG,
 )
 def compare_command(args: argparse.Namespace) -> int:
+    with _assumed_cpu(args.cpu) as cpu_line:
+        return _compare(args, cpu_line)
+
+
+def _compare(args: argparse.Namespace, cpu_line: str) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
     from qcal.progress import TerminalProgress
     from qcal.reporting.report import conclusions, worst_layers
@@ -174,9 +203,10 @@ def compare_command(args: argparse.Namespace) -> int:
                               executor=executor, progress=progress)
     report_sweep(cmp.meta.get("dask"))
     if args.format != "table":
+        print(cpu_line, file=sys.stderr)  # stdout stays machine-readable
         write(_table(cmp.summary, args.format))
     else:
-        write(f"model {args.model}: {cmp.meta.get('data_description', '')}\n")
+        write(f"model {args.model}: {cmp.meta.get('data_description', '')}\n{cpu_line}\n")
         write(_table(cmp.summary))
         write("\nworst layers per scheme (lowest SQNR):")
         write(_table(worst_layers(cmp.layers, args.layers)))
@@ -264,6 +294,7 @@ def report_command(args: argparse.Namespace) -> int:
     arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets"),
     arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
     DASK_ARG,
+    _CPU_ARG,
 )
 def bench_command(args: argparse.Namespace) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
@@ -273,8 +304,9 @@ def bench_command(args: argparse.Namespace) -> int:
     models, batches, repeat = _csv(args.models), _counts(args.batches, "--batches"), args.repeat
     if args.quick:
         models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
-    with cluster_executor(args) as executor:
+    with _assumed_cpu(args.cpu) as cpu_line, cluster_executor(args) as executor:
         rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
                      tasks=_csv(args.tasks), executor=executor, progress=TerminalProgress())
-    write(format_bench(rows))
+        write(format_bench(rows))
+        write(cpu_line)
     return 0
