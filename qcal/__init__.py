@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "RunInfo": "runs",
     "compare_zoo": "comparison",
     "report": "reporting",
+    "to_onnx": "export.onnx",
 }
 _SUBMODULES = (
     "int8", "zoo", "datasets", "architectures", "store", "schemes", "qparams", "observers",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from qcal.qparams import QRANGES, quantize
+from qcal.qparams import INT_DTYPES, QRANGES, quantize
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_codes",
            "quantize_value"]
@@ -22,13 +22,17 @@ __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kern
 def _engine() -> Any:
     import qcal.int8 as engine
     import qcal.int8.ops  # noqa: F401  (the between-layer ops)
+    import qcal.int8.ort  # noqa: F401  (onnxruntime's quantize)
 
     return engine
 
 
 def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "quint8",
-                   axis: int | None = None) -> torch.Tensor:
-    """``qcal.qparams.quantize`` (torch-exact, per tensor or per channel along ``axis``)."""
+                   axis: int | None = None, *, backend: str = "fbgemm") -> torch.Tensor:
+    """``qcal.qparams.quantize`` (torch-exact, per tensor or per channel along ``axis``), or
+    under ``backend="ort"`` onnxruntime's QuantizeLinear (a division by the scale)."""
+    if backend == "ort" and axis is None:
+        return _engine().ort.ort_quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])
     return quantize(x, scale, zero_point, dtype, axis=axis)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcal.graph import NO_DEFAULT, Graph, Ref, Step
+from qcal.int8.ort import ort_dequantize, ort_quantize
 from qcal.int8_ops import (
     adaptive_avg_pool2d,
     add,
@@ -184,7 +185,7 @@ class IntegerProgram:
                     value = res.out
             elif kind == "quantize":
                 scale, zp = self.act[step.obs]
-                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype)
+                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype, backend=self.backend)
             elif kind == "dequantize":
                 scale, zp = self.act[step.obs]
                 value = dequantize(env[step.args[0].name], scale, zp)
@@ -224,7 +225,7 @@ class IntegerProgram:
         if x_obs == step.obs:
             return out
         (xs, xz), (ys, yz) = self.act[x_obs], self.act[step.obs]
-        return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype)
+        return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype, backend=self.backend)
 
     def _shared_codes(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
         args, kwargs = _load(step.args, env), _load(step.kwargs, env)
@@ -233,6 +234,10 @@ class IntegerProgram:
         kind = step.kind
         if kind == "relu":  # torch's quantized relu: max(q, zero_point)
             return torch.clamp_min(q, zp)
+        if kind == "clamp" and self.backend == "ort":
+            # onnxruntime keeps DQ -> Clip -> Q in float when Q's range does not make the Clip redundant
+            lo, hi = step.clamp
+            return ort_quantize(ort_dequantize(q, scale, zp).clamp_(lo, hi), scale, zp, q.dtype)
         if kind == "clamp":
             out = clamp_codes(q, scale, zp, *step.clamp)
             if step.name in self.scrambled and out.dim() == 4:

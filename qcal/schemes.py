@@ -26,7 +26,7 @@ QScheme = Literal[
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
 ]
 Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "ort"]
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 QSCHEMES: tuple[str, ...] = get_args(QScheme)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qcal.int8.accumulate import Accumulator, Method
+from qcal.int8.ort import ort_saturates
 from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
@@ -140,7 +141,7 @@ class _Packed:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
         rq = self.requant(sa, so)
         out_dtype = _out_dtype(out_zero_point)
-        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q, za)
+        sat = self._saturates(saturate) and self._can_saturate(x_q, za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
@@ -161,13 +162,28 @@ class _Packed:
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
         if rq.bias_float is not None and rq.per_channel:
             term = rq.bias_float / rq.act_times_w_scale  # fbgemm: f32(b_j / ats_j), added in float32
-        elif rq.bias_int32 is not None and rq.backend in ("fbgemm", "qnnpack"):
+        elif rq.bias_int32 is not None and rq.backend in ("fbgemm", "qnnpack", "ort"):
             term = rq.bias_int32.float()  # exact: f32(acc + bq) is one rounding of an exact sum
             if float(rq.bias_int32.abs().max()) > 2**24:
                 return None
         else:
             return None
         return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+
+    def _saturates(self, saturate: bool | None) -> bool:
+        """Whether this layer's kernel adds int16 pairs with saturation (FBGEMM's or MLAS's U8S8)."""
+        if self.backend == "fbgemm":
+            return fbgemm_saturates(self.path, saturate)
+        if self.backend == "ort" and self.w_q.dtype == torch.int8:  # U8U8 kernels widen first: exact
+            return ort_saturates(self.ort_path, saturate)
+        return False
+
+    @property
+    def ort_path(self) -> str:
+        """MLAS's kernel family: "depthwise" (one input and one output channel per group) or "gemm"."""
+        geometry = getattr(self, "geometry", None)
+        depthwise = geometry is not None and self.w_q.shape[1] == 1 and self.w_q.shape[0] == geometry[3]
+        return "depthwise" if depthwise else "gemm"
 
     @staticmethod
     def _no_bias(rq: Requant) -> Requant:
@@ -267,7 +283,7 @@ def pack_conv2d(
         bias: float32 (O,) (the backend quantizes it its own way), int32 (O,) (used as is) or None.
         stride, padding, dilation, groups: as ``torch.nn.functional.conv2d`` (zero padding
             means padding with the activation zero point).
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "ort".
         method: accumulator engine, "auto" | "float" | "onednn" (see ``accumulate.py``).
     Returns:
         A frozen ``PackedConv2d``: ``packed(x_q, x_scale, x_zero_point, out_scale,

@@ -20,6 +20,8 @@ q31         gemmlowp / TFLite fixed point: ``M = sa*sw_j/so`` in float64 becomes
             ``q * 2^(shift-31)`` with ``q`` in [2^30, 2^31); ``out = clamp(
             RoundingDivideByPOT(SaturatingRoundingDoublingHighMul((acc + b_j) << max(shift,0),
             q), max(-shift,0)) + zo)``; bias quantized as for onnx.
+ort         onnxruntime's MLAS (``qcal.int8.ort``): ``M = f32(f32(sa*sw_j)/so)``, bias as for
+            onnx, ``out = clamp(rint(f32(f32(acc + b_j) * M)), -zo, 255-zo) + zo`` (zp after).
 ==========  =====================================================================================
 
 Worked number (fbgemm): sa=0.5, sw=0.25, so=1.0 gives M=0.125; acc=20 -> y*M=2.5 -> rint 2
@@ -45,9 +47,9 @@ __all__ = [
     "requantize",
 ]
 
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "ort"]
 #: Every requantization flavour qcal reproduces.
-BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31", "ort")
 _F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
 _SLICE = 1 << 22  # accumulator elements requantized per step (16 MB of float32: fits L3)
 
@@ -115,7 +117,7 @@ def requant_multipliers(
         w_scale: a number / 0-d tensor (per tensor) or a 1-D tensor (per output channel, even
             with one entry; float64 as torch stores them is accepted).
         bias: float32 (O,) bias, int32 (O,) bias already in accumulator units, or None.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "ort".
     Returns:
         A frozen ``Requant``; vectors have O entries (1 when per tensor and no bias).
 
@@ -145,7 +147,7 @@ def requant_multipliers(
     elif backend == "qnnpack":
         mult = ats * (1.0 / so)  # torch multiplies by the float32 reciprocal of so
     else:
-        mult = ats / so  # onnx: numpy float32 arrays; q31 shows the float32 it approximates
+        mult = ats / so  # onnx / ort: float32 division; q31 shows the float32 it approximates
     bias_int32 = bias_float = None
     if bias is not None and bias.dtype == torch.int32:
         bias_int32 = bias
@@ -248,7 +250,8 @@ def _may_overflow(rq: Requant, bound: float) -> bool:
     return (bound + bias) * float(rq.multiplier.max()) * (1 + 2**-20) >= 2**31
 
 
-_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31}
+# MLAS (ort) rounds like qnnpack: f32(acc + b) times the float32 multiplier, zp after rounding
+_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31, "ort": _qnnpack}
 
 
 @torch.no_grad()
