@@ -181,7 +181,7 @@ def _add(w: _Writer, step: Any) -> str:
 def _step(w: _Writer, step: Any) -> None:
     kind = step.kind
     if kind == "quantize":
-        w.names[step.name] = w.quantize(w.names[step.args[0].name], step.obs, f"{step.name}")
+        w.names[step.name] = w.quantize(w.names[step.args[0].name], step.obs, f"{step.name}_q")
         w.quantized[step.name] = step.obs
         return
     if kind == "dequantize":
@@ -259,7 +259,7 @@ def to_onnx(qm: Any, path: str | Path, *, input_shape: tuple[int, ...] | None = 
         path: the ``.onnx`` file to write.
         input_shape: the input's shape without the batch dimension (e.g. ``(1, 8, 8)``);
             None leaves the input's shape unspecified.
-        debug: also output every quantized value's codes (named after the program step);
+        debug: also output every quantized value's codes (``<program step>_q``);
             onnxruntime then fuses differently, so never ship this file.
     Returns:
         The path written.
