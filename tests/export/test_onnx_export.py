@@ -17,7 +17,7 @@ import torch
 
 import qcal
 from qcal import zoo
-from qcal.datasets import calib_batches, digits_splits
+from qcal.zoo.datasets import calib_batches, digits_splits
 from qcal.export.onnx import UnsupportedExport, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
