@@ -45,11 +45,15 @@ from __future__ import annotations
 
 import torch
 
-from qcal.int8.cpu import has_vnni
+from importlib import metadata
+
+from qcal.int8.cpu import cpu_flags, has_vnni
 from qcal.qparams import _fma_f32
 
 __all__ = [
     "ORT_OPTIONS",
+    "ort_environment",
+    "ort_instruction_set",
     "ort_add",
     "ort_dequantize",
     "ort_global_avg_pool",
@@ -69,6 +73,30 @@ def ort_saturates(path: str = "gemm", saturate: bool | None = None) -> bool:
     if saturate is not None:
         return bool(saturate)
     return path != "depthwise" and not has_vnni()
+
+
+# /proc/cpuinfo flag -> the MLAS kernel family it selects, best first (mlas/lib/platform.cpp)
+_ISA_FLAGS: tuple[tuple[str, str], ...] = (
+    ("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
+    ("avx512bw", "AVX512 (no VNNI)"), ("avx2", "AVX2 (no VNNI)"),
+)
+
+
+def ort_instruction_set() -> str:
+    """The instruction set the ort flavour assumes MLAS's int8 kernels use on this CPU."""
+    flags = cpu_flags()
+    return next((name for flag, name in _ISA_FLAGS if flag in flags), "unknown (no AVX2 flag read)")
+
+
+def ort_environment() -> dict[str, str]:
+    """What a saved run records about the ort prediction: onnxruntime's version (the
+    installed package, or "not installed") and the instruction set assumed."""
+    try:
+        version = metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    return {"onnxruntime_version": version, "ort_instruction_set": ort_instruction_set(),
+            "ort_u8s8_saturates": str(ort_saturates())}
 
 
 def _range(dtype: torch.dtype) -> tuple[int, int]:

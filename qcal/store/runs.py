@@ -69,6 +69,8 @@ def _environment() -> tuple[tuple[str, Any], ...]:
     # torch imported here, not at the top: `qcal runs list` and the store pages need no torch
     import torch
 
+    from qcal.int8.ort import ort_environment
+
     flags = _cpu_flags()
     return (
         ("torch_version", torch.__version__),
@@ -77,6 +79,7 @@ def _environment() -> tuple[tuple[str, Any], ...]:
         ("qcal_version", __version__),
         ("python_version", platform.python_version()),
         ("machine", platform.machine()),
+        *ort_environment().items(),
     )
 
 
@@ -87,7 +90,8 @@ def environment() -> dict[str, Any]:
         A new dict with ``torch_version``, ``cpu_capability``
         (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``), ``vnni`` (True when
         /proc/cpuinfo lists ``avx512_vnni`` or ``avx_vnni``, None when the flags are
-        unreadable), ``qcal_version``, ``python_version`` and ``machine``.
+        unreadable), ``qcal_version``, ``python_version``, ``machine``, and for the ort
+        flavour ``onnxruntime_version``, ``ort_instruction_set`` and ``ort_u8s8_saturates``.
     """
     return dict(_environment())
 
