@@ -6,18 +6,9 @@ import argparse
 import sys
 
 from qcal.cli.args import arg, command, write
+from qcal.cli.runs import _count
 
 __all__ = ["export_command"]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return value
 
 
 @command(
@@ -28,7 +19,7 @@ def _positive(text: str) -> int:
     arg("-o", "--output", required=True, help="the .onnx file to write"),
     arg("--verify", action="store_true",
         help="run the file in onnxruntime on the held-out digits and count values differing from qcal's ort flavour"),
-    arg("--eval-samples", type=_positive, default=None, help="cap the held-out samples --verify runs"),
+    arg("--eval-samples", type=_count, default=None, help="cap the held-out samples --verify runs"),
 )
 def export_command(args: argparse.Namespace) -> int:
     from qcal.export.verify import export_zoo, verify_onnx

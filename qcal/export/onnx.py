@@ -130,12 +130,15 @@ def _same_qparams(w: _Writer, step: Any, op: str, extra: list[str] | None = None
     return w.quantize(y, w.quantized[step.args[0].name], f"{step.name}_q")
 
 
+def _pair(v: Any) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
 def _pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
     mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
     if mod is None or not isinstance(mod, nn.MaxPool2d):
         raise UnsupportedExport(f"{step.name}: only nn.MaxPool2d modules export (got {step.op} {step.target})")
-    pair = (lambda v: [v, v] if isinstance(v, int) else list(v))
-    k, s, p, d = pair(mod.kernel_size), pair(mod.stride or mod.kernel_size), pair(mod.padding), pair(mod.dilation)
+    k, s, p, d = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding), _pair(mod.dilation)
     return {"kernel_shape": k, "strides": s, "pads": p + p, "dilations": d, "ceil_mode": int(mod.ceil_mode)}
 
 

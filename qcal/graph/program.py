@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
-from qcal.int8.ort import ort_dequantize, ort_quantize
 from qcal.int8.layer_ops import (
     adaptive_avg_pool2d,
     add,
@@ -27,6 +26,7 @@ from qcal.int8.layer_ops import (
     max_pool2d,
     quantize_codes,
 )
+from qcal.int8.ort import ort_dequantize, ort_quantize
 from qcal.qparams import dequantize
 
 __all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float", "torch_layouts"]

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from qcal.int8 import ops
-from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.int8.ort import ort_quantize
+from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import INT_DTYPES, QRANGES, quantize
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_codes",

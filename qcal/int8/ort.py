@@ -43,20 +43,20 @@ MlasRequantizeOutput with ``M = f32(sx / f32(sy * HW))``.
 
 from __future__ import annotations
 
-import torch
-
 from importlib import metadata
+
+import torch
 
 from qcal.int8.cpu import cpu_flags, has_vnni
 from qcal.qparams import _fma_f32
 
 __all__ = [
     "ORT_OPTIONS",
-    "ort_environment",
-    "ort_instruction_set",
     "ort_add",
     "ort_dequantize",
+    "ort_environment",
     "ort_global_avg_pool",
+    "ort_instruction_set",
     "ort_quantize",
     "ort_saturates",
 ]

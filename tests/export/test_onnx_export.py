@@ -17,8 +17,8 @@ import torch
 
 import qcal
 from qcal import zoo
-from qcal.zoo.datasets import calib_batches, digits_splits
 from qcal.export.onnx import UnsupportedExport, build_model
+from qcal.zoo.datasets import calib_batches, digits_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODELS = ["digits_cnn", "digits_mobilenet", "digits_resnet", "digits_mlp"]

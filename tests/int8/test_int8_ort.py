@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
+from ort_cases import fused_ops, model, qdq_layer, run
 
 import qcal.int8 as qi
 from qcal.int8.ort import ort_add, ort_global_avg_pool, ort_quantize, ort_saturates
 from qcal.qparams import quantize
-from ort_cases import fused_ops, model, qdq_layer, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F32 = np.float32
