@@ -185,7 +185,8 @@ class IntegerProgram:
                     value = res.out
             elif kind == "quantize":
                 scale, zp = self.act[step.obs]
-                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype, backend=self.backend)
+                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype,
+                                       backend=self.backend)
             elif kind == "dequantize":
                 scale, zp = self.act[step.obs]
                 value = dequantize(env[step.args[0].name], scale, zp)

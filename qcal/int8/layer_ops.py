@@ -23,12 +23,12 @@ __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kern
 
 
 def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "quint8",
-                   axis: int | None = None, *, backend: str = "fbgemm") -> torch.Tensor:
-    """``qcal.qparams.quantize`` (torch-exact, per tensor or per channel along ``axis``), or
-    under ``backend="ort"`` onnxruntime's QuantizeLinear (a division by the scale)."""
+                   axis: int | None = None, backend: str = "fbgemm") -> torch.Tensor:
+    """``qcal.qparams.quantize`` (torch-exact, or ONNX QuantizeLinear for backend "onnx";
+    per tensor or per channel along ``axis``); backend "ort": onnxruntime's QuantizeLinear."""
     if backend == "ort" and axis is None:
         return ort_quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])
-    return quantize(x, scale, zero_point, dtype, axis=axis)
+    return quantize(x, scale, zero_point, dtype, axis=axis, backend=backend)
 
 
 def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> int:

@@ -12,6 +12,7 @@ import pytest
 from pandas.testing import assert_frame_equal
 from store_cases import META, assert_same_frames, make_frames, read_only
 
+import qcal.int8 as qi
 from qcal.store.runs import RunInfo, environment
 from qcal.store.store import SCHEMA_VERSION, Store, StoreError, default_store_url
 
@@ -41,7 +42,8 @@ def test_save_fills_in_the_environment_when_the_caller_gave_none(store):
     assert run.meta["torch_version"] == torch.__version__
     assert run.meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     flags = Path("/proc/cpuinfo").read_text().split()
-    assert run.meta["vnni"] == ("avx512_vnni" in flags or "avx_vnni" in flags)
+    assert run.meta["vnni"] == ("avx512_vnni" in flags)  # AVX-VNNI alone is not what FBGEMM uses
+    assert run.meta["instruction_set"] == qi.instruction_set()
     assert environment()["qcal_version"] == run.meta["qcal_version"]
 
 
