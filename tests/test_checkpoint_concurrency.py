@@ -11,9 +11,8 @@ from __future__ import annotations
 import threading
 
 import torch
-from torch import nn
-
 from qcal.checkpoints import explain
+from torch import nn
 
 qa = torch.ao.quantization
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: E402

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from qcal.int8.accumulate import Accumulator, Method
-from qcal.int8.ort import ort_saturates
 from qcal.int8.isa import InstructionSet
 from qcal.int8.onednn import x86_uses_onednn
+from qcal.int8.ort import ort_saturates
 from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
