@@ -30,7 +30,7 @@ from qcal.reporting import figures, views
 
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
-BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31", "ort")
 EVAL_SAMPLES = 300  # of the 597 held-out digits: enough to rank schemes, quick on 2 cores
 
 
@@ -250,6 +250,21 @@ def layer_trace(run: CurrentRun, scheme: str, backend: str, sample: int) -> dict
     """Every layer's LayerTrace for one held-out input (live; cached per selection)."""
     return _traces(run.run_id, run.model, scheme, backend, sample,
                    quantized_model(run, scheme, backend))
+
+
+@st.cache_data(show_spinner="Writing the ONNX file…", max_entries=32)
+def _onnx_file(run_id: str, model: str, scheme: str, backend: str, _qm: Any) -> bytes | None:
+    from qcal.export.onnx import onnx_bytes
+    from qcal.zoo import zoo
+
+    shape = zoo.info(model).input_shape if model in zoo.names() else None
+    return onnx_bytes(_qm, input_shape=shape) if _qm.mode == "graph" else None
+
+
+def onnx_file(run: CurrentRun, scheme: str, backend: str) -> bytes | None:
+    """The ONNX QDQ file of (scheme, backend) of ``run`` (None: not loadable or module-swap mode)."""
+    qm = quantized_model(run, scheme, backend)
+    return None if qm is None else _onnx_file(run.run_id, run.model, scheme, backend, qm)
 
 
 def run_caption(run: CurrentRun) -> str:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._shared import current_run, layer_trace, quantized_model, run_caption
+from pages._shared import current_run, layer_trace, onnx_file, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
 from qcal.int8 import has_vnni
 from qcal.reporting import worked_example as we
@@ -96,6 +96,8 @@ def requant_page() -> None:
         st.success("The worked steps, qcal's engine and the real backend agree on this element.")
     else:
         st.warning("The worked value differs from the backend's: see REQUANT.md for known cases.")
+    _beside(layer, trace, index)
+    _download(run, scheme, backend)
 
     st.subheader("FBGEMM's int16 pair saturation and why reduce_range exists")
     reduce_range = bool(qm.scheme.activation.reduce_range)
@@ -120,3 +122,26 @@ def requant_page() -> None:
 
 
 requant_page()
+
+
+def _beside(layer, trace, index) -> None:
+    """The same accumulator requantized by FBGEMM, QNNPACK and ONNX Runtime (MLAS)."""
+    st.subheader("The same accumulator on fbgemm, qnnpack and ort")
+    values = {b: we.requant_steps(layer, trace, index, b) for b in ("fbgemm", "qnnpack", "ort")}
+    st.dataframe([{"backend": b, "output": steps["value"].iloc[-1],
+                   "multiplier": steps.loc[steps["step"] == "requant multiplier", "value"].iloc[0]}
+                  for b, steps in values.items()], hide_index=True, key="requant_beside")
+    st.caption("ort is onnxruntime's CPU arithmetic (MLAS): int32 bias and the zero point after "
+               "rounding like QNNPACK, the multiplier divided like FBGEMM; its U8S8 kernels "
+               "saturate int16 pairs without VNNI, like FBGEMM's (qcal.int8.ort).")
+
+
+def _download(run, scheme: str, backend: str) -> None:
+    data = onnx_file(run, scheme, backend)
+    if data is None:
+        st.caption("No ONNX export here: the model is not loadable or runs in module-swap mode.")
+        return
+    st.download_button(f"Download {scheme} as ONNX (QDQ)", data, file_name=f"{run.model}_{scheme}.onnx",
+                       mime="application/octet-stream", key="onnx_download",
+                       help="qm.with_backend('ort') predicts onnxruntime's output for this file bit for "
+                            "bit; check it with python -m qcal export ... --verify")

@@ -31,7 +31,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-__all__ = ["OPSET", "UnsupportedExport", "to_onnx"]
+__all__ = ["OPSET", "UnsupportedExport", "onnx_bytes", "to_onnx"]
 
 #: ONNX opset of the written files (onnxruntime 1.32 runs up to 23).
 OPSET = 21
@@ -274,8 +274,14 @@ def to_onnx(qm: Any, path: str | Path, *, input_shape: tuple[int, ...] | None = 
         qm = qcal.calibrate(model, calib, "fbgemm_default")
         qcal.to_onnx(qm, "model.onnx", input_shape=(1, 8, 8))
     """
+    data = onnx_bytes(qm, input_shape=input_shape, debug=debug)
+    path = Path(path)
+    path.write_bytes(data)
+    return path
+
+
+def onnx_bytes(qm: Any, *, input_shape: tuple[int, ...] | None = None, debug: bool = False) -> bytes:
+    """The bytes ``to_onnx`` writes (checked the same way), e.g. for a download button."""
     model = build_model(qm, input_shape, debug=debug)
     onnx.checker.check_model(model, full_check=True)
-    path = Path(path)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return model.SerializeToString()

@@ -56,7 +56,7 @@ def export_zoo(model_name: str, scheme: str, path: str | Path) -> tuple[Any, Pat
     model = zoo.load(model_name)
     calib = digits_splits().calib[0]
     qm = calibrate(model, calib_batches(calib), scheme, "ort")
-    return qm, to_onnx(qm, path, input_shape=tuple(calib.shape[1:]))
+    return qm, to_onnx(qm, path, input_shape=zoo.info(model_name).input_shape)
 
 
 def verify_onnx(path: str | Path, qm: Any, x: torch.Tensor, batch_size: int = 256) -> Verification:

@@ -159,7 +159,7 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         layer: the ``QuantLayer`` (scales, float bias, fused ReLU).
         trace: the layer's ``LayerTrace`` for the batch (its ``acc`` and ``output_q``).
         index: the element, from ``element_index``.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "ort".
 
     Returns:
         Columns step, formula, value (a string: integers exactly, floats with 9 significant
@@ -205,6 +205,8 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         r = int(torch.round(t))
         steps += [("round half to even", "rint(·)", r), ("add output zero point", f"+ zo ({zo})", r + zo)]
         v = r + zo
+    elif backend == "ort":
+        v = _ort_steps(steps, acc, rq, c, m, zo, lo, hi)
     elif backend == "onnx":
         b = 0 if rq.bias_int32 is None else int(_pick(rq.bias_int32, c))
         s = acc + b
@@ -237,6 +239,22 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
                        relu=relu, out_dtype=trace.output_q.dtype)
     assert int(check) == out, f"worked steps give {out}, qcal.int8.requantize gives {int(check)}"
     return pd.DataFrame([{"step": s, "formula": f, "value": _fmt(v)} for s, f, v in steps])
+
+
+def _ort_steps(steps: list, acc: int, rq: Any, c: int, m: torch.Tensor, zo: int, lo: int, hi: int) -> int:
+    """onnxruntime's MlasRequantizeOutput on one element (appends to ``steps``; returns the value)."""
+    b = 0 if rq.bias_int32 is None else int(_pick(rq.bias_int32, c))
+    y = torch.tensor(acc + b, dtype=torch.float64).float()  # _mm_cvtepi32_ps: one rounding
+    t = (y * m).float()
+    clamped = t.clamp(lo - zo, hi - zo)
+    r = int(torch.round(clamped))
+    steps += [("bias quantized to int32", "bq = rint(f32(b / f32(sa·sw)))", b),
+              ("add bias (int32), to float32", "y = f32(acc + bq)", y.item()),
+              ("requant multiplier", "M = f32(f32(sa·sw) / so)", m.item()),
+              ("scale", "f32(y · M)", t.item()),
+              ("clamp in float, before converting", f"to [{lo - zo}, {hi - zo}]", clamped.item()),
+              ("round half to even", "rint(·) (cvtps2dq)", r), ("add output zero point", f"+ zo ({zo})", r + zo)]
+    return r + zo
 
 
 def _channel_requant(rq: Any, c: int) -> Any:
