@@ -22,7 +22,7 @@ from qcal.int8.accumulate import Accumulator, Method
 from qcal.int8.isa import InstructionSet
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
-from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
+from qcal.int8.requant import Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
     fbgemm_conv_path,
@@ -30,6 +30,7 @@ from qcal.int8.saturation import (
     pair_saturation_conv,
     pair_saturation_linear,
 )
+from qcal.schemes import Backend, check_backend
 
 __all__ = ["KernelResult", "PackedConv2d", "PackedLinear", "pack_conv2d", "pack_linear"]
 
@@ -72,11 +73,6 @@ def _out_dtype(out_zero_point) -> torch.dtype:
     if isinstance(out_zero_point, torch.Tensor) and out_zero_point.dtype in (torch.uint8, torch.int8):
         return out_zero_point.dtype
     return torch.uint8
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
 
 
 def _check_x(x_q: torch.Tensor, backend: str) -> None:
@@ -186,9 +182,6 @@ class _Packed:
             return None
         return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
 
-    def _family(self, isa) -> ConvPath:
-        return self.path  # linear: always FBGEMM's GEMM
-
     def _saturates(self, rq: Requant, saturate: bool | None, isa) -> bool:
         """Whether this layer's kernel adds int16 pairs with saturation (FBGEMM's or MLAS's U8S8)."""
         if rq.backend == "fbgemm":
@@ -203,6 +196,9 @@ class _Packed:
         geometry = getattr(self, "geometry", None)
         depthwise = geometry is not None and self.w_q.shape[1] == 1 and self.w_q.shape[0] == geometry[3]
         return "depthwise" if depthwise else "gemm"
+
+    def _family(self, isa) -> ConvPath:
+        return self.path  # linear: always FBGEMM's GEMM
 
     @staticmethod
     def _no_bias(rq: Requant) -> Requant:
@@ -312,14 +308,13 @@ def pack_conv2d(
         stride, padding, dilation, groups: as ``torch.nn.functional.conv2d`` (zero padding
             means padding with the activation zero point).
         backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (torch's default engine: FBGEMM,
-            or oneDNN for symmetric convs on AVX512-VNNI CPUs, see ``onednn.py``) | "ort"
-            (onnxruntime's MLAS, ``ort.py``).
+            or oneDNN for symmetric convs on AVX512-VNNI CPUs, see ``onednn.py``).
         method: accumulator engine, "auto" | "float" | "onednn" (see ``accumulate.py``).
     Returns:
         A frozen ``PackedConv2d``: ``packed(x_q, x_scale, x_zero_point, out_scale,
         out_zero_point, *, relu=False, saturate=None, detailed=False)``.
     """
-    _check_backend(backend)
+    check_backend(backend)
     if w_q.dim() != 4:
         raise ValueError(f"conv2d weights must be 4-D (O, C/groups, kh, kw), got shape {tuple(w_q.shape)}")
     zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
@@ -342,7 +337,7 @@ def pack_linear(
     method: Method = "auto",
 ) -> PackedLinear:
     """Prepare a linear layer's weight side once (w_q: (O, K)); see ``pack_conv2d``."""
-    _check_backend(backend)
+    check_backend(backend)
     if w_q.dim() != 2:
         raise ValueError(f"linear weights must be 2-D (O, K), got shape {tuple(w_q.shape)}")
     zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)

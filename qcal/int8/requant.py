@@ -37,12 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
+from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -53,9 +53,6 @@ __all__ = [
     "requantize",
 ]
 
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86", "ort"]
-#: Every backend flavour qcal reproduces.
-BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31", "x86", "ort")
 #: What ``requant_multipliers`` accepts: the backends plus oneDNN, which x86 dispatches to.
 FLAVOURS: tuple[str, ...] = (*BACKENDS, "onednn")
 _F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
@@ -94,11 +91,6 @@ class Requant:
     dst_multiplier: torch.Tensor | None = None  # onednn: ``d``, the float32 it multiplies by 1/so
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in FLAVOURS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(FLAVOURS)}")
-
-
 def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
     t = torch.as_tensor(v)
     if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
@@ -126,7 +118,7 @@ def requant_multipliers(
         w_scale: a number / 0-d tensor (per tensor) or a 1-D tensor (per output channel, even
             with one entry; float64 as torch stores them is accepted).
         bias: float32 (O,) bias, int32 (O,) bias already in accumulator units, or None.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (FBGEMM's numbers) | "onednn" | "ort".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (FBGEMM's numbers) | "onednn".
     Returns:
         A frozen ``Requant``; vectors have O entries (1 when per tensor and no bias).
 
@@ -134,7 +126,8 @@ def requant_multipliers(
         >>> requant_multipliers(0.5, 0.25, 1.0, backend="fbgemm").multiplier
         tensor([0.1250])
     """
-    _check_backend(backend)
+    if backend != "onednn":  # oneDNN is reached through x86's dispatch, not a backend of its own
+        check_backend(backend)
     backend = "fbgemm" if backend == "x86" else backend  # x86's own layers run FBGEMM
     per_channel = torch.as_tensor(w_scale).dim() == 1
     sa = _f32_vector(x_scale, "x_scale")
