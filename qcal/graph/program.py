@@ -28,7 +28,7 @@ from qcal.int8.layer_ops import (
     max_pool2d,
     quantize_codes,
 )
-from qcal.int8.ort import ort_dequantize, ort_quantize
+from qcal.int8.ort import ort_clip
 from qcal.qparams import dequantize
 
 __all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float"]
@@ -240,8 +240,7 @@ class IntegerProgram:
     def _clamp(self, step: Step, c: _Codes) -> torch.Tensor:
         if self.backend == "ort":
             # onnxruntime keeps DQ -> Clip -> Q in float when Q's range does not make the Clip redundant
-            lo, hi = step.clamp
-            return ort_quantize(ort_dequantize(c.q, c.scale, c.zp).clamp_(lo, hi), c.scale, c.zp, c.q.dtype)
+            return ort_clip(c.q, c.scale, c.zp, *step.clamp)
         out = clamp_codes(c.q, c.scale, c.zp, *step.clamp)
         if step.name in self.scrambled and out.dim() == 4:
             n, ch, h, w = out.shape  # torch's bug: NHWC data read back as NCHW

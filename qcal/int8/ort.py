@@ -53,6 +53,7 @@ from qcal.qparams import _fma_f32
 __all__ = [
     "ORT_OPTIONS",
     "ort_add",
+    "ort_clip",
     "ort_dequantize",
     "ort_environment",
     "ort_global_avg_pool",
@@ -120,6 +121,14 @@ def ort_quantize(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dt
 def ort_dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """onnxruntime's DequantizeLinear: ``f32((q - zp) * scale)``."""
     return (q.to(torch.int32) - zero_point).float() * torch.tensor(scale, dtype=torch.float32)
+
+
+@torch.no_grad()
+def ort_clip(q: torch.Tensor, scale: float, zero_point: int, lo: float, hi: float) -> torch.Tensor:
+    """``DQ -> Clip(lo, hi) -> Q`` with the same qparams, in float as onnxruntime runs it when
+    Q's range does not already make the Clip redundant (e.g. ReLU6 after a conv whose output
+    zero point is above 0)."""
+    return ort_quantize(ort_dequantize(q, scale, zero_point).clamp_(lo, hi), scale, zero_point, q.dtype)
 
 
 def _add_table(sa, za, sb, zb, so, zo, dtype) -> torch.Tensor:

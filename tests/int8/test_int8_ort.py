@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from ort_cases import fused_ops, model, qdq_layer, run
 
 import qcal.int8 as qi
-from qcal.int8.ort import ort_add, ort_global_avg_pool, ort_quantize, ort_saturates
+from qcal.int8.ort import ort_add, ort_clip, ort_global_avg_pool, ort_quantize, ort_saturates
 from qcal.qparams import quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,3 +188,23 @@ def test_bias_scale_far_from_product_leaves_a_float_conv(tmp_path):
         run(m, {"x": np.zeros((1, 8, 2, 2), np.uint8)}, optimized=paths[mult])
     assert "QLinearConv" in fused_ops(paths[1.0]) and "Conv" not in fused_ops(paths[1.0])
     assert "Conv" in fused_ops(paths[2.0]) and "QLinearConv" not in fused_ops(paths[2.0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), hi=st.sampled_from([6.0, 1.0, 0.37]))
+def test_relu6_clip_stays_float_and_matches(tmp_path_factory, seed, hi):
+    """DQ -> Clip(0, hi) -> Q with a zero point above 0: onnxruntime cannot drop the Clip (Q's
+    range reaches below 0), runs it in float, and the ort flavour's clamp computes the same."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    s, z = F32(rng.random() * 0.1 + 1e-3), int(rng.integers(1, 256))
+    inits = {"s": s, "z": np.uint8(z), "lo": F32(0.0), "hi": F32(hi)}
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo", "hi"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["y"])]
+    m = model(nodes, [("x", TensorProto.UINT8)], [("y", TensorProto.UINT8)], inits)
+    path = str(tmp_path_factory.mktemp("clip") / "opt.onnx")
+    (y,) = run(m, {"x": x}, optimized=path)
+    assert "Clip" in fused_ops(path)
+    mine = ort_clip(torch.from_numpy(x), float(s), z, 0.0, hi)
+    assert int((mine.numpy() != y).sum()) == 0
