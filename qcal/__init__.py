@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "RunInfo": "store",
     "compare_zoo": "store.zoo_runs",
     "report": "reporting.report",
+    "to_onnx": "export.onnx",
 }
 # public submodule name -> where it lives
 _SUBMODULES: dict[str, str] = {

@@ -394,3 +394,14 @@ def test_a_real_backend_this_run_lacks_falls_back_quietly():
     at = app("requant", backend="q31")  # valid name, but the default run has fbgemm and qnnpack only
     assert_clean(at)
     assert at.selectbox(key="param_backend").value in ("fbgemm", "qnnpack")
+
+
+def test_requant_shows_ort_beside_fbgemm_and_qnnpack_and_offers_the_onnx_file():
+    at = app("requant", scheme="fbgemm_default", backend="fbgemm", layer="fc2")
+    assert_clean(at)
+    beside = next(df for df in at.dataframe if list(df.value.columns) == ["backend", "multiplier", "output"])
+    assert list(beside.value["backend"]) == ["fbgemm", "qnnpack", "ort"]
+    # the worked fbgemm output in the beside table is the one the page worked out step by step
+    assert str(beside.value["output"].iloc[0]) == metric(at, "worked steps").value
+    buttons = at.get("download_button")
+    assert any("ONNX" in b.proto.label for b in buttons)

@@ -14,6 +14,7 @@ import os
 import sys
 
 import qcal.cli.explain
+import qcal.cli.export
 import qcal.cli.runs  # noqa: F401  (registers compare, runs, report, bench)
 from qcal.cli.args import COMMANDS
 

@@ -19,6 +19,7 @@ add (``torch.ops.quantized.add`` / ``add_relu``)
     ``Ma = rint(ma*2^shift)``; ``acc = Ma(a - za) + Mb(b - zb)`` shifted right by ``shift``
     rounding half away from zero; ``out = clamp(acc + zo)``. Scale ratios must lie in
     [2^-14, 2^8) (QNNPACK refuses others).
+    ort: onnxruntime's QLinearAdd (``qcal.int8.ort``); a fused ReLU clamps at ``zo``.
     onnx / q31: the real-valued ``(sa(a-za) + sb(b-zb))/so + zo`` in float64, then rint
     (onnxruntime's QLinearAdd; no torch kernel to match).
 max_pool2d: the maximum of the codes in each window (exact; no engine differences, except
@@ -52,6 +53,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from qcal.int8.ort import ort_add, ort_global_avg_pool
 from qcal.schemes import check_backend
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "flatten", "max_pool2d"]
@@ -144,6 +146,9 @@ def add(
     codes = torch.arange(info.min, info.max + 1)
     ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
     za, zb, zo = a_zero_point, b_zero_point, out_zero_point
+    if backend == "ort":
+        out = ort_add(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point)
+        return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
     table = _ADD_TABLES.get(backend, _fbgemm_table)(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi).to(a_q.dtype)
     if a_q.shape != b_q.shape:  # onnx / q31 broadcast
         a_q, b_q = torch.broadcast_tensors(a_q, b_q)
@@ -284,6 +289,9 @@ def avg_pool2d(
     the rounding of each path. (N, C, H, W) -> (N, C, H', W'), channels_last kept.
     """
     _check(backend, x_q)
+    if backend == "ort":
+        raise ValueError("avg_pool2d has no ort flavour yet (onnxruntime's QLinearAveragePool); "
+                         "use adaptive_avg_pool2d to (1, 1)")
     k = _pair(kernel_size, "kernel_size")
     s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
     p = _pair(padding, "padding")
@@ -333,6 +341,10 @@ def adaptive_avg_pool2d(
     _check(backend, x_q)
     oh, ow = _pair(output_size, "output_size")
     h, w = x_q.shape[-2:]
+    if backend == "ort":
+        if (oh, ow) != (1, 1):
+            raise ValueError(f"the ort flavour pools to (1, 1) only (QLinearGlobalAveragePool), got {(oh, ow)}")
+        return ort_global_avg_pool(x_q, x_scale, x_zero_point, x_scale, x_zero_point)
     nhwc = _is_nhwc(x_q)
     if backend == "qnnpack" and x_q.dtype == torch.uint8 and (h, w) != (oh, ow) and h % oh == 0 and w % ow == 0:
         k = (h // oh, w // ow)

@@ -25,6 +25,8 @@ q31         gemmlowp / TFLite fixed point: ``M = sa*sw_j/so`` in float64 becomes
             ``q * 2^(shift-31)`` with ``q`` in [2^30, 2^31); ``out = clamp(
             RoundingDivideByPOT(SaturatingRoundingDoublingHighMul((acc + b_j) << max(shift,0),
             q), max(-shift,0)) + zo)``; bias quantized as for onnx.
+ort         onnxruntime's MLAS (``qcal.int8.ort``): ``M = f32(f32(sa*sw_j)/so)``, bias as for
+            onnx, ``out = clamp(rint(f32(f32(acc + b_j) * M)), -zo, 255-zo) + zo`` (zp after).
 ==========  =====================================================================================
 
 Worked number (fbgemm): sa=0.5, sw=0.25, so=1.0 gives M=0.125; acc=20 -> y*M=2.5 -> rint 2
@@ -163,6 +165,7 @@ _MULTIPLIERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
     "qnnpack": lambda ats, so: ats * (1.0 / so),  # torch multiplies by the float32 reciprocal of so
     "onnx": lambda ats, so: ats / so,  # numpy float32 arrays
     "q31": lambda ats, so: ats / so,  # the float32 it approximates (shown beside its Q31 form)
+    "ort": lambda ats, so: ats / so,  # MLAS: f32(f32(sa * sw) / so)
 }
 
 
@@ -282,7 +285,8 @@ def _may_overflow(rq: Requant, bound: float) -> bool:
     return (bound + bias) * float(rq.multiplier.max()) * (1 + 2**-20) >= 2**31
 
 
-_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31}
+# MLAS (ort) rounds like qnnpack: f32(acc + b) times the float32 multiplier, zp after rounding
+_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31, "ort": _qnnpack}
 _ZP_BEFORE: dict[str, Callable] = {"onnx": _onnx, "onednn": _onednn}  # take the zero point
 
 
