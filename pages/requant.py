@@ -4,7 +4,7 @@ from typing import Any
 
 import streamlit as st
 
-from pages._shared import current_run, layer_trace, quantized_model, run_caption
+from pages._shared import current_run, layer_trace, onnx_file, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
 from qcal.reporting import worked_example as we
 
@@ -19,12 +19,12 @@ def _pick_model(run: Any) -> tuple[Any, str, str]:
     qm = quantized_model(run, scheme, backend)
     if qm is None:
         st.info(f"This view needs live tensors, and model **{run.model}** cannot be loaded here "
-                "(the run was imported, or made with a model outside the built-in zoo). The "
+                "(the run was imported, or made with a model neither in the zoo nor registered). The "
                 "stored scales are on the Scales page; recompute the run where its model lives "
                 "to see the worked example.")
         st.stop()
-    st.caption(f"Recomputed live from the zoo model {run.model} (same data, same qparams as the "
-               "stored run).")
+    st.caption(f"Recomputed live from model {run.model} (same data, same scheme, same qparams "
+               "as the stored run).")
     return qm, scheme, backend
 
 
@@ -121,6 +121,26 @@ def _draw_saturation(r: we.ElementReport) -> None:
     st.dataframe(r.pairs, hide_index=True, key="pairs_table", height=260)
 
 
+def _draw_beside(qm, layer_name: str, trace, index) -> None:
+    st.subheader("The same accumulator on fbgemm, qnnpack and ort")
+    st.dataframe(we.requant_beside(qm.quant_layers[layer_name], trace, index), hide_index=True,
+                 key="requant_beside")
+    st.caption("ort is onnxruntime's CPU arithmetic (MLAS): an int32 bias and the zero point after "
+               "rounding like QNNPACK, the multiplier divided like FBGEMM; without VNNI its U8S8 "
+               "kernels saturate int16 pairs like FBGEMM's.")
+
+
+def _draw_download(run, scheme: str, backend: str) -> None:
+    data = onnx_file(run, scheme, backend)
+    if data is None:
+        st.caption("No ONNX export here: the model is not loadable or runs in module-swap mode.")
+        return
+    st.download_button(f"Download {scheme} as ONNX (QDQ)", data, file_name=f"{run.model}_{scheme}.onnx",
+                       mime="application/octet-stream", key="onnx_download",
+                       help="qm.with_backend('ort') predicts onnxruntime's output for this file bit for "
+                            "bit; check it with python -m qcal export ... --verify")
+
+
 def requant_page() -> None:
     require_router()
     st.title("Requantization, step by step")
@@ -131,6 +151,8 @@ def requant_page() -> None:
     report = we.element_report(qm, layer_name, trace, index, backend)
     _draw_scales(report, qm.quant_layers[layer_name])
     _draw_steps(report)
+    _draw_beside(qm, layer_name, trace, index)
+    _draw_download(run, scheme, backend)
     _draw_saturation(report)
 
 

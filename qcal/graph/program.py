@@ -28,6 +28,7 @@ from qcal.int8.layer_ops import (
     max_pool2d,
     quantize_codes,
 )
+from qcal.int8.ort import ort_clip
 from qcal.qparams import dequantize
 
 __all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float"]
@@ -228,7 +229,8 @@ class IntegerProgram:
         if x_obs == step.obs:
             return out
         (xs, xz), (ys, yz) = self.act[x_obs], self.act[step.obs]
-        return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype)
+        ort = "ort" if self.backend == "ort" else "fbgemm"  # onnxruntime's Q divides; torch's engines multiply
+        return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype, backend=ort)
 
     def _shared_codes(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
         args, kwargs = _load(step.args, env), _load(step.kwargs, env)
@@ -236,6 +238,9 @@ class IntegerProgram:
         return _SHARED_CODES[step.kind](self, step, _Codes(args[0], scale, zp, args, kwargs))
 
     def _clamp(self, step: Step, c: _Codes) -> torch.Tensor:
+        if self.backend == "ort":
+            # onnxruntime keeps DQ -> Clip -> Q in float when Q's range does not make the Clip redundant
+            return ort_clip(c.q, c.scale, c.zp, *step.clamp)
         out = clamp_codes(c.q, c.scale, c.zp, *step.clamp)
         if step.name in self.scrambled and out.dim() == 4:
             n, ch, h, w = out.shape  # torch's bug: NHWC data read back as NCHW

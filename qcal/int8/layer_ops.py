@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from qcal.int8 import ops
+from qcal.int8.ort import ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
-from qcal.qparams import QRANGES, quantize
+from qcal.qparams import INT_DTYPES, QRANGES, quantize
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_codes",
            "quantize_value"]
@@ -24,7 +25,9 @@ __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kern
 def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "quint8",
                    axis: int | None = None, backend: str = "fbgemm") -> torch.Tensor:
     """``qcal.qparams.quantize`` (torch-exact, or ONNX QuantizeLinear for backend "onnx";
-    per tensor or per channel along ``axis``)."""
+    per tensor or per channel along ``axis``); backend "ort": onnxruntime's QuantizeLinear."""
+    if backend == "ort" and axis is None:
+        return ort_quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])
     return quantize(x, scale, zero_point, dtype, axis=axis, backend=backend)
 
 

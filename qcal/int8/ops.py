@@ -19,6 +19,7 @@ add (``torch.ops.quantized.add`` / ``add_relu``)
     ``Ma = rint(ma*2^shift)``; ``acc = Ma(a - za) + Mb(b - zb)`` shifted right by ``shift``
     rounding half away from zero; ``out = clamp(acc + zo)``. Scale ratios must lie in
     [2^-14, 2^8) (QNNPACK refuses others).
+    ort: onnxruntime's QLinearAdd (``qcal.int8.ort``); a fused ReLU clamps at ``zo``.
     onnx / q31: the real-valued ``(sa(a-za) + sb(b-zb))/so + zo`` in float64, then rint
     (onnxruntime's QLinearAdd; no torch kernel to match).
 max_pool2d: the maximum of the codes in each window (exact; no engine differences, except
@@ -47,9 +48,12 @@ channels_last (which includes C == 1 or H == W == 1) takes the channels_last pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from qcal.int8.ort import ort_add, ort_global_avg_pool
 from qcal.schemes import check_backend
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "flatten", "max_pool2d"]
@@ -142,18 +146,10 @@ def add(
     codes = torch.arange(info.min, info.max + 1)
     ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
     za, zb, zo = a_zero_point, b_zero_point, out_zero_point
-    if backend == "qnnpack":
-        ma, mb = sa / so, sb / so
-        for m in (ma, mb):
-            if not 2.0**-14 <= float(m) < 2.0**8:
-                raise ValueError(f"QNNPACK add needs input/output scale ratios in [2^-14, 2^8), got {float(m):.7g}")
-        table = _qnnpack_add(ta, za, tb, zb, ma, mb, zo, lo, hi)
-    elif backend in ("onnx", "q31"):
-        real = sa.double() * (ta.double() - za) + sb.double() * (tb.double() - zb)
-        table = torch.round(real / so.double() + zo).clamp(lo, hi)
-    else:
-        table = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=False)
-    table = table.to(a_q.dtype)
+    if backend == "ort":
+        out = ort_add(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point)
+        return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
+    table = _ADD_TABLES.get(backend, _fbgemm_table)(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi).to(a_q.dtype)
     if a_q.shape != b_q.shape:  # onnx / q31 broadcast
         a_q, b_q = torch.broadcast_tensors(a_q, b_q)
         a_q, b_q = a_q.contiguous(), b_q.contiguous()
@@ -174,6 +170,30 @@ def add(
         n, c, h, w = a_q.shape
         return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view
     return out.view(a_q.shape)
+
+
+def _qnnpack_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
+    ma, mb = sa / so, sb / so
+    for m in (ma, mb):
+        if not 2.0**-14 <= float(m) < 2.0**8:
+            raise ValueError(f"QNNPACK add needs input/output scale ratios in [2^-14, 2^8), got {float(m):.7g}")
+    return _qnnpack_add(ta, za, tb, zb, ma, mb, zo, lo, hi)
+
+
+def _real_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
+    """onnx / q31: the real-valued sum in float64, the zero point before rounding."""
+    real = sa.double() * (ta.double() - za) + sb.double() * (tb.double() - zb)
+    return torch.round(real / so.double() + zo).clamp(lo, hi)
+
+
+def _fbgemm_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
+    """fbgemm and x86 (the same ATen kernel): the vector lanes' rule (tails are patched after)."""
+    return _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=False)
+
+
+# backend -> the add's output code for every (a, b) pair of codes
+_ADD_TABLES: dict[str, Callable[..., torch.Tensor]] = {"qnnpack": _qnnpack_table, "onnx": _real_table,
+                                                       "q31": _real_table}
 
 
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it
@@ -269,6 +289,9 @@ def avg_pool2d(
     the rounding of each path. (N, C, H, W) -> (N, C, H', W'), channels_last kept.
     """
     _check(backend, x_q)
+    if backend == "ort":
+        raise ValueError("avg_pool2d has no ort flavour yet (onnxruntime's QLinearAveragePool); "
+                         "use adaptive_avg_pool2d to (1, 1)")
     k = _pair(kernel_size, "kernel_size")
     s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
     p = _pair(padding, "padding")
@@ -318,6 +341,10 @@ def adaptive_avg_pool2d(
     _check(backend, x_q)
     oh, ow = _pair(output_size, "output_size")
     h, w = x_q.shape[-2:]
+    if backend == "ort":
+        if (oh, ow) != (1, 1):
+            raise ValueError(f"the ort flavour pools to (1, 1) only (QLinearGlobalAveragePool), got {(oh, ow)}")
+        return ort_global_avg_pool(x_q, x_scale, x_zero_point, x_scale, x_zero_point)
     nhwc = _is_nhwc(x_q)
     if backend == "qnnpack" and x_q.dtype == torch.uint8 and (h, w) != (oh, ow) and h % oh == 0 and w % ow == 0:
         k = (h // oh, w // ow)

@@ -21,6 +21,7 @@ import torch
 from qcal.int8.accumulate import Accumulator, Method
 from qcal.int8.isa import InstructionSet
 from qcal.int8.onednn import x86_uses_onednn
+from qcal.int8.ort import ort_saturates
 from qcal.int8.requant import Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
@@ -150,8 +151,7 @@ class _Packed:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
         rq = self.requant(sa, so, self.flavour(isa))
         out_dtype = _out_dtype(out_zero_point)
-        sat = (rq.backend == "fbgemm" and fbgemm_saturates(self._family(isa), saturate, isa)
-               and self._can_saturate(x_q, za))
+        sat = self._saturates(rq, saturate, isa) and self._can_saturate(x_q, za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
@@ -170,7 +170,7 @@ class _Packed:
 
     def _fold_bias(self, x_q, za, rq: Requant):
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
-        if rq.backend not in ("fbgemm", "qnnpack"):
+        if rq.backend not in ("fbgemm", "qnnpack", "ort"):  # ort adds its int32 bias like qnnpack
             return None
         if rq.bias_float is not None and rq.per_channel:
             term = rq.bias_float / rq.act_times_w_scale  # fbgemm: f32(b_j / ats_j), added in float32
@@ -181,6 +181,21 @@ class _Packed:
         else:
             return None
         return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+
+    def _saturates(self, rq: Requant, saturate: bool | None, isa) -> bool:
+        """Whether this layer's kernel adds int16 pairs with saturation (FBGEMM's or MLAS's U8S8)."""
+        if rq.backend == "fbgemm":
+            return fbgemm_saturates(self._family(isa), saturate, isa)
+        if rq.backend == "ort" and self.w_q.dtype == torch.int8:  # U8U8 kernels widen first: exact
+            return ort_saturates(self.ort_path, saturate)
+        return False
+
+    @property
+    def ort_path(self) -> str:
+        """MLAS's kernel family: "depthwise" (one input and one output channel per group) or "gemm"."""
+        geometry = getattr(self, "geometry", None)
+        depthwise = geometry is not None and self.w_q.shape[1] == 1 and self.w_q.shape[0] == geometry[3]
+        return "depthwise" if depthwise else "gemm"
 
     def _family(self, isa) -> ConvPath:
         return self.path  # linear: always FBGEMM's GEMM

@@ -1,7 +1,6 @@
 """One element's requantization replayed step by step, one small function per backend.
 
-``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31, and
-onednn, which x86 runs for some convs), runs
+``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31, x86, ort), runs
 them on the element's int32 accumulator, clamps, and checks the result against
 ``qcal.int8.requantize`` of the same accumulator: the table cannot drift from the engine.
 """
@@ -24,9 +23,9 @@ from qcal.int8.requant import (  # _fma_acc: the engine's exact single-rounding 
     requantize,
 )
 from qcal.reporting.elements import channel_of, layer_requant, pick
-from qcal.schemes import Backend, check_backend
+from qcal.schemes import check_backend
 
-__all__ = ["requant_steps"]
+__all__ = ["requant_beside", "requant_steps"]
 
 Step = tuple[str, str, Any]  # (step, formula, value)
 
@@ -107,16 +106,30 @@ def _onnx_steps(e: _Element) -> tuple[int, list[Step]]:
 
 
 def _onednn_steps(e: _Element) -> tuple[int, list[Step]]:
+    """oneDNN (x86's convs with symmetric weights on AVX512-VNNI CPUs): zero point before rounding."""
     bias = None if e.rq.bias_float is None else pick(e.rq.bias_float, e.channel)
     return onednn_steps(e.acc, pick(e.rq.act_times_w_scale, e.channel), e.rq.dst_multiplier, bias, e.zo)
 
 
 def _flavour(layer: Any, backend: str) -> str:
-    """x86 runs FBGEMM, or oneDNN for this conv on the assumed CPU (``qcal.int8.onednn``)."""
-    if backend != "x86":
-        return backend
-    onednn = layer.kind == "conv" and x86_uses_onednn(layer.weight_zero_point, int(layer.groups))
-    return "onednn" if onednn else "fbgemm"
+    """The requantization this layer really runs: x86 hands some convs to oneDNN on the assumed CPU."""
+    if backend == "x86" and layer.kind == "conv" and x86_uses_onednn(layer.weight_zero_point, int(layer.groups)):
+        return "onednn"
+    return backend
+
+
+def _ort_steps(e: _Element) -> tuple[int, list[Step]]:
+    """ort (onnxruntime's MlasRequantizeOutput): int32 bias, float32 scale, clamp, rint, zp after."""
+    b = e.bias_int32()
+    y = torch.tensor(e.acc + b, dtype=torch.float64).float()  # _mm_cvtepi32_ps: one rounding
+    t = (y * e.multiplier).float()
+    r = int(torch.round(t))
+    return r + e.zo, [("bias quantized to int32", "bq = rint(f32(b / f32(sa·sw)))", b),
+                      ("add bias (int32), to float32", "y = f32(acc + bq)", y.item()),
+                      ("requant multiplier", "M = f32(f32(sa·sw) / so)", e.multiplier.item()),
+                      ("scale", "f32(y · M)", t.item()),
+                      ("round half to even (after a float clamp)", "rint(·) (cvtps2dq)", r),
+                      ("add output zero point", f"+ zo ({e.zo})", r + e.zo)]
 
 
 def _q31_steps(e: _Element) -> tuple[int, list[Step]]:
@@ -136,12 +149,15 @@ def _q31_steps(e: _Element) -> tuple[int, list[Step]]:
         ("add output zero point", f"+ zo ({e.zo})", r + e.zo)]
 
 
-_STEPS: dict[Backend, Callable[[_Element], tuple[int, list[Step]]]] = {
+_STEPS: dict[str, Callable[[_Element], tuple[int, list[Step]]]] = {
     "fbgemm": _torch_steps(_fbgemm_bias, "fbgemm"),
     "qnnpack": _torch_steps(_qnnpack_bias, "qnnpack"),
     "onnx": _onnx_steps,
     "q31": _q31_steps,
+    # torch's x86 engine: FBGEMM's numbers, or oneDNN's for the convs it hands over (_flavour)
+    "x86": _torch_steps(_fbgemm_bias, "fbgemm"),
     "onednn": _onednn_steps,
+    "ort": _ort_steps,
 }
 
 
@@ -153,8 +169,8 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         layer: the ``QuantLayer`` (scales, float bias, fused ReLU).
         trace: the layer's ``LayerTrace`` for the batch (its ``acc`` and ``output_q``).
         index: the element, from ``element_index``.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (the steps of the kernel x86 runs
-            for this layer on the assumed CPU: FBGEMM's or oneDNN's).
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (the steps of the kernel x86
+            runs for this layer on the assumed CPU: FBGEMM's or oneDNN's) | "ort".
 
     Returns:
         Columns step, formula, value (a string: integers exactly, floats with 9 significant
@@ -175,6 +191,18 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
                        relu=relu, out_dtype=trace.output_q.dtype)
     assert int(check) == out, f"worked steps give {out}, qcal.int8.requantize gives {int(check)}"
     return pd.DataFrame([{"step": s, "formula": f, "value": _fmt(v)} for s, f, v in steps])
+
+
+def requant_beside(layer: Any, trace: Any, index: tuple[int, ...],
+                   backends: tuple[str, ...] = ("fbgemm", "qnnpack", "ort")) -> pd.DataFrame:
+    """The element's accumulator requantized by each of ``backends``: backend, multiplier, output."""
+    rows = []
+    for backend in backends:
+        steps = requant_steps(layer, trace, index, backend)
+        multiplier = steps.loc[steps["step"] == "requant multiplier", "value"]
+        rows.append({"backend": backend, "multiplier": multiplier.iloc[0] if len(multiplier) else "",
+                     "output": steps["value"].iloc[-1]})
+    return pd.DataFrame(rows)
 
 
 def _channel_requant(rq: Any, c: int) -> Any:

@@ -27,7 +27,7 @@ from qcal.reporting.elements import (
     requant_table,
 )
 from qcal.reporting.pair_saturation import pair_saturation
-from qcal.reporting.requant_steps import requant_steps
+from qcal.reporting.requant_steps import requant_beside, requant_steps
 
 __all__ = [
     "ElementReport",
@@ -38,6 +38,7 @@ __all__ = [
     "element_index",
     "element_report",
     "pair_saturation",
+    "requant_beside",
     "requant_steps",
     "requant_table",
 ]

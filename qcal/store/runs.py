@@ -70,6 +70,8 @@ def _environment() -> tuple[tuple[str, Any], ...]:
     # torch imported here, not at the top: `qcal runs list` and the store pages need no torch
     import torch
 
+    from qcal.int8.ort import ort_environment
+
     flags = _cpu_flags()
     return (
         ("torch_version", torch.__version__),
@@ -78,6 +80,7 @@ def _environment() -> tuple[tuple[str, Any], ...]:
         ("qcal_version", __version__),
         ("python_version", platform.python_version()),
         ("machine", platform.machine()),
+        *ort_environment().items(),
     )
 
 
@@ -89,7 +92,8 @@ def environment() -> dict[str, Any]:
         (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``), ``vnni`` (True when
         /proc/cpuinfo lists ``avx512_vnni``, None when the flags are unreadable),
         ``instruction_set`` (the x86 ISA qcal's FBGEMM emulation assumed, ``QCAL_CPU`` or
-        detected), ``qcal_version``, ``python_version`` and ``machine``.
+        detected), ``qcal_version``, ``python_version``, ``machine``, and for the ort
+        flavour ``onnxruntime_version``, ``ort_instruction_set`` and ``ort_u8s8_saturates``.
     """
     from qcal.int8.isa import instruction_set  # here: QCAL_CPU may change between saves
 

@@ -1,0 +1,44 @@
+"""CLI subcommand ``export``: a calibrated zoo model as an ONNX QDQ file, optionally verified."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qcal.cli.args import arg, command, write
+from qcal.cli.runs import _count
+
+__all__ = ["export_command"]
+
+
+@command(
+    "export",
+    "calibrate a zoo model under one scheme and write it as an ONNX QDQ model (onnxruntime-ready)",
+    arg("--model", default="digits_mobilenet", help="a zoo model name (graph mode)"),
+    arg("--scheme", default="fbgemm_default", help="a preset name"),
+    arg("-o", "--output", required=True, help="the .onnx file to write"),
+    arg("--verify", action="store_true",
+        help="run the file in onnxruntime on the held-out digits and count values differing from qcal's ort flavour"),
+    arg("--eval-samples", type=_count, default=None, help="cap the held-out samples --verify runs"),
+)
+def export_command(args: argparse.Namespace) -> int:
+    from qcal.export.verify import export_zoo, verify_onnx
+    from qcal.schemes import SCHEMES
+    from qcal.zoo import zoo
+    from qcal.zoo.datasets import digits_splits
+
+    if args.model not in zoo.names():
+        raise ValueError(f"unknown model {args.model!r}; expected one of: {', '.join(zoo.names())}")
+    if args.scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {args.scheme!r}; expected one of: {', '.join(SCHEMES)}")
+    qm, path = export_zoo(args.model, args.scheme, args.output)
+    write(f"wrote {path} ({args.model}, {args.scheme})")
+    if not args.verify:
+        return 0
+    x = digits_splits().test[0][: args.eval_samples]
+    result = verify_onnx(path, qm, x)
+    write(f"verify: {result}")
+    if result.differing:
+        print("qcal: onnxruntime on this machine differs from qcal's ort prediction", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,287 @@
+"""``to_onnx``: a calibrated graph-mode QuantizedModel as an ONNX QDQ model.
+
+Written with ``onnx.helper`` from qcal's own integer program (``qcal.program``), so every
+number in the file is one qcal computed: QuantizeLinear / DequantizeLinear around float
+ops, int8 weights (per channel along axis 0 where the scheme says so), int32 biases at
+scale ``f32(x_scale * w_scale_j)`` (``rint(f32(b / scale))``, onnxruntime's quantizer's rule),
+one float32 input ``input`` with a dynamic batch dimension and one float32 output ``output``.
+
+Each program step becomes (qparams ``(s, z)`` of the step's output observation point):
+
+* quantize ``Q``; dequantize ``DQ``; conv ``DQ -> Conv -> [Relu] -> Q``; linear
+  ``DQ -> Gemm(transB) -> [Relu] -> Q``; add ``DQ, DQ -> Add -> [Relu] -> Q``;
+* max pool / ReLU / ReLU6-clamp / flatten / global average pool keep their input's qparams:
+  ``DQ -> op -> Q`` with the same ``(s, z)``; float steps (``nn.Flatten`` after a dequantize)
+  run on floats.
+
+onnxruntime fuses these groups (see ``qcal.int8.ort``); ``qm.with_backend("ort")`` computes
+what it computes. Module-swap models are refused: their fp32 parts are arbitrary Python
+(``forward`` code qcal never traced), which only ``torch.onnx.export`` of the float model
+could write; export them by making the model fx-traceable (graph mode) instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+__all__ = ["OPSET", "UnsupportedExport", "onnx_bytes", "to_onnx"]
+
+#: ONNX opset of the written files (onnxruntime 1.32 runs up to 23).
+OPSET = 21
+
+
+class UnsupportedExport(ValueError):
+    """The model holds something ``to_onnx`` cannot write; the message says what."""
+
+
+class _Writer:
+    """Accumulates nodes and initializers while walking the program."""
+
+    def __init__(self, qm: Any) -> None:
+        self.qm = qm
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, onnx.TensorProto] = {}
+        self.names: dict[str, str] = {}  # program value -> ONNX tensor (codes or floats)
+        self.quantized: dict[str, int] = {}  # program value -> observation point of its codes
+        self.debug: list[str] = []  # ONNX names of every Q output, in program order
+        self.dtype = TensorProto.UINT8 if qm.scheme.activation.dtype == "quint8" else TensorProto.INT8
+        self.np_dtype = np.uint8 if self.dtype == TensorProto.UINT8 else np.int8
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(value, name)
+        return name
+
+    def qparams(self, obs: int) -> tuple[str, str]:
+        act = self.qm.activations[obs]
+        s = self.const(f"act{obs}_scale", np.array(act.scale, dtype=np.float32))
+        z = self.const(f"act{obs}_zero_point", np.array(act.zero_point, dtype=self.np_dtype))
+        return s, z
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def quantize(self, src: str, obs: int, out: str) -> str:
+        self.node("QuantizeLinear", [src, *self.qparams(obs)], out)
+        self.debug.append(out)
+        return out
+
+    def floats(self, value: str) -> str:
+        """The float tensor of a program value (a DequantizeLinear of its codes when quantized)."""
+        if value not in self.quantized:
+            return self.names[value]
+        return self.node("DequantizeLinear", [self.names[value], *self.qparams(self.quantized[value])],
+                         f"{self.names[value]}_dq_{len(self.nodes)}")
+
+
+def _layer_initializers(w: _Writer, layer: Any, x_scale: float) -> tuple[str, str | None]:
+    """The DequantizeLinear'd weight and int32 bias of a conv/linear layer."""
+    from qcal.int8 import requant_multipliers
+
+    per_channel = layer.weight_scale.numel() > 1
+    axis = {"axis": 0} if per_channel else {}
+    scale = layer.weight_scale.float().numpy() if per_channel else np.array(float(layer.weight_scale), np.float32)
+    zp = layer.weight_zero_point.numpy().astype(np.int8)
+    zp = zp if per_channel else np.array(zp.reshape(-1)[0], np.int8)
+    name = layer.name
+    wq = w.const(f"{name}.weight_q", layer.weight_q.numpy())
+    ws, wz = w.const(f"{name}.weight_scale", scale), w.const(f"{name}.weight_zero_point", zp)
+    weight = w.node("DequantizeLinear", [wq, ws, wz], f"{name}.weight", **axis)
+    if layer.bias is None:
+        return weight, None
+    w_scale = layer.weight_scale if per_channel else float(layer.weight_scale)
+    rq = requant_multipliers(x_scale, w_scale, layer.output_scale, layer.bias, backend="ort")
+    bq = w.const(f"{name}.bias_q", rq.bias_int32.numpy())
+    bs = w.const(f"{name}.bias_scale", rq.act_times_w_scale.numpy())
+    bz = w.const(f"{name}.bias_zero_point", np.zeros(rq.bias_int32.numel(), np.int32))
+    bias = w.node("DequantizeLinear", [bq, bs, bz], f"{name}.bias", axis=0)
+    return weight, bias
+
+
+def _layer(w: _Writer, step: Any) -> str:
+    layer = w.qm.quant_layers[step.target]
+    x = w.floats(step.args[0].name)
+    weight, bias = _layer_initializers(w, layer, layer.input_scale)
+    inputs = [x, weight] + ([bias] if bias else [])
+    name = step.name
+    if step.kind == "conv":
+        (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+        y = w.node("Conv", inputs, f"{name}_conv", strides=[sh, sw], pads=[ph, pw, ph, pw],
+                   dilations=[dh, dw], group=layer.groups)
+    else:
+        y = w.node("Gemm", inputs, f"{name}_gemm", transB=1)
+    if step.relu:
+        y = w.node("Relu", [y], f"{name}_relu")
+    return w.quantize(y, step.obs, f"{name}_q")
+
+
+def _same_qparams(w: _Writer, step: Any, op: str, extra: list[str] | None = None, **attrs: Any) -> str:
+    """``DQ -> op -> Q`` keeping the input's qparams (pools, ReLU, clamps, flatten)."""
+    x = w.floats(step.args[0].name)
+    y = w.node(op, [x, *(extra or [])], f"{step.name}_{op.lower()}", **attrs)
+    return w.quantize(y, w.quantized[step.args[0].name], f"{step.name}_q")
+
+
+def _pair(v: Any) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def _pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
+    mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
+    if mod is None or not isinstance(mod, nn.MaxPool2d):
+        raise UnsupportedExport(f"{step.name}: only nn.MaxPool2d modules export (got {step.op} {step.target})")
+    k, s, p, d = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding), _pair(mod.dilation)
+    return {"kernel_shape": k, "strides": s, "pads": p + p, "dilations": d, "ceil_mode": int(mod.ceil_mode)}
+
+
+def _flatten_axis(step: Any, graph: Any) -> int:
+    if step.op == "call_module":
+        mod = graph.module.get_submodule(step.target)
+        if isinstance(mod, nn.Flatten) and mod.end_dim == -1:
+            return int(mod.start_dim)
+    elif step.target is torch.flatten and len(step.args) >= 2 and not step.kwargs and len(step.args) == 2:
+        return int(step.args[1])
+    raise UnsupportedExport(f"{step.name}: only flatten(x, start_dim) to the last dim exports (got {step.target})")
+
+
+def _shared(w: _Writer, step: Any) -> str:
+    kind, graph = step.kind, w.qm.graph
+    if kind == "max_pool2d":
+        return _same_qparams(w, step, "MaxPool", **_pool_attrs(step, graph))
+    if kind == "adaptive_avg_pool2d":
+        mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
+        size = getattr(mod, "output_size", None)
+        if size not in (1, (1, 1)):
+            raise UnsupportedExport(f"{step.name}: adaptive_avg_pool2d exports to (1, 1) only (got {size})")
+        return _same_qparams(w, step, "GlobalAveragePool")
+    if kind == "relu":
+        return _same_qparams(w, step, "Relu")
+    if kind == "clamp":
+        lo, hi = step.clamp
+        bounds = [w.const(f"clip_{lo!r}", np.array(lo, np.float32)), w.const(f"clip_{hi!r}", np.array(hi, np.float32))]
+        return _same_qparams(w, step, "Clip", bounds)
+    if kind == "shape":
+        return _same_qparams(w, step, "Flatten", axis=_flatten_axis(step, graph))
+    raise UnsupportedExport(f"{step.name}: step kind {kind!r} has no ONNX export yet")
+
+
+def _add(w: _Writer, step: Any) -> str:
+    a, b = (w.floats(r.name) for r in step.args)
+    y = w.node("Add", [a, b], f"{step.name}_add")
+    if step.relu:
+        y = w.node("Relu", [y], f"{step.name}_relu")
+    return w.quantize(y, step.obs, f"{step.name}_q")
+
+
+def _step(w: _Writer, step: Any) -> None:
+    kind = step.kind
+    if kind == "quantize":
+        w.names[step.name] = w.quantize(w.names[step.args[0].name], step.obs, f"{step.name}_q")
+        w.quantized[step.name] = step.obs
+        return
+    if kind == "dequantize":
+        w.names[step.name] = w.floats(step.args[0].name)
+        return
+    if kind == "identity":
+        w.names[step.name] = w.names[step.args[0].name]
+        if step.args[0].name in w.quantized:
+            w.quantized[step.name] = w.quantized[step.args[0].name]
+        return
+    if kind == "float":
+        w.names[step.name] = w.node("Flatten", [w.names[step.args[0].name]], step.name,
+                                    axis=_flatten_axis(step, w.qm.graph))
+        return
+    if kind in ("conv", "linear"):
+        out = _layer(w, step)
+    elif kind == "add":
+        out = _add(w, step)
+    else:
+        out = _shared(w, step)
+    w.names[step.name] = out
+    w.quantized[step.name] = step.obs if kind in ("conv", "linear", "add") else w.quantized[step.args[0].name]
+
+
+def build_model(qm: Any, input_shape: tuple[int, ...] | None = None, *, debug: bool = False) -> onnx.ModelProto:
+    """The ONNX QDQ model of ``qm`` (see the module doc); ``debug`` adds every quantized
+    value's codes as an extra graph output (which changes onnxruntime's fusions)."""
+    if qm.mode != "graph":
+        raise UnsupportedExport(
+            "to_onnx exports graph-mode models only; this one runs in module-swap mode "
+            f"({qm.fallback_reason or 'mode=modules'}): its fp32 parts are Python code qcal did not trace")
+    w = _Writer(qm)
+    graph = qm.graph
+    if len(graph.inputs) != 1:
+        raise UnsupportedExport(f"to_onnx exports models with one tensor input, this one takes {len(graph.inputs)}")
+    w.names[graph.inputs[0][0]] = "input"
+    result = None
+    for step in graph.steps:
+        if step.kind == "input":
+            continue
+        if step.kind == "output":
+            result = step.args[0]
+            break
+        _step(w, step)
+    if result is None or not hasattr(result, "name") or result.name in w.quantized:
+        raise UnsupportedExport("to_onnx needs a model with one float tensor output")
+    w.node("Identity", [w.names[result.name]], "output")
+    dims = ["batch", *(input_shape or [])] if input_shape is not None else None
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)]
+    if debug:
+        outputs += [helper.make_tensor_value_info(n, w.dtype, None) for n in w.debug]
+    g = helper.make_graph(w.nodes, "qcal", inputs, outputs, list(w.inits.values()))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qcal")
+    model.ir_version = 10
+    return _typed_outputs(model)
+
+
+def _typed_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Graph outputs with the shapes onnx's shape inference finds (the checker wants them)."""
+    done = onnx.shape_inference.infer_shapes(model)
+    inferred = {v.name: v for v in [*done.graph.value_info, *done.graph.output]}
+    for out in model.graph.output:
+        if inferred.get(out.name) is not None and inferred[out.name].type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(inferred[out.name].type)
+    return model
+
+
+def to_onnx(qm: Any, path: str | Path, *, input_shape: tuple[int, ...] | None = None,
+            debug: bool = False) -> Path:
+    """Write ``qm`` as an ONNX QDQ model; checked with ``onnx.checker`` (full check).
+
+    Args:
+        qm: a graph-mode QuantizedModel (any scheme).
+        path: the ``.onnx`` file to write.
+        input_shape: the input's shape without the batch dimension (e.g. ``(1, 8, 8)``);
+            None leaves the input's shape unspecified.
+        debug: also output every quantized value's codes (``<program step>_q``);
+            onnxruntime then fuses differently, so never ship this file.
+    Returns:
+        The path written.
+    Raises:
+        UnsupportedExport: module-swap models and ops with no ONNX form here (named).
+
+    Example::
+
+        qm = qcal.calibrate(model, calib, "fbgemm_default")
+        qcal.to_onnx(qm, "model.onnx", input_shape=(1, 8, 8))
+    """
+    data = onnx_bytes(qm, input_shape=input_shape, debug=debug)
+    path = Path(path)
+    path.write_bytes(data)
+    return path
+
+
+def onnx_bytes(qm: Any, *, input_shape: tuple[int, ...] | None = None, debug: bool = False) -> bytes:
+    """The bytes ``to_onnx`` writes (checked the same way), e.g. for a download button."""
+    model = build_model(qm, input_shape, debug=debug)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()

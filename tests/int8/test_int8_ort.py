@@ -1,0 +1,210 @@
+"""backend="ort" op by op against onnxruntime on single-op QDQ graphs: 0 differing values.
+
+Each graph is what onnxruntime fuses (DQ -> Conv -> Q into QLinearConv, DQ -> Gemm -> Q into
+QGemm, DQ -> Add -> Q into QLinearAdd, ...); the fusion itself is checked too, so a test
+never passes on onnxruntime's float fallback by accident.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+from ort_cases import fused_ops, model, qdq_layer, run
+
+import qcal.int8 as qi
+from qcal.int8.ort import ort_add, ort_clip, ort_global_avg_pool, ort_quantize, ort_saturates
+from qcal.qparams import quantize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+F32 = np.float32
+
+
+def _layer_case(rng, kind, c, o, k, groups, per_channel, wzp, hi):
+    x = rng.integers(0, hi + 1, (3, c, 7, 7) if kind == "conv" else (5, c)).astype(np.uint8)
+    shape = (o, c // groups, k, k) if kind == "conv" else (o, c)
+    w = rng.integers(-128, 128, shape).astype(np.int8)
+    w_scale = (rng.random(o) * 0.02 + 1e-3).astype(F32) if per_channel else F32(rng.random() * 0.02 + 1e-3)
+    w_zp = np.zeros(o, np.int8) if per_channel else np.int8(wzp)
+    bias = torch.from_numpy((rng.standard_normal(o) * 2).astype(F32))
+    xs, xz = F32(rng.random() * 0.05 + 1e-3), int(rng.integers(0, 40))
+    return x, w, w_scale, w_zp, bias, xs, xz
+
+
+def _ort_layer(kind, x, w, w_scale, w_zp, bias, xs, xz, ys, yz, tmp_path, **attrs):
+    ws = torch.from_numpy(np.atleast_1d(w_scale)) if np.ndim(w_scale) else float(w_scale)
+    rq = qi.requant_multipliers(float(xs), ws, float(ys), bias, backend="ort")
+    m = qdq_layer(kind, w, w_scale, w_zp, rq.bias_int32.numpy(), rq.act_times_w_scale.numpy(), xs, xz, ys, yz, **attrs)
+    path = str(tmp_path / "opt.onnx")
+    (y,) = run(m, {"x": x}, optimized=path)
+    fused = "QLinearConv" if kind == "conv" else "QGemm"
+    assert fused in fused_ops(path), fused_ops(path)
+    return y
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.sampled_from([1, 3, 4, 8, 16]), o=st.sampled_from([8, 16, 32]),
+       k=st.sampled_from([1, 3]), depthwise=st.booleans(), per_channel=st.booleans(), wzp=st.integers(-3, 3),
+       stride=st.sampled_from([1, 2]), hi=st.sampled_from([127, 255]))
+def test_conv_matches_onnxruntime(tmp_path_factory, seed, c, o, k, depthwise, per_channel, wzp, stride, hi):
+    rng = np.random.default_rng(seed)
+    groups = c if depthwise else 1
+    o = c if depthwise else o
+    x, w, w_scale, w_zp, bias, xs, xz = _layer_case(rng, "conv", c, o, k, groups, per_channel, wzp, hi)
+    ys, yz = F32(rng.random() * 0.5 + 0.05), int(rng.integers(0, 256))
+    pad = k // 2
+    y = _ort_layer("conv", x, w, w_scale, w_zp, bias, xs, xz, ys, yz, tmp_path_factory.mktemp("c"),
+                   pads=[pad] * 4, strides=[stride] * 2, group=groups)
+    ws = torch.from_numpy(w_scale) if per_channel else float(w_scale)
+    zp = torch.from_numpy(w_zp.astype(np.int64)) if per_channel else int(w_zp)
+    mine = qi.conv2d(torch.from_numpy(x), float(xs), xz, torch.from_numpy(w), ws, zp, bias, float(ys), yz,
+                     stride=stride, padding=pad, groups=groups, backend="ort")
+    assert int((mine.numpy() != y).sum()) == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.sampled_from([7, 16, 64, 129]), o=st.sampled_from([3, 10, 64]),
+       per_channel=st.booleans(), wzp=st.integers(-3, 3), hi=st.sampled_from([127, 255]))
+def test_gemm_matches_onnxruntime(tmp_path_factory, seed, c, o, per_channel, wzp, hi):
+    rng = np.random.default_rng(seed)
+    x, w, w_scale, w_zp, bias, xs, xz = _layer_case(rng, "linear", c, o, 1, 1, per_channel, wzp, hi)
+    ys, yz = F32(rng.random() * 0.5 + 0.05), int(rng.integers(0, 256))
+    y = _ort_layer("linear", x, w, w_scale, w_zp, bias, xs, xz, ys, yz, tmp_path_factory.mktemp("g"), transB=1)
+    ws = torch.from_numpy(w_scale) if per_channel else float(w_scale)
+    zp = torch.from_numpy(w_zp.astype(np.int64)) if per_channel else int(w_zp)
+    mine = qi.linear(torch.from_numpy(x), float(xs), xz, torch.from_numpy(w), ws, zp, bias, float(ys), yz,
+                     backend="ort")
+    assert int((mine.numpy() != y).sum()) == 0
+
+
+def test_u8s8_saturates_here_and_not_with_x64quantprecision(tmp_path):
+    """Activations up to 255 with +-128 weights: the int16 pair sums overflow. On this CPU (no
+    VNNI) onnxruntime's default kernel saturates them exactly as the pair model says; with
+    ``session.x64quantprecision=1`` it computes the exact accumulator."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(200, 256, (2, 16, 6, 6)).astype(np.uint8)
+    w = np.where(rng.random((16, 16, 3, 3)) < 0.5, 127, -128).astype(np.int8)
+    exact = torch.nn.functional.conv2d(torch.from_numpy(x).double() - 3, torch.from_numpy(w).double(), padding=1)
+    ys = F32(float(exact.abs().max()) / 120)
+    m = qdq_layer("conv", w, F32(1.0), np.int8(0), None, None, F32(1.0), 3, ys, 128, pads=[1] * 4)
+    args = (torch.from_numpy(x), 1.0, 3, torch.from_numpy(w), 1.0, 0, None, float(ys), 128)
+    saturating = qi.conv2d(*args, padding=1, backend="ort", saturate=True).numpy()
+    exact_out = qi.conv2d(*args, padding=1, backend="ort", saturate=False).numpy()
+    assert int((saturating != exact_out).sum()) > 100  # the case does saturate
+    (default,) = run(m, {"x": x})
+    (precise,) = run(m, {"x": x}, options={"session.x64quantprecision": "1"})
+    assert int((default != (saturating if ort_saturates() else exact_out)).sum()) == 0
+    assert int((precise != exact_out).sum()) == 0
+
+
+def _quantize_graph():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])]
+    return lambda s, z: model(nodes, [("x", TensorProto.FLOAT)], [("y", TensorProto.UINT8)],
+                              {"s": F32(s), "z": np.uint8(z)})
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31), zp=st.integers(0, 255))
+def test_quantize_divides_like_onnxruntime(seed, zp):
+    rng = np.random.default_rng(seed)
+    s = F32(rng.random() * 0.1 + 1e-4)
+    ties = (np.arange(-300, 300) + 0.5).astype(F32) * s  # values near x.5 steps: where division matters
+    x = np.concatenate([ties, np.nextafter(ties, F32(np.inf)), (rng.standard_normal(500) * 200 * s).astype(F32)])
+    (y,) = run(_quantize_graph()(s, zp), {"x": x})
+    assert int((ort_quantize(torch.from_numpy(x), float(s), zp).numpy() != y).sum()) == 0
+
+
+def test_quantize_division_differs_from_torch():
+    """The one-ulp difference between x / s and x * f32(1/s) moves near-ties: measured, not assumed."""
+    s, zp = F32(0.1), 3
+    x = (np.arange(-1000, 1000) + 0.5).astype(F32) * s
+    (y,) = run(_quantize_graph()(s, zp), {"x": x})
+    torch_codes = quantize(torch.from_numpy(x), float(s), zp, "quint8").numpy()
+    assert int((torch_codes != y).sum()) > 0
+    assert int((ort_quantize(torch.from_numpy(x), float(s), zp).numpy() != y).sum()) == 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), relu=st.booleans())
+def test_add_matches_qlinearadd_on_every_pair(tmp_path_factory, seed, relu):
+    rng = np.random.default_rng(seed)
+    sa, sb, so = (F32(rng.random() * 0.1 + 1e-3) for _ in range(3))
+    za, zb = (int(v) for v in rng.integers(0, 256, 2))
+    zo = 0 if relu else int(rng.integers(0, 256))
+    codes = np.arange(256, dtype=np.uint8)
+    a, b = np.repeat(codes, 256).reshape(1, 256, 16, 16), np.tile(codes, 256).reshape(1, 256, 16, 16)
+    inits = {"sa": sa, "za": np.uint8(za), "sb": sb, "zb": np.uint8(zb), "so": so, "zo": np.uint8(zo)}
+    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["ad"]),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
+             helper.make_node("Add", ["ad", "bd"], ["c"])]
+    last = "c"
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        last = "r"
+    nodes.append(helper.make_node("QuantizeLinear", [last, "so", "zo"], ["y"]))
+    m = model(nodes, [("a", TensorProto.UINT8), ("b", TensorProto.UINT8)], [("y", TensorProto.UINT8)], inits)
+    path = str(tmp_path_factory.mktemp("a") / "opt.onnx")
+    (y,) = run(m, {"a": a, "b": b}, optimized=path)
+    assert "QLinearAdd" in fused_ops(path)
+    mine = qi.add(torch.from_numpy(a), float(sa), za, torch.from_numpy(b), float(sb), zb, float(so), zo,
+                  relu=relu, backend="ort")
+    assert int((mine.numpy() != y).sum()) == 0
+    if not relu:  # the bare kernel, without the clamp a fused ReLU adds
+        plain = ort_add(torch.from_numpy(a), float(sa), za, torch.from_numpy(b), float(sb), zb, float(so), zo)
+        assert int((plain.numpy() != y).sum()) == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), hw=st.sampled_from([(1, 1), (2, 2), (4, 4), (7, 5), (8, 8)]),
+       c=st.sampled_from([1, 8, 13, 128]))
+def test_global_average_pool_matches(tmp_path_factory, seed, hw, c):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (2, c, *hw)).astype(np.uint8)
+    s, z = F32(rng.random() * 0.1 + 1e-3), int(rng.integers(0, 256))
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xd"]),
+             helper.make_node("GlobalAveragePool", ["xd"], ["p"]),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["y"])]
+    m = model(nodes, [("x", TensorProto.UINT8)], [("y", TensorProto.UINT8)], {"s": s, "z": np.uint8(z)})
+    path = str(tmp_path_factory.mktemp("p") / "opt.onnx")
+    (y,) = run(m, {"x": x}, optimized=path)
+    assert "QLinearGlobalAveragePool" in fused_ops(path)
+    mine = qi.adaptive_avg_pool2d(torch.from_numpy(x), float(s), z, 1, backend="ort")
+    assert int((mine.numpy() != y).sum()) == 0
+    assert int((ort_global_avg_pool(torch.from_numpy(x), float(s), z, float(s), z).numpy() != y).sum()) == 0
+
+
+def test_bias_scale_far_from_product_leaves_a_float_conv(tmp_path):
+    """A bias DQ at 2 x (x_scale * w_scale) is not fused: the float Conv stays (why to_onnx
+    writes the bias at exactly f32(x_scale * w_scale))."""
+    w = np.ones((8, 8, 1, 1), np.int8)
+    paths = {}
+    for mult in (1.0, 2.0):
+        m = qdq_layer("conv", w, np.full(8, 0.01, F32), np.zeros(8, np.int8), np.arange(8, dtype=np.int32),
+                      np.full(8, F32(0.02) * F32(0.01) * F32(mult), F32), 0.02, 0, 0.1, 0)
+        paths[mult] = str(tmp_path / f"{mult}.onnx")
+        run(m, {"x": np.zeros((1, 8, 2, 2), np.uint8)}, optimized=paths[mult])
+    assert "QLinearConv" in fused_ops(paths[1.0]) and "Conv" not in fused_ops(paths[1.0])
+    assert "Conv" in fused_ops(paths[2.0]) and "QLinearConv" not in fused_ops(paths[2.0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), hi=st.sampled_from([6.0, 1.0, 0.37]))
+def test_relu6_clip_stays_float_and_matches(tmp_path_factory, seed, hi):
+    """DQ -> Clip(0, hi) -> Q with a zero point above 0: onnxruntime cannot drop the Clip (Q's
+    range reaches below 0), runs it in float, and the ort flavour's clamp computes the same."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    s, z = F32(rng.random() * 0.1 + 1e-3), int(rng.integers(1, 256))
+    inits = {"s": s, "z": np.uint8(z), "lo": F32(0.0), "hi": F32(hi)}
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo", "hi"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["y"])]
+    m = model(nodes, [("x", TensorProto.UINT8)], [("y", TensorProto.UINT8)], inits)
+    path = str(tmp_path_factory.mktemp("clip") / "opt.onnx")
+    (y,) = run(m, {"x": x}, optimized=path)
+    assert "Clip" in fused_ops(path)
+    mine = ort_clip(torch.from_numpy(x), float(s), z, 0.0, hi)
+    assert int((mine.numpy() != y).sum()) == 0
