@@ -100,6 +100,21 @@ def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _check_requant_scale(scale: torch.Tensor, backend: str) -> None:
+    # torch's qnnpack ops refuse a float32 requantization scale that is not a normal
+    # positive number (generate_requantization_scales). fbgemm answers an infinite one, but
+    # with codes that follow no rule (acc * inf, 0 * inf = NaN): qcal refuses it everywhere
+    bad = ~torch.isfinite(scale)
+    if backend == "qnnpack":
+        bad |= scale < torch.finfo(torch.float32).tiny
+    if bool(bad.any()):
+        raise ValueError(
+            f"backend {backend!r} refuses requantization scale {scale[bad].tolist()[:4]} "
+            "(x_scale * w_scale / out_scale in float32): requantization scale must be finite "
+            "and positive" + (" (a normal float32)" if backend == "qnnpack" else "")
+        )
+
+
 def requant_multipliers(
     x_scale: float | torch.Tensor,
     w_scale: float | torch.Tensor,
@@ -140,6 +155,7 @@ def requant_multipliers(
             raise ValueError(f"bias has {bias.numel()} entries but w_scale has {sw.numel()}")
         sw = sw.expand(bias.numel()).clone() if sw.numel() == 1 else sw
     ats = sa * sw  # f32(sa * sw_j): every backend forms this product in float32
+    _check_requant_scale(ats / so, backend)
     if backend == "fbgemm":
         mult = ats / so
     elif backend == "qnnpack":
