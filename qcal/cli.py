@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qcal.safe_load import MAX_FILE_BYTES
+
 __all__ = ["arg", "command", "main", "write"]
 
 
@@ -152,7 +154,8 @@ def _positive(text: str) -> float:
         "file",
         help="a torch.save()d state_dict or checkpoint (loaded as data only, weights_only=True)",
     ),
-    arg("--max-mb", type=_positive, default=256.0, help="refuse larger files (default 256 MiB)"),
+    arg("--max-mb", type=_positive, default=MAX_FILE_BYTES / 2**20,
+        help=f"refuse larger files (default {MAX_FILE_BYTES // 2**20} MiB)"),
     arg("--format", choices=("table", "csv", "json"), default="table", help="output format"),
 )
 def explain_command(args: argparse.Namespace) -> int:
