@@ -2,22 +2,29 @@
 
 A ``QSpec`` names the integer dtype, the qscheme (per tensor or per channel, affine or
 symmetric), the range estimator ("observer") and its options. A ``Scheme`` pairs a weight
-spec with an activation spec. ``SCHEMES`` holds the presets of DESIGN.md.
+spec with an activation spec. ``SCHEMES`` holds the named presets defined below.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 __all__ = [
     "BACKENDS",
     "DTYPES",
+    "MODES",
     "OBSERVERS",
     "QSCHEMES",
     "SCHEMES",
+    "Backend",
+    "Mode",
     "QSpec",
     "Scheme",
+    "check_backend",
+    "check_backends",
+    "check_mode",
     "resolve_scheme",
 ]
 
@@ -26,17 +33,44 @@ QScheme = Literal[
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
 ]
 Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]
+Mode = Literal["auto", "graph", "modules"]  # calibrate: torch.fx graph, module swap, or graph falling back
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 QSCHEMES: tuple[str, ...] = get_args(QScheme)
 OBSERVERS: tuple[str, ...] = get_args(Observer)
 BACKENDS: tuple[str, ...] = get_args(Backend)
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def check_backend(backend: Any) -> Backend:
+    """The one backend validator: returns ``backend`` when it is one of ``BACKENDS``.
+
+    Raises:
+        ValueError: for any other value (the message lists the valid names).
+    """
+    _check_choice("backend", backend, BACKENDS)
+    return backend
+
+
+def check_backends(backends: Iterable[Any]) -> list[Backend]:
+    """Each name through ``check_backend``; returns them as a list."""
+    return [check_backend(b) for b in backends]
+
+
+def check_mode(mode: Any) -> Mode:
+    """The one calibration-mode validator: returns ``mode`` when it is one of ``MODES``.
+
+    Raises:
+        ValueError: for any other value (the message lists the valid modes).
+    """
+    _check_choice("mode", mode, MODES)
+    return mode
 
 
 @dataclass(frozen=True)
