@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from qcal.schemes import (
+    check_backend,  # schemes imports nothing from qcal: the one backend validator
+)
+
 __all__ = [
     "EPS",
     "INT_DTYPES",
@@ -33,7 +37,6 @@ INT_DTYPES: dict[str, torch.dtype] = {"quint8": torch.uint8, "qint8": torch.int8
 #: torch's smallest scale, ``finfo(float32).eps``.
 EPS = torch.finfo(torch.float32).eps
 # quantize's conventions: torch's (its engines') and ONNX QuantizeLinear's
-_QUANTIZE_BACKENDS = ("fbgemm", "qnnpack", "onnx", "q31")
 
 
 def qrange(dtype: str, reduce_range: bool = False) -> tuple[int, int]:
@@ -142,8 +145,8 @@ def quantize(
         scale, zero_point: scalars, or 1-D tensors along ``axis`` for per-channel.
         dtype: "quint8" (returns uint8 codes) or "qint8" (int8 codes).
         axis: the channel axis for per-channel quantization; None for per tensor.
-        backend: "fbgemm", "qnnpack", "q31": torch's quantize_per_tensor/_per_channel (the
-            torch engines quantize inputs with it); "onnx": QuantizeLinear,
+        backend: "fbgemm", "qnnpack", "x86", "q31": torch's quantize_per_tensor/_per_channel
+            (the torch engines quantize inputs with it); "onnx": QuantizeLinear,
             ``saturate(rint(f32(x / scale)) + zp)`` (division, half to even, then the zero point).
     Returns:
         A uint8 or int8 tensor shaped like ``x``.
@@ -151,8 +154,7 @@ def quantize(
     Example: x = 12.750001, scale 0.3, qint8, zero point 0: torch x * f32(1/0.3) = 42.500004
     -> 43; onnx x / 0.3 = 42.5 exactly -> rint 42 (ties to even).
     """
-    if backend not in _QUANTIZE_BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(_QUANTIZE_BACKENDS)}")
+    check_backend(backend)
     qmin, qmax = qrange(dtype)
     x = torch.as_tensor(x, dtype=torch.float32)
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)

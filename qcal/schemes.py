@@ -24,7 +24,9 @@ __all__ = [
     "Scheme",
     "check_backend",
     "check_backends",
+    "check_choice",
     "check_mode",
+    "check_runnable",
     "resolve_scheme",
 ]
 
@@ -33,7 +35,7 @@ QScheme = Literal[
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
 ]
 Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]  # x86: torch's x86 engine (FBGEMM or oneDNN per layer)
 Mode = Literal["auto", "graph", "modules"]  # calibrate: torch.fx graph, module swap, or graph falling back
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
@@ -43,7 +45,12 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 MODES: tuple[str, ...] = get_args(Mode)
 
 
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    """The one message style for a closed choice: ``unknown <what> <value>; expected one of: ...``.
+
+    Raises:
+        ValueError: ``value`` is not in ``choices``.
+    """
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
 
@@ -54,7 +61,7 @@ def check_backend(backend: Any) -> Backend:
     Raises:
         ValueError: for any other value (the message lists the valid names).
     """
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, BACKENDS)
     return backend
 
 
@@ -69,7 +76,7 @@ def check_mode(mode: Any) -> Mode:
     Raises:
         ValueError: for any other value (the message lists the valid modes).
     """
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     return mode
 
 
@@ -102,9 +109,9 @@ class QSpec:
     options: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("qscheme", self.qscheme, QSCHEMES)
-        _check_choice("observer", self.observer, OBSERVERS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("qscheme", self.qscheme, QSCHEMES)
+        check_choice("observer", self.observer, OBSERVERS)
         opts = self.options
         if isinstance(opts, dict):
             opts = tuple(opts.items())
@@ -258,3 +265,32 @@ def resolve_scheme(scheme: str | Scheme) -> Scheme:
             )
         return SCHEMES[scheme]
     raise TypeError(f"scheme must be a preset name or a qcal.Scheme, got {type(scheme).__name__}")
+
+
+_TORCH_ENGINES = tuple(b for b in BACKENDS if b in ("fbgemm", "qnnpack", "x86"))
+# (backend, role, dtype) -> why the backend cannot run it. Checked before any calibration, so
+# a built scheme fails with the reason instead of a dtype error deep inside a kernel.
+_UNRUNNABLE: dict[tuple[str, str, str], str] = {
+    **{(b, "activation", "qint8"): f"{b}'s kernels take quint8 activations only (torch's "
+       f"quantized::conv2d/linear refuse qint8 inputs under the {b} engine)" for b in _TORCH_ENGINES},
+    **{(b, "activation", "qint8"): "qcal's whole-model pipeline carries activations as quint8 "
+       "(the int8 kernels take qint8 codes, the model wiring does not)" for b in ("onnx", "q31")},
+    **{(b, "weight", "quint8"): f"{b}'s kernels take qint8 weights only (torch packs weights "
+       f"as qint8 for the {b} engine)" for b in _TORCH_ENGINES},
+}
+
+
+def check_runnable(scheme: Scheme, backend: str) -> None:
+    """Refuse a (scheme, backend) pair the backend cannot run, saying why.
+
+    Raises:
+        ValueError: e.g. qint8 activations on fbgemm, naming the scheme, the setting and
+            the reason.
+    """
+    check_backend(backend)
+    for role, spec in (("weight", scheme.weight), ("activation", scheme.activation)):
+        reason = _UNRUNNABLE.get((backend, role, spec.dtype))
+        if reason:
+            raise ValueError(f"scheme {scheme.name!r} cannot run on {backend}: {spec.dtype} "
+                             f"{role}s: {reason}; use {'quint8' if spec.dtype == 'qint8' else 'qint8'} "
+                             f"{role}s{' or the onnx backend' if role == 'weight' else ''}")

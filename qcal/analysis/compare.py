@@ -28,6 +28,7 @@ from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches, call_model
 from qcal.calibration.calibrate import calibrate_many
 from qcal.calibration.model import describe_shape
+from qcal.scheme_text import format_scheme
 from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
 __all__ = ["FRAME_NAMES", "Comparison", "Progress", "compare"]
@@ -131,16 +132,15 @@ def compare(
     _check_labels(fp32_outputs, batches)
     schemes_in_order = list(dict.fromkeys(s for s, _ in jobs))
     backends_in_order = list(dict.fromkeys(b for _, b in jobs))
-    models = calibrate_many(
-        model, calib_data, schemes_in_order, backends_in_order, mode=mode,
-        progress=lambda f, m: report(0.5 * f, m),
-    )
+    models = calibrate_many(model, calib_data, schemes_in_order, backends_in_order, mode=mode,
+                            progress=lambda f, m: report(0.5 * f, m))
     models = {(s.name, b): models[(s.name, b)] for s, b in jobs}
     results, sweep = _run_jobs(models, batches, fp32_outputs, executor, report)
     report(1.0, "done")
     fp32_metric, fp32_value = top1_metric(fp32_outputs, batches)
     info = {
         "schemes": [s.name for s in schemes_in_order],
+        "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order},
         "backends": backends_in_order,
         "fp32_metric": fp32_metric,
         "fp32_value": fp32_value,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from qcal.paths import data_dir
+from qcal.schemes import check_choice
 
 __all__ = [
     "EXAMPLE_BACKENDS",
@@ -76,10 +77,7 @@ def build_example_state_dict(backend: str = "fbgemm", *, seed: int = 0, epochs: 
     Returns:
         The converted model's ``state_dict()``.
     """
-    if backend not in EXAMPLE_BACKENDS:
-        raise ValueError(
-            f"unknown backend {backend!r}; expected one of: {', '.join(EXAMPLE_BACKENDS)}"
-        )
+    check_choice("backend", backend, EXAMPLE_BACKENDS)
     qa = torch.ao.quantization
     x, y = _digits()
     with torch.random.fork_rng():
@@ -119,10 +117,7 @@ def example_checkpoint(backend: str = "fbgemm") -> Path:
         >>> qcal.explain(example_checkpoint("qnnpack")).role.value_counts()["requant"]  # doctest: +SKIP
         3
     """
-    if backend not in EXAMPLE_BACKENDS:
-        raise ValueError(
-            f"unknown backend {backend!r}; expected one of: {', '.join(EXAMPLE_BACKENDS)}"
-        )
+    check_choice("backend", backend, EXAMPLE_BACKENDS)
     path = data_dir() / f"example_checkpoint_{backend}.pt"
     if path.is_file():
         return path

@@ -47,6 +47,8 @@ channels_last (which includes C == 1 or H == W == 1) takes the channels_last pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -142,18 +144,7 @@ def add(
     codes = torch.arange(info.min, info.max + 1)
     ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
     za, zb, zo = a_zero_point, b_zero_point, out_zero_point
-    if backend == "qnnpack":
-        ma, mb = sa / so, sb / so
-        for m in (ma, mb):
-            if not 2.0**-14 <= float(m) < 2.0**8:
-                raise ValueError(f"QNNPACK add needs input/output scale ratios in [2^-14, 2^8), got {float(m):.7g}")
-        table = _qnnpack_add(ta, za, tb, zb, ma, mb, zo, lo, hi)
-    elif backend in ("onnx", "q31"):
-        real = sa.double() * (ta.double() - za) + sb.double() * (tb.double() - zb)
-        table = torch.round(real / so.double() + zo).clamp(lo, hi)
-    else:
-        table = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=False)
-    table = table.to(a_q.dtype)
+    table = _ADD_TABLES.get(backend, _fbgemm_table)(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi).to(a_q.dtype)
     if a_q.shape != b_q.shape:  # onnx / q31 broadcast
         a_q, b_q = torch.broadcast_tensors(a_q, b_q)
         a_q, b_q = a_q.contiguous(), b_q.contiguous()
@@ -174,6 +165,30 @@ def add(
         n, c, h, w = a_q.shape
         return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view
     return out.view(a_q.shape)
+
+
+def _qnnpack_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
+    ma, mb = sa / so, sb / so
+    for m in (ma, mb):
+        if not 2.0**-14 <= float(m) < 2.0**8:
+            raise ValueError(f"QNNPACK add needs input/output scale ratios in [2^-14, 2^8), got {float(m):.7g}")
+    return _qnnpack_add(ta, za, tb, zb, ma, mb, zo, lo, hi)
+
+
+def _real_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
+    """onnx / q31: the real-valued sum in float64, the zero point before rounding."""
+    real = sa.double() * (ta.double() - za) + sb.double() * (tb.double() - zb)
+    return torch.round(real / so.double() + zo).clamp(lo, hi)
+
+
+def _fbgemm_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
+    """fbgemm and x86 (the same ATen kernel): the vector lanes' rule (tails are patched after)."""
+    return _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=False)
+
+
+# backend -> the add's output code for every (a, b) pair of codes
+_ADD_TABLES: dict[str, Callable[..., torch.Tensor]] = {"qnnpack": _qnnpack_table, "onnx": _real_table,
+                                                       "q31": _real_table}
 
 
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it

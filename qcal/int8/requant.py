@@ -148,40 +148,62 @@ def requant_multipliers(
     so = _f32_vector(out_scale, "out_scale")
     if sa.numel() != 1 or so.numel() != 1:
         raise ValueError(f"x_scale and out_scale must be single numbers, got {sa.numel()} and {so.numel()}")
-    if bias is not None:
-        bias = torch.as_tensor(bias).reshape(-1)
-        if bias.dtype not in (torch.float32, torch.float64, torch.int32):
-            raise TypeError(f"bias must be float32 or int32, got {bias.dtype}")
-        if bias.dtype == torch.float64:
-            bias = bias.float()
-        if per_channel and bias.numel() != sw.numel():
-            raise ValueError(f"bias has {bias.numel()} entries but w_scale has {sw.numel()}")
-        sw = sw.expand(bias.numel()).clone() if sw.numel() == 1 else sw
-    ats = sa * sw  # f32(sa * sw_j): every backend forms this product in float32
-    _check_requant_scale(ats / so, backend)
-    dst = None
-    if backend == "onednn":
-        ats, dst = onednn_scales(float(sa), sw, float(so))
-        mult = ats * dst
-    elif backend == "fbgemm":
-        mult = ats / so
-    elif backend == "qnnpack":
-        mult = ats * (1.0 / so)  # torch multiplies by the float32 reciprocal of so
-    else:
-        mult = ats / so  # onnx: numpy float32 arrays; q31 shows the float32 it approximates
-    bias_int32 = bias_float = None
-    if bias is not None and bias.dtype == torch.int32:
-        bias_int32 = bias
-    elif bias is not None and backend in ("fbgemm", "onednn"):
-        bias_float = bias
-    elif bias is not None and backend == "qnnpack":
-        bias_int32 = torch.round(bias * (1.0 / ats)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
-    elif bias is not None:
-        bias_int32 = torch.round(bias / ats).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+    bias, sw = _checked_bias(bias, sw, per_channel)
+    _check_requant_scale(sa * sw / so, backend)
+    ats, mult, dst = _multiplier(backend, sa, sw, so)
+    bias_int32, bias_float = _bias_rule(bias, backend, ats)
     # q31 encodes TFLite's double multiplier; the others show their own float32 one in Q31
     real = sa.double() * sw.double() / so.double() if backend == "q31" else mult.double()
     q, shift, err = quantize_multiplier(real)
     return Requant(backend, mult, bias_int32, q, shift, err, ats, bias_float, per_channel, dst)
+
+
+def _checked_bias(bias: torch.Tensor | None, sw: torch.Tensor, per_channel: bool
+                  ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The bias as a float32 or int32 vector, and the weight scales expanded to its length."""
+    if bias is None:
+        return None, sw
+    bias = torch.as_tensor(bias).reshape(-1)
+    if bias.dtype not in (torch.float32, torch.float64, torch.int32):
+        raise TypeError(f"bias must be float32 or int32, got {bias.dtype}")
+    if bias.dtype == torch.float64:
+        bias = bias.float()
+    if per_channel and bias.numel() != sw.numel():
+        raise ValueError(f"bias has {bias.numel()} entries but w_scale has {sw.numel()}")
+    return bias, (sw.expand(bias.numel()).clone() if sw.numel() == 1 else sw)
+
+
+# the float32 multiplier from ats = f32(sa * sw_j) and so, per backend
+_MULTIPLIERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "fbgemm": lambda ats, so: ats / so,
+    "qnnpack": lambda ats, so: ats * (1.0 / so),  # torch multiplies by the float32 reciprocal of so
+    "onnx": lambda ats, so: ats / so,  # numpy float32 arrays
+    "q31": lambda ats, so: ats / so,  # the float32 it approximates (shown beside its Q31 form)
+}
+
+
+def _multiplier(backend: str, sa: torch.Tensor, sw: torch.Tensor, so: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(ats, multiplier, oneDNN's dst multiplier or None) as ``backend`` computes them."""
+    if backend == "onednn":
+        ats, dst = onednn_scales(float(sa), sw, float(so))
+        return ats, ats * dst, dst
+    ats = sa * sw  # f32(sa * sw_j): every backend forms this product in float32
+    return ats, _MULTIPLIERS[backend](ats, so), None
+
+
+def _bias_rule(bias: torch.Tensor | None, backend: str, ats: torch.Tensor
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(bias_int32, bias_float): an int32 bias as is; fbgemm/oneDNN keep a float bias; qnnpack
+    rounds b * f32(1/ats), onnx and q31 b / ats, to int32."""
+    if bias is None:
+        return None, None
+    if bias.dtype == torch.int32:
+        return bias, None
+    if backend in ("fbgemm", "onednn"):
+        return None, bias
+    scaled = bias * (1.0 / ats) if backend == "qnnpack" else bias / ats
+    return torch.round(scaled).clamp(-(2**31), 2**31 - 1).to(torch.int32), None
 
 
 def output_range(out_dtype: torch.dtype, zero_point: int, relu: bool) -> tuple[int, int]:

@@ -9,20 +9,22 @@ from __future__ import annotations
 import importlib
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from qcal.io.safe_load import MAX_FILE_BYTES, check_size
 
-__all__ = ["load_user_model"]
+__all__ = ["import_module", "load_user_model"]
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # common checkpoint layouts
 
 
 def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
+                    importer: Callable[[str], ModuleType] | None = None,
                     max_bytes: int = MAX_FILE_BYTES) -> nn.Module:
     """Build a model from ``"package.module:factory"`` and optionally load its weights.
 
@@ -32,7 +34,10 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
 
     Args:
         spec: "module:factory", e.g. "my_project.models:make_net".
-        state_dict_path: optional ``.pt``/``.pth`` file, read with ``weights_only=True``.
+        state_dict_path: optional ``.pt``/``.pth`` file, read with ``weights_only=True``,
+            or ``.safetensors``.
+        importer: imports the module (default ``import_module``; the registry of team
+            models passes one that looks in the registry's folder first).
         max_bytes: refuse a weights file (or a zip that expands) beyond this size.
 
     Returns:
@@ -46,7 +51,7 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise ValueError(f"model spec {spec!r} must look like 'package.module:factory'")
-    module = _import(module_name)
+    module = (importer or import_module)(module_name)
     factory = module
     for part in attr_path.split("."):
         if not hasattr(factory, part):
@@ -70,7 +75,8 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
     return model.eval()
 
 
-def _import(module_name: str):
+def import_module(module_name: str) -> ModuleType:
+    """``importlib.import_module`` with errors that say where the module is looked for."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -87,7 +93,8 @@ def _load_weights(model: nn.Module, path: Path, max_bytes: int) -> None:
         raise ValueError(f"{path}: no such state_dict file")
     check_size(path, max_bytes)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = _read_safetensors(path) if path.suffix.lower() == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: refused to load: it holds Python objects other than tensors; save "
@@ -104,6 +111,16 @@ def _load_weights(model: nn.Module, path: Path, max_bytes: int) -> None:
         raise ValueError(f"{path}: holds a {type(state).__name__}, expected a state_dict (a dict of tensors)")
     _check_keys(model, state, path)
     model.load_state_dict(state)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def _check_keys(model: nn.Module, state: Mapping, path: Path) -> None:

@@ -1,6 +1,6 @@
 """One element's requantization replayed step by step, one small function per backend.
 
-``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31), runs
+``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31, x86), runs
 them on the element's int32 accumulator, clamps, and checks the result against
 ``qcal.int8.requantize`` of the same accumulator: the table cannot drift from the engine.
 """
@@ -126,6 +126,9 @@ _STEPS: dict[Backend, Callable[[_Element], tuple[int, list[Step]]]] = {
     "qnnpack": _torch_steps(_qnnpack_bias, "qnnpack"),
     "onnx": _onnx_steps,
     "q31": _q31_steps,
+    # torch's x86 engine requantizes its conv/linear with FBGEMM's numbers (requant_multipliers
+    # maps it so); its oneDNN layers (VNNI CPUs only) show as a disagreement with the engine
+    "x86": _torch_steps(_fbgemm_bias, "fbgemm"),
 }
 
 

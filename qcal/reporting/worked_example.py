@@ -52,7 +52,7 @@ def backend_reference_element(layer: Any, trace: Any, index: tuple[int, ...], ba
     Returns None for flavours torch has no engine for ("onnx", "q31") or inputs it cannot
     take (int8 activations).
     """
-    if backend not in ("fbgemm", "qnnpack") or trace.input_q.dtype != torch.uint8:
+    if backend not in ("fbgemm", "qnnpack", "x86") or trace.input_q.dtype != torch.uint8:
         return None
     x = torch._make_per_tensor_quantized_tensor(trace.input_q, float(layer.input_scale),
                                                 int(layer.input_zero_point))

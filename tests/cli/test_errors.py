@@ -93,7 +93,7 @@ def test_cli_an_unknown_zoo_model_lists_the_zoo(capsys):
 
 
 @pytest.mark.parametrize(("flag", "value", "expected"), [
-    ("--backends", "fbgemm,bogus", "unknown backend 'bogus'; expected a comma list of: fbgemm, qnnpack, onnx, q31"),
+    ("--backends", "fbgemm,bogus", "unknown backend 'bogus'; expected a comma list of: fbgemm, qnnpack, onnx, q31, x86"),
     ("--schemes", "int4", "unknown scheme 'int4'; expected 'all' or a comma list of: per_tensor_affine, "),
 ])
 def test_cli_unknown_scheme_or_backend_lists_the_valid_names(capsys, flag, value, expected):
