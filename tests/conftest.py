@@ -32,3 +32,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the slow tests that ran (the exactness sweeps), so CI's log shows them."""
+    reports = [r for outcome in ("passed", "failed", "error") for r in terminalreporter.stats.get(outcome, [])
+               if getattr(r, "when", None) == "call" and "slow" in r.keywords]
+    if not reports:
+        return
+    write = terminalreporter.write_line
+    write(f"slow tests run: {len(reports)}, {sum(r.duration for r in reports):.0f} s in all")
+    for r in sorted(reports, key=lambda r: r.nodeid):
+        write(f"  {r.outcome:6s} {r.duration:7.1f} s  {r.nodeid}")

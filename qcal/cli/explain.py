@@ -8,6 +8,7 @@ import textwrap
 from typing import Any
 
 from qcal.cli.args import arg, command, write
+from qcal.io.safe_load import MAX_FILE_BYTES
 
 __all__ = ["explain_command", "format_explain", "short_list"]
 
@@ -71,7 +72,8 @@ def _positive(text: str) -> float:
         "file",
         help="a torch.save()d state_dict or checkpoint (loaded as data only, weights_only=True)",
     ),
-    arg("--max-mb", type=_positive, default=256.0, help="refuse larger files (default 256 MiB)"),
+    arg("--max-mb", type=_positive, default=MAX_FILE_BYTES / 2**20,
+        help=f"refuse larger files (default {MAX_FILE_BYTES // 2**20} MiB)"),
     arg("--format", choices=("table", "csv", "json"), default="table", help="output format"),
 )
 def explain_command(args: argparse.Namespace) -> int:

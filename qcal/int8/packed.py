@@ -22,7 +22,7 @@ from qcal.int8.accumulate import Accumulator, Method
 from qcal.int8.isa import InstructionSet
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
-from qcal.int8.requant import Requant, requant_multipliers, requantize
+from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
     fbgemm_conv_path,
@@ -89,6 +89,8 @@ def _weights(w_q, w_scale, w_zero_point, bias, backend):
         got = getattr(w_q, "dtype", type(w_q).__name__)
         raise TypeError(f"w_q has dtype {got}; backend {backend!r} takes {names} weights")
     o = w_q.shape[0]
+    if o == 0 or w_q.numel() == 0:  # torch's prepack crashes the process on such weights
+        raise ValueError(f"w_q has shape {tuple(w_q.shape)}: weights need at least one output channel and input")
     zp = torch.as_tensor(w_zero_point).reshape(-1).to(torch.int64)
     if zp.numel() not in (1, o):
         raise ValueError(f"w_zero_point has {zp.numel()} entries; expected 1 or {o} (one per output channel)")
@@ -151,6 +153,12 @@ class _Packed:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
         rq = self.requant(sa, so, self.flavour(isa))
         out_dtype = _out_dtype(out_zero_point)
+        output_range(out_dtype, zo, relu)  # validates zo even when there is nothing to compute
+        if x_q.numel() == 0:  # an empty batch: torch's engines return an empty output too
+            out = torch.empty(self._out_shape(x_q), dtype=out_dtype)
+            if not detailed:
+                return out
+            return KernelResult(out, torch.empty(out.shape, dtype=torch.int32), 0, rq)
         sat = self._saturates(rq, saturate, isa) and self._can_saturate(x_q, za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
@@ -241,6 +249,7 @@ class PackedConv2d(_Packed):
             raise ValueError(
                 f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(self.w_q.shape)} with groups={self.geometry[3]}"
             )
+        x_q = self._fit_image(x_q, x_zero_point)
         res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1, isa)
         # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
         if isinstance(res, KernelResult):
@@ -253,6 +262,51 @@ class PackedConv2d(_Packed):
 
     def _saturation(self, x_q, za):
         return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
+
+    def _out_shape(self, x_q: torch.Tensor, *, truncate: bool = False) -> tuple[int, ...]:
+        """(N, O, H', W'); ``truncate``: torch's C division, which rounds a negative
+        numerator toward zero (a kernel overhanging the image by less than a stride)."""
+        out = [x_q.shape[0], self.w_q.shape[0]]
+        for i in range(2):
+            (s, p, d), k = (g[i] for g in self.geometry[:3]), self.w_q.shape[2 + i]
+            num = x_q.shape[2 + i] + 2 * p - d * (k - 1) - 1
+            out.append(max((int(num / s) if truncate else num // s) + 1, 0))
+        return tuple(out)
+
+    def _fit_image(self, x_q: torch.Tensor, x_zero_point) -> torch.Tensor:
+        """``x_q`` as the backend reads it, or ValueError where the backend refuses it.
+
+        torch's engines answer an empty batch (N = 0) with an empty output and refuse an
+        empty image or an output with no rows or columns. FBGEMM sizes the output with C's
+        truncating division, so a kernel that overhangs the last row or column by less than
+        a stride still gives an output, read from pixels past the image that its im2col
+        fills with the zero point; QNNPACK crashes the process there (segfault), qcal refuses.
+        """
+        if x_q.shape[0] == 0:
+            return x_q
+        if x_q.shape[2] == 0 or x_q.shape[3] == 0:
+            raise ValueError(
+                f"x_q has an empty image {tuple(x_q.shape[2:])}: input dimensions must be non-zero "
+                f"(QNNPACK's check; qcal refuses it on every backend)"
+            )
+        floor, trunc = self._out_shape(x_q), self._out_shape(x_q, truncate=True)
+        if min(floor[2:]) > 0:
+            return x_q
+        if self.backend == "fbgemm" and min(trunc[2:]) > 0:
+            (sh, sw), _, (dh, dw), _ = self.geometry
+            kh, kw = self.w_q.shape[2:]
+            need_h = (trunc[2] - 1) * sh + dh * (kh - 1) + 1 - x_q.shape[2] - 2 * self.geometry[1][0]
+            need_w = (trunc[3] - 1) * sw + dw * (kw - 1) + 1 - x_q.shape[3] - 2 * self.geometry[1][1]
+            za = _scalar(x_zero_point, "x_zero_point", int)
+            return torch.nn.functional.pad(x_q, (0, max(need_w, 0), 0, max(need_h, 0)), value=za)
+        (ph, pw), (dh, dw) = self.geometry[1], self.geometry[2]
+        crash = " (torch's qnnpack crashes on this layer)" if min(trunc[2:]) > 0 else ""
+        raise ValueError(
+            f"backend {self.backend!r} refuses this conv2d: each dimension of output tensor "
+            f"should be greater than 0 (input {tuple(x_q.shape[2:])}, padding {(ph, pw)}, "
+            f"kernel {tuple(self.w_q.shape[2:])}, dilation {(dh, dw)}: the kernel does not "
+            f"fit the padded input){crash}"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -276,12 +330,18 @@ class PackedLinear(_Packed):
         isa: InstructionSet | None = None,
     ) -> torch.Tensor | KernelResult:
         """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed); ``isa`` as for conv."""
+        if x_q.dim() < 2 and self.backend in _TORCH_BACKENDS:
+            raise ValueError(f"x_q has shape {tuple(x_q.shape)}; backend {self.backend!r} refuses "
+                             "linear inputs of rank < 2 (torch: input tensor rank should be >= 2)")
         if x_q.shape[-1] != self.w_q.shape[1]:
             raise ValueError(f"x_q has {x_q.shape[-1]} features, weights expect {self.w_q.shape[1]}")
         return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1, isa)
 
     def _saturation(self, x_q, za):
         return pair_saturation_linear(x_q, self.w_q)
+
+    def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
+        return (*x_q.shape[:-1], self.w_q.shape[0])
 
 
 @torch.no_grad()
@@ -321,6 +381,11 @@ def pack_conv2d(
     if groups < 1 or w_q.shape[0] % groups:
         raise ValueError(f"groups={groups} must be >= 1 and divide the {w_q.shape[0]} output channels")
     geometry = (_pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"), int(groups))
+    # torch crashes on stride 0, answers dilation 0 and negative padding with meaningless
+    # shapes (or an internal assert under qnnpack): qcal refuses all three
+    for name, values, low in (("stride", geometry[0], 1), ("padding", geometry[1], 0), ("dilation", geometry[2], 1)):
+        if min(values) < low:
+            raise ValueError(f"{name} {values} must be >= {low} in both dimensions")
     acc = Accumulator(w_q, zp, geometry, method)
     path = fbgemm_conv_path(w_q.shape[1] * groups, tuple(w_q.shape), geometry)
     return PackedConv2d(backend, w_q, w_scale, zp, bias, acc, geometry=geometry, path=path)

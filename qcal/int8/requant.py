@@ -103,6 +103,21 @@ def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _check_requant_scale(scale: torch.Tensor, backend: str) -> None:
+    # torch's qnnpack ops refuse a float32 requantization scale that is not a normal
+    # positive number (generate_requantization_scales). fbgemm answers an infinite one, but
+    # with codes that follow no rule (acc * inf, 0 * inf = NaN): qcal refuses it everywhere
+    bad = ~torch.isfinite(scale)
+    if backend == "qnnpack":
+        bad |= scale < torch.finfo(torch.float32).tiny
+    if bool(bad.any()):
+        raise ValueError(
+            f"backend {backend!r} refuses requantization scale {scale[bad].tolist()[:4]} "
+            "(x_scale * w_scale / out_scale in float32): requantization scale must be finite "
+            "and positive" + (" (a normal float32)" if backend == "qnnpack" else "")
+        )
+
+
 def requant_multipliers(
     x_scale: float | torch.Tensor,
     w_scale: float | torch.Tensor,
@@ -136,6 +151,7 @@ def requant_multipliers(
     if sa.numel() != 1 or so.numel() != 1:
         raise ValueError(f"x_scale and out_scale must be single numbers, got {sa.numel()} and {so.numel()}")
     bias, sw = _checked_bias(bias, sw, per_channel)
+    _check_requant_scale(sa * sw / so, backend)
     ats, mult, dst = _multiplier(backend, sa, sw, so)
     bias_int32, bias_float = _bias_rule(bias, backend, ats)
     # q31 encodes TFLite's double multiplier; the others show their own float32 one in Q31

@@ -32,9 +32,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_MAX_BYTES", "PackedParamsState", "load_checkpoint"]
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_FILE_BYTES", "PackedParamsState", "check_size", "load_checkpoint"]
 
-DEFAULT_MAX_BYTES = 256 * 2**20  # 256 MiB: far above any int8 checkpoint a page should show
+#: The one size cap for files qcal reads from users (checkpoints, tensor files, user model
+#: weights): far above any int8 checkpoint, enough calibration data for a laptop.
+MAX_FILE_BYTES = 512 * 2**20
+DEFAULT_MAX_BYTES = MAX_FILE_BYTES  # the name the public loaders' signatures carry
 
 # held around safe_globals + torch.load: the allowlist torch edits is global to the process
 _LOAD_LOCK = threading.Lock()
@@ -113,7 +116,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
 
     Args:
         path: a file written by ``torch.save`` (e.g. a quantized model's ``state_dict()``).
-        max_bytes: refuse files larger than this (default 256 MiB).
+        max_bytes: refuse files larger than this (default ``MAX_FILE_BYTES``, 512 MiB).
 
     Returns:
         Whatever the file holds, built only from tensors, containers, numbers, strings,
@@ -124,6 +127,26 @@ def load_checkpoint(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
             holds objects other than data (a pickled model, custom classes, code).
     """
     path = Path(path)
+    check_size(path, max_bytes)
+    try:
+        with (
+            _LOAD_LOCK,
+            torch.serialization.safe_globals([(PackedParamsState, "torch.ScriptObject")]),
+            warnings.catch_warnings(),
+        ):
+            # rebuilding quantized tensors goes through TypedStorage, which warns on every load
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise ValueError(_explain_load_error(path, err)) from None
+
+
+def check_size(path: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
+    """Refuse a missing, empty or oversized torch file, or a zip that expands past the cap.
+
+    Raises:
+        ValueError: naming the file, its size and the limit.
+    """
     if not path.is_file():
         raise ValueError(f"no such file: {str(path)!r}")
     size = path.stat().st_size
@@ -136,17 +159,6 @@ def load_checkpoint(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
         raise ValueError(f"{path.name} is empty (0 bytes): not a torch checkpoint")
     if zipfile.is_zipfile(path):
         _check_zip(path, max_bytes)
-    try:
-        with (
-            _LOAD_LOCK,
-            torch.serialization.safe_globals([(PackedParamsState, "torch.ScriptObject")]),
-            warnings.catch_warnings(),
-        ):
-            # rebuilding quantized tensors goes through TypedStorage, which warns on every load
-            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:
-        raise ValueError(_explain_load_error(path, err)) from None
 
 
 def _check_zip(path: Path, max_bytes: int) -> None:

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qcal.io.safe_load import MAX_FILE_BYTES
+
 __all__ = ["DEFAULT_MAX_BYTES", "INPUT_KEYS", "LABEL_KEYS", "TENSOR_SUFFIXES", "load_tensors"]
 
-DEFAULT_MAX_BYTES = 512 * 2**20  # 512 MiB: plenty for calibration data, small enough for a laptop
+DEFAULT_MAX_BYTES = MAX_FILE_BYTES  # qcal's one cap on user files (qcal.io.safe_load)
 TENSOR_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".npz", ".npy", ".safetensors")
 INPUT_KEYS: tuple[str, ...] = ("inputs", "input", "x", "data", "images", "features")
 LABEL_KEYS: tuple[str, ...] = ("labels", "label", "y", "targets", "target")

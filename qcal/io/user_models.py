@@ -16,13 +16,16 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from qcal.io.safe_load import MAX_FILE_BYTES, check_size
+
 __all__ = ["import_module", "load_user_model"]
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # common checkpoint layouts
 
 
 def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
-                    importer: Callable[[str], ModuleType] | None = None) -> nn.Module:
+                    importer: Callable[[str], ModuleType] | None = None,
+                    max_bytes: int = MAX_FILE_BYTES) -> nn.Module:
     """Build a model from ``"package.module:factory"`` and optionally load its weights.
 
     ``factory`` is an attribute of the module (dots allowed: ``"mod:Class.build"``) called
@@ -35,6 +38,7 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
             or ``.safetensors``.
         importer: imports the module (default ``import_module``; the registry of team
             models passes one that looks in the registry's folder first).
+        max_bytes: refuse a weights file (or a zip that expands) beyond this size.
 
     Returns:
         The model in eval mode.
@@ -67,7 +71,7 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"{spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict_path is not None:
-        _load_weights(model, Path(state_dict_path))
+        _load_weights(model, Path(state_dict_path), max_bytes)
     return model.eval()
 
 
@@ -84,16 +88,17 @@ def import_module(module_name: str) -> ModuleType:
         raise ValueError(f"module {module_name!r} failed to import: it needs {e.name!r}, which is not installed") from e
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
+def _load_weights(model: nn.Module, path: Path, max_bytes: int) -> None:
     if not path.is_file():
         raise ValueError(f"{path}: no such state_dict file")
+    check_size(path, max_bytes)
     try:
         loaded = _read_safetensors(path) if path.suffix.lower() == ".safetensors" else \
             torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: refused to load: it holds Python objects other than tensors; save "
-            f"model.state_dict() (qcal never unpickles arbitrary objects)"
+            f"model.state_dict() (torch's restricted weights_only unpickler builds tensors only)"
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: truncated or corrupt torch file ({str(e).splitlines()[0]})") from e
