@@ -56,6 +56,11 @@ def explain_page() -> None:
         st.json({c: entry[c] for c in ("scale", "zero_point", "requant_scale")
                  if isinstance(entry[c], list) and entry[c]},
                 expanded=False)
+    _draw_glossary()
+
+
+
+def _draw_glossary() -> None:
     st.markdown(
         "- **weight scale / zero point** (`<layer>.weight`, stored inside the quantized weight "
         "tensor): how the int8 weights map back to floats, one pair per output channel for "
@@ -71,6 +76,7 @@ def explain_page() -> None:
         "the one multiplier that turns the int32 accumulator into the next int8 value. It is "
         "filled in where the input scale is known (the previous layer's output, or the "
         "model's input quantizer).")
+
 
 
 explain_page()
