@@ -78,5 +78,4 @@ def _draw_glossary() -> None:
         "model's input quantizer).")
 
 
-
 explain_page()
