@@ -9,7 +9,7 @@ import logging
 
 import streamlit as st
 
-from pages._shared import DEFAULT_MODEL, saved_run_id, zoo_names
+from pages._shared import DEFAULT_MODEL, model_catalogue, saved_run_id
 from pages._state import fail, select_param, set_param
 
 st.set_page_config(page_title="qcal", page_icon=":material/calculate:", layout="wide")
@@ -34,12 +34,15 @@ with st.sidebar:
             st.rerun()
     else:
         try:
-            models = zoo_names()
+            models, problems = model_catalogue()
         except Exception as err:
-            models = []
+            models, problems = [], []
             st.warning(f"The model zoo is unavailable: {err}")
         select_param("Model", "model", models, DEFAULT_MODEL, where=st.sidebar,
-                     help="A built-in model, trained once on the bundled digits data.")
+                     help="A built-in model (trained once on the bundled digits data) or one "
+                          "of your team's registered models (QCAL_MODELS).")
+        for problem in problems:  # named here; the other models stay usable
+            st.warning(f"Registered model not available: {problem}", icon=":material/warning:")
     st.caption("The URL holds your selection: copy it to share this view.")
 
 try:

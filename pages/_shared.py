@@ -28,11 +28,12 @@ from pages._state import fail, get_list_param, get_param, memory, set_param
 from qcal.checkpoint.example import example_checkpoint
 from qcal.checkpoint.explain import explain_bytes as qcal_explain_bytes
 from qcal.reporting import figures, views
+from qcal.scheme_text import format_scheme, parse_scheme
 from qcal.schemes import BACKENDS
 from qcal.store import Store
 from qcal.store.zoo_runs import find_or_compute_zoo_run, scorable_models
 
-DEFAULT_MODEL = "digits_cnn"
+DEFAULT_MODEL = "digits_mobilenet"  # per-channel vs per-tensor differ by points here, not digits_cnn
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
 BACKEND_CHOICES: tuple[str, ...] = BACKENDS
 EVAL_SAMPLES = 300  # of the 597 held-out digits: enough to rank schemes, quick on 2 cores
@@ -44,8 +45,9 @@ class ComparisonJob:
     """One background computation of a zoo comparison, shared by every session."""
 
     model: str
-    schemes: tuple[str, ...]
+    schemes: tuple[str, ...]  # preset names or scheme texts (qcal.parse_scheme reads both)
     backends: tuple[str, ...]
+    calib_samples: int | None = None
     fraction: float = 0.0
     message: str = "starting"
     run_id: str | None = None
@@ -63,7 +65,8 @@ class ComparisonJob:
     def _run(self) -> None:
         try:
             self.run_id, self.comparison = find_or_compute_zoo_run(
-                self.model, self.schemes, self.backends, eval_samples=EVAL_SAMPLES, progress=self._progress)
+                self.model, self.schemes, self.backends, eval_samples=EVAL_SAMPLES,
+                calib_samples=self.calib_samples, progress=self._progress)
         except Exception as err:  # shown to the user by current_run(), with what to do
             self.error = f"{type(err).__name__}: {err}"
         finally:
@@ -72,8 +75,9 @@ class ComparisonJob:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _comparison_job(model: str, schemes: tuple[str, ...], backends: tuple[str, ...]) -> ComparisonJob:
-    return ComparisonJob(model, schemes, backends).start()
+def _comparison_job(model: str, schemes: tuple[str, ...], backends: tuple[str, ...],
+                    calib_samples: int | None = None) -> ComparisonJob:
+    return ComparisonJob(model, schemes, backends, calib_samples).start()
 
 
 # ---------------------------------------------------------------- loaders
@@ -101,10 +105,20 @@ def run_figure(run_id: str, name: str, *args: str) -> Any:
     return _FIGURES[name](load_run(run_id)[1], *args)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner="Checking the registered models…", ttl=600)
+def model_catalogue() -> tuple[list[str], list[str]]:
+    """(the models the dashboard can score: the digits zoo and the registered ones that
+    load and fit their data; one line per registry problem)."""
+    from qcal.zoo.registry import catalogue
+
+    models, problems = catalogue()
+    usable = [n for n in scorable_models() if n in set(models["name"])]  # checked ones only
+    return usable, [str(p) for p in problems]
+
+
 def zoo_names() -> list[str]:
-    """The built-in models the dashboard can score (those with a data set: the digits ones)."""
-    return scorable_models()
+    """The models the dashboard can score: digits zoo models, then registered ones."""
+    return model_catalogue()[0]
 
 
 @st.cache_data(show_spinner=False)
@@ -114,9 +128,36 @@ def scheme_names() -> list[str]:
 
 
 @st.cache_resource(show_spinner="Calibrating the model for live tensors (once)…", max_entries=16)
-def live_model(model: str, scheme: str, backend: str) -> Any:
-    """A calibrated QuantizedModel of a zoo model, for views that need live tensors."""
-    return views.calibrate_zoo(model, scheme, backend)
+def live_model(model: str, scheme: str, backend: str, calib_samples: int | None = None) -> Any:
+    """A calibrated QuantizedModel of a zoo or registered model (``scheme``: a preset name or
+    a scheme text), for views that need live tensors."""
+    return views.calibrate_zoo(model, parse_scheme(scheme), backend, calib_samples=calib_samples)
+
+
+@st.cache_resource(show_spinner="Observer lab: one calibration pass with every observer…", max_entries=16)
+def observer_lab_view(model: str, layer: str, calib_samples: int | None) -> Any:
+    """qcal's observer lab on the model's calibration inputs (the first ``calib_samples``)."""
+    from qcal.analysis.observer_lab import observer_lab
+    from qcal.zoo.registry import load_named
+
+    named = load_named(model)
+    return observer_lab(named.model, named.calib[:calib_samples], layer)
+
+
+PAGE_CHECKPOINTS = (5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750, 1000)
+
+
+@st.cache_resource(show_spinner="Following every observer's scales through one calibration pass…",
+                   max_entries=8)
+def trajectory_view(model: str, calib_samples: int | None) -> pd.DataFrame:
+    """Every observer's activation scales vs samples seen (qcal's scale_trajectory)."""
+    from qcal.calibration.trajectory import scale_trajectory
+    from qcal.zoo.registry import load_named
+
+    named = load_named(model)
+    calib = named.calib[:calib_samples]
+    checkpoints = [c for c in PAGE_CHECKPOINTS if c < len(calib)] + [len(calib)]
+    return scale_trajectory(named.model, calib, checkpoints=checkpoints)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -148,13 +189,44 @@ class CurrentRun:
             return False
 
 
-def comparison_setup() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """The (model, schemes, backends) the URL asks for, validated, with defaults."""
+def built_schemes() -> dict[str, str]:
+    """The schemes built in the dashboard, name -> text, from the URL's ``build`` values
+    (one per scheme; a bad text is named in an error box and skipped)."""
+    out = {}
+    for text in st.query_params.get_all("build") or memory().get("build", "").split("\n"):
+        if not text:
+            continue
+        try:
+            out[parse_scheme(text).name] = format_scheme(parse_scheme(text))
+        except (ValueError, TypeError) as err:
+            st.error(f"The URL's built scheme {text!r} is refused: {err}")
+    return out
+
+
+def set_built_schemes(texts: list[str]) -> None:
+    """Write the built schemes' texts to the URL (``build``, one value each)."""
+    memory()["build"] = "\n".join(texts)
+    st.query_params["build"] = texts  # a list: one build= per scheme
+
+
+def calib_samples_param() -> int | None:
+    """The calibration size the URL asks for (``calib``), or None: the whole split."""
+    raw = st.query_params.get("calib") or memory().get("calib")
+    return int(raw) if raw and raw.isdigit() and int(raw) > 0 else None
+
+
+def comparison_setup() -> tuple[str, tuple[str, ...], tuple[str, ...], int | None]:
+    """The (model, schemes, backends, calibration samples) the URL asks for, validated.
+
+    Schemes are preset names and built schemes' texts."""
     models = zoo_names()
     model = get_param("model", models, DEFAULT_MODEL if DEFAULT_MODEL in models else None)
-    schemes = tuple(get_list_param("schemes", scheme_names(), scheme_names()))
+    built = built_schemes()
+    names = [*scheme_names(), *built]
+    chosen = get_list_param("schemes", names, names)
+    schemes = tuple(built.get(n, n) for n in chosen)
     backends = tuple(get_list_param("backends", BACKEND_CHOICES, DEFAULT_BACKENDS))
-    return model, schemes, backends
+    return model, schemes, backends, calib_samples_param()
 
 
 def saved_run_id() -> str | None:
@@ -180,13 +252,13 @@ def current_run() -> CurrentRun:
         return CurrentRun(saved_id, meta, frames, saved=True)
 
     try:
-        model, schemes, backends = comparison_setup()
+        model, schemes, backends, calib = comparison_setup()
     except Exception as err:
         fail(f"The model zoo is not available ({type(err).__name__}: {err}). Check that qcal is "
              "installed (`pip install -e .`) and that data/ is writable.")
     if model is None or not schemes or not backends:
         fail("Pick a model, at least one scheme and at least one backend on the Compare page.")
-    job = _comparison_job(model, schemes, backends)
+    job = _comparison_job(model, schemes, backends, calib)
     if not job.done.is_set():
         bar = st.progress(job.fraction, text=f"Computing {model} × {len(schemes)} schemes "
                                              f"× {', '.join(backends)} (first time only)…")
@@ -194,13 +266,13 @@ def current_run() -> CurrentRun:
             bar.progress(job.fraction, text=f"{model}: {job.message}")
         bar.empty()
     if job.error:
-        _comparison_job.clear(model, schemes, backends)  # the next visit retries
+        _comparison_job.clear(model, schemes, backends, calib)  # the next visit retries
         fail(f"Computing the comparison failed: {job.error}. Reload the page to retry; if it "
              "fails again, run `python -m qcal compare` in a terminal to see the details.")
     try:
         meta, frames = load_run(job.run_id)
     except Exception as err:  # the stored run went away (deleted on the Runs page): recompute
-        _comparison_job.clear(model, schemes, backends)
+        _comparison_job.clear(model, schemes, backends, calib)
         if st.session_state.get("qcal_retried") == job.run_id:
             fail(f"Run {job.run_id} cannot be read from the store ({err}). Delete it on the Runs "
                  "page, or point QCAL_STORE at another file, then reload.")
@@ -213,8 +285,7 @@ def live_comparison_models(run: CurrentRun) -> dict[tuple[str, str], Any]:
     """The live models of the comparison computed in this process, if any."""
     if run.saved:
         return {}
-    model, schemes, backends = comparison_setup()
-    job = _comparison_job(model, schemes, backends)
+    job = _comparison_job(*comparison_setup())
     cmp = job.comparison
     return dict(getattr(cmp, "models", {}) or {}) if job.run_id == run.run_id else {}
 
@@ -228,9 +299,10 @@ def quantized_model(run: CurrentRun, scheme: str, backend: str) -> Any:
     models = live_comparison_models(run)
     if (scheme, backend) in models:
         return models[(scheme, backend)]
-    if not run.loadable or scheme not in scheme_names():
+    texts = run.meta.get("scheme_texts") or {}
+    if not run.loadable or (scheme not in texts and scheme not in scheme_names()):
         return None
-    return live_model(run.model, scheme, backend)
+    return live_model(run.model, texts.get(scheme, scheme), backend, run.meta.get("calib_samples"))
 
 
 @st.cache_resource(show_spinner="Tracing the model on one input…", max_entries=64)

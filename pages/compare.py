@@ -5,14 +5,72 @@ import streamlit as st
 from pages._shared import (
     BACKEND_CHOICES,
     DEFAULT_BACKENDS,
+    built_schemes,
+    calib_samples_param,
     current_run,
     run_caption,
     run_figure,
     saved_run_id,
     scheme_names,
+    set_built_schemes,
 )
-from pages._state import multiselect_param, require_router, select_param, show_table
+from pages._state import (
+    memory,
+    multiselect_param,
+    require_router,
+    select_param,
+    set_param,
+    show_table,
+)
 from qcal.reporting import views
+from qcal.reporting.story import grouped_caveats, lead_sentence
+from qcal.scheme_text import build_scheme, format_scheme
+from qcal.schemes import DTYPES, OBSERVERS, QSCHEMES
+
+
+def scheme_builder() -> None:
+    """Build a scheme with the CLI's names; it joins the comparison through the URL."""
+    with st.expander("Build a scheme (any observer, dtype, reduce_range)"):
+        w, a, o = st.columns(3)
+        w.markdown("**Weights**")
+        wq = w.selectbox("weight qscheme", QSCHEMES, index=3, key="build_w_qscheme")
+        wo = w.selectbox("weight observer", [x for x in OBSERVERS if x != "histogram" or "tensor" in wq],
+                         key="build_w_observer")
+        wd = w.selectbox("weight dtype", DTYPES, index=1, key="build_w_dtype")
+        a.markdown("**Activations**")
+        aq = a.selectbox("activation qscheme", [q for q in QSCHEMES if "tensor" in q], key="build_a_qscheme")
+        ao = a.selectbox("activation observer", OBSERVERS, key="build_a_observer")
+        ad = a.selectbox("activation dtype", DTYPES, key="build_a_dtype")
+        ar = a.checkbox("activation reduce_range", True, key="build_a_reduce_range")
+        p = o.number_input("percentile p", 50.01, 100.0, 99.99, step=0.01, format="%.4f", key="build_percentile")
+        bins = o.number_input("histogram bins (2048: the default)", 2, 8192, 2048, key="build_bins")
+        name = o.text_input("name", "", key="build_name", placeholder="(its text)")
+        if st.button("Add to the comparison", key="build_add"):
+            try:
+                scheme = build_scheme(name, {"qscheme": wq, "observer": wo, "dtype": wd},
+                                      {"qscheme": aq, "observer": ao, "dtype": ad, "reduce_range": ar},
+                                      percentile=float(p), bins=None if int(bins) == 2048 else int(bins))
+            except ValueError as err:
+                st.error(f"{err}")
+                return
+            texts = {**built_schemes(), scheme.name: format_scheme(scheme)}
+            set_built_schemes(list(texts.values()))
+            chosen = (st.query_params.get("schemes") or memory().get("schemes") or "").split(",")
+            set_param("schemes", ",".join(dict.fromkeys([c for c in chosen if c] + [scheme.name])))
+            st.rerun()
+        built = built_schemes()
+        if built:
+            st.caption("Built (in the URL; `qcal compare --scheme TEXT` takes the same text):")
+            st.code("\n".join(built.values()), language=None)
+
+
+def calibration_size() -> None:
+    """How many calibration samples the live comparison uses (a new comparison; saved runs stay)."""
+    current = calib_samples_param() or 0
+    n = st.number_input("Calibration samples (0: the whole calibration set)", 0, 100000, current,
+                        key="calib_samples", help="The first N calibration samples; a new "
+                        "comparison is computed and saved, earlier runs are never changed.")
+    set_param("calib", str(int(n)) if n else None)
 
 
 def compare_page() -> None:
@@ -22,15 +80,20 @@ def compare_page() -> None:
     if run is None:  # the live comparison: its setup is chosen here
         with st.container(border=True):
             left, mid, right = st.columns([1, 2, 1])
-            left.selectbox("Data", ["digits (scikit-learn, bundled)"], key="data",
-                           help="The zoo models are trained and scored on the bundled digits.")
-            multiselect_param("Schemes", "schemes", scheme_names(), scheme_names(), where=mid)
+            left.selectbox("Data", ["the model's own"], key="data",
+                           help="Zoo models are trained and scored on the bundled digits; "
+                                "registered models on their registry's calibration and eval files.")
+            names = [*scheme_names(), *built_schemes()]
+            multiselect_param("Schemes", "schemes", names, names, where=mid)
             multiselect_param("Backends", "backends", BACKEND_CHOICES, DEFAULT_BACKENDS, where=right)
+            calibration_size()
+            scheme_builder()
         run = current_run()
     st.caption(run_caption(run))
-    for job, notes in (run.meta.get("notes") or {}).items():
-        for note in notes:
-            st.warning(f"**{job}**: {note}", icon=":material/info:")
+    with st.container(key="lead"):
+        st.markdown(f"**{lead_sentence(run.frames['summary'])}**")
+    for note, jobs in grouped_caveats(run.meta.get("notes")):  # one box per distinct caveat
+        st.warning(f"**{', '.join(jobs)}**: {note}", icon=":material/info:")
 
     summary, layers = run.frames["summary"], run.frames["layers"]
     schemes = list(dict.fromkeys(summary["scheme"]))

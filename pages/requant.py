@@ -19,12 +19,12 @@ def _pick_model(run: Any) -> tuple[Any, str, str]:
     qm = quantized_model(run, scheme, backend)
     if qm is None:
         st.info(f"This view needs live tensors, and model **{run.model}** cannot be loaded here "
-                "(the run was imported, or made with a model outside the built-in zoo). The "
+                "(the run was imported, or made with a model neither in the zoo nor registered). The "
                 "stored scales are on the Scales page; recompute the run where its model lives "
                 "to see the worked example.")
         st.stop()
-    st.caption(f"Recomputed live from the zoo model {run.model} (same data, same qparams as the "
-               "stored run).")
+    st.caption(f"Recomputed live from model {run.model} (same data, same scheme, same qparams "
+               "as the stored run).")
     return qm, scheme, backend
 
 
@@ -112,9 +112,10 @@ def _draw_saturation(r: we.ElementReport) -> None:
         "full-range codes (up to 255) a pair reaches 65280, the sum is clipped and the accumulator "
         f"is silently wrong. This scheme's activations use reduce_range={r.reduce_range}"
         f"{' (codes 0..127)' if r.reduce_range else ' (codes 0..255)'}; FBGEMM's default observer sets "
-        "it to give up one bit of activation resolution for safety. This CPU "
-        f"{'has' if r.vnni else 'has no'} VNNI (`vpdpbusd` does not saturate; FBGEMM's "
-        "depthwise kernel still pairs taps). Below, this element's pairs in im2col (kh, kw, c) "
+        "it to give up one bit of activation resolution for safety. qcal emulates an x86 CPU with "
+        f"**{r.cpu}** (`QCAL_CPU` picks another): with AVX512-VNNI `vpdpbusd` does not saturate, "
+        "except in FBGEMM's depthwise kernel, which still pairs taps; AVX-VNNI without AVX-512 "
+        "runs the saturating AVX2 kernels. Below, this element's pairs in im2col (kh, kw, c) "
         f"order; {s['element_pairs_can_saturate']} of {s['element_pairs']} could saturate with "
         "inputs at 255 where both weights share a sign.")
     st.dataframe(r.pairs, hide_index=True, key="pairs_table", height=260)

@@ -2,9 +2,48 @@
 
 import streamlit as st
 
-from pages._shared import current_run, run_caption, run_figure
+from pages._shared import current_run, observer_lab_view, run_caption, run_figure, trajectory_view
 from pages._state import require_router, select_param, show_table
-from qcal.reporting import views
+from qcal.calibration.trajectory import settling_samples
+from qcal.reporting import lab_figures, views
+
+
+def observer_lab(run, layer: str) -> None:
+    """Every observer on one activation: its range on the histogram, and the error it gives."""
+    st.subheader(f"Observer lab: {layer}")
+    if not run.loadable:
+        st.info(f"The observer lab recomputes live, and model **{run.model}** cannot be loaded "
+                "here; the stored clipping ranges are above.")
+        return
+    lab = observer_lab_view(run.model, layer, run.meta.get("calib_samples"))
+    st.plotly_chart(lab_figures.lab_histogram_figure(lab.histogram, lab.ranges, layer), key="lab_histogram")
+    st.plotly_chart(lab_figures.lab_error_figure(lab.ranges), key="lab_errors")
+    show_table(lab.ranges, key="lab_table")
+    best = lab.ranges.loc[lab.ranges["mse"].idxmin()]
+    st.markdown(
+        f"Measured on the {lab.samples} calibration samples' values of {layer}, quantized with "
+        "each observer's qparams exactly as torch does: clipping error comes from values beyond "
+        "the range the codes can represent, rounding error from the values inside. The lowest "
+        f"total here is **{best['observer']}** (MSE {best['mse']:.3g}: {best['clip_mse']:.3g} "
+        f"clipping + {best['round_mse']:.3g} rounding).")
+
+
+def calibration_size_plot(run, layer: str) -> None:
+    """Each observer's scale of one activation vs calibration samples seen."""
+    st.subheader("How many calibration samples are enough")
+    if not run.loadable:
+        st.info(f"This plot recomputes live, and model **{run.model}** cannot be loaded here.")
+        return
+    if not st.toggle("Follow every observer's scales through one calibration pass",
+                     key="show_trajectory", help="One pass with checkpoints (computed once, then cached)."):
+        return
+    traj = trajectory_view(run.model, run.meta.get("calib_samples"))
+    st.plotly_chart(lab_figures.trajectory_figure(traj, layer), key="trajectory_chart")
+    settle = settling_samples(traj, 0.01)
+    show_table(settle[settle["layer"] == layer], key="settle_table")
+    st.markdown("`samples` is the first checkpoint from which the scale stays within 1% of its "
+                "value after the whole calibration set; the Compare page's calibration-samples "
+                "control computes a comparison on fewer samples.")
 
 
 def scales_page() -> None:
@@ -55,6 +94,8 @@ def scales_page() -> None:
     st.markdown("Values outside an observer's dashed lines are clipped to the end of its range; a "
                 "tighter range spends the 256 levels on the values that are common. minmax never "
                 "clips, histogram/percentile/entropy/mse trade a little clipping for resolution.")
+    observer_lab(run, act_layer)
+    calibration_size_plot(run, act_layer)
 
 
 scales_page()

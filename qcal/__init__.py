@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "Scheme": "schemes",
     "SCHEMES": "schemes",
     "resolve_scheme": "schemes",
+    "check_runnable": "schemes",
+    "parse_scheme": "scheme_text",
+    "format_scheme": "scheme_text",
     "qparams_from_range": "qparams",
     "quantize": "qparams",
     "dequantize": "qparams",
@@ -88,7 +91,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401
     from qcal.reporting.report import report  # noqa: F401
-    from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401
+    from qcal.scheme_text import format_scheme, parse_scheme  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Scheme, check_runnable, resolve_scheme  # noqa: F401
     from qcal.store import Run, RunInfo, Store, StoreError  # noqa: F401
     from qcal.store.zoo_runs import compare_zoo  # noqa: F401
     from qcal.zoo import architectures, datasets  # noqa: F401

@@ -26,6 +26,7 @@ __all__ = [
     "check_backends",
     "check_choice",
     "check_mode",
+    "check_runnable",
     "resolve_scheme",
 ]
 
@@ -264,3 +265,32 @@ def resolve_scheme(scheme: str | Scheme) -> Scheme:
             )
         return SCHEMES[scheme]
     raise TypeError(f"scheme must be a preset name or a qcal.Scheme, got {type(scheme).__name__}")
+
+
+_TORCH_ENGINES = tuple(b for b in BACKENDS if b in ("fbgemm", "qnnpack", "x86"))
+# (backend, role, dtype) -> why the backend cannot run it. Checked before any calibration, so
+# a built scheme fails with the reason instead of a dtype error deep inside a kernel.
+_UNRUNNABLE: dict[tuple[str, str, str], str] = {
+    **{(b, "activation", "qint8"): f"{b}'s kernels take quint8 activations only (torch's "
+       f"quantized::conv2d/linear refuse qint8 inputs under the {b} engine)" for b in _TORCH_ENGINES},
+    **{(b, "activation", "qint8"): "qcal's whole-model pipeline carries activations as quint8 "
+       "(the int8 kernels take qint8 codes, the model wiring does not)" for b in ("onnx", "q31")},
+    **{(b, "weight", "quint8"): f"{b}'s kernels take qint8 weights only (torch packs weights "
+       f"as qint8 for the {b} engine)" for b in _TORCH_ENGINES},
+}
+
+
+def check_runnable(scheme: Scheme, backend: str) -> None:
+    """Refuse a (scheme, backend) pair the backend cannot run, saying why.
+
+    Raises:
+        ValueError: e.g. qint8 activations on fbgemm, naming the scheme, the setting and
+            the reason.
+    """
+    check_backend(backend)
+    for role, spec in (("weight", scheme.weight), ("activation", scheme.activation)):
+        reason = _UNRUNNABLE.get((backend, role, spec.dtype))
+        if reason:
+            raise ValueError(f"scheme {scheme.name!r} cannot run on {backend}: {spec.dtype} "
+                             f"{role}s: {reason}; use {'quint8' if spec.dtype == 'qint8' else 'qint8'} "
+                             f"{role}s{' or the onnx backend' if role == 'weight' else ''}")

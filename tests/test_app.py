@@ -2,7 +2,8 @@
 
 Each interaction test changes one widget and checks that the number the page shows equals
 the one qcal computes for the new selection (the frame's value, or qcal.int8's multiplier).
-The first run computes the default comparison once (small: digits_cnn, the six presets,
+The tests open digits_cnn (``model=`` in the URL; the first screen's default, digits_mobilenet,
+is the browser test's): the first run computes that comparison once (the six presets,
 fbgemm + qnnpack); streamlit's caches share it between the tests of this process.
 """
 
@@ -21,6 +22,7 @@ DASHBOARD = str(ROOT / "dashboard.py")
 PAGES = ["compare", "scales", "layers", "requant", "explain", "runs"]
 FIRST_RUN_TIMEOUT = 240  # the first run computes the default comparison
 TIMEOUT = 60
+MODEL = "digits_cnn"  # small and quick; every test's URL names it
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +41,7 @@ def app(page: str | None = None, **query: str):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
-    at.query_params.update(query)
+    at.query_params.update({"model": MODEL, **query})
     at.run(timeout=FIRST_RUN_TIMEOUT)
     if page is not None and page != "compare":
         at.switch_page(f"pages/{page}.py").run(timeout=FIRST_RUN_TIMEOUT)
@@ -54,12 +56,12 @@ def assert_clean(at) -> None:
 
 def current_run():
     """The stored run the dashboard's default view shows (as the pages read it)."""
-    from pages._shared import DEFAULT_BACKENDS, DEFAULT_MODEL
+    from pages._shared import DEFAULT_BACKENDS
     from qcal.store import Store
     from qcal.store.zoo_runs import find_run
 
     store = Store()
-    run_id = find_run(store.list(), DEFAULT_MODEL, list(_schemes()), list(DEFAULT_BACKENDS))
+    run_id = find_run(store.list(), MODEL, list(_schemes()), list(DEFAULT_BACKENDS))
     assert run_id, "the dashboard saved no run for its default comparison"
     return store.load(run_id)
 
@@ -161,7 +163,6 @@ def test_a_copied_url_reopens_the_same_view():
 
 def test_requant_multiplier_follows_the_picked_layer_and_channel():
     import qcal
-    from pages._shared import DEFAULT_MODEL
     from qcal.reporting import views
 
     at = app("requant")
@@ -170,7 +171,7 @@ def test_requant_multiplier_follows_the_picked_layer_and_channel():
     at.selectbox(key="param_layer").set_value("conv_3x3_64").run()
     at.number_input(key="channel_conv_3x3_64").set_value(5).run()
     assert_clean(at)
-    layer = views.calibrate_zoo(DEFAULT_MODEL, "fbgemm_default", "fbgemm").quant_layers["conv_3x3_64"]
+    layer = views.calibrate_zoo(MODEL, "fbgemm_default", "fbgemm").quant_layers["conv_3x3_64"]
     rq = qcal.int8.requant_multipliers(layer.input_scale, layer.weight_scale, layer.output_scale,
                                        layer.bias, backend="fbgemm")
     shown = metric(at, "fbgemm multiplier")

@@ -196,3 +196,58 @@ def test_clicking_a_layer_row_shows_its_scatter_and_puts_it_in_the_url(server, b
     assert layer != before.split(":")[0]
     assert f"layer={layer}" in page.evaluate("window.location.href")
     _assert_clean(page, "layers")
+
+
+def _store_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The store the server fixture uses."""
+    return os.environ.get("QCAL_STORE") or str(tmp_path_factory.getbasetemp() / "dashboard-runs.sqlite")
+
+
+def test_the_first_screen_leads_with_the_per_channel_difference_in_the_summarys_numbers(
+        server, browser, tmp_path_factory):
+    from pages._shared import DEFAULT_BACKENDS, DEFAULT_MODEL
+    from qcal.reporting.story import lead_sentence
+    from qcal.schemes import SCHEMES
+    from qcal.store import Store
+    from qcal.store.zoo_runs import find_run
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    lead = page.locator('[data-testid="stMain"] .st-key-lead')
+    lead.wait_for(state="visible", timeout=FIRST_LOAD_SECONDS * 1000)
+    _wait_for_run_end(page, 60_000)
+    _assert_clean(page, "compare")
+    text = lead.inner_text().strip()
+    store = Store(_store_path(tmp_path_factory))
+    run_id = find_run(store.list(), DEFAULT_MODEL, list(SCHEMES), list(DEFAULT_BACKENDS))
+    summary = store.load(run_id).summary
+    row = {s: summary[(summary["scheme"] == s) & (summary["backend"] == "fbgemm")].iloc[0]["value"]
+           for s in ("per_channel_symmetric", "per_tensor_symmetric")}
+    assert f"Per-channel weights score {row['per_channel_symmetric']:.2%}" in text
+    assert f"per-tensor {row['per_tensor_symmetric']:.2%}" in text
+    gap = (row["per_channel_symmetric"] - row["per_tensor_symmetric"]) * 100
+    assert f"a gap of {gap:.2f} points" in text
+    assert text == lead_sentence(summary)
+    warnings = page.locator('[data-testid="stMain"] [data-testid="stAlertContentWarning"]')
+    texts = [w.inner_text() for w in warnings.all()]
+    assert len(texts) == len(set(t.split(": ", 1)[-1] for t in texts))  # one box per caveat
+
+
+def test_the_observer_lab_and_the_calibration_size_plot_draw(server, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/scales")
+    main = page.locator('[data-testid="stMain"]')
+    lab = main.locator(".st-key-lab_histogram .js-plotly-plot .main-svg").first
+    lab.wait_for(state="visible", timeout=FIRST_LOAD_SECONDS * 1000)
+    _wait_for_run_end(page, 120_000)
+    main.locator(".st-key-show_trajectory").get_by_text("Follow every observer").click()
+    chart = main.locator(".st-key-trajectory_chart .js-plotly-plot .main-svg").first
+    chart.wait_for(state="visible", timeout=FIRST_LOAD_SECONDS * 1000)
+    _wait_for_run_end(page, 120_000)
+    _assert_clean(page, "scales")
+    for key, name in (("lab_histogram", "observer_lab"), ("lab_errors", "observer_lab_errors"),
+                      ("trajectory_chart", "calibration_size")):
+        element = main.locator(f".st-key-{key}")
+        element.scroll_into_view_if_needed()
+        element.screenshot(path=str(SHOTS / f"{name}.png"))

@@ -28,6 +28,7 @@ from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches, call_model
 from qcal.calibration.calibrate import calibrate_many
 from qcal.calibration.model import describe_shape
+from qcal.scheme_text import format_scheme
 from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
 __all__ = ["FRAME_NAMES", "Comparison", "Progress", "compare"]
@@ -139,6 +140,7 @@ def compare(
     fp32_metric, fp32_value = top1_metric(fp32_outputs, batches)
     info = {
         "schemes": [s.name for s in schemes_in_order],
+        "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order},
         "backends": backends_in_order,
         "fp32_metric": fp32_metric,
         "fp32_value": fp32_value,

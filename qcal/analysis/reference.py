@@ -29,7 +29,7 @@ from qcal.schemes import QSpec, Scheme, resolve_scheme
 __all__ = ["TORCH_ENGINES", "quantized_engine", "torch_observer", "torch_qconfig", "torch_reference"]
 
 #: torch engine for each qcal backend that torch has.
-TORCH_ENGINES = {"fbgemm": "fbgemm", "qnnpack": "qnnpack"}
+TORCH_ENGINES = {"fbgemm": "fbgemm", "qnnpack": "qnnpack", "x86": "x86"}
 _QSCHEMES = {"per_tensor_affine": torch.per_tensor_affine, "per_tensor_symmetric": torch.per_tensor_symmetric,
              "per_channel_affine": torch.per_channel_affine, "per_channel_symmetric": torch.per_channel_symmetric}
 _DTYPES = {"quint8": torch.quint8, "qint8": torch.qint8}

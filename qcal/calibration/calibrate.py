@@ -29,7 +29,16 @@ from qcal.graph.program import run_float
 from qcal.graph.trace import build_graph
 from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
-from qcal.schemes import BACKENDS, MODES, QSpec, Scheme, check_backends, check_mode, resolve_scheme
+from qcal.schemes import (
+    BACKENDS,
+    MODES,
+    QSpec,
+    Scheme,
+    check_backends,
+    check_mode,
+    check_runnable,
+    resolve_scheme,
+)
 
 __all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
@@ -210,6 +219,9 @@ def calibrate_many(
         raise ValueError("no scheme given; pass preset names or qcal.Scheme objects")
     check_mode(mode)
     plan = {s.name: default_backends(s, backends) for s in resolved}
+    for s in resolved:
+        for backend in plan[s.name]:
+            check_runnable(s, backend)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:

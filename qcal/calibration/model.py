@@ -244,6 +244,33 @@ class QuantizedModel:
                     "not reproduced (reproduce_torch_bugs=False): outputs follow the intended clamp"
                 out.append(f"torch's qnnpack ReLU6/Hardtanh/clamp writes channels-last inputs back in the "
                            f"wrong order (torch 2.13 qnnpack_clamp); affects {', '.join(hit)}; {what}")
+        return out + self._cpu_notes()
+
+    @property
+    def instruction_set(self) -> str | None:
+        """The x86 instruction set whose FBGEMM kernels this model emulates (fbgemm/x86), else None.
+
+        ``qcal.int8.assumed_cpu()``: ``QCAL_CPU`` if set, else this machine's (avx2 off Linux x86).
+        """
+        from qcal.int8.isa import assumed_cpu
+
+        return assumed_cpu().isa if self.backend in ("fbgemm", "x86") else None
+
+    def _cpu_notes(self) -> list[str]:
+        from qcal.int8.isa import assumed_cpu
+        from qcal.int8.onednn import x86_uses_onednn
+
+        if self.backend not in ("fbgemm", "x86"):
+            return []
+        cpu, out = assumed_cpu(), []
+        if cpu.source == "default":
+            out.append(f"FBGEMM emulated for an {cpu.isa} CPU: this is not a Linux x86 machine "
+                       "(set QCAL_CPU to emulate another)")
+        onednn = [n for n, ly in self.quant_layers.items()
+                  if self.backend == "x86" and ly.kind == "conv" and x86_uses_onednn(ly.weight_zero_point, ly.groups, cpu)]
+        if onednn:
+            out.append(f"x86 on {cpu.isa}: {len(onednn)} convolutions run oneDNN's requantization (zero point "
+                       "before rounding); its AVX512-VNNI kernels were not run against torch by qcal's tests")
         return out
 
     # -- tables ------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,26 @@ from qcal.schemes import BACKENDS, SCHEMES
 
 _STORE_ARG = arg("--store", default=None,
                  help="run store: a file path or sqlite:/// URL (default: $QCAL_STORE or data/runs.sqlite)")
+_CPU_ARG = arg("--cpu", default=None, metavar="ISA",
+               help="x86 instruction set to emulate for fbgemm/x86: avx2, avx512, avx512_vnni, ... "
+                    "(default: $QCAL_CPU, else this machine's)")
+
+
+@contextmanager
+def _assumed_cpu(isa: str | None) -> Iterator[str]:
+    """``--cpu`` as QCAL_CPU for the command (restored after); yields the line naming the CPU."""
+    from qcal.int8.isa import ENV_VAR, assumed_cpu
+
+    before = os.environ.get(ENV_VAR)
+    if isa:
+        os.environ[ENV_VAR] = assumed_cpu(isa).isa  # checked: a bad name raises ValueError
+    try:
+        yield f"x86 CPU assumed for fbgemm/x86 kernels: {assumed_cpu().describe()}"
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
 
 
 def _count(text: str) -> int:
@@ -62,8 +85,22 @@ def _choices(text: str, what: str, valid: Any, also: str = "") -> list[str]:
     return names
 
 
-def _schemes(text: str) -> list[str] | None:
-    return None if text == "all" else _choices(text, "scheme", SCHEMES, also="'all' or ")
+def _schemes(text: str | None, built: list[str] | None = None) -> list[Any] | None:
+    """Presets from ``--schemes`` plus the schemes built with ``--scheme TEXT``."""
+    from qcal.scheme_text import parse_scheme
+
+    built_schemes = [parse_scheme(t) for t in built or []]
+    names = {s.name for s in built_schemes}
+    if len(names) < len(built_schemes):
+        raise ValueError("two --scheme texts carry the same name; give each its own name=...")
+    if text is None and built_schemes:
+        return built_schemes
+    presets = list(SCHEMES) if text in (None, "all") else _choices(text, "scheme", SCHEMES, also="'all' or ")
+    clash = names & set(presets)
+    if clash:
+        raise ValueError(f"--scheme name {sorted(clash)[0]!r} is a preset's; give the built scheme another name=...")
+    return ([SCHEMES[n] for n in presets] + built_schemes) if built_schemes else (
+        None if text in (None, "all") else presets)
 
 
 def _backends(text: str | None) -> list[str] | None:
@@ -89,7 +126,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
         bad = ~torch.isfinite(x).reshape(len(x), -1)
         raise ValueError(f"{args.data}: inputs hold {int(bad.sum())} NaN or Inf values in "
                          f"{int(bad.any(1).sum())} of {len(x)} samples; clean or drop those samples")
-    n_calib = min(args.calib_samples, max(len(x) // 2, 1))
+    n_calib = min(args.calib_samples or 256, max(len(x) // 2, 1))
     calib, x_eval = x[:n_calib], x[n_calib:]
     y_eval = None if y is None else y[n_calib:]
     if len(x_eval) == 0:
@@ -110,47 +147,66 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     "compare",
     "calibrate a model under several schemes, run each in int8, print and save the comparison",
     arg("--model", default="digits_mobilenet",
-        help="a zoo name (see --list-models) or module:factory for your own model"),
+        help="a zoo or registered name (see --list-models; $QCAL_MODELS registers a team's "
+             "models) or module:factory for your own model"),
     arg("--state-dict", default=None, help="weights for a module:factory model (loaded weights_only)"),
     arg("--data", default=None, help="your data file (.pt/.npz/.safetensors): inputs, optional labels"),
-    arg("--schemes", default="all", help="'all' or a comma list of preset names"),
+    arg("--schemes", default=None,
+        help="'all' or a comma list of preset names (default: all, or none when --scheme is given)"),
+    arg("--scheme", action="append", default=None, metavar="TEXT",
+        help="a built scheme, repeatable: e.g. 'name=p999;w=per_channel_symmetric/minmax;"
+             "a=per_tensor_affine/percentile:99.9' (grammar in the README)"),
     arg("--backends", default=None,
-        help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
+        help="comma list of fbgemm,qnnpack,onnx,q31,x86 (default: each *_default preset on its own engine, the rest on fbgemm)"),
+    _CPU_ARG,
     arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
-    arg("--calib-samples", type=_count, default=256, help="samples of --data used for calibration"),
+    arg("--calib-samples", type=_count, default=None,
+        help="calibration samples: the first N of the model's calibration set (default: all), "
+             "or of --data (default 256)"),
     arg("--batch-size", type=_count, default=128),
     arg("--title", default="", help="a title for the saved run"),
     arg("--no-save", action="store_true", help="print only; do not save a run"),
     arg("--layers", type=_count, default=3, help="worst layers shown per scheme"),
     arg("--format", choices=("table", "csv", "json"), default="table"),
-    arg("--list-models", action="store_true", help="list the zoo models and exit"),
+    arg("--list-models", action="store_true",
+        help="list the zoo and registered models (registry problems on stderr) and exit"),
     DASK_ARG,
     _STORE_ARG,
 )
 def compare_command(args: argparse.Namespace) -> int:
+    with _assumed_cpu(args.cpu) as cpu_line:
+        return _compare(args, cpu_line)
+
+
+def _compare(args: argparse.Namespace, cpu_line: str) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
     from qcal.progress import TerminalProgress
     from qcal.reporting.report import conclusions, worst_layers
     from qcal.store import Store
     from qcal.store.zoo_runs import compare_zoo
-    from qcal.zoo import zoo
+    from qcal.zoo.registry import catalogue
 
     if args.list_models:
-        write(_table(pd.DataFrame([{"name": n, "description": zoo.info(n).description} for n in zoo.names()])))
+        models, problems = catalogue()
+        write(_table(models, args.format))
+        for problem in problems:  # named, while the listed models stay usable
+            print(f"qcal: registry problem: {problem}", file=sys.stderr)
         return 0
-    schemes, backends = _schemes(args.schemes), _backends(args.backends)
+    schemes, backends = _schemes(args.schemes, args.scheme), _backends(args.backends)
     progress = TerminalProgress()
     with cluster_executor(args) as executor:
         if ":" in args.model:
             cmp = _user_comparison(args, schemes, backends, progress, executor)
         else:
             cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
-                              batch_size=args.batch_size, executor=executor, progress=progress)
+                              calib_samples=args.calib_samples, batch_size=args.batch_size,
+                              executor=executor, progress=progress)
     report_sweep(cmp.meta.get("dask"))
     if args.format != "table":
+        print(cpu_line, file=sys.stderr)  # stdout stays machine-readable
         write(_table(cmp.summary, args.format))
     else:
-        write(f"model {args.model}: {cmp.meta.get('data_description', '')}\n")
+        write(f"model {args.model}: {cmp.meta.get('data_description', '')}\n{cpu_line}\n")
         write(_table(cmp.summary))
         write("\nworst layers per scheme (lowest SQNR):")
         write(_table(worst_layers(cmp.layers, args.layers)))
@@ -238,6 +294,7 @@ def report_command(args: argparse.Namespace) -> int:
     arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets"),
     arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
     DASK_ARG,
+    _CPU_ARG,
 )
 def bench_command(args: argparse.Namespace) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
@@ -247,8 +304,9 @@ def bench_command(args: argparse.Namespace) -> int:
     models, batches, repeat = _csv(args.models), _counts(args.batches, "--batches"), args.repeat
     if args.quick:
         models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
-    with cluster_executor(args) as executor:
+    with _assumed_cpu(args.cpu) as cpu_line, cluster_executor(args) as executor:
         rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
                      tasks=_csv(args.tasks), executor=executor, progress=TerminalProgress())
-    write(format_bench(rows))
+        write(format_bench(rows))
+        write(cpu_line)
     return 0

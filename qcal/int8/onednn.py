@@ -29,7 +29,7 @@ import torch
 
 from qcal.int8.isa import AssumedCpu, assumed_cpu
 
-__all__ = ["ONEDNN_MAX_GROUPS", "onednn_scales", "requantize_onednn", "x86_uses_onednn"]
+__all__ = ["ONEDNN_MAX_GROUPS", "onednn_scales", "onednn_steps", "requantize_onednn", "x86_uses_onednn"]
 
 #: torch sends convolutions with more groups than this to FBGEMM even on VNNI CPUs.
 ONEDNN_MAX_GROUPS = 100
@@ -86,3 +86,27 @@ def requantize_onednn(acc: torch.Tensor, scale: torch.Tensor, d: torch.Tensor, b
         y = y + bias.to(torch.float32)  # vaddps: bias after scaling, not fused
     y = y * d
     return torch.round(y + float(zo)) - zo  # f32 add of the zero point, then cvtps2dq (half to even)
+
+
+def onednn_steps(acc: int, scale: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None,
+                 zo: int) -> tuple[int, list[tuple[str, str, float | int]]]:
+    """One element's oneDNN requantization as (step, formula, value) rows, and its value before clamping.
+
+    Args:
+        acc: the exact accumulator; ``scale`` ``S_j`` and ``bias`` ``b_j`` of its channel
+            (one-element tensors); ``d`` and ``zo`` as in the module doc.
+    """
+    f32 = torch.float32
+    t = torch.tensor(acc, dtype=f32) * scale.reshape(()).to(f32)
+    rows: list[tuple[str, str, float | int]] = [
+        ("scale of the accumulator", "S = f32(f32(1/f32(1/sa)) · sw)", scale.item()),
+        ("scale", "f32(acc · S)", t.item())]
+    if bias is not None:
+        t = t + bias.reshape(()).to(f32)
+        rows.append(("add float bias after scaling", "y = f32(acc·S + b)", t.item()))
+    t = t * d.to(f32)
+    rows += [("dst multiplier", "d = f32(1/f32(1/f32(1/so)))", d.item()), ("to output units", "f32(y · d)", t.item())]
+    t = t + float(zo)
+    v = int(torch.round(t))
+    rows += [("add output zero point first", f"f32(· + zo ({zo}))", t.item()), ("round half to even", "rint(·)", v)]
+    return v, rows

@@ -9,18 +9,20 @@ from __future__ import annotations
 import importlib
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
-__all__ = ["load_user_model"]
+__all__ = ["import_module", "load_user_model"]
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # common checkpoint layouts
 
 
-def load_user_model(spec: str, state_dict_path: str | Path | None = None) -> nn.Module:
+def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
+                    importer: Callable[[str], ModuleType] | None = None) -> nn.Module:
     """Build a model from ``"package.module:factory"`` and optionally load its weights.
 
     ``factory`` is an attribute of the module (dots allowed: ``"mod:Class.build"``) called
@@ -29,7 +31,10 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None) -> nn.
 
     Args:
         spec: "module:factory", e.g. "my_project.models:make_net".
-        state_dict_path: optional ``.pt``/``.pth`` file, read with ``weights_only=True``.
+        state_dict_path: optional ``.pt``/``.pth`` file, read with ``weights_only=True``,
+            or ``.safetensors``.
+        importer: imports the module (default ``import_module``; the registry of team
+            models passes one that looks in the registry's folder first).
 
     Returns:
         The model in eval mode.
@@ -42,7 +47,7 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None) -> nn.
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise ValueError(f"model spec {spec!r} must look like 'package.module:factory'")
-    module = _import(module_name)
+    module = (importer or import_module)(module_name)
     factory = module
     for part in attr_path.split("."):
         if not hasattr(factory, part):
@@ -66,7 +71,8 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None) -> nn.
     return model.eval()
 
 
-def _import(module_name: str):
+def import_module(module_name: str) -> ModuleType:
+    """``importlib.import_module`` with errors that say where the module is looked for."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -82,7 +88,8 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ValueError(f"{path}: no such state_dict file")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = _read_safetensors(path) if path.suffix.lower() == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: refused to load: it holds Python objects other than tensors; save "
@@ -99,6 +106,16 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         raise ValueError(f"{path}: holds a {type(state).__name__}, expected a state_dict (a dict of tensors)")
     _check_keys(model, state, path)
     model.load_state_dict(state)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def _check_keys(model: nn.Module, state: Mapping, path: Path) -> None:

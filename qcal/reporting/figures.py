@@ -10,6 +10,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from qcal.reporting.story import backend_dashes, scheme_colors
+
 __all__ = [
     "accuracy_figure",
     "histogram_figure",
@@ -23,11 +25,14 @@ _TEMPLATE = "plotly_white"
 
 
 def accuracy_figure(summary: pd.DataFrame) -> go.Figure:
-    """Accuracy (or agreement) per scheme and backend, with the fp32 value as a line."""
+    """Accuracy (or agreement) per scheme and backend, with the fp32 value as a line: scheme
+    by colour, backend by bar pattern (the bars' line style)."""
     metric = str(summary["metric"].iloc[0]) if len(summary) else "accuracy"
     fig = px.bar(
-        summary, x="scheme", y="value", color="backend", barmode="group", text_auto=".3f",
-        template=_TEMPLATE, labels={"value": metric, "scheme": "scheme"},
+        summary, x="scheme", y="value", color="scheme", pattern_shape="backend", barmode="group",
+        text_auto=".3f", template=_TEMPLATE, labels={"value": metric, "scheme": "scheme"},
+        color_discrete_map=scheme_colors(summary["scheme"]),
+        pattern_shape_map={b: p for b, p in zip(dict.fromkeys(summary["backend"]), ("", "/", ".", "x", "+"), strict=False)},
     )
     if len(summary):
         fp32 = float(summary["fp32_value"].iloc[0])
@@ -38,12 +43,14 @@ def accuracy_figure(summary: pd.DataFrame) -> go.Figure:
 
 
 def layer_error_figure(layers: pd.DataFrame, metric: str = "sqnr_db") -> go.Figure:
-    """A per-layer error metric (SQNR dB by default) for every scheme, in layer order."""
-    df = layers.assign(job=layers["scheme"] + " / " + layers["backend"])
+    """A per-layer error metric (SQNR dB by default) for every (scheme, backend), in layer
+    order: scheme by colour, backend by line style."""
     order = list(dict.fromkeys(layers["layer"]))
-    fig = px.line(df, x="layer", y=metric, color="job", markers=True, template=_TEMPLATE,
-                  category_orders={"layer": order})
-    fig.update_layout(margin={"t": 30}, legend_title_text="scheme / backend")
+    fig = px.line(layers, x="layer", y=metric, color="scheme", line_dash="backend", markers=True,
+                  template=_TEMPLATE, category_orders={"layer": order},
+                  color_discrete_map=scheme_colors(layers["scheme"]),
+                  line_dash_map=backend_dashes(layers["backend"]))
+    fig.update_layout(margin={"t": 30}, legend_title_text="scheme, backend")
     return fig
 
 
@@ -51,6 +58,7 @@ def weight_scale_figure(scales: pd.DataFrame, value: str = "scale") -> go.Figure
     """Per-channel weight scales (or zero points) per layer, one box per scheme."""
     w = scales[scales["tensor"] == "weight"]
     fig = px.box(w, x="layer", y=value, color="scheme", points="all", template=_TEMPLATE,
+                 color_discrete_map=scheme_colors(w["scheme"]),
                  category_orders={"layer": list(dict.fromkeys(w["layer"]))})
     if value == "scale":
         fig.update_yaxes(type="log", title="weight scale (log)")
@@ -84,10 +92,10 @@ def histogram_figure(histograms: pd.DataFrame, layer: str) -> go.Figure:
         fig.add_trace(go.Bar(x=(first["bin_left"] + first["bin_right"]) / 2, y=first["count"],
                              width=(first["bin_right"] - first["bin_left"]), name="count",
                              marker_color="#8ecae6"))
-        palette = px.colors.qualitative.Dark2
+        colors = scheme_colors(h["scheme"])
         ranges = h.groupby(["scheme", "observer"], sort=False)[["clip_min", "clip_max"]].first()
-        for i, ((scheme, observer), row) in enumerate(ranges.iterrows()):
-            color = palette[i % len(palette)]
+        for (scheme, observer), row in ranges.iterrows():
+            color = colors[scheme]
             for x in (row["clip_min"], row["clip_max"]):
                 fig.add_vline(x=float(x), line_color=color, line_dash="dash")
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{scheme} ({observer})",
@@ -100,9 +108,8 @@ def histogram_figure(histograms: pd.DataFrame, layer: str) -> go.Figure:
 def sample_scatter_figure(samples: pd.DataFrame, layer: str) -> go.Figure:
     """fp32 vs dequantized int8 values of one layer's outputs; the diagonal is exact."""
     s = samples[samples["layer"] == layer]
-    s = s.assign(job=s["scheme"] + " / " + s["backend"])
-    fig = px.scatter(s, x="fp32", y="int8_dequantized", color="job", opacity=0.6,
-                     template=_TEMPLATE)
+    fig = px.scatter(s, x="fp32", y="int8_dequantized", color="scheme", symbol="backend",
+                     opacity=0.6, template=_TEMPLATE, color_discrete_map=scheme_colors(s["scheme"]))
     if len(s):
         lo, hi = float(s["fp32"].min()), float(s["fp32"].max())
         fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "gray"})

@@ -71,6 +71,15 @@ def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
                                      classes="tbl", border=0)
 
 
+def _schemes_table(meta: dict[str, Any]) -> str:
+    """The schemes' text forms (``qcal compare --scheme TEXT`` rebuilds each one)."""
+    texts = meta.get("scheme_texts") or {}
+    if not texts:
+        return ""
+    df = pd.DataFrame({"scheme": list(texts), "definition": list(texts.values())})
+    return f"<h2>Schemes</h2>{_table(df)}"
+
+
 def report(run_or_comparison: Any, path: str | os.PathLike[str]) -> Path:
     """Write a self-contained HTML report and return its path.
 
@@ -137,6 +146,7 @@ table.meta th{{text-align:left;padding-right:1em}} h2{{margin-top:1.6em}}
 <h1>{title}</h1>
 <ul>{notes}</ul>
 <h2>Summary</h2>{_table(summary)}
+{_schemes_table(meta)}
 <h2>Worst layers per scheme</h2>{_table(worst_layers(layers))}
 {"".join(parts)}
 <h2>Run metadata</h2><table class="meta">{meta_rows}</table>

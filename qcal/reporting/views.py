@@ -17,7 +17,9 @@ import plotly.graph_objects as go
 from qcal.calibration.calibrate import calibrate
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
+from qcal.reporting.story import scheme_colors
 from qcal.zoo import datasets, zoo
+from qcal.zoo.registry import load_named
 
 __all__ = [
     "accuracy_figure",
@@ -170,6 +172,7 @@ def scale_figure(scales: pd.DataFrame, layer: str, value: str = "scale") -> go.F
     per scheme side by side; scales on a log axis (they span orders of magnitude)."""
     w = scales[(scales["layer"] == layer) & (scales["tensor"] == "weight")]
     fig = px.box(w, x="scheme", y=value, color="scheme", points="all", template="plotly_white",
+                 color_discrete_map=scheme_colors(w["scheme"]),
                  hover_data=["channel", "min", "max"])
     if value == "scale":
         fig.update_yaxes(type="log", title="weight scale (log)")
@@ -216,18 +219,20 @@ def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["scheme", "observer", "clip_min", "clip_max", "clipped_share"])
 
 
-def calibrate_zoo(model: str, scheme: str, backend: str, *, batch_size: int = 128) -> Any:
-    """A zoo model calibrated as ``qcal.analysis.compare.compare_zoo`` calibrates it (same data,
-    same batches: the same qparams as the stored run), for views that need live tensors."""
-    calib = datasets.calib_batches(datasets.digits_splits().calib[0], batch_size=batch_size)
-    return calibrate(zoo.load(model), calib, scheme, backend)
+def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = 128,
+                  calib_samples: int | None = None) -> Any:
+    """A zoo or registered model calibrated as ``qcal.compare_zoo`` calibrates it (same
+    data, same batches: the same qparams as the stored run), for views that need live tensors."""
+    named = load_named(model)
+    calib = datasets.calib_batches(named.calib[:calib_samples], batch_size=batch_size)
+    return calibrate(named.model, calib, scheme, backend)
 
 
 def zoo_eval_inputs(model: str, n: int = 32) -> Any:
     """The first ``n`` held-out inputs of a zoo model's data set (what traces are shown on)."""
-    if zoo.info(model).data != "digits":
+    if model in zoo.names() and zoo.info(model).data != "digits":
         raise ValueError(f"zoo model {model!r} has no built-in evaluation data")
-    return datasets.digits_splits().test[0][:n]
+    return load_named(model).eval_x[:n]
 
 
 def summarize_values(values: Any, digits: int = 4) -> str:

@@ -14,12 +14,14 @@ import pandas as pd
 
 from qcal.analysis.cluster import env_executor
 from qcal.analysis.compare import Comparison, Progress, compare
+from qcal.scheme_text import run_schemes, scheme_from_text
 from qcal.schemes import Scheme
 from qcal.store.runs import environment, utc_now
 from qcal.store.store import Store
 from qcal.zoo import datasets, zoo
+from qcal.zoo.registry import load_named, registered
 
-__all__ = ["compare_zoo", "find_or_compute_zoo_run", "find_run", "scorable_models"]
+__all__ = ["compare_zoo", "find_or_compute_zoo_run", "find_run", "same_setup", "scorable_models"]
 
 
 def compare_zoo(
@@ -28,39 +30,49 @@ def compare_zoo(
     backends: Sequence[str] | None = None,
     *,
     eval_samples: int | None = None,
+    calib_samples: int | None = None,
     batch_size: int = 128,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Compare schemes on a built-in model and the digits data (the dashboard's default).
+    """Compare schemes on a zoo model and the digits data (the dashboard's default), or on
+    a registered model and its own files (``qcal.zoo.registry``).
 
-    Calibrates on the 200-image calibration split and evaluates on the held-out test split
-    (``eval_samples`` caps it). The zoo model is trained on first use and cached in data/.
+    Zoo models calibrate on the 200-image calibration split and evaluate on the held-out
+    test split (``eval_samples`` caps it); they are trained on first use and cached in data/.
+    ``calib_samples`` calibrates on the first that many calibration inputs only (a new
+    comparison, recorded in the run's metadata).
     """
     report = progress or (lambda f, m: None)
-    model = zoo.load(model_name, progress=lambda f, m: report(0.1 * f, m))
-    splits = datasets.digits_splits()
-    x, y = splits.test
+    named = load_named(model_name, progress=lambda f, m: report(0.1 * f, m))
+    calib, x, y = named.calib, named.eval_x, named.eval_y
+    if calib_samples is not None:
+        if calib_samples < 1:
+            raise ValueError(f"calib_samples must be a positive whole number, got {calib_samples!r}")
+        calib = calib[:calib_samples]
     if eval_samples is not None:
-        x, y = x[:eval_samples], y[:eval_samples]
+        x, y = x[:eval_samples], None if y is None else y[:eval_samples]
+    where = "sklearn digits: calibration split" if named.source.startswith("zoo:") else "calibration file"
     meta = {
         "model": model_name,
-        "model_source": f"zoo:{model_name}",
-        "data_description": f"sklearn digits: calibration split {len(splits.calib[0])}, test split {len(x)}",
-        "data_fingerprint": datasets.fingerprint(splits.calib[0], x, y),
+        "model_source": named.source,
+        "data_description": f"{where} {len(calib)}, test split {len(x)}",
+        "calib_samples": len(calib),
+        "data_fingerprint": datasets.fingerprint(calib, x, y),
         "created": utc_now(),
         **environment(),
     }
     return compare(
-        model, datasets.calib_batches(splits.calib[0], batch_size=batch_size),
+        named.model, datasets.calib_batches(calib, batch_size=batch_size),
         datasets.batches(x, y, batch_size=batch_size), schemes, backends,
         executor=executor, progress=lambda f, m: report(0.1 + 0.9 * f, m), meta=meta,
     )
 
 
 def scorable_models() -> list[str]:
-    """The zoo models ``compare_zoo`` can score: those with a data set (the digits ones)."""
-    return [n for n in zoo.names() if zoo.info(n).data is not None]
+    """The models ``compare_zoo`` can score: the zoo's with a data set (the digits ones),
+    then the registered ones (``qcal.zoo.registry``; check them with its ``catalogue``)."""
+    return [*(n for n in zoo.names() if zoo.info(n).data is not None), *registered()[0]]
 
 
 def _as_list(v: Any) -> list[str]:
@@ -86,31 +98,45 @@ def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str], backends: S
     return str(hits["id"].iloc[-1])
 
 
+def same_setup(meta: dict[str, Any], schemes: Sequence[Scheme], calib_samples: int | None) -> bool:
+    """Whether a stored run was computed with exactly these Schemes (definitions, not just
+    names) and this calibration size (None: the model's whole calibration set)."""
+    if run_schemes(meta) != {s.name: s for s in schemes}:
+        return False
+    return calib_samples is None or meta.get("calib_samples") == calib_samples
+
+
 def find_or_compute_zoo_run(
     model_name: str,
-    schemes: Sequence[str],
+    schemes: Sequence[str | Scheme],
     backends: Sequence[str],
     *,
     store: Store | str | None = None,
     eval_samples: int | None = None,
+    calib_samples: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[str, Comparison | None]:
-    """The stored run of this (model, schemes, backends), computed and saved on first use.
+    """The stored run of this (model, schemes, backends, calibration size), computed and
+    saved on first use.
 
     Args:
-        model_name, schemes, backends: as for ``compare_zoo`` (names, in the order shown).
+        model_name, backends: as for ``compare_zoo``.
+        schemes: preset names, scheme texts (``qcal.parse_scheme``) or Schemes, in the order
+            shown; a stored run counts only if its schemes have the same definitions.
         store: a ``Store``, a path/URL, or None for the default store.
-        eval_samples, progress: passed to ``compare_zoo`` when the run has to be computed.
-            The computation runs on the Dask cluster ``$QCAL_DASK`` names, when it is set.
+        eval_samples, calib_samples, progress: passed to ``compare_zoo`` when the run has to
+            be computed (``calib_samples`` must also match the stored run's). The
+            computation runs on the Dask cluster ``$QCAL_DASK`` names, when it is set.
 
     Returns:
         (run id, the Comparison when it was computed here, with its live models; else None).
     """
     store = store if isinstance(store, Store) else Store(store)
-    found = find_run(store.list(), model_name, schemes, backends)
-    if found is not None:
+    resolved = [scheme_from_text(s) for s in schemes]
+    found = find_run(store.list(), model_name, [s.name for s in resolved], backends)
+    if found is not None and same_setup(store.load(found).meta, resolved, calib_samples):
         return found, None
     with env_executor() as executor:
-        cmp = compare_zoo(model_name, list(schemes), list(backends), eval_samples=eval_samples,
-                          executor=executor, progress=progress)
+        cmp = compare_zoo(model_name, resolved, list(backends), eval_samples=eval_samples,
+                          calib_samples=calib_samples, executor=executor, progress=progress)
     return store.save_comparison(cmp), cmp

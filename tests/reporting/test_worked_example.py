@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -34,6 +35,18 @@ def test_fbgemm_adds_the_zero_point_after_rounding_and_onnx_before():
     assert fbgemm["value"].iloc[-1] == "5"  # rint(2.5) = 2 (half to even), + 3
     assert onnx["value"].iloc[-1] == "6"  # rint(2.5 + 3) = rint(5.5) = 6
     assert list(fbgemm["step"])[-3:] == ["round half to even", "add output zero point", "clamp"]
+
+
+def test_x86_steps_follow_onednn_for_symmetric_convs_on_avx512_vnni(monkeypatch):
+    # acc 20, S = 0.125: oneDNN adds zo before rounding (6), FBGEMM after (5)
+    conv = dataclasses.replace(_linear_layer([[1]]), kind="conv", weight_q=torch.ones(1, 1, 1, 1, dtype=torch.int8))
+    trace = SimpleNamespace(acc=torch.tensor([[[[20]]]], dtype=torch.int32),
+                            output_q=torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
+    monkeypatch.setenv("QCAL_CPU", "avx512_vnni")
+    steps = we.requant_steps(conv, trace, (0, 0, 0, 0), "x86")
+    assert steps["value"].iloc[-1] == "6" and "add output zero point first" in set(steps["step"])
+    monkeypatch.setenv("QCAL_CPU", "avx2")
+    assert we.requant_steps(conv, trace, (0, 0, 0, 0), "x86")["value"].iloc[-1] == "5"
 
 
 def test_clamp_step_applies_the_fused_relu_at_the_output_zero_point():
