@@ -214,14 +214,7 @@ def calibrate_many(
         ValueError: unknown scheme/backend/mode names, empty data, NaN/Inf values, batches
             whose shape does not fit the model.
     """
-    resolved = [resolve_scheme(s) for s in schemes]
-    if not resolved:
-        raise ValueError("no scheme given; pass preset names or qcal.Scheme objects")
-    check_mode(mode)
-    plan = {s.name: default_backends(s, backends) for s in resolved}
-    for s in resolved:
-        for backend in plan[s.name]:
-            check_runnable(s, backend)
+    resolved, plan = _checked_plan(schemes, backends, mode)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:
@@ -247,6 +240,20 @@ def calibrate_many(
                 activations=acts)
     report(1.0, "calibrated")
     return out
+
+
+def _checked_plan(schemes: Sequence[str | Scheme], backends: Sequence[str] | None, mode: str
+                  ) -> tuple[list[Scheme], dict[str, list[str]]]:
+    """The resolved schemes and each one's backends, every name and combination checked."""
+    resolved = [resolve_scheme(s) for s in schemes]
+    if not resolved:
+        raise ValueError("no scheme given; pass preset names or qcal.Scheme objects")
+    check_mode(mode)
+    plan = {s.name: default_backends(s, backends) for s in resolved}
+    for s in resolved:
+        for backend in plan[s.name]:
+            check_runnable(s, backend)
+    return resolved, plan
 
 
 def _observe(observed: _Observed, calib_data: Any, report: Progress) -> None:
