@@ -9,6 +9,7 @@ A layer runs in three steps, each explicit:
 ``pack_conv2d`` / ``pack_linear`` prepare the weight side once (centred weights, oneDNN
 prepacks, requant numbers per (input scale, output scale)); ``conv2d`` and ``linear`` are
 the one-shot forms. Shapes: conv (N, C, H, W) -> (N, O, H', W'); linear (..., K) -> (..., O).
+What each layer accepts, and the conv shapes a backend refuses, is checked in ``layer_checks.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ import torch
 
 from qcal.int8.accumulate import Accumulator, Method
 from qcal.int8.isa import InstructionSet
+from qcal.int8.layer_checks import (
+    check_activations,
+    check_linear_input,
+    checked_weights,
+    conv_geometry,
+    conv_out_shape,
+    fit_image,
+    out_dtype,
+    scalar,
+)
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
 from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
@@ -33,9 +44,6 @@ from qcal.int8.saturation import (
 from qcal.schemes import Backend, check_backend
 
 __all__ = ["KernelResult", "PackedConv2d", "PackedLinear", "pack_conv2d", "pack_linear"]
-
-_TORCH_BACKENDS = ("fbgemm", "qnnpack", "x86")  # torch's engines: uint8 activations, int8 weights
-
 
 @dataclass(frozen=True, eq=False)
 class KernelResult:
@@ -53,62 +61,6 @@ class KernelResult:
     acc: torch.Tensor
     saturated_pairs: int
     requant: Requant
-
-
-def _scalar(v, name: str, kind: type) -> float | int:
-    t = torch.as_tensor(v)
-    if t.numel() != 1:
-        raise ValueError(f"{name} must be a single number, got {t.numel()} values")
-    return kind(t.item())
-
-
-def _pair(v, name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return t
-
-
-def _out_dtype(out_zero_point) -> torch.dtype:
-    if isinstance(out_zero_point, torch.Tensor) and out_zero_point.dtype in (torch.uint8, torch.int8):
-        return out_zero_point.dtype
-    return torch.uint8
-
-
-def _check_x(x_q: torch.Tensor, backend: str) -> None:
-    allowed = (torch.uint8,) if backend in _TORCH_BACKENDS else (torch.uint8, torch.int8)
-    if x_q.dtype not in allowed:
-        names = " or ".join(str(d) for d in allowed)
-        raise TypeError(f"x_q has dtype {x_q.dtype}; backend {backend!r} takes {names} activations")
-
-
-def _weights(w_q, w_scale, w_zero_point, bias, backend):
-    allowed = (torch.int8,) if backend in _TORCH_BACKENDS else (torch.int8, torch.uint8)
-    if not isinstance(w_q, torch.Tensor) or w_q.dtype not in allowed:
-        names = " or ".join(str(d) for d in allowed)
-        got = getattr(w_q, "dtype", type(w_q).__name__)
-        raise TypeError(f"w_q has dtype {got}; backend {backend!r} takes {names} weights")
-    o = w_q.shape[0]
-    if o == 0 or w_q.numel() == 0:  # torch's prepack crashes the process on such weights
-        raise ValueError(f"w_q has shape {tuple(w_q.shape)}: weights need at least one output channel and input")
-    zp = torch.as_tensor(w_zero_point).reshape(-1).to(torch.int64)
-    if zp.numel() not in (1, o):
-        raise ValueError(f"w_zero_point has {zp.numel()} entries; expected 1 or {o} (one per output channel)")
-    info = torch.iinfo(w_q.dtype)
-    if bool(((zp < info.min) | (zp > info.max)).any()):
-        raise ValueError(f"w_zero_point {zp.tolist()[:8]} outside the {w_q.dtype} range")
-    scale = torch.as_tensor(w_scale)
-    if scale.dim() == 1 and scale.numel() != o:
-        raise ValueError(f"w_scale has {scale.numel()} entries; expected {o} (one per output channel)")
-    if scale.dim() > 1:
-        raise ValueError(f"w_scale must be a number or a 1-D tensor, got shape {tuple(scale.shape)}")
-    if bias is not None:
-        bias = torch.as_tensor(bias)
-        if bias.dtype == torch.float64:
-            bias = bias.float()
-        if bias.dtype not in (torch.float32, torch.int32) or bias.shape != (o,):
-            raise ValueError(f"bias must be float32 or int32 of shape ({o},), got {bias.dtype} {tuple(bias.shape)}")
-    return zp.expand(o).clone(), w_scale, bias
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,24 +97,24 @@ class _Packed:
 
     def _run(self, x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, axis,
              isa=None):
-        _check_x(x_q, self.backend)
-        sa, so = _scalar(x_scale, "x_scale", float), _scalar(out_scale, "out_scale", float)
-        za, zo = _scalar(x_zero_point, "x_zero_point", int), _scalar(out_zero_point, "out_zero_point", int)
+        check_activations(x_q, self.backend)
+        sa, so = scalar(x_scale, "x_scale", float), scalar(out_scale, "out_scale", float)
+        za, zo = scalar(x_zero_point, "x_zero_point", int), scalar(out_zero_point, "out_zero_point", int)
         info = torch.iinfo(x_q.dtype)
         if not info.min <= za <= info.max:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
         rq = self.requant(sa, so, self.flavour(isa))
-        out_dtype = _out_dtype(out_zero_point)
-        output_range(out_dtype, zo, relu)  # validates zo even when there is nothing to compute
+        dtype = out_dtype(out_zero_point)
+        output_range(dtype, zo, relu)  # validates zo even when there is nothing to compute
         if x_q.numel() == 0:  # an empty batch: torch's engines return an empty output too
-            out = torch.empty(self._out_shape(x_q), dtype=out_dtype)
+            out = torch.empty(self._out_shape(x_q), dtype=dtype)
             if not detailed:
                 return out
             return KernelResult(out, torch.empty(out.shape, dtype=torch.int32), 0, rq)
         sat = self._saturates(rq, saturate, isa) and self._can_saturate(x_q, za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
-            return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
+            return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=dtype,
                               channel_axis=axis, bound=folded[1], consume=True)
         acc, bound = self.accumulator(x_q, za)
         pairs = 0
@@ -170,7 +122,7 @@ class _Packed:
             delta, pairs = self._saturation(x_q, za)
             if pairs:
                 acc, bound = acc.to(torch.int32) + delta, None
-        out = requantize(acc, rq, zo, relu=relu, out_dtype=out_dtype, channel_axis=axis, bound=bound,
+        out = requantize(acc, rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=bound,
                          consume=not detailed)
         if not detailed:
             return out
@@ -245,11 +197,7 @@ class PackedConv2d(_Packed):
 
         ``isa`` names the x86 CPU whose FBGEMM kernels to emulate (None: ``assumed_cpu()``).
         """
-        if x_q.dim() != 4 or x_q.shape[1] != self.w_q.shape[1] * self.geometry[3]:
-            raise ValueError(
-                f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(self.w_q.shape)} with groups={self.geometry[3]}"
-            )
-        x_q = self._fit_image(x_q, x_zero_point)
+        x_q = fit_image(x_q, x_zero_point, self.w_q, self.geometry, self.backend)
         res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1, isa)
         # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
         if isinstance(res, KernelResult):
@@ -263,50 +211,8 @@ class PackedConv2d(_Packed):
     def _saturation(self, x_q, za):
         return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
 
-    def _out_shape(self, x_q: torch.Tensor, *, truncate: bool = False) -> tuple[int, ...]:
-        """(N, O, H', W'); ``truncate``: torch's C division, which rounds a negative
-        numerator toward zero (a kernel overhanging the image by less than a stride)."""
-        out = [x_q.shape[0], self.w_q.shape[0]]
-        for i in range(2):
-            (s, p, d), k = (g[i] for g in self.geometry[:3]), self.w_q.shape[2 + i]
-            num = x_q.shape[2 + i] + 2 * p - d * (k - 1) - 1
-            out.append(max((int(num / s) if truncate else num // s) + 1, 0))
-        return tuple(out)
-
-    def _fit_image(self, x_q: torch.Tensor, x_zero_point) -> torch.Tensor:
-        """``x_q`` as the backend reads it, or ValueError where the backend refuses it.
-
-        torch's engines answer an empty batch (N = 0) with an empty output and refuse an
-        empty image or an output with no rows or columns. FBGEMM sizes the output with C's
-        truncating division, so a kernel that overhangs the last row or column by less than
-        a stride still gives an output, read from pixels past the image that its im2col
-        fills with the zero point; QNNPACK crashes the process there (segfault), qcal refuses.
-        """
-        if x_q.shape[0] == 0:
-            return x_q
-        if x_q.shape[2] == 0 or x_q.shape[3] == 0:
-            raise ValueError(
-                f"x_q has an empty image {tuple(x_q.shape[2:])}: input dimensions must be non-zero "
-                f"(QNNPACK's check; qcal refuses it on every backend)"
-            )
-        floor, trunc = self._out_shape(x_q), self._out_shape(x_q, truncate=True)
-        if min(floor[2:]) > 0:
-            return x_q
-        if self.backend == "fbgemm" and min(trunc[2:]) > 0:
-            (sh, sw), _, (dh, dw), _ = self.geometry
-            kh, kw = self.w_q.shape[2:]
-            need_h = (trunc[2] - 1) * sh + dh * (kh - 1) + 1 - x_q.shape[2] - 2 * self.geometry[1][0]
-            need_w = (trunc[3] - 1) * sw + dw * (kw - 1) + 1 - x_q.shape[3] - 2 * self.geometry[1][1]
-            za = _scalar(x_zero_point, "x_zero_point", int)
-            return torch.nn.functional.pad(x_q, (0, max(need_w, 0), 0, max(need_h, 0)), value=za)
-        (ph, pw), (dh, dw) = self.geometry[1], self.geometry[2]
-        crash = " (torch's qnnpack crashes on this layer)" if min(trunc[2:]) > 0 else ""
-        raise ValueError(
-            f"backend {self.backend!r} refuses this conv2d: each dimension of output tensor "
-            f"should be greater than 0 (input {tuple(x_q.shape[2:])}, padding {(ph, pw)}, "
-            f"kernel {tuple(self.w_q.shape[2:])}, dilation {(dh, dw)}: the kernel does not "
-            f"fit the padded input){crash}"
-        )
+    def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
+        return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry)
 
 
 @dataclass(frozen=True, eq=False)
@@ -330,11 +236,7 @@ class PackedLinear(_Packed):
         isa: InstructionSet | None = None,
     ) -> torch.Tensor | KernelResult:
         """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed); ``isa`` as for conv."""
-        if x_q.dim() < 2 and self.backend in _TORCH_BACKENDS:
-            raise ValueError(f"x_q has shape {tuple(x_q.shape)}; backend {self.backend!r} refuses "
-                             "linear inputs of rank < 2 (torch: input tensor rank should be >= 2)")
-        if x_q.shape[-1] != self.w_q.shape[1]:
-            raise ValueError(f"x_q has {x_q.shape[-1]} features, weights expect {self.w_q.shape[1]}")
+        check_linear_input(x_q, self.w_q, self.backend)
         return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1, isa)
 
     def _saturation(self, x_q, za):
@@ -377,15 +279,8 @@ def pack_conv2d(
     check_backend(backend)
     if w_q.dim() != 4:
         raise ValueError(f"conv2d weights must be 4-D (O, C/groups, kh, kw), got shape {tuple(w_q.shape)}")
-    zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
-    if groups < 1 or w_q.shape[0] % groups:
-        raise ValueError(f"groups={groups} must be >= 1 and divide the {w_q.shape[0]} output channels")
-    geometry = (_pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"), int(groups))
-    # torch crashes on stride 0, answers dilation 0 and negative padding with meaningless
-    # shapes (or an internal assert under qnnpack): qcal refuses all three
-    for name, values, low in (("stride", geometry[0], 1), ("padding", geometry[1], 0), ("dilation", geometry[2], 1)):
-        if min(values) < low:
-            raise ValueError(f"{name} {values} must be >= {low} in both dimensions")
+    zp, w_scale, bias = checked_weights(w_q, w_scale, w_zero_point, bias, backend)
+    geometry = conv_geometry(w_q, stride, padding, dilation, groups)
     acc = Accumulator(w_q, zp, geometry, method)
     path = fbgemm_conv_path(w_q.shape[1] * groups, tuple(w_q.shape), geometry)
     return PackedConv2d(backend, w_q, w_scale, zp, bias, acc, geometry=geometry, path=path)
@@ -405,5 +300,5 @@ def pack_linear(
     check_backend(backend)
     if w_q.dim() != 2:
         raise ValueError(f"linear weights must be 2-D (O, K), got shape {tuple(w_q.shape)}")
-    zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
+    zp, w_scale, bias = checked_weights(w_q, w_scale, w_zero_point, bias, backend)
     return PackedLinear(backend, w_q, w_scale, zp, bias, Accumulator(w_q, zp, None, method))
