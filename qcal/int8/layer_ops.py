@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from qcal.int8 import ops
+from qcal.int8 import ops, qadd
 from qcal.int8.ort import ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import INT_DTYPES, QRANGES, quantize
@@ -72,8 +72,8 @@ def add(a: torch.Tensor, a_scale: float, a_zero_point: int, b: torch.Tensor, b_s
         b_zero_point: int, out_scale: float, out_zero_point: int, *, relu: bool = False,
         backend: str = "fbgemm") -> torch.Tensor:
     """torch's quantized add (add_relu with ``relu``) for ``backend``, by the engine."""
-    return ops.add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point,
-                             relu=relu, backend=backend)
+    return qadd.add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point,
+                    relu=relu, backend=backend)
 
 
 def make_kernel(layer: Any, backend: str) -> Callable[[torch.Tensor, bool], Any]:
