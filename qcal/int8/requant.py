@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcal.int8.exact_f32 import fma_f32, sum_f32
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
 from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
@@ -55,7 +56,6 @@ __all__ = [
 
 #: What ``requant_multipliers`` accepts: the backends plus oneDNN, which x86 dispatches to.
 FLAVOURS: tuple[str, ...] = (*BACKENDS, "onednn")
-_F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
 _SLICE = 1 << 22  # accumulator elements requantized per step (16 MB of float32: fits L3)
 
 
@@ -218,45 +218,15 @@ def output_range(out_dtype: torch.dtype, zero_point: int, relu: bool) -> tuple[i
     return (max(lo, zero_point) if relu else lo), hi
 
 
-def _fma_acc(acc: torch.Tensor, b: torch.Tensor, rcp: torch.Tensor) -> torch.Tensor:
-    """float32 ``fma(b, rcp, acc)`` for integer-valued ``acc``: one rounding of the exact sum.
-
-    ``b*rcp`` is exact in float64; ``acc + b*rcp`` in float64 may round, and only when that
-    rounded sum sits exactly halfway between two float32 values can rounding twice differ
-    from rounding once; there the sign of the exact remainder decides.
-    """
-    p = b.double() * rcp.double()
-    s = acc.double() + p
-    r = s.float()
-    tie = (s.view(torch.int64) & 0x1FFFFFFF) == 0x10000000  # halfway between two float32
-    if not bool(tie.any()):
-        return r
-    a64, p = acc.double().expand_as(s), p.expand_as(s)
-    bb = s - a64
-    err = (a64 - (s - bb)) + (p - bb)  # TwoSum: acc + p == s + err exactly
-    inf = torch.full_like(r, float("inf"))
-    below = torch.where(r.double() > s, torch.nextafter(r, -inf), r)
-    above = torch.where(r.double() < s, torch.nextafter(r, inf), r)
-    fixed = torch.where(err > 0, above, below)
-    return torch.where(tie & (err != 0), fixed, r)
-
-
-def _sum_f32(acc: torch.Tensor, b: torch.Tensor, bound: float) -> torch.Tensor:
-    """f32(acc + b) for integer acc and int32 b, exact before the one rounding."""
-    if acc.is_floating_point() and bound + float(b.abs().max()) <= _F32_EXACT:
-        return acc + b.float()
-    return (acc.double() + b.double()).float()
-
-
 def _fbgemm(acc, rq, view, bound, consume=False):
     m = view(rq.multiplier)
     if rq.bias_float is not None and rq.per_channel:
         y = acc.float() + view(rq.bias_float / rq.act_times_w_scale)  # _mm256_div_ps, then add
     elif rq.bias_float is not None:
         rcp = (1.0 / rq.act_times_w_scale.double()).float()  # _mm256_set1_ps(1.0 / ats)
-        y = _fma_acc(acc, view(rq.bias_float), view(rcp))  # mul+add contracted to one fma
+        y = fma_f32(acc, view(rq.bias_float), view(rcp))  # mul+add contracted to one fma
     elif rq.bias_int32 is not None:
-        y = _sum_f32(acc, view(rq.bias_int32), bound)
+        y = sum_f32(acc, view(rq.bias_int32), bound)
     else:
         return torch.round_(_scaled(acc, m, consume))
     return torch.round_(y.mul_(m))
@@ -273,7 +243,7 @@ def _qnnpack(acc, rq, view, bound, consume=False):
     m = view(rq.multiplier)
     if rq.bias_int32 is None:
         return torch.round_(_scaled(acc, m, consume))
-    return torch.round_(_sum_f32(acc, view(rq.bias_int32), bound).mul_(m))
+    return torch.round_(sum_f32(acc, view(rq.bias_int32), bound).mul_(m))
 
 
 def _onnx(acc, rq, view, bound, zo):

@@ -14,14 +14,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from qcal.int8.exact_f32 import fma_f32
 from qcal.int8.onednn import onednn_steps, x86_uses_onednn
-from qcal.int8.requant import (  # _fma_acc: the engine's exact single-rounding fma
-    Requant,
-    _fma_acc,
-    output_range,
-    q31_requantize,
-    requantize,
-)
+from qcal.int8.requant import Requant, output_range, q31_requantize, requantize
 from qcal.reporting.elements import channel_of, layer_requant, pick
 from qcal.schemes import check_backend
 
@@ -59,7 +54,7 @@ def _fbgemm_bias(e: _Element) -> tuple[torch.Tensor, list[Step]]:
         return y, [("bias in accumulator units", "f32(b / f32(sa·sw))", bq.item()),
                    ("add bias (float)", "y = f32(acc + b/ats)", y.item())]
     rcp = (1.0 / ats.double()).float()
-    y = _fma_acc(acc_f, b, rcp)  # the engine's exact single-rounding fma
+    y = fma_f32(acc_f, b, rcp)  # the engine's exact single-rounding fma
     return y, [("bias reciprocal", "rcp = f32(1 / f32(sa·sw))", rcp.item()),
                ("add bias (one fused multiply-add)", "y = fma(b, rcp, acc)", y.item())]
 
