@@ -3,7 +3,7 @@
 What ``onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])`` computes
 for a QDQ model under its default session options (graph optimization ORT_ENABLE_ALL), as
 read in microsoft/onnxruntime and confirmed against onnxruntime 1.32 on small hand-built
-graphs (tests/int8/test_ort_ops.py). ``f32(.)`` rounds to float32, ``rint`` half to even.
+graphs (tests/int8/test_int8_ort.py). ``f32(.)`` rounds to float32, ``rint`` half to even.
 
 Graph (``core/optimizer/qdq_transformer/selectors_actions/qdq_selectors.cc``,
 ``qdq_actions.cc``): DQ -> Conv -> Q becomes QLinearConv (then NHWC with Transposes),
