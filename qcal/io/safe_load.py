@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from qcal.io.limits import capped_size
+
 __all__ = ["DEFAULT_MAX_BYTES", "MAX_FILE_BYTES", "PackedParamsState", "check_size", "load_checkpoint"]
 
 #: The one size cap for files qcal reads from users (checkpoints, tensor files, user model
@@ -147,14 +149,11 @@ def check_size(path: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
     Raises:
         ValueError: naming the file, its size and the limit.
     """
-    if not path.is_file():
-        raise ValueError(f"no such file: {str(path)!r}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(
-            f"{path.name} is {_size(size)}, above the limit of {_size(max_bytes)}; "
-            "raise the limit (--max-mb on the CLI, max_bytes in Python) if you trust its size"
-        )
+    size = capped_size(
+        path, max_bytes, missing=f"no such file: {str(path)!r}",
+        too_big=lambda size: f"{path.name} is {_size(size)}, above the limit of {_size(max_bytes)}; "
+        "raise the limit (--max-mb on the CLI, max_bytes in Python) if you trust its size",
+    )
     if size == 0:
         raise ValueError(f"{path.name} is empty (0 bytes): not a torch checkpoint")
     if zipfile.is_zipfile(path):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qcal.io.limits import capped_size
 from qcal.io.safe_load import MAX_FILE_BYTES
 
 __all__ = ["DEFAULT_MAX_BYTES", "INPUT_KEYS", "LABEL_KEYS", "TENSOR_SUFFIXES", "load_tensors"]
@@ -58,9 +59,8 @@ def load_tensors(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tup
     suffix = path.suffix.lower()
     if suffix not in _READERS:
         raise ValueError(f"{path}: unknown extension {suffix!r}; accepted: {', '.join(TENSOR_SUFFIXES)}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{path}: {size:,} bytes is larger than the limit of {max_bytes:,} bytes")
+    capped_size(path, max_bytes, missing=f"{path}: no such file",
+                too_big=lambda size: f"{path}: {size:,} bytes is larger than the limit of {max_bytes:,} bytes")
     _check_zip_expansion(path, suffix, max_bytes)
     content = _READERS[suffix](path)
     return _split_content(path, content)

@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import quote
 
+from qcal.io.limits import capped_size
 from qcal.store.codec import EncodedFrame, FrameCodecError, decode_frame
 from qcal.store.schema import SCHEMA, StoreError, check_schema, read_run
 
@@ -31,14 +32,11 @@ RunRows = tuple[str, str, list[tuple[str, EncodedFrame]]]  # (id, canonical meta
 
 
 def _check_file(path: Path, max_bytes: int) -> None:
-    if not path.is_file():
-        raise StoreError(f"no run file {path} (it does not exist or is not a file)")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise StoreError(
-            f"{path} is {size / 2**20:.1f} MiB, over the import limit of {max_bytes / 2**20:.1f} MiB; "
-            "pass max_bytes= to accept larger run files"
-        )
+    capped_size(
+        path, max_bytes, error=StoreError, missing=f"no run file {path} (it does not exist or is not a file)",
+        too_big=lambda size: f"{path} is {size / 2**20:.1f} MiB, over the import limit of "
+        f"{max_bytes / 2**20:.1f} MiB; pass max_bytes= to accept larger run files",
+    )
     with path.open("rb") as file:
         header = file.read(len(_SQLITE_HEADER))
     if header != _SQLITE_HEADER:
