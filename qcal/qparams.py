@@ -160,9 +160,7 @@ def quantize(
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
     zp = torch.as_tensor(zero_point).reshape(-1).to(torch.float32)
     if axis is not None:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
+        scale, zp = _along(axis, x.dim(), scale, zp)
     elif scale.numel() != 1:
         raise ValueError(f"per-tensor quantize takes one scale, got {scale.numel()}; pass axis=")
     if backend == "onnx":
@@ -182,6 +180,13 @@ def quantize(
             idx = near.nonzero(as_tuple=True)
             q[idx] = torch.round(_fma_f32(x[idx], inv.expand_as(x)[idx], zp.expand_as(x)[idx]))
     return q.clamp_(qmin, qmax).to(INT_DTYPES[dtype])
+
+
+def _along(axis: int, dim: int, scale: torch.Tensor, zp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D per-channel ``scale`` and ``zp`` shaped to broadcast along ``axis`` of a ``dim``-D tensor."""
+    shape = [1] * dim
+    shape[axis] = -1
+    return scale.reshape(shape), zp.reshape(shape)
 
 
 def _quantize_linear(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int,
@@ -216,7 +221,5 @@ def dequantize(
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
     zp = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
     if axis is not None:
-        shape = [1] * q.dim()
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
+        scale, zp = _along(axis, q.dim(), scale, zp)
     return (q.to(torch.int32) - zp).to(torch.float32) * scale
