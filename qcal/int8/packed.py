@@ -88,6 +88,38 @@ class _Packed:
             )
         return self._requants[key]
 
+    _channel_axis = -1  # where the output channel sits: (..., O) unless a subclass says otherwise
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        x_q: torch.Tensor,
+        x_scale: float,
+        x_zero_point: int,
+        out_scale: float,
+        out_zero_point: int | torch.Tensor,
+        *,
+        relu: bool = False,
+        saturate: bool | None = None,
+        detailed: bool = False,
+        isa: InstructionSet | None = None,
+    ) -> torch.Tensor | KernelResult:
+        """Run the layer on activation codes (a ``KernelResult`` if ``detailed``).
+
+        conv2d: (N, C, H, W) -> (N, O, H', W') channels_last codes; linear: (..., K) -> (..., O).
+        ``isa`` names the x86 CPU whose FBGEMM kernels to emulate (None: ``assumed_cpu()``).
+        """
+        x_q = self._fit(x_q, x_zero_point)
+        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed,
+                        self._channel_axis, isa)
+        if isinstance(res, KernelResult):
+            return dataclasses.replace(res, out=self._finish(res.out))
+        return self._finish(res)
+
+    @staticmethod
+    def _finish(out: torch.Tensor) -> torch.Tensor:
+        return out
+
     def flavour(self, isa: InstructionSet | None = None) -> str:
         """The requantization that runs: the backend's, or for x86 "fbgemm" / "onednn" (``onednn.py``)."""
         if self.backend != "x86":
@@ -179,30 +211,15 @@ class PackedConv2d(_Packed):
     geometry: tuple = ((1, 1), (0, 0), (1, 1), 1)
     path: ConvPath = "gemm"
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        x_q: torch.Tensor,
-        x_scale: float,
-        x_zero_point: int,
-        out_scale: float,
-        out_zero_point: int | torch.Tensor,
-        *,
-        relu: bool = False,
-        saturate: bool | None = None,
-        detailed: bool = False,
-        isa: InstructionSet | None = None,
-    ) -> torch.Tensor | KernelResult:
-        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult).
+    _channel_axis = 1  # (N, O, H', W')
 
-        ``isa`` names the x86 CPU whose FBGEMM kernels to emulate (None: ``assumed_cpu()``).
-        """
-        x_q = fit_image(x_q, x_zero_point, self.w_q, self.geometry, self.backend)
-        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1, isa)
+    def _fit(self, x_q: torch.Tensor, x_zero_point) -> torch.Tensor:
+        return fit_image(x_q, x_zero_point, self.w_q, self.geometry, self.backend)
+
+    @staticmethod
+    def _finish(out: torch.Tensor) -> torch.Tensor:
         # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
-        if isinstance(res, KernelResult):
-            return dataclasses.replace(res, out=res.out.contiguous(memory_format=torch.channels_last))
-        return res.contiguous(memory_format=torch.channels_last)
+        return out.contiguous(memory_format=torch.channels_last)
 
     def _family(self, isa) -> ConvPath:
         return self.path if isa is None else fbgemm_conv_path(self.w_q.shape[1] * self.geometry[3],
@@ -221,23 +238,9 @@ class PackedLinear(_Packed):
 
     path: ConvPath = "gemm"
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        x_q: torch.Tensor,
-        x_scale: float,
-        x_zero_point: int,
-        out_scale: float,
-        out_zero_point: int | torch.Tensor,
-        *,
-        relu: bool = False,
-        saturate: bool | None = None,
-        detailed: bool = False,
-        isa: InstructionSet | None = None,
-    ) -> torch.Tensor | KernelResult:
-        """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed); ``isa`` as for conv."""
+    def _fit(self, x_q: torch.Tensor, x_zero_point) -> torch.Tensor:
         check_linear_input(x_q, self.w_q, self.backend)
-        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1, isa)
+        return x_q
 
     def _saturation(self, x_q, za):
         return pair_saturation_linear(x_q, self.w_q)
