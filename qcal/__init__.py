@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "QSpec": "schemes",
     "Scheme": "schemes",
+    "Recipe": "schemes",
     "SCHEMES": "schemes",
     "resolve_scheme": "schemes",
     "qparams_from_range": "qparams",
@@ -88,5 +89,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.reference import torch_reference  # noqa: F401
     from qcal.reporting import report  # noqa: F401
     from qcal.runs import Run, RunInfo  # noqa: F401
-    from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Recipe, Scheme, resolve_scheme  # noqa: F401
     from qcal.store import Store, StoreError  # noqa: F401
