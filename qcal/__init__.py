@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "QuantizedModel": "model",
     "LayerTrace": "model",
     "torch_reference": "reference",
+    "to_qconfig_mapping": "export.qconfig",
     "compare": "comparison",
     "Comparison": "comparison",
     "explain": "checkpoints",
@@ -86,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.model import LayerTrace, QuantizedModel  # noqa: F401
     from qcal.observers import make_observer, make_observers  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
+    from qcal.export.qconfig import to_qconfig_mapping  # noqa: F401
     from qcal.reference import torch_reference  # noqa: F401
     from qcal.reporting import report  # noqa: F401
     from qcal.runs import Run, RunInfo  # noqa: F401

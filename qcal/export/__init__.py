@@ -1,0 +1,1 @@
+"""Exports of calibrated schemes and recipes to other runtimes (torch's QConfigMapping)."""
