@@ -83,11 +83,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.calibration import calibrate, calibrate_many  # noqa: F401
     from qcal.checkpoints import example_checkpoint, explain  # noqa: F401
     from qcal.comparison import Comparison, compare, compare_zoo  # noqa: F401
+    from qcal.export.qconfig import to_qconfig_mapping  # noqa: F401
     from qcal.histogram import RunningHistogram  # noqa: F401
     from qcal.model import LayerTrace, QuantizedModel  # noqa: F401
     from qcal.observers import make_observer, make_observers  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
-    from qcal.export.qconfig import to_qconfig_mapping  # noqa: F401
     from qcal.reference import torch_reference  # noqa: F401
     from qcal.reporting import report  # noqa: F401
     from qcal.runs import Run, RunInfo  # noqa: F401

@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-__all__ = ["NO_DEFAULT", "Graph", "Ref", "Step", "UnsupportedGraph", "build_graph", "only_user"]
+__all__ = ["NO_DEFAULT", "Graph", "Ref", "Step", "UnsupportedGraph", "build_graph", "only_user", "trace_folded"]
 
 
 class UnsupportedGraph(Exception):
@@ -73,6 +73,7 @@ class Graph:
         obs_names: a label per observation point (the first value it observes).
         layers: names of the conv/linear steps (their module's qualified name).
         inputs: (placeholder name, argument name, default or ``NO_DEFAULT``) per model input.
+        obs_specs: the activation QSpec of each observation point (its owner's scheme).
     """
 
     module: nn.Module
@@ -80,6 +81,7 @@ class Graph:
     obs_names: list[str]
     layers: list[str]
     inputs: list[tuple[str, str, Any]] = field(default_factory=list)
+    obs_specs: list[Any] = field(default_factory=list)
 
 
 NO_DEFAULT = "<no default>"
@@ -127,6 +129,15 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
 
 
 
+def trace_folded(model: nn.Module) -> fx.GraphModule:
+    """The eval-mode model traced by torch.fx with BN folded (raises UnsupportedGraph)."""
+    if model.training:
+        raise ValueError("build_graph needs an eval-mode model (BatchNorm folds with running statistics)")
+    gm = _trace(model)
+    _fold_batchnorm(gm)
+    return gm
+
+
 @torch.no_grad()
 def build_graph(model: nn.Module) -> Graph:
     """Trace ``model`` (in eval mode), fold BN, plan the program.
@@ -138,12 +149,9 @@ def build_graph(model: nn.Module) -> Graph:
         UnsupportedGraph: the model cannot be traced, or holds an op qcal's engine does not
             mirror bit for bit (the message names it).
     """
-    if model.training:
-        raise ValueError("build_graph needs an eval-mode model (BatchNorm folds with running statistics)")
-    gm = _trace(model)
-    _fold_batchnorm(gm)
     from qcal.planner import plan
 
+    gm = trace_folded(model)
     graph = plan(gm)
     if not graph.layers:
         raise UnsupportedGraph("the model has no nn.Conv2d or nn.Linear layer to quantize")

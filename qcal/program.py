@@ -98,7 +98,8 @@ def release_plan(graph: Graph) -> list[tuple[str, ...]]:
 
 @torch.no_grad()
 def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
-              record: dict[str, torch.Tensor] | None = None) -> Any:
+              record: dict[str, torch.Tensor] | None = None,
+              on_value: Callable[[str, Any], None] | None = None) -> Any:
     """The folded fp32 model on one batch, observed where torch's prepared model observes.
 
     Args:
@@ -107,6 +108,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
         tap: ``tap(obs, value)`` at every observation (input observers, op outputs, and the
             shared observers' extra looks), in graph order.
         record: filled with each step's fp32 value when given.
+        on_value: ``on_value(name, value)`` for each value the float model computes, as it
+            is computed (the order torch's observers, placed right after each value, see).
     """
     env = bind_inputs(graph, inputs)
     release = release_plan(graph)
@@ -123,6 +126,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
                 # a conv/linear module's output is fresh: ReLU in place saves a pass
                 value = value.relu_() if step.kind in ("conv", "linear") and step.op == "call_module" else F.relu(value)
         env[step.name] = value
+        if on_value is not None and step.kind not in ("quantize", "dequantize"):
+            on_value(step.name, value)
         if tap is not None and step.obs is not None and step.kind not in ("dequantize", "identity"):
             tap(step.obs, value)
         if record is not None:
@@ -188,12 +193,18 @@ class IntegerProgram:
             elif kind == "dequantize":
                 scale, zp = self.act[step.obs]
                 value = dequantize(env[step.args[0].name], scale, zp)
+                if value.dim() == 4 and self.nhwc.get(step.args[0].name):
+                    # torch dequantizes a channels-last tensor to a channels-last one, and an fp32
+                    # conv on it rounds differently from one on a contiguous input
+                    value = value.contiguous(memory_format=torch.channels_last)
             elif kind == "add":
                 a, b = step.args
                 value = add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
                             *self.act[step.obs], relu=step.relu, backend=self.backend)
             elif kind in ("float", "info"):
                 value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
+                if step.relu:  # an fp32 layer of a recipe, with its fused ReLU
+                    value = F.relu(value)
             else:
                 value = self._shared(step, env)
             env[step.name] = value
