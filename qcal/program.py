@@ -28,7 +28,7 @@ from qcal.int8_ops import (
 )
 from qcal.qparams import dequantize
 
-__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float", "torch_layouts"]
+__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float", "torch_layouts", "torch_memory_format"]
 
 Tap = Callable[[int, torch.Tensor], None]
 
@@ -192,11 +192,8 @@ class IntegerProgram:
                 value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype)
             elif kind == "dequantize":
                 scale, zp = self.act[step.obs]
-                value = dequantize(env[step.args[0].name], scale, zp)
-                if value.dim() == 4 and self.nhwc.get(step.args[0].name):
-                    # torch dequantizes a channels-last tensor to a channels-last one, and an fp32
-                    # conv on it rounds differently from one on a contiguous input
-                    value = value.contiguous(memory_format=torch.channels_last)
+                value = torch_memory_format(dequantize(env[step.args[0].name], scale, zp),
+                                            self.nhwc.get(step.args[0].name, False))
             elif kind == "add":
                 a, b = step.args
                 value = add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
@@ -267,6 +264,15 @@ class IntegerProgram:
         if kind == "adaptive_avg_pool2d":
             return adaptive_avg_pool2d(q, scale, zp, **params, backend=self.backend)
         raise AssertionError(f"unknown step kind {kind}")
+
+
+def torch_memory_format(value: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A dequantized value in the memory format torch's would have: torch dequantizes a
+    channels-last tensor to a channels-last one, and an fp32 conv rounds differently on
+    channels-last input than on contiguous input (the next quantize then flips codes)."""
+    if channels_last and value.dim() == 4:
+        return value.contiguous(memory_format=torch.channels_last)
+    return value
 
 
 def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozenset[str]]:
