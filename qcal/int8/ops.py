@@ -1,6 +1,7 @@
 """The integer ops a CNN needs between layers, rounded exactly as torch's quantized CPU ops.
 
-Each op follows the kernel torch runs for the chosen engine (read from
+Each op follows the kernel torch runs for the chosen engine (``x86`` runs fbgemm's ATen
+kernels for all of them; read from
 ``aten/src/ATen/native/quantized/cpu`` and pytorch's QNNPACK, confirmed bit for bit in
 tests/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
 half to even; pooled outputs keep the input's scale and zero point, as torch's do.
@@ -9,9 +10,10 @@ add (``torch.ops.quantized.add`` / ``add_relu``)
     fbgemm: the vectorised ``qadd_kernel``: dequantize with a fused multiply-add,
     ``d = fma(s, q, f32(-z*s))``; ``c = f32(da + db)`` (ReLU: ``max(c, 0)``);
     ``out = clamp(rint(f32(c * f32(1/so))) + zo)``. The scalar tail of each thread's range in
-    memory order (``n mod 64`` elements on AVX-512, 32 on AVX2; ranges split at 32768
-    elements per thread) runs the scalar lambda instead: ``d = f32((q - z) * s)`` and the zero
-    point added *before* rounding, ``rint(f32(c * f32(1/so)) + zo)``.
+    memory order (``n mod 64`` elements: two 32-byte vectors per step, on AVX2 and AVX-512
+    CPUs alike, see ``_add_step``; ranges split at 32768 elements per thread) runs the scalar
+    lambda instead: ``d = f32((q - z) * s)`` and the zero point added *before* rounding,
+    ``rint(f32(c * f32(1/so)) + zo)``.
     qnnpack (same shapes): QNNPACK's fixed-point ``q8vadd``: ``ma = f32(sa/so)``,
     ``mb = f32(sb/so)``, ``shift = 21 - exponent(max(ma, mb))``, integer multipliers
     ``Ma = rint(ma*2^shift)``; ``acc = Ma(a - za) + Mb(b - zb)`` shifted right by ``shift``
@@ -133,7 +135,7 @@ def add(
     _check(backend, b_q, "b_q")
     if a_q.dtype != b_q.dtype:
         raise TypeError(f"a_q and b_q must share a dtype, got {a_q.dtype} and {b_q.dtype}")
-    if backend in ("fbgemm", "qnnpack") and a_q.shape != b_q.shape:
+    if backend in ("fbgemm", "qnnpack", "x86") and a_q.shape != b_q.shape:
         raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
     info = torch.iinfo(a_q.dtype)
     lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
@@ -164,7 +166,7 @@ def add(
     b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
     idx = a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min)
     out = table.index_select(0, idx)
-    if backend == "fbgemm":
+    if backend in ("fbgemm", "x86"):  # the x86 engine runs the same ATen kernel
         pos = _scalar_tail(out.numel())
         if pos.numel():
             tail = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=True).to(a_q.dtype)
@@ -178,15 +180,27 @@ def add(
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it
 
 
+#: Codes per step of torch's vectorised qadd loop, by ATen's CPU capability. ``qadd_stub`` is
+#: registered with ``REGISTER_DISPATCH``, which leaves the AVX-512 slot empty, so AVX-512
+#: CPUs run the AVX2 build too: ``Vectorized<quint8>`` holds 32 codes and ``vectorized_loop``
+#: (ATen's cpu/Loops.h) stores two vectors per step. DEFAULT (no AVX2) is not modelled: its
+#: vector path rounds differently, so everything is treated as vector lanes there.
+_ADD_STEP: dict[str, int] = {"AVX2": 64, "AVX512": 64}
+
+
+def _add_step() -> int:
+    """Codes per vector step of the qadd kernel ATen dispatches to on this CPU (1: none)."""
+    return _ADD_STEP.get(torch.backends.cpu.get_cpu_capability(), 1)
+
+
 def _scalar_tail(n: int) -> torch.Tensor:
     """Memory positions torch's vectorised elementwise loop leaves to its scalar lambda.
 
-    ``cpu_kernel_vec`` runs one vector (64 uint8 lanes on AVX-512, 32 on AVX2) per step over
-    each thread's contiguous range in memory order; what is left at the end of a range goes
-    through the scalar lambda. Ranges: ``at::parallel_for`` with grain 32768 splits ``n``
-    into ``ceil(n / threads)`` pieces.
+    ``cpu_kernel_vec`` runs ``_add_step()`` codes per step over each thread's contiguous range
+    in memory order; what is left at the end of a range goes through the scalar lambda.
+    Ranges: ``at::parallel_for`` with grain 32768 splits ``n`` into ``ceil(n / threads)`` pieces.
     """
-    step = {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability(), 1)
+    step = _add_step()
     threads = max(1, min(torch.get_num_threads(), -(-n // _GRAIN))) if n >= _GRAIN else 1
     chunk = max(1, -(-n // threads))
     pos = [torch.arange(b + (min(b + chunk, n) - b) // step * step, min(b + chunk, n)) for b in range(0, n, chunk)]
