@@ -34,7 +34,7 @@ from qcal.schemes import (
     resolve_scheme_or_recipe,
 )
 
-__all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
+__all__ = ["MODES", "Calibrated", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
 MODES = ("auto", "graph", "modules")
 Progress = Callable[[float, str], None]
@@ -161,6 +161,73 @@ def _build(observed: Observed, recipe: Recipe, weights: dict, float_model: nn.Mo
         activations=acts, recipe=recipe if scheme is not recipe.default else None) for backend in backends}
 
 
+class Calibrated:
+    """One calibration pass kept live, so that more recipes can be built from it later.
+
+    ``sensitivity`` and ``recommend`` ask for recipes as their search goes; every recipe
+    whose observation points were observed is built without touching the data again. A
+    recipe that needs a point nobody observed (rare: a value seen through a new chain of
+    ops) costs one more pass over the calibration data, counted in ``passes``.
+
+    Args:
+        model: the fp32 model (never modified; an eval copy is used).
+        calib_data: as for ``calibrate``.
+        recipes: the recipes (schemes as uniform recipes) to observe for.
+        mode: "auto" | "graph" | "modules".
+        progress: ``progress(fraction, message)`` for the pass.
+    """
+
+    def __init__(self, model: nn.Module, calib_data: Any, recipes: Sequence[Recipe], *, mode: str = "auto",
+                 progress: Progress | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if model.training:
+            warn_at_caller("qcal: the model is in training mode; calibrating an eval-mode copy "
+                           "(BatchNorm running statistics, dropout off). Your model is unchanged.")
+        self.calib_data = calib_data
+        self.float_model = copy.deepcopy(model).eval()
+        self.observed = Observed(self.float_model, mode, list(recipes))
+        report = progress or (lambda fraction, message: None)
+        _observe(self.observed, calib_data, report)
+        report(1.0, "calibrated")
+        self.passes = 1
+        self.weights: dict[tuple[str, QSpec], dict[str, Any]] = {}
+
+    @property
+    def layers(self) -> list[str]:
+        """The quantizable layers (conv/linear module names), in model order."""
+        return list(self.observed.layer_names)
+
+    @property
+    def mode(self) -> str:
+        """"graph" or "modules"."""
+        return self.observed.mode
+
+    def build(self, recipe: Scheme | Recipe | str, backend: str = "fbgemm") -> QuantizedModel:
+        """The QuantizedModel of a recipe (or scheme) on one backend."""
+        recipe = as_recipe(resolve_scheme_or_recipe(recipe))
+        check_backends([backend])
+        self.observed.add(recipe)
+        points = self.observed.points
+        missing = [(k, spec) for k, spec in self.observed.observers_of(recipe)
+                   if k not in points or spec not in points[k].observers]
+        if missing:
+            self._observe_more(recipe)
+        ((_, qm),) = _build(self.observed, recipe, self.weights, self.float_model, [backend]).items()
+        return qm
+
+    def _observe_more(self, recipe: Recipe) -> None:
+        extra = Observed(self.float_model, self.observed.mode, [recipe])
+        _observe(extra, self.calib_data, lambda f, m: None)
+        self.passes += 1
+        for key, point in extra.points.items():
+            mine = self.observed.points.setdefault(key, point)
+            for spec, obs in point.observers.items():
+                mine.observers.setdefault(spec, obs)
+
+
 @torch.no_grad()
 def calibrate_many(
     model: nn.Module,
@@ -197,22 +264,8 @@ def calibrate_many(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
     configs = _configs(schemes, backends)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if model.training:
-        warn_at_caller("qcal: the model is in training mode; calibrating an eval-mode copy "
-                       "(BatchNorm running statistics, dropout off). Your model is unchanged.")
-    report = progress or (lambda fraction, message: None)
-    float_model = copy.deepcopy(model).eval()
-    observed = Observed(float_model, mode, list(configs))
-    _observe(observed, calib_data, report)
-    report(0.9, "quantizing weights")
-    weights: dict[tuple[str, QSpec], dict[str, Any]] = {}
-    out: dict[tuple[str, str], QuantizedModel] = {}
-    for recipe, backends_of in configs.items():
-        out.update(_build(observed, recipe, weights, float_model, backends_of))
-    report(1.0, "calibrated")
-    return out
+    session = Calibrated(model, calib_data, list(configs), mode=mode, progress=progress)
+    return {(r.name, b): session.build(r, b) for r, backends_of in configs.items() for b in backends_of}
 
 
 @torch.no_grad()

@@ -108,6 +108,12 @@ class Observed:
         for recipe in self.recipes:
             recipe.check_layers(self.layer_names, others)
 
+    def add(self, recipe: Recipe) -> None:
+        """Accept one more recipe after the pass (its names checked against the model)."""
+        if recipe not in self.recipes:
+            self.recipes.append(recipe)
+            self._check_recipes()
+
     def plan_for(self, recipe: Recipe) -> Graph | None:
         """The recipe's program (graph mode), else None."""
         if self.graph is None:
