@@ -3,7 +3,7 @@
 A ``Sweep`` holds one calibration pass (``Calibrated``), the evaluation batches and the fp32
 model's outputs on them, computed once. ``scores`` evaluates a list of recipes: the metric
 (top-1 accuracy with labels, else agreement with fp32 top-1) and, when asked, one layer's
-SQNR on the first batch. With an executor the recipes go out in a few chunks: each chunk's
+SQNR on the first 64 samples. With an executor the recipes go out in a few chunks: each chunk's
 payload holds its calibrated models, which share one float model and one copy of the data
 (pickled once per chunk, not once per recipe); the results are the same values in the same
 order as in-process.
@@ -29,6 +29,7 @@ __all__ = ["Score", "Sweep"]
 
 Progress = Callable[[float, str], None]
 _CHUNKS_PER_WORKER = 2
+_SQNR_SAMPLES = 64  # samples of the first eval batch traced for a layer's SQNR
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Score:
 def _metric(outputs: list[torch.Tensor], batches: list[tuple[Any, Any]], fp32: list[torch.Tensor],
             labelled: bool) -> float:
     hit = total = 0
-    for out, (_, labels), ref in zip(outputs, batches, strict=True):
+    for out, (_, labels), ref in zip(outputs, batches, fp32, strict=True):
         pred = out.reshape(out.shape[0], -1).argmax(dim=1)
         target = labels.reshape(-1) if labelled else ref.reshape(ref.shape[0], -1).argmax(dim=1)
         hit += int((pred == target).sum())
@@ -50,8 +51,19 @@ def _metric(outputs: list[torch.Tensor], batches: list[tuple[Any, Any]], fp32: l
     return hit / max(total, 1)
 
 
+def _head(inputs: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch (traces are heavier than inference)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:n]
+    if isinstance(inputs, dict):
+        return {k: _head(v, n) for k, v in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(_head(v, n) for v in inputs)
+    return inputs
+
+
 def _sqnr_db(qm: Any, inputs: Any, layer: str) -> float:
-    trace = qm.trace(inputs).get(layer)
+    trace = qm.trace(_head(inputs, _SQNR_SAMPLES)).get(layer)
     if trace is None:
         return math.nan
     ref, err = trace.fp32.double(), trace.dequantized.double() - trace.fp32.double()
@@ -75,14 +87,16 @@ class Sweep:
 
     Args:
         model, calib_data, eval_data: as for ``compare``.
-        recipes: recipes to observe for in the one pass (others are built later from it).
+        recipes: recipes to observe for in the one pass (others are built later from it),
+            or a function of the layer names returning them.
         backend: the engine flavour every recipe runs on.
         executor: a ``concurrent.futures.Executor`` or None (in process).
         mode: "auto" | "graph" | "modules".
         progress: ``progress(fraction, message)`` for the calibration pass.
     """
 
-    def __init__(self, model: torch.nn.Module, calib_data: Any, eval_data: Any, recipes: Sequence[Recipe], *,
+    def __init__(self, model: torch.nn.Module, calib_data: Any, eval_data: Any,
+                 recipes: Sequence[Recipe] | Callable[[list[str]], Sequence[Recipe]], *,
                  backend: str = "fbgemm", executor: Executor | None = None, mode: str = "auto",
                  progress: Progress | None = None) -> None:
         self.backend, self.executor = backend, executor
@@ -125,3 +139,14 @@ class Sweep:
             out += fut.result()
             report((i + 1) / len(futures), f"evaluated {len(out)} of {len(jobs)} recipes")
         return out
+
+    @torch.no_grad()
+    def score_on(self, recipe: Recipe, data: Any) -> tuple[float, float]:
+        """(the recipe's metric, fp32's metric) on other data (a held-out split)."""
+        batches = as_eval_batches(data)
+        if not batches:
+            raise ValueError("test_data is empty: pass (inputs, labels) batches")
+        fp32 = [_fp32_output(self.calibrated.float_model, inputs) for inputs, _ in batches]
+        metric, fp32_value = _fp32_metric(fp32, batches)
+        qm = self.calibrated.build(recipe, self.backend)
+        return _metric([qm(inputs) for inputs, _ in batches], batches, fp32, metric == "accuracy"), fp32_value

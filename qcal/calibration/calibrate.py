@@ -172,12 +172,14 @@ class Calibrated:
     Args:
         model: the fp32 model (never modified; an eval copy is used).
         calib_data: as for ``calibrate``.
-        recipes: the recipes (schemes as uniform recipes) to observe for.
+        recipes: the recipes (schemes as uniform recipes) to observe for, or a function of
+            the model's layer names returning them.
         mode: "auto" | "graph" | "modules".
         progress: ``progress(fraction, message)`` for the pass.
     """
 
-    def __init__(self, model: nn.Module, calib_data: Any, recipes: Sequence[Recipe], *, mode: str = "auto",
+    def __init__(self, model: nn.Module, calib_data: Any,
+                 recipes: Sequence[Recipe] | Callable[[list[str]], Sequence[Recipe]], *, mode: str = "auto",
                  progress: Progress | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
@@ -188,7 +190,9 @@ class Calibrated:
                            "(BatchNorm running statistics, dropout off). Your model is unchanged.")
         self.calib_data = calib_data
         self.float_model = copy.deepcopy(model).eval()
-        self.observed = Observed(self.float_model, mode, list(recipes))
+        self.observed = Observed(self.float_model, mode, [] if callable(recipes) else list(recipes))
+        for recipe in recipes(self.observed.layer_names) if callable(recipes) else ():
+            self.observed.add(recipe)
         report = progress or (lambda fraction, message: None)
         _observe(self.observed, calib_data, report)
         report(1.0, "calibrated")

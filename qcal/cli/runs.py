@@ -112,6 +112,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--state-dict", default=None, help="weights for a module:factory model (loaded weights_only)"),
     arg("--data", default=None, help="your data file (.pt/.npz/.safetensors): inputs, optional labels"),
     arg("--schemes", default="all", help="'all' or a comma list of preset names"),
+    arg("--recipe", action="append", default=[], help="a recipe file (.toml/.json): one more column; repeatable"),
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
     arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
@@ -136,6 +137,10 @@ def compare_command(args: argparse.Namespace) -> int:
         write(_table(pd.DataFrame([{"name": n, "description": zoo.info(n).description} for n in zoo.names()])))
         return 0
     schemes, backends = _schemes(args.schemes), _backends(args.backends)
+    if args.recipe:
+        from qcal.io.recipe_files import read_recipe
+
+        schemes = [*(schemes or list(SCHEMES)), *(read_recipe(p) for p in args.recipe)]
     progress = TerminalProgress()
     if ":" in args.model:
         cmp = _user_comparison(args, schemes, backends, progress)
