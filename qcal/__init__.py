@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "LayerTrace": "calibration.model",
     "torch_reference": "analysis.reference",
     "to_qconfig_mapping": "export.qconfig",
+    "sensitivity": "analysis.sensitivity",
+    "recommend": "analysis.recommend",
+    "Recommendation": "analysis.recommend",
     "compare": "analysis.compare",
     "Comparison": "analysis.compare",
     "explain": "checkpoint.explain",
@@ -80,7 +83,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal import int8, observers, qparams, schemes, store, zoo  # noqa: F401
     from qcal.analysis.compare import Comparison, compare  # noqa: F401
+    from qcal.analysis.recommend import Recommendation, recommend  # noqa: F401
     from qcal.analysis.reference import torch_reference  # noqa: F401
+    from qcal.analysis.sensitivity import sensitivity  # noqa: F401
     from qcal.calibration.calibrate import calibrate, calibrate_many  # noqa: F401
     from qcal.calibration.model import LayerTrace, QuantizedModel  # noqa: F401
     from qcal.checkpoint.example import example_checkpoint  # noqa: F401

@@ -24,7 +24,7 @@ def _digits(model_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
     """(model, calibration batches, test split x, test split y)."""
     from qcal.zoo import datasets, zoo
 
-    if zoo.info(model_name).dataset != "digits":
+    if zoo.info(model_name).data != "digits":
         raise ValueError(f"{model_name} has no evaluation data here; use a digits_* zoo model")
     model = zoo.load(model_name)
     splits = datasets.digits_splits()
