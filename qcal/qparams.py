@@ -6,7 +6,7 @@ reproduces torch's arithmetic to the bit:
 * ``qparams_from_range`` is ``torch.ao.quantization``'s ``_calculate_qparams`` (float32 math,
   the range widened to include 0, ``eps`` as the smallest scale).
 * ``quantize`` is ``torch.quantize_per_tensor`` / ``quantize_per_channel``:
-  ``q = clamp(rint(x * (1/scale) + zp), qmin, qmax)`` with the multiply-add fused (REQUANT.md §6).
+  ``q = clamp(rint(x * (1/scale) + zp), qmin, qmax)`` with the multiply-add fused (docs/requant.md, "Input quantization").
 * ``dequantize`` is ``(q - zp) * scale`` in float32.
 * ``quantize(..., backend="onnx")`` is ONNX's QuantizeLinear instead:
   ``saturate(rint(f32(x / scale)) + zp)``, a true float32 division, not torch's reciprocal.
@@ -134,7 +134,7 @@ def quantize(
     """Quantize float values to integer codes, bit for bit as torch (or ONNX) does.
 
     ``q = clamp(rint(fma(x, f32(1 / f32(scale)), zp)), qmin, qmax)``: multiply by the float32
-    reciprocal, add the zero point, round half to even once, clamp (REQUANT.md §6). Per
+    reciprocal, add the zero point, round half to even once, clamp (docs/requant.md). Per
     channel the multiply-add is not fused: ``rint(f32(f32(x * inv) + zp))``.
 
     Args:

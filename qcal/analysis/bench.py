@@ -16,11 +16,13 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from qcal.analysis.cluster import run_sweep
 from qcal.analysis.reference import torch_reference
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.schemes import SCHEMES
@@ -74,6 +76,7 @@ def bench(
     repeat: int = 5,
     calib_batches: int = 8,
     tasks: Sequence[str] = ("calib_minmax", "calib_histogram", "int8_inference", "six_presets"),
+    executor: Executor | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> list[BenchRow]:
     """Measure qcal against torch for each model, batch size and task.
@@ -84,21 +87,26 @@ def bench(
         repeat: runs per cell; the median is kept.
         calib_batches: calibration batches per calibration.
         tasks: a subset of the four tasks.
+        executor: a ``concurrent.futures.Executor`` for the (model, batch) cells; each cell
+            times qcal and torch in the same worker process, so its ratio stays fair. On a
+            ``distributed`` executor the models go to each worker once.
+        progress: ``progress(fraction, message)``.
     """
     report = progress or (lambda f, m: None)
-    rows: list[BenchRow] = []
-    cells = [(m, b) for m in models for b in batches]
-    for i, (name, batch) in enumerate(cells):
-        report(i / len(cells), f"{name} batch {batch}")
-        rows.extend(_bench_cell(name, batch, repeat, calib_batches, tasks))
+    loaded = {name: zoo.load(name) for name in dict.fromkeys(models)}
+    cells = [(m, b, repeat, calib_batches, tuple(tasks)) for m in models for b in batches]
+    per_cell, _ = run_sweep(executor, _bench_cell, loaded, cells, progress=report,
+                            describe=lambda cell: f"{cell[0]} batch {cell[1]}")
     report(1.0, "done")
-    return rows
+    return [row for rows in per_cell for row in rows]
 
 
-def _bench_cell(name: str, batch: int, repeat: int, calib_batches: int,
-                tasks: Sequence[str]) -> list[BenchRow]:
+def _bench_cell(loaded: dict[str, torch.nn.Module],
+                cell: tuple[str, int, int, int, tuple[str, ...]]) -> list[BenchRow]:
+    """One (model, batch) cell: every task timed for qcal and torch in this process."""
+    name, batch, repeat, calib_batches, tasks = cell
     rows = []
-    model = zoo.load(name)
+    model = loaded[name]
     data = _inputs(name, batch, calib_batches)
     for task, scheme in (("calib_minmax", "per_tensor_affine"), ("calib_histogram", "fbgemm_default")):
         if task in tasks:

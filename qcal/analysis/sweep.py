@@ -3,10 +3,10 @@
 A ``Sweep`` holds one calibration pass (``Calibrated``), the evaluation batches and the fp32
 model's outputs on them, computed once. ``scores`` evaluates a list of recipes: the metric
 (top-1 accuracy with labels, else agreement with fp32 top-1) and, when asked, one layer's
-SQNR on the first 64 samples. With an executor the recipes go out in a few chunks: each chunk's
-payload holds its calibrated models, which share one float model and one copy of the data
-(pickled once per chunk, not once per recipe); the results are the same values in the same
-order as in-process.
+SQNR on the first 64 samples. With an executor (``qcal.analysis.cluster``: the data and fp32
+outputs go to each Dask worker once) the recipes go out in a few chunks: each chunk's payload
+holds its calibrated models, which share one float model (pickled once per chunk, not once
+per recipe); the results are the same values in the same order as in-process.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-from qcal.analysis.compare import _fp32_metric, _fp32_output
+from qcal.analysis.cluster import run_sweep
+from qcal.analysis.compare import _fp32_output
+from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches
 from qcal.calibration.calibrate import Calibrated
 from qcal.schemes import Recipe
@@ -72,9 +74,11 @@ def _sqnr_db(qm: Any, inputs: Any, layer: str) -> float:
 
 
 @torch.no_grad()
-def score_chunk(models: list[tuple[Any, str | None]], batches: list[tuple[Any, Any]],
-                fp32: list[torch.Tensor], labelled: bool) -> list[Score]:
-    """Evaluate calibrated models (each with the layer whose SQNR to report, or None)."""
+def score_chunk(shared: tuple[list[tuple[Any, Any]], list[torch.Tensor], bool],
+                models: list[tuple[Any, str | None]]) -> list[Score]:
+    """Evaluate calibrated models (each with the layer whose SQNR to report, or None) on the
+    shared (eval batches, fp32 outputs, labelled)."""
+    batches, fp32, labelled = shared
     out = []
     for qm, layer in models:
         value = _metric([qm(inputs) for inputs, _ in batches], batches, fp32, labelled)
@@ -106,7 +110,7 @@ class Sweep:
         float_model = copy.deepcopy(model).eval()
         with torch.no_grad():
             self.fp32 = [_fp32_output(float_model, inputs) for inputs, _ in self.batches]
-        self.metric, self.fp32_value = _fp32_metric(self.fp32, self.batches)
+        self.metric, self.fp32_value = top1_metric(self.fp32, self.batches)
         self.labelled = self.metric == "accuracy"
         self.calibrated = Calibrated(model, calib_data, recipes, mode=mode, progress=progress)
         self.evaluations = 0
@@ -123,22 +127,12 @@ class Sweep:
         jobs = [(self.calibrated.build(r, self.backend), layer) for r, layer in zip(recipes, layers, strict=True)]
         self.evaluations += len(jobs)
         report = progress or (lambda fraction, message: None)
-        if self.executor is None:
-            out = []
-            for i, job in enumerate(jobs):
-                out += score_chunk([job], self.batches, self.fp32, self.labelled)
-                report((i + 1) / len(jobs), f"evaluated {recipes[i].name}")
-            return out
         workers = getattr(self.executor, "_max_workers", None) or 4
-        size = max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
+        size = 1 if self.executor is None else max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        futures = [self.executor.submit(score_chunk, chunk, self.batches, self.fp32, self.labelled)
-                   for chunk in chunks]
-        out = []
-        for i, fut in enumerate(futures):
-            out += fut.result()
-            report((i + 1) / len(futures), f"evaluated {len(out)} of {len(jobs)} recipes")
-        return out
+        results, _ = run_sweep(self.executor, score_chunk, (self.batches, self.fp32, self.labelled), chunks,
+                               progress=report, describe=lambda chunk: chunk[0][0].scheme.name)
+        return [score for chunk in results for score in chunk]
 
     @torch.no_grad()
     def score_on(self, recipe: Recipe, data: Any) -> tuple[float, float]:
@@ -147,6 +141,6 @@ class Sweep:
         if not batches:
             raise ValueError("test_data is empty: pass (inputs, labels) batches")
         fp32 = [_fp32_output(self.calibrated.float_model, inputs) for inputs, _ in batches]
-        metric, fp32_value = _fp32_metric(fp32, batches)
+        metric, fp32_value = top1_metric(fp32, batches)
         qm = self.calibrated.build(recipe, self.backend)
         return _metric([qm(inputs) for inputs, _ in batches], batches, fp32, metric == "accuracy"), fp32_value

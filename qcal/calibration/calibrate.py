@@ -26,24 +26,25 @@ from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
 from qcal.schemes import (
     BACKENDS,
+    MODES,
     SCHEMES,
     QSpec,
     Recipe,
     Scheme,
     check_backends,
+    check_mode,
     resolve_scheme_or_recipe,
 )
 
 __all__ = ["MODES", "Calibrated", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
-MODES = ("auto", "graph", "modules")
 Progress = Callable[[float, str], None]
 _OWN_ENGINE = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
 
 
 def default_backends(scheme: Scheme, backends: Sequence[str] | None) -> list[str]:
-    """DESIGN.md's rule: a *_default preset on its own engine unless backends is given,
-    the rest on each requested backend (default ["fbgemm"])."""
+    """A *_default preset on its own engine unless backends is given, the rest on each
+    requested backend (default ["fbgemm"])."""
     if backends is not None:
         if isinstance(backends, str):
             raise TypeError(f"backends must be a list of names, got the string {backends!r}; use [{backends!r}]")
@@ -181,8 +182,7 @@ class Calibrated:
     def __init__(self, model: nn.Module, calib_data: Any,
                  recipes: Sequence[Recipe] | Callable[[list[str]], Sequence[Recipe]], *, mode: str = "auto",
                  progress: Progress | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+        check_mode(mode)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if model.training:
@@ -265,8 +265,7 @@ def calibrate_many(
             quantizable layer of the model, empty data, NaN/Inf values, batches whose shape
             does not fit the model.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+    check_mode(mode)
     configs = _configs(schemes, backends)
     session = Calibrated(model, calib_data, list(configs), mode=mode, progress=progress)
     return {(r.name, b): session.build(r, b) for r, backends_of in configs.items() for b in backends_of}

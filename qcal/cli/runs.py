@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from qcal.cli.args import arg, command, write
+from qcal.cli.cluster import DASK_ARG, cluster_executor, report_sweep
 from qcal.schemes import BACKENDS, SCHEMES
 
 _STORE_ARG = arg("--store", default=None,
@@ -69,7 +70,8 @@ def _backends(text: str | None) -> list[str] | None:
     return None if text is None else _choices(text, "backend", BACKENDS)
 
 
-def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any) -> Any:
+def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any,
+                     executor: Any) -> Any:
     """compare on a user's model (module:factory) and data file."""
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
     import torch
@@ -101,7 +103,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
             "created": utc_now(), **environment()}
     return compare(model, datasets.calib_batches(calib, batch_size=args.batch_size),
                    datasets.batches(x_eval, y_eval, batch_size=args.batch_size), schemes, backends,
-                   progress=progress, meta=meta)
+                   executor=executor, progress=progress, meta=meta)
 
 
 @command(
@@ -123,6 +125,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--layers", type=_count, default=3, help="worst layers shown per scheme"),
     arg("--format", choices=("table", "csv", "json"), default="table"),
     arg("--list-models", action="store_true", help="list the zoo models and exit"),
+    DASK_ARG,
     _STORE_ARG,
 )
 def compare_command(args: argparse.Namespace) -> int:
@@ -142,11 +145,13 @@ def compare_command(args: argparse.Namespace) -> int:
 
         schemes = [*(schemes or list(SCHEMES)), *(read_recipe(p) for p in args.recipe)]
     progress = TerminalProgress()
-    if ":" in args.model:
-        cmp = _user_comparison(args, schemes, backends, progress)
-    else:
-        cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
-                          batch_size=args.batch_size, progress=progress)
+    with cluster_executor(args) as executor:
+        if ":" in args.model:
+            cmp = _user_comparison(args, schemes, backends, progress, executor)
+        else:
+            cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
+                              batch_size=args.batch_size, executor=executor, progress=progress)
+    report_sweep(cmp.meta.get("dask"))
     if args.format != "table":
         write(_table(cmp.summary, args.format))
     else:
@@ -237,6 +242,7 @@ def report_command(args: argparse.Namespace) -> int:
     arg("--calib-batches", type=_count, default=8),
     arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets"),
     arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
+    DASK_ARG,
 )
 def bench_command(args: argparse.Namespace) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
@@ -246,7 +252,8 @@ def bench_command(args: argparse.Namespace) -> int:
     models, batches, repeat = _csv(args.models), _counts(args.batches, "--batches"), args.repeat
     if args.quick:
         models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
-    rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
-                 tasks=_csv(args.tasks), progress=TerminalProgress())
+    with cluster_executor(args) as executor:
+        rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
+                     tasks=_csv(args.tasks), executor=executor, progress=TerminalProgress())
     write(format_bench(rows))
     return 0

@@ -12,7 +12,7 @@ import torch
 
 from qcal.int8.isa import InstructionSet
 from qcal.int8.packed import KernelResult, pack_conv2d, pack_linear
-from qcal.int8.requant import Backend
+from qcal.schemes import Backend
 
 __all__ = ["conv2d", "conv2d_detailed", "linear", "linear_detailed"]
 

@@ -3,7 +3,7 @@
 Each op follows the kernel torch runs for the chosen engine (``x86`` runs fbgemm's ATen
 kernels for all of them; read from
 ``aten/src/ATen/native/quantized/cpu`` and pytorch's QNNPACK, confirmed bit for bit in
-tests/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
+tests/int8/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
 half to even; pooled outputs keep the input's scale and zero point, as torch's do.
 
 add (``torch.ops.quantized.add`` / ``add_relu``)
@@ -50,14 +50,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.requant import BACKENDS
+from qcal.schemes import check_backend
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "flatten", "max_pool2d"]
 
 
 def _check(backend: str, x: torch.Tensor, name: str = "x_q") -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    check_backend(backend)
     if x.dtype not in (torch.uint8, torch.int8):
         raise TypeError(f"{name} must hold uint8 or int8 codes, got {x.dtype}")
 

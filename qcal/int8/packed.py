@@ -21,7 +21,7 @@ import torch
 from qcal.int8.accumulate import Accumulator, Method
 from qcal.int8.isa import InstructionSet
 from qcal.int8.onednn import x86_uses_onednn
-from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
+from qcal.int8.requant import Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
     fbgemm_conv_path,
@@ -29,6 +29,7 @@ from qcal.int8.saturation import (
     pair_saturation_conv,
     pair_saturation_linear,
 )
+from qcal.schemes import Backend, check_backend
 
 __all__ = ["KernelResult", "PackedConv2d", "PackedLinear", "pack_conv2d", "pack_linear"]
 
@@ -71,11 +72,6 @@ def _out_dtype(out_zero_point) -> torch.dtype:
     if isinstance(out_zero_point, torch.Tensor) and out_zero_point.dtype in (torch.uint8, torch.int8):
         return out_zero_point.dtype
     return torch.uint8
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
 
 
 def _check_x(x_q: torch.Tensor, backend: str) -> None:
@@ -303,7 +299,7 @@ def pack_conv2d(
         A frozen ``PackedConv2d``: ``packed(x_q, x_scale, x_zero_point, out_scale,
         out_zero_point, *, relu=False, saturate=None, detailed=False)``.
     """
-    _check_backend(backend)
+    check_backend(backend)
     if w_q.dim() != 4:
         raise ValueError(f"conv2d weights must be 4-D (O, C/groups, kh, kw), got shape {tuple(w_q.shape)}")
     zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
@@ -326,7 +322,7 @@ def pack_linear(
     method: Method = "auto",
 ) -> PackedLinear:
     """Prepare a linear layer's weight side once (w_q: (O, K)); see ``pack_conv2d``."""
-    _check_backend(backend)
+    check_backend(backend)
     if w_q.dim() != 2:
         raise ValueError(f"linear weights must be 2-D (O, K), got shape {tuple(w_q.shape)}")
     zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)

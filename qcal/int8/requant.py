@@ -35,12 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
+from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -51,9 +51,6 @@ __all__ = [
     "requantize",
 ]
 
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]
-#: Every backend flavour qcal reproduces.
-BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31", "x86")
 #: What ``requant_multipliers`` accepts: the backends plus oneDNN, which x86 dispatches to.
 FLAVOURS: tuple[str, ...] = (*BACKENDS, "onednn")
 _F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
@@ -92,11 +89,6 @@ class Requant:
     dst_multiplier: torch.Tensor | None = None  # onednn: ``d``, the float32 it multiplies by 1/so
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in FLAVOURS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(FLAVOURS)}")
-
-
 def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
     t = torch.as_tensor(v)
     if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
@@ -132,7 +124,8 @@ def requant_multipliers(
         >>> requant_multipliers(0.5, 0.25, 1.0, backend="fbgemm").multiplier
         tensor([0.1250])
     """
-    _check_backend(backend)
+    if backend != "onednn":  # oneDNN is reached through x86's dispatch, not a backend of its own
+        check_backend(backend)
     backend = "fbgemm" if backend == "x86" else backend  # x86's own layers run FBGEMM
     per_channel = torch.as_tensor(w_scale).dim() == 1
     sa = _f32_vector(x_scale, "x_scale")

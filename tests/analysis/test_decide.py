@@ -102,7 +102,7 @@ def test_compare_takes_a_recipe_as_one_more_column(mlp, one_thread):
 def test_recipe_files_refuse_garbage_naming_the_file(tmp_path):
     bad = tmp_path / "r.toml"
     bad.write_text("default = [")
-    with pytest.raises(ValueError, match="r.toml: not a TOML recipe file"):
+    with pytest.raises(ValueError, match=r"r\.toml: not a TOML recipe file"):
         read_recipe(bad)
     bad.write_text('default = "per_tensor_affine"\nlayer = {}\n')
     with pytest.raises(ValueError, match="unknown recipe fields"):

@@ -14,7 +14,7 @@ from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization import observer as tobs
 
 import qcal
-from qcal.observers import HistogramRangeObserver, MinMaxObserver, make_observer
+from qcal.observers.observers import HistogramRangeObserver, MinMaxObserver, make_observer
 from qcal.qparams import EPS, qrange
 
 # torch observer class -> qcal's observer name (per tensor/per channel is in the qscheme)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 
 import torch
-from qcal.checkpoints import explain
 from torch import nn
+
+from qcal.checkpoint.explain import explain
 
 qa = torch.ao.quantization
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: E402
