@@ -140,10 +140,13 @@ class Observed:
     def start(self) -> None:
         """Create the observation points every recipe needs, and who feeds them."""
         wanted: dict[Key, dict[QSpec, None]] = {}
+        labels: dict[Key, str] = {}
         for recipe in self.recipes:
-            for key, spec in self.observers_of(recipe):
+            graph = self.plan_for(recipe)
+            for i, (key, spec) in enumerate(self.observers_of(recipe)):
                 wanted.setdefault(key, {})[spec] = None
-        self.points = {key: ObservationPoint(key[0], list(specs)) for key, specs in wanted.items()}
+                labels.setdefault(key, graph.obs_names[i] if graph is not None else key[0])
+        self.points = {key: ObservationPoint(labels[key], list(specs)) for key, specs in wanted.items()}
         self.feeds: dict[str, list[ObservationPoint]] = {}
         for key, point in self.points.items():
             for value in key:

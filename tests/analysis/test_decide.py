@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
+import torch
 
 import qcal
 from qcal import datasets, zoo
@@ -129,3 +130,21 @@ def test_cli_max_drop_is_a_fraction(capsys):
         main(["recommend", "--max-drop", "2"])
     assert exc.value.code == 2
     assert "must be a fraction between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_recipe_needing_unobserved_points_costs_one_more_pass_and_matches_calibrate(mlp):
+    from qcal.calibration.calibrate import Calibrated
+
+    _, calib, ev, _ = mlp
+    model = zoo.load("digits_cnn")
+    session = Calibrated(model, calib, [Recipe("per_tensor_affine", name="per_tensor_affine")])
+    assert session.passes == 1
+    # the second conv alone int8: its input, the fp32 pool's output, is observed alone (uniform
+    # schemes observe the first conv's output and the int8 pool's with one observer): a new point
+    recipe = Recipe(None, {"conv_3x3_64": "per_tensor_affine"})
+    qm = session.build(recipe)
+    assert session.passes == 2
+    x = ev[0][0]
+    assert torch.equal(qm(x), qcal.calibrate(model, calib, recipe)(x))
+    labels = set(session.build("per_tensor_affine").scales().query("tensor == 'activation'")["layer"])
+    assert {"conv_3x3_32a", "conv_3x3_64", "fc1", "fc2"} <= labels  # module names, as before recipes

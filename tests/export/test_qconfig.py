@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
-from qcal.reference import quantized_engine, torch_reference
 from torch import nn
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 import qcal
 import qcal.graph.program
 from qcal import datasets, zoo
+from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.export.qconfig import qconfig_mapping_code, to_qconfig_mapping
 from qcal.schemes import SCHEMES, QSpec, Recipe, Scheme
 
