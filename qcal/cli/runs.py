@@ -156,6 +156,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--scheme", action="append", default=None, metavar="TEXT",
         help="a built scheme, repeatable: e.g. 'name=p999;w=per_channel_symmetric/minmax;"
              "a=per_tensor_affine/percentile:99.9' (grammar in the README)"),
+    arg("--recipe", action="append", default=[], help="a recipe file (.toml/.json): one more column; repeatable"),
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31,x86 (default: each *_default preset on its own engine, the rest on fbgemm)"),
     _CPU_ARG,
@@ -193,6 +194,10 @@ def _compare(args: argparse.Namespace, cpu_line: str) -> int:
             print(f"qcal: registry problem: {problem}", file=sys.stderr)
         return 0
     schemes, backends = _schemes(args.schemes, args.scheme), _backends(args.backends)
+    if args.recipe:
+        from qcal.io.recipe_files import read_recipe
+
+        schemes = [*(schemes or list(SCHEMES)), *(read_recipe(p) for p in args.recipe)]
     progress = TerminalProgress()
     with cluster_executor(args) as executor:
         if ":" in args.model:
