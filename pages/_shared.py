@@ -26,7 +26,7 @@ import streamlit as st
 
 import qcal
 from pages._state import fail, get_list_param, get_param, memory, set_param
-from qcal import figures, views
+from qcal.reporting import figures, views
 
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
@@ -63,12 +63,12 @@ class ComparisonJob:
             store = Store()
             found = views.find_run(store.list(), self.model, self.schemes, self.backends)
             if found is None:
-                from qcal.comparison import compare_zoo
+                from qcal.store.zoo_runs import compare_zoo
 
                 cmp = compare_zoo(self.model, list(self.schemes), list(self.backends),
                                   eval_samples=EVAL_SAMPLES, progress=self._progress)
                 self.comparison = cmp
-                found = cmp.save(store)
+                found = store.save_comparison(cmp)
             self.run_id = found
         except Exception as err:  # shown to the user by current_run(), with what to do
             self.error = f"{type(err).__name__}: {err}"
@@ -287,7 +287,7 @@ def explain_bytes(data: bytes, filename: str) -> pd.DataFrame | str:
 def explain_example(backend: str) -> pd.DataFrame | str:
     """qcal.explain of the bundled example checkpoint for ``backend``."""
     try:
-        from qcal.checkpoints import example_checkpoint
+        from qcal.checkpoint.explain import example_checkpoint
 
         return qcal.explain(example_checkpoint(backend=backend))
     except Exception as err:

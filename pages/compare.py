@@ -12,7 +12,7 @@ from pages._shared import (
     scheme_names,
 )
 from pages._state import multiselect_param, require_router, select_param, show_table
-from qcal import views
+from qcal.reporting import views
 
 
 def compare_page() -> None:

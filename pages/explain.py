@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages._shared import explain_bytes, explain_example
 from pages._state import fail, require_router
-from qcal import views
+from qcal.reporting import views
 
 SOURCES = {"example": "the bundled example", "upload": "a file of mine"}
 

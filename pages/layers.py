@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages._shared import current_run, run_caption, run_figure
 from pages._state import require_router, select_param, set_param, show_table
-from qcal import views
+from qcal.reporting import views
 
 METRICS = {"sqnr_db": "SQNR (dB, higher is better)", "mse": "MSE (lower is better)",
            "cosine": "cosine similarity (1 is exact)"}

@@ -4,8 +4,8 @@ import streamlit as st
 
 from pages._shared import current_run, layer_trace, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
-from qcal import worked_example as we
 from qcal.int8 import has_vnni
+from qcal.reporting import worked_example as we
 
 
 def requant_page() -> None:

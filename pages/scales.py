@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages._shared import current_run, run_caption, run_figure
 from pages._state import require_router, select_param, show_table
-from qcal import views
+from qcal.reporting import views
 
 
 def scales_page() -> None:

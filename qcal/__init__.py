@@ -1,7 +1,8 @@
 """qcal: int8 post-training quantization of PyTorch models, explained and compared.
 
-The public API (DESIGN.md) is re-exported here and loaded lazily, so ``import qcal`` stays
-cheap and a submodule is imported only when one of its names is first used.
+The public API is re-exported here and loaded lazily: ``import qcal`` stays cheap (no torch,
+pandas or streamlit until a name needs them) and a submodule is imported only when one of its
+names is first used.
 """
 
 from __future__ import annotations
@@ -26,27 +27,35 @@ _EXPORTS: dict[str, str] = {
     "dequantize": "qparams",
     "make_observer": "observers",
     "make_observers": "observers",
-    "RunningHistogram": "histogram",
-    "calibrate": "calibration",
-    "calibrate_many": "calibration",
-    "QuantizedModel": "model",
-    "LayerTrace": "model",
-    "torch_reference": "reference",
-    "compare": "comparison",
-    "Comparison": "comparison",
-    "explain": "checkpoints",
-    "example_checkpoint": "checkpoints",
+    "RunningHistogram": "observers.histogram",
+    "calibrate": "calibration.calibrate",
+    "calibrate_many": "calibration.calibrate",
+    "QuantizedModel": "calibration.model",
+    "LayerTrace": "calibration.model",
+    "torch_reference": "analysis.reference",
+    "compare": "analysis.compare",
+    "Comparison": "analysis.compare",
+    "explain": "checkpoint.explain",
+    "example_checkpoint": "checkpoint.example",
     "Store": "store",
     "StoreError": "store",
-    "Run": "runs",
-    "RunInfo": "runs",
-    "compare_zoo": "comparison",
-    "report": "reporting",
+    "Run": "store",
+    "RunInfo": "store",
+    "compare_zoo": "store.zoo_runs",
+    "report": "reporting.report",
 }
-_SUBMODULES = (
-    "int8", "zoo", "datasets", "architectures", "store", "schemes", "qparams", "observers",
-    "figures",
-)
+# public submodule name -> where it lives
+_SUBMODULES: dict[str, str] = {
+    "int8": "int8",
+    "zoo": "zoo",
+    "datasets": "zoo.datasets",
+    "architectures": "zoo.architectures",
+    "store": "store",
+    "schemes": "schemes",
+    "qparams": "qparams",
+    "observers": "observers",
+    "figures": "reporting.figures",
+}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
@@ -55,7 +64,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"qcal.{_EXPORTS[name]}"), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"qcal.{name}")
+        value = importlib.import_module(f"qcal.{_SUBMODULES[name]}")
     else:
         raise AttributeError(f"module 'qcal' has no attribute {name!r}")
     globals()[name] = value
@@ -67,26 +76,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from qcal import (  # noqa: F401
-        architectures,
-        datasets,
-        figures,
-        int8,
-        observers,
-        qparams,
-        schemes,
-        store,
-        zoo,
-    )
-    from qcal.calibration import calibrate, calibrate_many  # noqa: F401
-    from qcal.checkpoints import example_checkpoint, explain  # noqa: F401
-    from qcal.comparison import Comparison, compare, compare_zoo  # noqa: F401
-    from qcal.histogram import RunningHistogram  # noqa: F401
-    from qcal.model import LayerTrace, QuantizedModel  # noqa: F401
+    from qcal import int8, observers, qparams, schemes, store, zoo  # noqa: F401
+    from qcal.analysis.compare import Comparison, compare  # noqa: F401
+    from qcal.analysis.reference import torch_reference  # noqa: F401
+    from qcal.calibration.calibrate import calibrate, calibrate_many  # noqa: F401
+    from qcal.calibration.model import LayerTrace, QuantizedModel  # noqa: F401
+    from qcal.checkpoint.example import example_checkpoint  # noqa: F401
+    from qcal.checkpoint.explain import explain  # noqa: F401
     from qcal.observers import make_observer, make_observers  # noqa: F401
+    from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
-    from qcal.reference import torch_reference  # noqa: F401
-    from qcal.reporting import report  # noqa: F401
-    from qcal.runs import Run, RunInfo  # noqa: F401
+    from qcal.reporting import figures  # noqa: F401
+    from qcal.reporting.report import report  # noqa: F401
     from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401
-    from qcal.store import Store, StoreError  # noqa: F401
+    from qcal.store import Run, RunInfo, Store, StoreError  # noqa: F401
+    from qcal.store.zoo_runs import compare_zoo  # noqa: F401
+    from qcal.zoo import architectures, datasets  # noqa: F401

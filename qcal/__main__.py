@@ -1,6 +1,7 @@
-"""``python -m qcal``: see ``qcal.cli``."""
+"""``python -m qcal``: see ``qcal.cli.main``."""
 
-from qcal.cli import main, short_list  # noqa: F401  (short_list: kept importable from here)
+from qcal.cli.explain import short_list  # noqa: F401  (kept importable from here)
+from qcal.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

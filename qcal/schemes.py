@@ -7,6 +7,7 @@ spec with an activation spec. ``SCHEMES`` holds the presets of DESIGN.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -16,8 +17,11 @@ __all__ = [
     "OBSERVERS",
     "QSCHEMES",
     "SCHEMES",
+    "Backend",
     "QSpec",
     "Scheme",
+    "check_backend",
+    "check_backends",
     "resolve_scheme",
 ]
 
@@ -37,6 +41,21 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def check_backend(backend: Any) -> Backend:
+    """The one backend validator: returns ``backend`` when it is one of ``BACKENDS``.
+
+    Raises:
+        ValueError: for any other value (the message lists the valid names).
+    """
+    _check_choice("backend", backend, BACKENDS)
+    return backend
+
+
+def check_backends(backends: Iterable[Any]) -> list[Backend]:
+    """Each name through ``check_backend``; returns them as a list."""
+    return [check_backend(b) for b in backends]
 
 
 @dataclass(frozen=True)

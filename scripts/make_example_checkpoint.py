@@ -3,7 +3,7 @@
 A small CNN with the layer names of users' questions (``conv_3x3_32a``: Conv2d(1, 40, 3),
 ``conv_3x3_32b``, a Linear ``fc``) is trained briefly on scikit-learn's bundled digits,
 calibrated with torch's default qconfig of each engine, converted in eager mode, and its
-quantized ``state_dict()`` saved. ``qcal.checkpoints.example_checkpoint()`` does the same on
+quantized ``state_dict()`` saved. ``qcal.checkpoint.explain.example_checkpoint()`` does the same on
 first use; this script regenerates on demand.
 
     python scripts/make_example_checkpoint.py [--backend fbgemm|qnnpack] [--force]
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from qcal.checkpoint_example import EXAMPLE_BACKENDS, data_dir, example_checkpoint
+from qcal.checkpoint.example import EXAMPLE_BACKENDS, data_dir, example_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

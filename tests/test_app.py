@@ -55,8 +55,8 @@ def assert_clean(at) -> None:
 def current_run():
     """The stored run the dashboard's default view shows (as the pages read it)."""
     from pages._shared import DEFAULT_BACKENDS, DEFAULT_MODEL
-    from qcal import views
-    from qcal.store import Store
+    from qcal.reporting import views
+    from qcal.store.store import Store
 
     store = Store()
     run_id = views.find_run(store.list(), DEFAULT_MODEL, list(_schemes()), list(DEFAULT_BACKENDS))
@@ -113,7 +113,7 @@ def test_compare_metric_follows_the_picked_scheme_and_backend():
 
 
 def test_compare_worst_layers_table_is_the_frames_worst_layers():
-    from qcal import views
+    from qcal.reporting import views
 
     at = app("compare")
     expected = views.worst_layers_table(current_run().layers, 3)
@@ -122,7 +122,7 @@ def test_compare_worst_layers_table_is_the_frames_worst_layers():
 
 
 def test_scales_spread_follows_the_picked_layer():
-    from qcal import views
+    from qcal.reporting import views
 
     at = app("scales")
     scales = current_run().scales
@@ -162,7 +162,7 @@ def test_a_copied_url_reopens_the_same_view():
 def test_requant_multiplier_follows_the_picked_layer_and_channel():
     import qcal
     from pages._shared import DEFAULT_MODEL
-    from qcal import views
+    from qcal.reporting import views
 
     at = app("requant")
     at.selectbox(key="param_scheme").set_value("fbgemm_default").run()
@@ -196,7 +196,7 @@ def test_requant_steps_follow_the_backend():
 
 def test_explain_table_is_qcal_explain_of_the_picked_example():
     import qcal
-    from qcal.checkpoints import example_checkpoint
+    from qcal.checkpoint.explain import example_checkpoint
 
     at = app("explain")
     at.selectbox(key="explain_backend").set_value("qnnpack").run()
@@ -209,7 +209,7 @@ def test_explain_table_is_qcal_explain_of_the_picked_example():
 
 def test_explain_reads_an_upload_and_refuses_a_bad_one_with_a_message():
     import qcal
-    from qcal.checkpoints import example_checkpoint
+    from qcal.checkpoint.explain import example_checkpoint
 
     path = example_checkpoint("fbgemm")
     at = app("explain")
@@ -223,7 +223,7 @@ def test_explain_reads_an_upload_and_refuses_a_bad_one_with_a_message():
 
 
 def test_runs_page_opens_shares_and_deletes_a_run():
-    from qcal.store import Store
+    from qcal.store.store import Store
 
     store = Store()
     run = current_run()
@@ -246,7 +246,7 @@ def test_runs_page_opens_shares_and_deletes_a_run():
 
 
 def test_a_run_whose_model_is_not_here_shows_frames_and_says_why_no_live_view():
-    from qcal.store import Store
+    from qcal.store.store import Store
 
     run = current_run()
     foreign = Store().save(run.frames, {**run.meta, "model": "my_model", "model_source": "mine:make"})
@@ -263,14 +263,14 @@ def test_a_run_whose_model_is_not_here_shows_frames_and_says_why_no_live_view():
 
 
 def views_layers(run):
-    from qcal import views
+    from qcal.reporting import views
 
     return views.layer_names(run.layers)
 
 
 def test_runs_page_imports_an_exported_run_file():
     from pages._store import export_run_bytes
-    from qcal.store import Store
+    from qcal.store.store import Store
 
     store, run = Store(), current_run()
     copy_id = store.save(run.frames, {**run.meta, "title": "exported elsewhere"})
@@ -324,7 +324,7 @@ def test_sessions_asking_for_the_same_comparison_share_one_computation(monkeypat
     import time
     from types import SimpleNamespace
 
-    import qcal.comparison
+    import qcal.analysis.compare
     from pages import _shared
 
     calls = []
@@ -334,7 +334,7 @@ def test_sessions_asking_for_the_same_comparison_share_one_computation(monkeypat
         time.sleep(0.5)  # long enough for every session to ask while it runs
         return SimpleNamespace(models={}, save=lambda store: "shared-run")
 
-    monkeypatch.setattr(qcal.comparison, "compare_zoo", fake_compare_zoo)
+    monkeypatch.setattr(qcal.store.zoo_runs, "compare_zoo", fake_compare_zoo)
     key = ("digits_mlp", ("per_tensor_affine",), ("onnx",))  # a setup no other test uses
     jobs = []
     sessions = [threading.Thread(target=lambda: jobs.append(_shared._comparison_job(*key)))
@@ -360,7 +360,7 @@ def test_runs_page_downloads_are_a_portable_sqlite_file_and_a_self_contained_rep
 
 
 def test_an_uploaded_checkpoint_that_is_truncated_pickled_code_or_junk_says_which():
-    from qcal.checkpoints import example_checkpoint
+    from qcal.checkpoint.explain import example_checkpoint
 
     whole = example_checkpoint("fbgemm").read_bytes()
     at = app("explain")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qcal.architectures import DigitsCNN, DigitsMLP, DigitsMobileNet, DigitsResNet
-from qcal.datasets import digits_splits
+from qcal.zoo.architectures import DigitsCNN, DigitsMLP, DigitsMobileNet, DigitsResNet
+from qcal.zoo.datasets import digits_splits
 
 #: The issue's three architectures: a plain CNN, depthwise-separable with BN and ReLU6,
 #: residual adds with pooling (plus an MLP).

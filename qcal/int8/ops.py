@@ -9,9 +9,10 @@ add (``torch.ops.quantized.add`` / ``add_relu``)
     fbgemm: the vectorised ``qadd_kernel``: dequantize with a fused multiply-add,
     ``d = fma(s, q, f32(-z*s))``; ``c = f32(da + db)`` (ReLU: ``max(c, 0)``);
     ``out = clamp(rint(f32(c * f32(1/so))) + zo)``. The scalar tail of each thread's range in
-    memory order (``n mod 64`` elements on AVX-512, 32 on AVX2; ranges split at 32768
-    elements per thread) runs the scalar lambda instead: ``d = f32((q - z) * s)`` and the zero
-    point added *before* rounding, ``rint(f32(c * f32(1/so)) + zo)``.
+    memory order (``n mod 64`` elements: two 32-byte vectors per step, on AVX2 and AVX-512
+    CPUs alike, see ``_add_step``; ranges split at 32768 elements per thread) runs the scalar
+    lambda instead: ``d = f32((q - z) * s)`` and the zero point added *before* rounding,
+    ``rint(f32(c * f32(1/so)) + zo)``.
     qnnpack (same shapes): QNNPACK's fixed-point ``q8vadd``: ``ma = f32(sa/so)``,
     ``mb = f32(sb/so)``, ``shift = 21 - exponent(max(ma, mb))``, integer multipliers
     ``Ma = rint(ma*2^shift)``; ``acc = Ma(a - za) + Mb(b - zb)`` shifted right by ``shift``
@@ -178,15 +179,27 @@ def add(
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it
 
 
+#: Codes per step of torch's vectorised qadd loop, by ATen's CPU capability. ``qadd_stub`` is
+#: registered with ``REGISTER_DISPATCH``, which leaves the AVX-512 slot empty, so AVX-512
+#: CPUs run the AVX2 build too: ``Vectorized<quint8>`` holds 32 codes and ``vectorized_loop``
+#: (ATen's cpu/Loops.h) stores two vectors per step. DEFAULT (no AVX2) is not modelled: its
+#: vector path rounds differently, so everything is treated as vector lanes there.
+_ADD_STEP: dict[str, int] = {"AVX2": 64, "AVX512": 64}
+
+
+def _add_step() -> int:
+    """Codes per vector step of the qadd kernel ATen dispatches to on this CPU (1: none)."""
+    return _ADD_STEP.get(torch.backends.cpu.get_cpu_capability(), 1)
+
+
 def _scalar_tail(n: int) -> torch.Tensor:
     """Memory positions torch's vectorised elementwise loop leaves to its scalar lambda.
 
-    ``cpu_kernel_vec`` runs one vector (64 uint8 lanes on AVX-512, 32 on AVX2) per step over
-    each thread's contiguous range in memory order; what is left at the end of a range goes
-    through the scalar lambda. Ranges: ``at::parallel_for`` with grain 32768 splits ``n``
-    into ``ceil(n / threads)`` pieces.
+    ``cpu_kernel_vec`` runs ``_add_step()`` codes per step over each thread's contiguous range
+    in memory order; what is left at the end of a range goes through the scalar lambda.
+    Ranges: ``at::parallel_for`` with grain 32768 splits ``n`` into ``ceil(n / threads)`` pieces.
     """
-    step = {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability(), 1)
+    step = _add_step()
     threads = max(1, min(torch.get_num_threads(), -(-n // _GRAIN))) if n >= _GRAIN else 1
     chunk = max(1, -(-n // threads))
     pos = [torch.arange(b + (min(b + chunk, n) - b) // step * step, min(b + chunk, n)) for b in range(0, n, chunk)]

@@ -1,0 +1,1 @@
+"""The command line: ``main`` (parser, dispatch), ``args`` (registry), one module per command group."""

@@ -1,0 +1,247 @@
+"""CLI subcommands for comparisons and saved runs: ``compare``, ``runs``, ``report``, ``bench``.
+
+Every table printed here is a frame the dashboard shows, produced by the same qcal call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qcal.cli.args import arg, command, write
+from qcal.schemes import BACKENDS, SCHEMES
+
+_STORE_ARG = arg("--store", default=None,
+                 help="run store: a file path or sqlite:/// URL (default: $QCAL_STORE or data/runs.sqlite)")
+
+
+def _count(text: str) -> int:
+    """A positive whole number (argparse type): the message names the bad value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def _counts(text: str, what: str) -> list[int]:
+    try:
+        return [_count(t) for t in _csv(text)]
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"{what} must be a comma list of positive whole numbers, got {text!r}") from None
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _table(df: pd.DataFrame, fmt: str = "table") -> str:
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", indent=1)
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        return df.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def _choices(text: str, what: str, valid: Any, also: str = "") -> list[str]:
+    """A comma list of names, each checked against ``valid`` (the message lists them)."""
+    names = _csv(text)
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise ValueError(f"unknown {what} {(unknown or [text])[0]!r}; expected {also}a comma list of: "
+                         f"{', '.join(valid)}")
+    return names
+
+
+def _schemes(text: str) -> list[str] | None:
+    return None if text == "all" else _choices(text, "scheme", SCHEMES, also="'all' or ")
+
+
+def _backends(text: str | None) -> list[str] | None:
+    return None if text is None else _choices(text, "backend", BACKENDS)
+
+
+def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any) -> Any:
+    """compare on a user's model (module:factory) and data file."""
+    # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
+    import torch
+
+    from qcal.analysis.compare import compare
+    from qcal.io.user_models import load_user_model
+    from qcal.store.runs import environment, utc_now
+    from qcal.zoo import datasets
+
+    if not args.data:
+        raise ValueError("a module:factory model needs --data FILE (.pt, .npz or .safetensors with inputs, optionally labels)")
+    model = load_user_model(args.model, args.state_dict)
+    x, y = datasets.load_tensors(args.data)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x).reshape(len(x), -1)
+        raise ValueError(f"{args.data}: inputs hold {int(bad.sum())} NaN or Inf values in "
+                         f"{int(bad.any(1).sum())} of {len(x)} samples; clean or drop those samples")
+    n_calib = min(args.calib_samples, max(len(x) // 2, 1))
+    calib, x_eval = x[:n_calib], x[n_calib:]
+    y_eval = None if y is None else y[n_calib:]
+    if len(x_eval) == 0:
+        raise ValueError(f"{args.data} holds {len(x)} samples: too few to calibrate on some and evaluate on the rest")
+    if args.eval_samples:
+        x_eval = x_eval[: args.eval_samples]
+        y_eval = None if y_eval is None else y_eval[: args.eval_samples]
+    meta = {"model": args.model, "model_source": args.model,
+            "data_description": f"{args.data}: {n_calib} calibration, {len(x_eval)} evaluation samples",
+            "data_fingerprint": datasets.fingerprint(calib, x_eval, y_eval),
+            "created": utc_now(), **environment()}
+    return compare(model, datasets.calib_batches(calib, batch_size=args.batch_size),
+                   datasets.batches(x_eval, y_eval, batch_size=args.batch_size), schemes, backends,
+                   progress=progress, meta=meta)
+
+
+@command(
+    "compare",
+    "calibrate a model under several schemes, run each in int8, print and save the comparison",
+    arg("--model", default="digits_mobilenet",
+        help="a zoo name (see --list-models) or module:factory for your own model"),
+    arg("--state-dict", default=None, help="weights for a module:factory model (loaded weights_only)"),
+    arg("--data", default=None, help="your data file (.pt/.npz/.safetensors): inputs, optional labels"),
+    arg("--schemes", default="all", help="'all' or a comma list of preset names"),
+    arg("--backends", default=None,
+        help="comma list of fbgemm,qnnpack,onnx,q31 (default: each *_default preset on its own engine, the rest on fbgemm)"),
+    arg("--eval-samples", type=_count, default=None, help="cap the evaluation samples"),
+    arg("--calib-samples", type=_count, default=256, help="samples of --data used for calibration"),
+    arg("--batch-size", type=_count, default=128),
+    arg("--title", default="", help="a title for the saved run"),
+    arg("--no-save", action="store_true", help="print only; do not save a run"),
+    arg("--layers", type=_count, default=3, help="worst layers shown per scheme"),
+    arg("--format", choices=("table", "csv", "json"), default="table"),
+    arg("--list-models", action="store_true", help="list the zoo models and exit"),
+    _STORE_ARG,
+)
+def compare_command(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
+    from qcal.progress import TerminalProgress
+    from qcal.reporting.report import conclusions, worst_layers
+    from qcal.store import Store
+    from qcal.store.zoo_runs import compare_zoo
+    from qcal.zoo import zoo
+
+    if args.list_models:
+        write(_table(pd.DataFrame([{"name": n, "description": zoo.info(n).description} for n in zoo.names()])))
+        return 0
+    schemes, backends = _schemes(args.schemes), _backends(args.backends)
+    progress = TerminalProgress()
+    if ":" in args.model:
+        cmp = _user_comparison(args, schemes, backends, progress)
+    else:
+        cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
+                          batch_size=args.batch_size, progress=progress)
+    if args.format != "table":
+        write(_table(cmp.summary, args.format))
+    else:
+        write(f"model {args.model}: {cmp.meta.get('data_description', '')}\n")
+        write(_table(cmp.summary))
+        write("\nworst layers per scheme (lowest SQNR):")
+        write(_table(worst_layers(cmp.layers, args.layers)))
+        write("\n" + "\n".join(f"- {s}" for s in conclusions(cmp.summary, cmp.layers)))
+        for job, notes in cmp.meta.get("notes", {}).items():
+            write("\n".join(f"- note, {job}: {n}" for n in notes))
+    if not args.no_save:
+        run_id = Store(args.store).save_comparison(cmp, title=args.title)
+        print(f"saved run {run_id} (python -m qcal runs show {run_id}; python -m qcal report {run_id})",
+              file=sys.stderr)
+    return 0
+
+
+@command(
+    "runs",
+    "list, show, delete, export or import saved runs",
+    arg("action", choices=("list", "show", "delete", "export", "import")),
+    arg("target", nargs="?", default=None, help="a run id (show/delete/export) or a run file (import)"),
+    arg("path", nargs="?", default=None, help="export: the portable .sqlite file to write"),
+    arg("--frame", default="summary", help="show: which frame to print (summary, layers, scales, histograms, samples)"),
+    arg("--format", choices=("table", "csv", "json"), default="table"),
+    _STORE_ARG,
+)
+def runs_command(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
+    from qcal.store.store import Store
+
+    store = Store(args.store)
+    if args.action == "list":
+        runs = store.list()
+        write(_table(runs[["id", "created", "model", "schemes", "backends", "title"]], args.format)
+              if len(runs) else f"no runs in {store.path}")
+        return 0
+    if not args.target:
+        raise ValueError(f"'runs {args.action}' needs a {'run file' if args.action == 'import' else 'run id'}")
+    if args.action == "show":
+        run = store.load(args.target)
+        if args.format == "table":
+            write(json.dumps(run.meta, indent=1, default=str))
+        if args.frame not in run.frames:
+            raise ValueError(f"run {args.target} has no frame {args.frame!r}; its frames: {', '.join(run.frames)}")
+        frame = run.frames[args.frame]
+        write(_table(frame, args.format))
+    elif args.action == "delete":
+        store.delete(args.target)
+        write(f"deleted run {args.target} from {store.path}")
+    elif args.action == "export":
+        out = store.export(args.target, args.path or f"qcal-run-{args.target}.sqlite")
+        write(f"exported run {args.target} to {out}")
+    else:
+        run_id = store.import_(args.target)
+        write(f"imported run {run_id} into {store.path}")
+    return 0
+
+
+@command(
+    "report",
+    "write a self-contained HTML report of a saved run (opens offline)",
+    arg("run_id"),
+    arg("-o", "--output", default=None, help="the .html file (default: qcal-report-<id>.html)"),
+    _STORE_ARG,
+)
+def report_command(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
+    from qcal.reporting.report import report
+    from qcal.store.store import Store
+
+    run = Store(args.store).load(args.run_id)
+    try:
+        path = report(run, Path(args.output or f"qcal-report-{args.run_id}.html"))
+    except KeyError as err:  # a run saved by hand, not by compare
+        raise ValueError(f"run {args.run_id} is not a comparison run: its frames lack {err}; "
+                         "reports need the frames `qcal compare` saves") from err
+    write(f"wrote {path}")
+    return 0
+
+
+@command(
+    "bench",
+    "time qcal against torch's own pipeline (ratios qcal/torch, medians, same process)",
+    arg("--models", default="digits_cnn,digits_mobilenet,resnet18_like,mobilenet_v2_like"),
+    arg("--batches", default="8,32", help="comma list of batch sizes"),
+    arg("--repeat", type=_count, default=5, help="runs per cell (median kept)"),
+    arg("--calib-batches", type=_count, default=8),
+    arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets"),
+    arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
+)
+def bench_command(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
+    from qcal.analysis.bench import bench, format_bench
+    from qcal.progress import TerminalProgress
+
+    models, batches, repeat = _csv(args.models), _counts(args.batches, "--batches"), args.repeat
+    if args.quick:
+        models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
+    rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
+                 tasks=_csv(args.tasks), progress=TerminalProgress())
+    write(format_bench(rows))
+    return 0

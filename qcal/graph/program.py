@@ -1,0 +1,317 @@
+"""Running a planned graph (``qcal.graph.trace``) in fp32 or in integers.
+
+``run_float`` executes the folded fp32 graph, calling ``tap(obs, value)`` wherever torch's
+prepared model would call an observer (calibration), and optionally recording each value
+(the fp32 reference of a trace). ``IntegerProgram`` executes the same steps on integer
+tensors with the qcal engine: quantize at the inputs, conv/linear/add through
+``qcal.int8``, pools and clamps on the codes, dequantize where an fp32 op or the output
+needs it — the same program as torch's ``convert_fx`` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
+from qcal.int8.layer_ops import (
+    adaptive_avg_pool2d,
+    add,
+    avg_pool2d,
+    clamp_codes,
+    max_pool2d,
+    quantize_codes,
+)
+from qcal.qparams import dequantize
+
+__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float", "torch_layouts"]
+
+Tap = Callable[[int, torch.Tensor], None]
+
+
+def bind_inputs(graph: Graph, inputs: Any) -> dict[str, Any]:
+    """Placeholder values for a batch: a Tensor, a tuple of positional args or a dict of kwargs."""
+    holders = graph.inputs
+    if isinstance(inputs, dict):
+        args, kwargs = (), dict(inputs)
+    elif isinstance(inputs, tuple | list):
+        args, kwargs = tuple(inputs), {}
+    else:
+        args, kwargs = (inputs,), {}
+    if len(args) > len(holders):
+        raise ValueError(f"the model takes {len(holders)} inputs, got {len(args)}")
+    env: dict[str, Any] = {}
+    for i, (name, arg, default) in enumerate(holders):
+        if i < len(args):
+            env[name] = args[i]
+        elif arg in kwargs:
+            env[name] = kwargs.pop(arg)
+        elif not (isinstance(default, str) and default == NO_DEFAULT):  # the default value fx recorded
+            env[name] = default
+        else:
+            raise ValueError(f"missing model input {arg!r}")
+    if kwargs:
+        raise ValueError(f"unknown model inputs {sorted(kwargs)}; the model takes {[h[1] for h in holders]}")
+    return env
+
+
+def _load(a: Any, env: dict[str, Any]) -> Any:
+    return fx.node.map_aggregate(a, lambda x: env[x.name] if isinstance(x, Ref) else x)
+
+
+def _call(step: Step, graph: Graph, args: tuple, kwargs: dict) -> Any:
+    """Run a step's original fx op on concrete values (fp32 path, shape and info ops)."""
+    if step.op == "call_module":
+        return graph.module.get_submodule(step.target)(*args, **kwargs)
+    if step.op == "call_function":
+        return step.target(*args, **kwargs)
+    if step.op == "call_method":
+        return getattr(args[0], step.target)(*args[1:], **kwargs)
+    if step.op == "get_attr":
+        obj: Any = graph.module
+        for part in step.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+    raise AssertionError(f"no fx op for step {step.name} ({step.op})")
+
+
+def release_plan(graph: Graph) -> list[tuple[str, ...]]:
+    """For each step, the values no later step reads: dropped right away, as torch's
+    generated forward does (``x = None``), so big activations do not pile up."""
+    cached = graph.__dict__.get("_release")
+    if cached is None:
+        last: dict[str, int] = {}
+        for i, step in enumerate(graph.steps):
+            for name in step.refs:
+                last[name] = i
+        cached = [[] for _ in graph.steps]
+        for name, i in last.items():
+            cached[i].append(name)
+        cached = [tuple(names) for names in cached]
+        graph.__dict__["_release"] = cached
+    return cached
+
+
+@torch.no_grad()
+def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
+              record: dict[str, torch.Tensor] | None = None) -> Any:
+    """The folded fp32 model on one batch, observed where torch's prepared model observes.
+
+    Args:
+        graph: the planned graph.
+        inputs: a Tensor, tuple of positional args or dict of kwargs.
+        tap: ``tap(obs, value)`` at every observation (input observers, op outputs, and the
+            shared observers' extra looks), in graph order.
+        record: filled with each step's fp32 value when given.
+    """
+    env = bind_inputs(graph, inputs)
+    release = release_plan(graph)
+    for i, step in enumerate(graph.steps):
+        if step.kind == "input":
+            value = env[step.name]
+        elif step.kind in ("quantize", "dequantize"):
+            value = env[step.args[0].name]
+        elif step.kind == "output":
+            return _load(step.args, env)[0]
+        else:
+            value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
+            if step.relu:
+                # a conv/linear module's output is fresh: ReLU in place saves a pass
+                value = value.relu_() if step.kind in ("conv", "linear") and step.op == "call_module" else F.relu(value)
+        env[step.name] = value
+        if tap is not None and step.obs is not None and step.kind not in ("dequantize", "identity"):
+            tap(step.obs, value)
+        if record is not None:
+            record[step.name] = value
+        for name in release[i]:
+            del env[name]
+    raise AssertionError("the graph has no output step")
+
+
+class IntegerProgram:
+    """The planned graph on integer tensors, for one set of qparams and one backend flavour.
+
+    Args:
+        graph: the planned graph.
+        act_qparams: (scale, zero_point) per observation point.
+        backend: the engine flavour of the pools and adds.
+        reproduce_torch_bugs: apply torch's qnnpack clamp scramble (see ``torch_layouts``).
+        act_dtype: "quint8" or "qint8" activations.
+        layers: layer name -> a callable ``(x_q, trace: bool) -> out_q or KernelResult`` that
+            runs the prepacked int8 conv/linear with its output qparams bound.
+    """
+
+    def __init__(self, graph: Graph, act_qparams: list[tuple[float, int]], act_dtype: str,
+                 layers: dict[str, Callable[..., Any]], backend: str = "fbgemm",
+                 reproduce_torch_bugs: bool = True) -> None:
+        self.graph = graph
+        self.act = act_qparams
+        self.act_dtype = act_dtype
+        self.layers = layers
+        self.backend = backend
+        self.nhwc, scrambled = torch_layouts(graph, backend)
+        self.scrambled = scrambled if reproduce_torch_bugs else frozenset()
+
+    def qparams_of(self, step: Step) -> tuple[float, int]:
+        """(scale, zero_point) of a quantized step's output."""
+        assert step.obs is not None
+        return self.act[step.obs]
+
+    @torch.no_grad()
+    def run(self, inputs: Any, results: dict[str, Any] | None = None) -> Any:
+        """The integer pipeline on one batch; ``results`` (if given) receives each layer's
+        kernel result and each value, for traces."""
+        graph = self.graph
+        env = bind_inputs(graph, inputs)
+        release = release_plan(graph) if results is None else None
+        for i, step in enumerate(graph.steps):
+            kind = step.kind
+            if kind == "input":
+                continue
+            if kind == "output":
+                return _load(step.args, env)[0]
+            if kind in ("conv", "linear"):
+                x = env[step.args[0].name]
+                if results is None:
+                    value = self.layers[step.target](x, False)
+                else:
+                    res = self.layers[step.target](x, True)
+                    results[step.name] = res
+                    value = res.out
+            elif kind == "quantize":
+                scale, zp = self.act[step.obs]
+                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype)
+            elif kind == "dequantize":
+                scale, zp = self.act[step.obs]
+                value = dequantize(env[step.args[0].name], scale, zp)
+            elif kind == "add":
+                a, b = step.args
+                value = add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
+                            *self.act[step.obs], relu=step.relu, backend=self.backend)
+            elif kind in ("float", "info"):
+                value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
+            else:
+                value = self._shared(step, env)
+            env[step.name] = value
+            if results is not None:
+                results.setdefault("__values__", {})[step.name] = value
+            else:
+                for name in release[i]:
+                    del env[name]
+        raise AssertionError("the graph has no output step")
+
+    def _obs(self, ref: Ref) -> int:
+        return self._obs_by_name[ref.name]
+
+    @property
+    def _obs_by_name(self) -> dict[str, int]:
+        cache = self.__dict__.get("_obs_cache")
+        if cache is None:
+            cache = {s.name: s.obs for s in self.graph.steps if s.obs is not None and s.kind != "dequantize"}
+            self.__dict__["_obs_cache"] = cache
+        return cache
+
+    def _shared(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
+        """Ops that keep their input's qparams; requantized when torch.cat re-pointed the
+        observer on either side (dequantize, then quantize with the output's qparams)."""
+        out = self._shared_codes(step, env)
+        first = step.args[0][0] if step.kind == "cat" else step.args[0]
+        x_obs = self._obs(first)
+        if x_obs == step.obs:
+            return out
+        (xs, xz), (ys, yz) = self.act[x_obs], self.act[step.obs]
+        return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype)
+
+    def _shared_codes(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
+        args, kwargs = _load(step.args, env), _load(step.kwargs, env)
+        q = args[0]
+        scale, zp = self.act[self._obs(step.args[0][0] if step.kind == "cat" else step.args[0])]
+        kind = step.kind
+        if kind == "relu":  # torch's quantized relu: max(q, zero_point)
+            return torch.clamp_min(q, zp)
+        if kind == "clamp":
+            out = clamp_codes(q, scale, zp, *step.clamp)
+            if step.name in self.scrambled and out.dim() == 4:
+                n, c, h, w = out.shape  # torch's bug: NHWC data read back as NCHW
+                out = out.permute(0, 2, 3, 1).reshape(n, c, h, w)
+            return out
+        if kind == "shape":
+            return _call(step, self.graph, args, kwargs)
+        if kind == "identity":
+            return q
+        if kind == "cat":  # every input already carries the shared qparams: a plain concatenation
+            return torch.cat(q, args[1])
+        params = _pool_params(step, self.graph, args, kwargs)
+        if kind == "max_pool2d":
+            return max_pool2d(q, **params)
+        # torch's average pools round differently on channels-last input: match its layout
+        layout = torch.channels_last if self.nhwc.get(step.args[0].name) else torch.contiguous_format
+        q = q.contiguous(memory_format=layout) if q.dim() == 4 else q
+        if kind == "avg_pool2d":
+            return avg_pool2d(q, scale, zp, **params, backend=self.backend)
+        if kind == "adaptive_avg_pool2d":
+            return adaptive_avg_pool2d(q, scale, zp, **params, backend=self.backend)
+        raise AssertionError(f"unknown step kind {kind}")
+
+
+def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozenset[str]]:
+    """Which quantized values torch holds channels-last, and which clamps it scrambles.
+
+    torch's quantized convs return channels-last tensors; relu, pools, add, Identity,
+    (de)quantize and elementwise fp32 ops keep their input's memory format; reshapes give
+    contiguous ones (as does the model input, assumed contiguous). The memory
+    format matters twice: torch's average pools round differently on channels-last input,
+    and torch 2.13's ``qnnpack_clamp`` (every quantized hardtanh/relu6/clamp under the
+    qnnpack engine) clamps a channels-last input in NHWC memory order but allocates the
+    output NCHW-contiguous, so the values land in the wrong positions (MobileNet's ReLU6
+    after a conv is hit). qcal's "qnnpack" flavour reproduces torch's converted model, bug
+    included.
+
+    Returns:
+        ({value name: channels-last}, names of the clamp steps torch scrambles).
+    """
+    nhwc: dict[str, bool] = {}
+    hit: set[str] = set()
+    for step in graph.steps:
+        first = step.args[0].name if step.args and isinstance(step.args[0], Ref) else None
+        if step.kind == "conv":
+            nhwc[step.name] = True
+        elif step.kind in ("relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add"):
+            nhwc[step.name] = nhwc.get(first, False)
+        elif step.kind == "clamp":
+            scrambles = backend == "qnnpack" and nhwc.get(first, False)
+            if scrambles:
+                hit.add(step.name)
+            nhwc[step.name] = nhwc.get(first, False) and not scrambles
+        elif step.kind == "cat":
+            nhwc[step.name] = all(nhwc.get(r.name, False) for r in step.args[0])
+        elif step.kind in ("identity", "quantize", "dequantize", "float") or (
+                step.kind == "shape" and step.op == "call_module"):
+            # Dropout, Identity, (de)quantize and elementwise fp32 ops keep the memory format
+            nhwc[step.name] = nhwc.get(first, False)
+    return nhwc, frozenset(hit)
+
+
+_POOL_ARGS = {
+    "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    "adaptive_avg_pool2d": ("output_size",),
+}
+
+
+def _pool_params(step: Step, graph: Graph, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A pool's parameters, from its module or from the functional call's arguments."""
+    names = _POOL_ARGS[step.kind]
+    if step.op == "call_module":
+        mod = graph.module.get_submodule(step.target)
+        return {n: getattr(mod, n) for n in names if hasattr(mod, n)}
+    params = dict(zip(names, args[1:], strict=False))
+    params.update({k: v for k, v in kwargs.items() if k in names})
+    if kwargs.get("return_indices"):
+        raise ValueError("max_pool2d with return_indices is not supported")
+    return params
+
