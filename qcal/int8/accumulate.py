@@ -201,7 +201,7 @@ class Accumulator:
         # Non-zero weight zero points: oneDNN on the raw weights, minus zw_j * window sums
         object.__setattr__(self, "onednn_zw", int8_auto and not eligible and onednn_exact())
         # Without VNNI: oneDNN while every raw pair a0*w0 + a1*w1 stays in int16 (checked per call)
-        small = (eligible and self.method in ("auto", "onednn") or int8_auto) and onednn_pairs_exact()
+        small = ((eligible and self.method in ("auto", "onednn")) or int8_auto) and onednn_pairs_exact()
         object.__setattr__(self, "onednn_small", small and not use)
         w_max = int(self.w_q.to(torch.int16).abs().max()) if self.w_q.numel() else 0
         object.__setattr__(self, "pair_max", w_max)

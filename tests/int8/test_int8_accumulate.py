@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.accumulate import F32_EXACT, PAIR_LIMIT, Accumulator, chunk_plan, onednn_exact, onednn_pairs_exact
+from qcal.int8.accumulate import (
+    F32_EXACT,
+    PAIR_LIMIT,
+    Accumulator,
+    chunk_plan,
+    onednn_exact,
+    onednn_pairs_exact,
+)
 
 METHODS = ["float"] + (["onednn"] if onednn_exact() else [])
 
