@@ -3,7 +3,7 @@
 Not a page (st.navigation lists only the page files). Pages import it as
 ``from pages._shared import ...``; Streamlit puts the entry script's folder on sys.path.
 
-Caching, for a team on one server (STYLE.md, rule 10):
+Caching, for a team on one server:
 * ``_comparison_job`` is an ``st.cache_resource`` keyed on (model name, schemes tuple,
   backends tuple): the first session that asks starts one background computation, every
   other session asking for the same key gets the same job and watches the same progress.
@@ -15,7 +15,6 @@ Caching, for a team on one server (STYLE.md, rule 10):
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +25,16 @@ import streamlit as st
 
 import qcal
 from pages._state import fail, get_list_param, get_param, memory, set_param
+from qcal.checkpoint.example import example_checkpoint
+from qcal.checkpoint.explain import explain_bytes as qcal_explain_bytes
 from qcal.reporting import figures, views
+from qcal.schemes import BACKENDS
+from qcal.store import Store
+from qcal.store.zoo_runs import find_or_compute_zoo_run, scorable_models
 
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack")
-BACKEND_CHOICES: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+BACKEND_CHOICES: tuple[str, ...] = BACKENDS
 EVAL_SAMPLES = 300  # of the 597 held-out digits: enough to rank schemes, quick on 2 cores
 
 
@@ -58,18 +62,8 @@ class ComparisonJob:
 
     def _run(self) -> None:
         try:
-            from qcal.store import Store
-
-            store = Store()
-            found = views.find_run(store.list(), self.model, self.schemes, self.backends)
-            if found is None:
-                from qcal.store.zoo_runs import compare_zoo
-
-                cmp = compare_zoo(self.model, list(self.schemes), list(self.backends),
-                                  eval_samples=EVAL_SAMPLES, progress=self._progress)
-                self.comparison = cmp
-                found = store.save_comparison(cmp)
-            self.run_id = found
+            self.run_id, self.comparison = find_or_compute_zoo_run(
+                self.model, self.schemes, self.backends, eval_samples=EVAL_SAMPLES, progress=self._progress)
         except Exception as err:  # shown to the user by current_run(), with what to do
             self.error = f"{type(err).__name__}: {err}"
         finally:
@@ -86,8 +80,6 @@ def _comparison_job(model: str, schemes: tuple[str, ...], backends: tuple[str, .
 @st.cache_resource(show_spinner=False, max_entries=64)
 def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """A stored run's metadata and frames, read once per run id (treat them as read-only)."""
-    from qcal.store import Store
-
     run = Store().load(run_id)
     return dict(run.meta), dict(run.frames)
 
@@ -112,7 +104,7 @@ def run_figure(run_id: str, name: str, *args: str) -> Any:
 @st.cache_data(show_spinner=False)
 def zoo_names() -> list[str]:
     """The built-in models the dashboard can score (those with a data set: the digits ones)."""
-    return [n for n in qcal.zoo.names() if qcal.zoo.info(n).data is not None]
+    return scorable_models()
 
 
 @st.cache_data(show_spinner=False)
@@ -263,32 +255,12 @@ def run_caption(run: CurrentRun) -> str:
 
 # ---------------------------------------------------------------- checkpoints
 @st.cache_data(show_spinner="Reading the checkpoint as data…", max_entries=8, ttl=3600)
-def explain_bytes(data: bytes, filename: str) -> pd.DataFrame | str:
-    """qcal.explain of uploaded bytes (written to a temp file, loaded as data only).
-
-    Returns the table, or a message saying why the file cannot be explained.
-    """
-    import tempfile
-    from pathlib import Path
-
-    suffix = Path(filename).suffix if Path(filename).suffix in (".pt", ".pth") else ".pt"
-    stem = re.sub(r"[^\w.-]", "_", Path(filename).stem)[:80] or "upload"  # messages name the user's file
-    with tempfile.TemporaryDirectory(prefix="qcal-upload-") as tmp:
-        path = Path(tmp) / f"{stem}{suffix}"
-        path.write_bytes(data)
-        try:
-            return qcal.explain(path)
-        except Exception as err:
-            return (f"{err}. Upload a state_dict saved with `torch.save(model.state_dict(), ...)` "
-                    "from a model after torch's quantization convert step.")
+def explain_bytes(data: bytes, filename: str) -> pd.DataFrame:
+    """qcal's explain of uploaded bytes (read as data only; ValueError says why it cannot)."""
+    return qcal_explain_bytes(data, filename)
 
 
 @st.cache_data(show_spinner="Building the example checkpoint (first time only)…")
-def explain_example(backend: str) -> pd.DataFrame | str:
+def explain_example(backend: str) -> pd.DataFrame:
     """qcal.explain of the bundled example checkpoint for ``backend``."""
-    try:
-        from qcal.checkpoint.explain import example_checkpoint
-
-        return qcal.explain(example_checkpoint(backend=backend))
-    except Exception as err:
-        return f"the bundled example is not available ({type(err).__name__}: {err})"
+    return qcal.explain(example_checkpoint(backend=backend))

@@ -15,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager  # private: see require_router
+
+from qcal.schemes import BACKENDS, SCHEMES
 
 ROOT = Path(__file__).resolve().parent.parent
 _MEMORY = "qcal_params"  # session-state dict mirroring the URL's query params
@@ -29,9 +32,12 @@ def require_router() -> None:
     first session of a server that lands on a page URL (and every AppTest run) would run the
     page file alone, without the router and its sidebar. Here the router takes over in the
     same run (it routes back to this page), and the bare run stops.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
 
+    Streamlit 1.67 has no supported switch for this: the private class flag
+    ``PagesManager.uses_pages_directory`` is set from ``(entry folder / "pages").exists()``
+    and read by the script runner; only ``st.navigation`` clears it. This is the one place
+    qcal touches it; tests/test_pages_router.py fails the day Streamlit changes it.
+    """
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(ROOT / "dashboard.py"), run_name="__main__")
@@ -49,8 +55,6 @@ _CHECKED = ("model", "scheme", "schemes", "backend", "backends")  # names the UR
 
 def _known(name: str) -> Sequence[str] | None:
     """Every name a URL parameter can hold anywhere (a page may offer fewer), None: unchecked."""
-    from qcal.schemes import BACKENDS, SCHEMES
-
     return {"scheme": list(SCHEMES), "schemes": list(SCHEMES),
             "backend": list(BACKENDS), "backends": list(BACKENDS)}.get(name)
 

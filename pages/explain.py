@@ -22,7 +22,11 @@ def explain_page() -> None:
                                help="A small digits CNN (its first layer is conv_3x3_32a) calibrated "
                                     "with torch's default qconfig for this engine and converted "
                                     "in eager mode (scripts/make_example_checkpoint.py).")
-        name, table = f"example ({backend})", explain_example(backend)
+        name = f"example ({backend})"
+        try:
+            table = explain_example(backend)
+        except Exception as err:  # the example is built on first use: anything can fail there
+            fail(f"The bundled example is not available ({type(err).__name__}: {err}).")
     else:
         upload = st.file_uploader("A quantized model's state_dict (.pt / .pth)", type=["pt", "pth"],
                                   key="explain_upload")
@@ -30,9 +34,13 @@ def explain_page() -> None:
             st.info("Upload a `.pt`/`.pth` file saved with `torch.save(model.state_dict(), path)` "
                     "after torch's convert step, or pick the bundled example.")
             st.stop()
-        name, table = upload.name, explain_bytes(upload.getvalue(), upload.name)
-    if isinstance(table, str):
-        fail(f"{name} could not be explained: {table}")
+        name = upload.name
+        try:
+            table = explain_bytes(upload.getvalue(), upload.name)
+        except ValueError as err:
+            fail(f"{name} could not be explained: {err}. Upload a state_dict saved with "
+                 "`torch.save(model.state_dict(), ...)` from a model after torch's quantization "
+                 "convert step.")
 
     layers = table["layer"].nunique() if "layer" in table else 0
     st.subheader(f"{name}: {len(table)} entries in {layers} layers")

@@ -12,24 +12,27 @@ from pages._store import (
     share_link,
     store_location,
 )
+from qcal.store import StoreError
 
 
 def runs_page() -> None:
     require_router()
     st.title("Saved runs")
-    st.caption(f"Store: `{store_location()}` (set `QCAL_STORE` to a path or `sqlite:///` URL).")
-    runs = list_runs()
-    if isinstance(runs, str):
-        fail(f"The run store cannot be read: {runs}. Check that QCAL_STORE points to a writable "
+    try:
+        st.caption(f"Store: `{store_location()}` (set `QCAL_STORE` to a path or `sqlite:///` URL).")
+        runs = list_runs()
+    except StoreError as err:
+        fail(f"The run store cannot be read: {err}. Check that QCAL_STORE points to a writable "
              "SQLite file.")
 
     with st.expander("Import a run file"):
         upload = st.file_uploader("A portable run file exported from qcal (SQLite)",
                                   type=["sqlite", "db", "qcalrun"], key="import_upload")
         if upload is not None and st.button("Import", key="import_button"):
-            new_id = import_run_bytes(upload.getvalue(), upload.name)
-            if new_id.startswith("error:"):
-                st.error(f"Import failed: {new_id[6:]}. Only files written by qcal's Export are "
+            try:
+                new_id = import_run_bytes(upload.getvalue())
+            except StoreError as err:
+                st.error(f"Import failed: {err}. Only files written by qcal's Export are "
                          "accepted; they hold data only.")
             else:
                 st.success(f"Imported run `{new_id}`.")

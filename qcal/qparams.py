@@ -6,8 +6,10 @@ reproduces torch's arithmetic to the bit:
 * ``qparams_from_range`` is ``torch.ao.quantization``'s ``_calculate_qparams`` (float32 math,
   the range widened to include 0, ``eps`` as the smallest scale).
 * ``quantize`` is ``torch.quantize_per_tensor`` / ``quantize_per_channel``:
-  ``q = clamp(rint(x * (1/scale) + zp), qmin, qmax)`` with the multiply-add fused (REQUANT.md §6).
+  ``q = clamp(rint(x * (1/scale) + zp), qmin, qmax)`` with the multiply-add fused (docs/requant.md, "Input quantization").
 * ``dequantize`` is ``(q - zp) * scale`` in float32.
+* ``quantize(..., backend="onnx")`` is ONNX's QuantizeLinear instead:
+  ``saturate(rint(f32(x / scale)) + zp)``, a true float32 division, not torch's reciprocal.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ QRANGES: dict[str, tuple[int, int]] = {"quint8": (0, 255), "qint8": (-128, 127)}
 INT_DTYPES: dict[str, torch.dtype] = {"quint8": torch.uint8, "qint8": torch.int8}
 #: torch's smallest scale, ``finfo(float32).eps``.
 EPS = torch.finfo(torch.float32).eps
+# quantize's conventions: torch's (its engines') and ONNX QuantizeLinear's
+_QUANTIZE_BACKENDS = ("fbgemm", "qnnpack", "onnx", "q31")
 
 
 def qrange(dtype: str, reduce_range: bool = False) -> tuple[int, int]:
@@ -125,11 +129,12 @@ def quantize(
     dtype: str = "quint8",
     *,
     axis: int | None = None,
+    backend: str = "fbgemm",
 ) -> torch.Tensor:
-    """Quantize float values to integer codes, bit for bit as torch does.
+    """Quantize float values to integer codes, bit for bit as torch (or ONNX) does.
 
     ``q = clamp(rint(fma(x, f32(1 / f32(scale)), zp)), qmin, qmax)``: multiply by the float32
-    reciprocal, add the zero point, round half to even once, clamp (REQUANT.md §6). Per
+    reciprocal, add the zero point, round half to even once, clamp (docs/requant.md). Per
     channel the multiply-add is not fused: ``rint(f32(f32(x * inv) + zp))``.
 
     Args:
@@ -137,9 +142,17 @@ def quantize(
         scale, zero_point: scalars, or 1-D tensors along ``axis`` for per-channel.
         dtype: "quint8" (returns uint8 codes) or "qint8" (int8 codes).
         axis: the channel axis for per-channel quantization; None for per tensor.
+        backend: "fbgemm", "qnnpack", "q31": torch's quantize_per_tensor/_per_channel (the
+            torch engines quantize inputs with it); "onnx": QuantizeLinear,
+            ``saturate(rint(f32(x / scale)) + zp)`` (division, half to even, then the zero point).
     Returns:
         A uint8 or int8 tensor shaped like ``x``.
+
+    Example: x = 12.750001, scale 0.3, qint8, zero point 0: torch x * f32(1/0.3) = 42.500004
+    -> 43; onnx x / 0.3 = 42.5 exactly -> rint 42 (ties to even).
     """
+    if backend not in _QUANTIZE_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(_QUANTIZE_BACKENDS)}")
     qmin, qmax = qrange(dtype)
     x = torch.as_tensor(x, dtype=torch.float32)
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
@@ -150,6 +163,8 @@ def quantize(
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     elif scale.numel() != 1:
         raise ValueError(f"per-tensor quantize takes one scale, got {scale.numel()}; pass axis=")
+    if backend == "onnx":
+        return _quantize_linear(x, scale, zp, qmin, qmax).to(INT_DTYPES[dtype])
     inv = (1.0 / scale).float()
     # Per tensor, fbgemm's vectorised kernel fuses the multiply-add; per channel, torch's
     # scalar loop rounds x * inv to float32 first, then adds zp (ties can differ).
@@ -167,6 +182,16 @@ def quantize(
     return q.clamp_(qmin, qmax).to(INT_DTYPES[dtype])
 
 
+def _quantize_linear(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int,
+                     qmax: int) -> torch.Tensor:
+    """ONNX QuantizeLinear on float32: ``clip(rint(x / scale) + zp, qmin, qmax)``."""
+    t = torch.round(x / scale)  # IEEE float32 division, rounded half to even
+    # saturate before adding zp: beyond +-2^20 the code clips anyway, and float32 adds of
+    # such integers stay exact (onnx's reference casts to int32 first, see the tests)
+    t.clamp_(-(2.0**20), 2.0**20)
+    return (t + zp).clamp_(qmin, qmax)
+
+
 @torch.no_grad()
 def dequantize(
     q: torch.Tensor,
@@ -176,6 +201,9 @@ def dequantize(
     axis: int | None = None,
 ) -> torch.Tensor:
     """Integer codes back to float32: ``x = (q - zp) * scale``, as torch's dequantize.
+
+    The same on every backend: ONNX's DequantizeLinear also computes ``f32(q - zp) * scale``
+    (``q - zp`` is exact in float32, so both round once).
 
     Args:
         q: integer tensor (uint8, int8 or wider).

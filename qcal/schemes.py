@@ -2,7 +2,7 @@
 
 A ``QSpec`` names the integer dtype, the qscheme (per tensor or per channel, affine or
 symmetric), the range estimator ("observer") and its options. A ``Scheme`` pairs a weight
-spec with an activation spec. ``SCHEMES`` holds the presets of DESIGN.md.
+spec with an activation spec. ``SCHEMES`` holds the named presets defined below.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ from typing import Any, Literal, get_args
 __all__ = [
     "BACKENDS",
     "DTYPES",
+    "MODES",
     "OBSERVERS",
     "QSCHEMES",
     "SCHEMES",
     "Backend",
+    "Mode",
     "QSpec",
     "Scheme",
     "check_backend",
     "check_backends",
+    "check_mode",
     "resolve_scheme",
 ]
 
@@ -30,12 +33,14 @@ QScheme = Literal[
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
 ]
 Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86"]
+Mode = Literal["auto", "graph", "modules"]  # calibrate: torch.fx graph, module swap, or graph falling back
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 QSCHEMES: tuple[str, ...] = get_args(QScheme)
 OBSERVERS: tuple[str, ...] = get_args(Observer)
 BACKENDS: tuple[str, ...] = get_args(Backend)
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -56,6 +61,16 @@ def check_backend(backend: Any) -> Backend:
 def check_backends(backends: Iterable[Any]) -> list[Backend]:
     """Each name through ``check_backend``; returns them as a list."""
     return [check_backend(b) for b in backends]
+
+
+def check_mode(mode: Any) -> Mode:
+    """The one calibration-mode validator: returns ``mode`` when it is one of ``MODES``.
+
+    Raises:
+        ValueError: for any other value (the message lists the valid modes).
+    """
+    _check_choice("mode", mode, MODES)
+    return mode
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Shared test setup: deterministic seeds and torch's quantization warnings silenced."""
+"""Shared test setup: deterministic seeds, torch's quantization warnings silenced, and the
+quantized engine restored after every test."""
 
 import pytest
 import torch
@@ -12,6 +13,15 @@ def _seed_and_quiet():
     # `import qcal` installs once are re-applied here, from the same single list.
     _torch_warnings.silence()
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_quantized_engine():
+    # many tests (and torch oracles) set the process-wide engine; the next test must not
+    # inherit it, or its result would depend on the order tests run in
+    before = torch.backends.quantized.engine
+    yield
+    torch.backends.quantized.engine = before
 
 
 @pytest.fixture(scope="module")

@@ -55,11 +55,11 @@ def assert_clean(at) -> None:
 def current_run():
     """The stored run the dashboard's default view shows (as the pages read it)."""
     from pages._shared import DEFAULT_BACKENDS, DEFAULT_MODEL
-    from qcal.reporting import views
-    from qcal.store.store import Store
+    from qcal.store import Store
+    from qcal.store.zoo_runs import find_run
 
     store = Store()
-    run_id = views.find_run(store.list(), DEFAULT_MODEL, list(_schemes()), list(DEFAULT_BACKENDS))
+    run_id = find_run(store.list(), DEFAULT_MODEL, list(_schemes()), list(DEFAULT_BACKENDS))
     assert run_id, "the dashboard saved no run for its default comparison"
     return store.load(run_id)
 
@@ -324,17 +324,16 @@ def test_sessions_asking_for_the_same_comparison_share_one_computation(monkeypat
     import time
     from types import SimpleNamespace
 
-    import qcal.analysis.compare
     from pages import _shared
 
     calls = []
 
-    def fake_compare_zoo(model, schemes, backends, **kwargs):
+    def fake_find_or_compute(model, schemes, backends, **kwargs):
         calls.append(model)
         time.sleep(0.5)  # long enough for every session to ask while it runs
-        return SimpleNamespace(models={}, save=lambda store: "shared-run")
+        return "shared-run", SimpleNamespace(models={})
 
-    monkeypatch.setattr(qcal.store.zoo_runs, "compare_zoo", fake_compare_zoo)
+    monkeypatch.setattr(_shared, "find_or_compute_zoo_run", fake_find_or_compute)
     key = ("digits_mlp", ("per_tensor_affine",), ("onnx",))  # a setup no other test uses
     jobs = []
     sessions = [threading.Thread(target=lambda: jobs.append(_shared._comparison_job(*key)))

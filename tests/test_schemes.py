@@ -1,7 +1,11 @@
+from typing import get_args
+
 import pytest
+import torch
+from torch import nn
 
 import qcal
-from qcal.schemes import QSpec, Scheme
+from qcal.schemes import BACKENDS, MODES, Backend, Mode, QSpec, Scheme, check_backend, check_mode
 
 
 def test_presets_match_the_design_table():
@@ -54,3 +58,25 @@ def test_unknown_scheme_name_lists_presets():
 def test_activation_spec_must_be_per_tensor():
     with pytest.raises(ValueError, match="per tensor"):
         Scheme("x", QSpec("qint8"), QSpec("quint8", "per_channel_affine"))
+
+
+@pytest.mark.parametrize("check, value, message", [
+    (check_backend, "fbgem", "unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31"),
+    (check_mode, "fx", "unknown mode 'fx'; expected one of: auto, graph, modules"),
+])
+def test_one_validator_per_choice_names_the_value_and_every_accepted_one(check, value, message):
+    with pytest.raises(ValueError) as caught:
+        check(value)
+    assert str(caught.value) == message
+    assert check(get_args(Backend if check is check_backend else Mode)[0]) in (BACKENDS + MODES)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: qcal.int8.requant_multipliers(0.5, 0.25, 1.0, backend="fbgem"),
+    lambda: qcal.int8.pack_linear(torch.zeros(2, 3, dtype=torch.int8), 0.1, 0, None, backend="fbgem"),
+    lambda: qcal.int8.avg_pool2d(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), 0.1, 0, 2, backend="fbgem"),
+    lambda: qcal.calibrate(nn.Linear(2, 2), torch.zeros(1, 2), "per_tensor_affine", backend="fbgem"),
+])
+def test_every_entry_point_refuses_an_unknown_backend_with_the_same_message(call):
+    with pytest.raises(ValueError, match=r"^unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31$"):
+        call()

@@ -29,18 +29,17 @@ from qcal.graph.program import run_float
 from qcal.graph.trace import build_graph
 from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
-from qcal.schemes import BACKENDS, QSpec, Scheme, check_backends, resolve_scheme
+from qcal.schemes import BACKENDS, MODES, QSpec, Scheme, check_backends, check_mode, resolve_scheme
 
 __all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
-MODES = ("auto", "graph", "modules")
 Progress = Callable[[float, str], None]
 _OWN_ENGINE = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
 
 
 def default_backends(scheme: Scheme, backends: Sequence[str] | None) -> list[str]:
-    """DESIGN.md's rule: a *_default preset on its own engine unless backends is given,
-    the rest on each requested backend (default ["fbgemm"])."""
+    """A *_default preset on its own engine unless backends is given, the rest on each
+    requested backend (default ["fbgemm"])."""
     if backends is not None:
         if isinstance(backends, str):
             raise TypeError(f"backends must be a list of names, got the string {backends!r}; use [{backends!r}]")
@@ -209,8 +208,7 @@ def calibrate_many(
     resolved = [resolve_scheme(s) for s in schemes]
     if not resolved:
         raise ValueError("no scheme given; pass preset names or qcal.Scheme objects")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+    check_mode(mode)
     plan = {s.name: default_backends(s, backends) for s in resolved}
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -219,8 +217,28 @@ def calibrate_many(
               "(BatchNorm running statistics, dropout off). Your model is unchanged.")
     report = progress or (lambda fraction, message: None)
     float_model = copy.deepcopy(model).eval()
-
     observed = _Observed(float_model, mode, [s.activation for s in resolved])
+    _observe(observed, calib_data, report)
+    report(0.9, "quantizing weights")
+    modules = _weighted_modules(observed)
+    weights = {(name, spec): _quantized_weight(mod.weight, spec)
+               for name, (mod, _, _) in modules.items() for spec in dict.fromkeys(s.weight for s in resolved)}
+    out: dict[tuple[str, str], QuantizedModel] = {}
+    for scheme in resolved:
+        acts = [_activation(p, scheme.activation) for p in observed.points]
+        layers = {name: _quant_layer(name, mod, relu, points, weights[(name, scheme.weight)], acts)
+                  for name, (mod, relu, points) in modules.items()}
+        for backend in plan[scheme.name]:
+            out[(scheme.name, backend)] = QuantizedModel(
+                float_model=float_model, scheme=scheme, backend=backend, mode=observed.mode,
+                fallback_reason=observed.fallback_reason, graph=observed.graph, layers=layers,
+                activations=acts)
+    report(1.0, "calibrated")
+    return out
+
+
+def _observe(observed: _Observed, calib_data: Any, report: Progress) -> None:
+    """One pass over the calibration batches through every observer."""
     observed.start()
     total = len(calib_data) if isinstance(calib_data, Sequence) and not isinstance(calib_data, tuple) else None
     seen = 0
@@ -234,33 +252,18 @@ def calibrate_many(
     if seen == 0:
         raise ValueError("calibration data is empty: pass a Tensor or an iterable of at least one batch")
 
-    report(0.9, "quantizing weights")
-    modules = _weighted_modules(observed)
-    weights: dict[tuple[str, QSpec], dict[str, Any]] = {}
-    for name, (mod, _, _) in modules.items():
-        for spec in dict.fromkeys(s.weight for s in resolved):
-            weights[(name, spec)] = _quantized_weight(mod.weight, spec)
 
-    out: dict[tuple[str, str], QuantizedModel] = {}
-    for scheme in resolved:
-        acts = [_activation(p, scheme.activation) for p in observed.points]
-        layers = {}
-        for name, (mod, relu, (x_obs, y_obs)) in modules.items():
-            conv = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation,
-                    "groups": mod.groups} if isinstance(mod, nn.Conv2d) else {}
-            layers[name] = QuantLayer(
-                name=name, kind="conv" if isinstance(mod, nn.Conv2d) else "linear",
-                **weights[(name, scheme.weight)],
-                bias=None if mod.bias is None else mod.bias.detach().float().clone(),
-                input_scale=acts[x_obs].scale, input_zero_point=acts[x_obs].zero_point,
-                output_scale=acts[y_obs].scale, output_zero_point=acts[y_obs].zero_point, relu=relu, **conv)
-        for backend in plan[scheme.name]:
-            out[(scheme.name, backend)] = QuantizedModel(
-                float_model=float_model, scheme=scheme, backend=backend, mode=observed.mode,
-                fallback_reason=observed.fallback_reason, graph=observed.graph, layers=layers,
-                activations=acts)
-    report(1.0, "calibrated")
-    return out
+def _quant_layer(name: str, mod: nn.Module, relu: bool, points: tuple[int, int], weight: dict[str, Any],
+                 acts: list[ActivationInfo]) -> QuantLayer:
+    """One conv/linear's QuantLayer: its quantized weight and the qparams of its input and output."""
+    x_obs, y_obs = points
+    conv = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation,
+            "groups": mod.groups} if isinstance(mod, nn.Conv2d) else {}
+    return QuantLayer(
+        name=name, kind="conv" if isinstance(mod, nn.Conv2d) else "linear", **weight,
+        bias=None if mod.bias is None else mod.bias.detach().float().clone(),
+        input_scale=acts[x_obs].scale, input_zero_point=acts[x_obs].zero_point,
+        output_scale=acts[y_obs].scale, output_zero_point=acts[y_obs].zero_point, relu=relu, **conv)
 
 
 @torch.no_grad()

@@ -18,8 +18,9 @@ from torch import nn
 
 from qcal.batching import call_model
 from qcal.graph.ir import Graph
+from qcal.graph.layouts import torch_layouts
 from qcal.graph.modules import SwappedModel
-from qcal.graph.program import IntegerProgram, run_float, torch_layouts
+from qcal.graph.program import IntegerProgram, run_float
 from qcal.int8 import requant_multipliers
 from qcal.int8.layer_ops import make_kernel
 from qcal.qparams import dequantize

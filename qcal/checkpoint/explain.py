@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from qcal.checkpoint.discover import find_state_dicts
 from qcal.checkpoint.example import example_checkpoint
 from qcal.checkpoint.layers import Layer, find_layers, fx_paths
 from qcal.checkpoint.notes import entry_note
@@ -45,7 +47,7 @@ from qcal.checkpoint.schemes import activation_evidence, model_scheme, weight_ev
 from qcal.checkpoint.weights import PER_CHANNEL
 from qcal.io.safe_load import DEFAULT_MAX_BYTES, PackedParamsState, load_checkpoint
 
-__all__ = ["COLUMNS", "ROLES", "example_checkpoint", "explain"]
+__all__ = ["COLUMNS", "ROLES", "example_checkpoint", "explain", "explain_bytes"]
 
 COLUMNS: list[str] = [
     "key", "layer", "role", "dtype", "qscheme", "scale", "zero_point",
@@ -110,7 +112,8 @@ def explain(
         raise TypeError(
             f"explain() takes a state_dict (a dict) or a file path, got {type(obj).__name__}"
         )
-    groups, extra_rows = _find_state_dicts(obj)
+    groups, extra = find_state_dicts(obj)
+    extra_rows = [_other_row(key, note) for key, note in extra]
     try:
         rows = [row for prefix, sd in groups for row in _explain_one(prefix, sd)]
     except RuntimeError as err:  # torch refusing an exotic quantized tensor: still a data problem
@@ -118,81 +121,25 @@ def explain(
     return pd.DataFrame(rows + extra_rows, columns=COLUMNS)
 
 
-def _is_quantized(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.is_quantized
-    if isinstance(value, (tuple, list)):
-        return any(_is_quantized(v) for v in value)
-    if isinstance(value, torch.ScriptObject):
-        return True  # torch's packed params; anything else is refused when read
-    return isinstance(value, PackedParamsState) and any(t.is_quantized for t in value.tensors())
+def explain_bytes(data: bytes, filename: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
+    """``explain`` of an uploaded file given as bytes (the dashboard's upload).
 
+    The bytes go to a private temporary file named after ``filename`` (sanitised, so that
+    messages name the user's file) and are read as data only, like any path.
 
-def _holds_tensors(d: Mapping) -> bool:
-    kinds = (torch.Tensor, PackedParamsState, torch.ScriptObject)
-    return any(isinstance(v, kinds) or _is_quantized(v) for v in d.values())
-
-
-def _find_state_dicts(obj: Any) -> tuple[list[tuple[str, Mapping]], list[dict]]:
-    if not isinstance(obj, Mapping):
-        raise ValueError(
-            f"expected a state_dict (a dict of names to tensors), but the file holds a "
-            f"{type(obj).__name__}; save model.state_dict() of the converted model"
-        )
-    found: list[tuple[str, Mapping]] = []
-    extra: list[dict] = []
-    fp32: list[str] = []
-
-    def visit(prefix: str, d: Mapping, depth: int) -> None:
-        if _holds_tensors(d):
-            # a reference module (convert_to_reference_fx) records its weight's qscheme instead
-            if any(_is_quantized(v) or isinstance(v, torch.qscheme) for v in d.values()):
-                found.append((prefix, d))
-            else:
-                fp32.extend(f"{prefix}{k}" for k, v in d.items() if isinstance(v, torch.Tensor))
-                if prefix:
-                    extra.append(
-                        _other_row(
-                            prefix.rstrip("/"),
-                            "a nested dict without quantized tensors (e.g. optimizer state or an fp32 copy): not explained",
-                        )
-                    )
-            return
-        for k, v in d.items():
-            if isinstance(v, Mapping) and depth < 4:
-                visit(f"{prefix}{k}/", v, depth + 1)
-            elif depth == 0:
-                extra.append(
-                    _other_row(
-                        str(k),
-                        f"checkpoint metadata ({type(v).__name__}), not part of a state_dict",
-                    )
-                )
-
-    visit("", obj, 0)
-    if found:
-        return found, extra
-    if any(v is torch.float16 for _, d in _all_dicts(obj) for v in d.values()):
-        raise ValueError(
-            "no int8 tensors found: this is a dynamic float16 quantization (packed dtype "
-            "torch.float16: fp16 weights, fp32 activations), which has no scales or zero points"
-        )
-    if fp32:
-        raise ValueError(
-            f"no quantized tensors found: this looks like an fp32 state_dict ({len(fp32)} float "
-            f"tensors, e.g. {fp32[0]!r}); explain reads state dicts saved after "
-            "torch.ao.quantization convert / convert_fx"
-        )
-    keys = ", ".join(repr(k) for k in list(obj)[:5]) or "none"
-    raise ValueError(f"no tensors found: the dict (keys {keys}) is not a state_dict")
-
-
-def _all_dicts(obj: Mapping, prefix: str = "", depth: int = 0) -> list[tuple[str, Mapping]]:
-    found = [(prefix, obj)]
-    for k, v in obj.items():
-        if isinstance(v, Mapping) and depth < 4:
-            found += _all_dicts(v, f"{prefix}{k}/", depth + 1)
-    return found
+    Raises:
+        ValueError: too large, or not a quantized checkpoint (the message says why).
+    """
+    if len(data) > max_bytes:
+        raise ValueError(f"{filename} is {len(data) / 2**20:.1f} MiB, above the limit of "
+                         f"{max_bytes / 2**20:.1f} MiB")
+    name = Path(filename)
+    suffix = name.suffix if name.suffix in (".pt", ".pth") else ".pt"
+    stem = re.sub(r"[^\w.-]", "_", name.stem)[:80] or "upload"
+    with tempfile.TemporaryDirectory(prefix="qcal-upload-") as tmp:
+        path = Path(tmp) / f"{stem}{suffix}"
+        path.write_bytes(data)
+        return explain(path, max_bytes=max_bytes)
 
 
 def _other_row(key: str, note: str, layer: str = "") -> dict:

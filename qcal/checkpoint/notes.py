@@ -3,6 +3,8 @@ values its scale converts, and what its numbers say about the observer behind it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from qcal.checkpoint.layers import Layer
@@ -26,6 +28,120 @@ def _codes(dtype: str) -> str:
     return "0..255" if dtype == "quint8" else "-128..127"
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One state-dict entry with what ``explain`` learned about it."""
+
+    e: Any
+    row: dict
+    layer: Layer | None
+    acts: ActivationEvidence
+    weight: WeightEvidence | None
+    scheme: tuple[str, str] | None
+
+    @property
+    def who(self) -> str:
+        return self.row["layer"] or self.e.key
+
+
+def _weight_qparam_note(x: _Entry) -> str | None:
+    if x.layer is None:
+        return None
+    return (
+        f"{x.layer.name}'s {x.row['role']} (a reference module from convert_to_reference_fx keeps the fp32 "
+        f"weight and quantizes it on the fly: w_q = clamp(round(w / scale) + zero_point)); "
+        f"{x.weight.reason if x.weight else ''}"
+    )
+
+
+def _weight_head(x: _Entry) -> str:
+    """What the int8 weight entry is: packed params (module or functional), reference, plain."""
+    layer, weight = x.layer, x.weight
+    if x.row["role"] == "packed params" and layer.functional:
+        return (
+            "packed weights of a functional F.linear / F.conv in an FX graph (a torch.ScriptObject "
+            f"{x.e.value.class_name.rsplit('.', 1)[-1]}, read as data without building the C++ object); "
+            f"{weight.dtype} weight {layer.weight.shape}"
+        )
+    if x.row["role"] == "packed params":
+        bias = "no bias" if layer.bias is None else f"fp32 bias [{layer.bias.numel()}]"
+        return (
+            f"{layer.name}'s packed (weight, bias): torch keeps a quantized Linear's weight here "
+            f"instead of '.weight' ({weight.dtype} weight {layer.weight.shape}, {bias})"
+        )
+    if layer.reference:
+        return (
+            f"fp32 weight of reference {layer.kind} {layer.name} {layer.weight.shape}: quantized on "
+            f"the fly to {weight.dtype} with its weight_scale / weight_zero_point"
+        )
+    return f"{layer.kind} weight {layer.weight.shape}, {weight.dtype} codes {_codes(weight.dtype)}"
+
+
+def _weight_note(x: _Entry) -> str | None:
+    if x.weight is None or x.layer is None:
+        if x.row["role"] == "weight":
+            return (f"float weight of {x.who} ({x.row['dtype']}): this module is not int8 "
+                    "(e.g. a quantized BatchNorm's affine factor)")
+        return None
+    n, w = x.weight.channels, x.layer.weight
+    how = (
+        f"per output channel ({n} scales, axis {w.axis}): w ≈ scale[c] × (q − zero_point[c])"
+        if w.axis is not None
+        else f"per tensor: w ≈ {w.scales[0]:.6g} × (q − {w.zero_points[0]})"
+    )
+    reason = x.weight.reason
+    why_scheme = f" Likely scheme: {x.scheme[1]}." if x.scheme else ""
+    return f"{_weight_head(x)}; {how}. {reason[0].upper()}{reason[1:]}.{why_scheme}"
+
+
+def _bias_note(x: _Entry) -> str:
+    if x.layer is None:
+        return f"float bias of {x.who} ({x.row['dtype']})"
+    return (
+        f"fp32 bias of {x.layer.name}: torch stores it in float, never as int32. FBGEMM adds "
+        "bias[c] / (s_in × s_w[c]) to the accumulator in float; QNNPACK and ONNX round it to "
+        "int32 at scale s_in × s_w[c] first"
+    )
+
+
+def _output_qparam_note(x: _Entry) -> str:
+    if x.layer is not None and x.layer.dynamic:
+        return (
+            f"unused default of torch's dynamic Linear ({x.row['scale'] or x.row['zero_point']}): "
+            f"{x.layer.name} quantizes its input per batch at run time and returns fp32"
+        )
+    return _output_note(x.e, x.row, x.layer, x.acts)
+
+
+def _input_note(x: _Entry) -> str:
+    value = x.row["scale"] or x.row["zero_point"]
+    what = (
+        f"FX input quantizer of {x.who}"
+        if x.e.fx is not None
+        else f"input quantizer '{x.who}' (a converted QuantStub, nn.quantized.Quantize)"
+    )
+    if x.row["role"] == "input scale":
+        return (
+            f"{what}: x_q = clamp(round(x / {value[0]:.6g}) + zero_point, 0, 255) turns the float "
+            "input into quint8; this is s_in of the layer that reads it"
+        )
+    return f"{what}: the quint8 code of 0.0. {activation_reason(value[0], x.acts)}"
+
+
+# role -> its note; None from a note function means "nothing specific": the _OTHER table decides
+_NOTES: dict[str, Callable[[_Entry], str | None]] = {
+    "weight scale": _weight_qparam_note,
+    "weight zero point": _weight_qparam_note,
+    "weight": _weight_note,
+    "packed params": _weight_note,
+    "bias": _bias_note,
+    "output scale": _output_qparam_note,
+    "output zero point": _output_qparam_note,
+    "input scale": _input_note,
+    "input zero point": _input_note,
+}
+
+
 def entry_note(
     e: Any,
     row: dict,
@@ -35,74 +151,11 @@ def entry_note(
     scheme: tuple[str, str] | None,
 ) -> str:
     """The note for one state-dict entry, given its row (role, dtype, scale, zero_point)."""
-    role, who = row["role"], row["layer"] or e.key
-    why_scheme = f" Likely scheme: {scheme[1]}." if scheme else ""
-    if role in ("weight scale", "weight zero point") and layer is not None:
-        return (
-            f"{layer.name}'s {role} (a reference module from convert_to_reference_fx keeps the fp32 "
-            f"weight and quantizes it on the fly: w_q = clamp(round(w / scale) + zero_point)); "
-            f"{weight.reason if weight else ''}"
-        )
-    if role in ("weight", "packed params") and weight is not None and layer is not None:
-        n, w = weight.channels, layer.weight
-        how = (
-            f"per output channel ({n} scales, axis {w.axis}): w ≈ scale[c] × (q − zero_point[c])"
-            if w.axis is not None
-            else f"per tensor: w ≈ {w.scales[0]:.6g} × (q − {w.zero_points[0]})"
-        )
-        if role == "packed params":
-            bias = "no bias" if layer.bias is None else f"fp32 bias [{layer.bias.numel()}]"
-            head = (
-                f"{layer.name}'s packed (weight, bias): torch keeps a quantized Linear's weight here "
-                f"instead of '.weight' ({weight.dtype} weight {layer.weight.shape}, {bias})"
-            )
-            if layer.functional:
-                head = (
-                    "packed weights of a functional F.linear / F.conv in an FX graph (a torch.ScriptObject "
-                    f"{e.value.class_name.rsplit('.', 1)[-1]}, read as data without building the C++ object); {weight.dtype} "
-                    f"weight {layer.weight.shape}"
-                )
-        elif layer.reference:
-            head = (
-                f"fp32 weight of reference {layer.kind} {layer.name} {layer.weight.shape}: quantized on "
-                f"the fly to {weight.dtype} with its weight_scale / weight_zero_point"
-            )
-        else:
-            head = f"{layer.kind} weight {layer.weight.shape}, {weight.dtype} codes {_codes(weight.dtype)}"
-        return f"{head}; {how}. {weight.reason[0].upper()}{weight.reason[1:]}.{why_scheme}"
-    if role == "weight":
-        return f"float weight of {who} ({row['dtype']}): this module is not int8 (e.g. a quantized BatchNorm's affine factor)"
-    if role == "bias":
-        if layer is None:
-            return f"float bias of {who} ({row['dtype']})"
-        return (
-            f"fp32 bias of {layer.name}: torch stores it in float, never as int32. FBGEMM adds "
-            "bias[c] / (s_in × s_w[c]) to the accumulator in float; QNNPACK and ONNX round it to "
-            "int32 at scale s_in × s_w[c] first"
-        )
-    if role in ("output scale", "output zero point") and layer is not None and layer.dynamic:
-        return (
-            f"unused default of torch's dynamic Linear ({row['scale'] or row['zero_point']}): "
-            f"{layer.name} quantizes its input per batch at run time and returns fp32"
-        )
-    if role in ("output scale", "output zero point"):
-        return _output_note(e, row, layer, acts)
-    if role in ("input scale", "input zero point"):
-        value = row["scale"] or row["zero_point"]
-        what = (
-            f"FX input quantizer of {who}"
-            if e.fx is not None
-            else f"input quantizer '{who}' (a converted QuantStub, nn.quantized.Quantize)"
-        )
-        if role == "input scale":
-            return (
-                f"{what}: x_q = clamp(round(x / {value[0]:.6g}) + zero_point, 0, 255) turns the float "
-                "input into quint8; this is s_in of the layer that reads it"
-            )
-        return f"{what}: the quint8 code of 0.0. {activation_reason(value[0], acts)}"
-    return _OTHER.get(
-        e.leaf, f"{type(e.value).__name__} entry: not a quantization parameter qcal explains"
-    )
+    note_for = _NOTES.get(row["role"])
+    note = note_for(_Entry(e, row, layer, acts, weight, scheme)) if note_for else None
+    if note is not None:
+        return note
+    return _OTHER.get(e.leaf, f"{type(e.value).__name__} entry: not a quantization parameter qcal explains")
 
 
 def _output_note(e: Any, row: dict, layer: Layer | None, acts: ActivationEvidence) -> str:

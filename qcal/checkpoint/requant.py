@@ -121,66 +121,60 @@ def infer_inputs(entries: list, layers: dict[str, Layer]) -> dict[str, InputGues
     fx_inputs, fx_free = _fx_quantizers(entries)
     outputs = {(p.scale, p.zero_point) for p in points if p.kind == "layer"}
     odd_free = [f for f in fx_free if (f[0], f[1]) not in outputs]  # e.g. a quantized add
-    guesses: dict[str, InputGuess] = {}
     stubs = [p for p in points if p.kind == "stub"]
-    first = min(
-        (lay for lay in layers.values() if not lay.functional),
-        key=lambda lay: lay.first_index,
-        default=None,
-    )
-    first = first.name if first is not None else None
+    first = min((lay for lay in layers.values() if not lay.functional), key=lambda lay: lay.first_index,
+                default=None)
+    guesses: dict[str, InputGuess] = {}
     for layer in layers.values():
         found = next((fx_inputs[p] for p in fx_paths(layer.name) if p in fx_inputs), None)
         if found is not None:
-            guesses[layer.name] = InputGuess(
-                found[0], found[1], found[2], f"FX input quantizer {found[2]}"
-            )
-            continue
-        if layer.functional:
+            guesses[layer.name] = InputGuess(found[0], found[1], found[2], f"FX input quantizer {found[2]}")
+        elif layer.functional:
             guesses[layer.name] = _unknown(
                 "a functional op in the FX graph: the graph's code, not the state dict, wires its input and output quantizers"
             )
-            continue
-        before = [p for p in points if p.index < layer.first_index and p.name != layer.name]
-        if not before and len(stubs) == 1 and layer.name == first:
-            p = stubs[0]
-            guesses[layer.name] = InputGuess(
-                p.scale, p.zero_point, p.key,
-                f"the file's only QuantStub ({p.key}), registered after the layers as torchvision's "
-                "quantizable models do; assumed to feed the first layer",
-            )  # fmt: skip
-            continue
-        if not before:
-            guesses[layer.name] = _unknown(
-                "no QuantStub, FX input quantizer or earlier quantized layer precedes it in the state dict"
-            )
-            continue
-        p = before[-1]
-        if p.kind == "op":
-            guesses[layer.name] = _unknown(
-                f"the nearest quantizer before it is {p.key} of '{p.name}', a weightless op (an add, cat or "
-                f"activation); after an add or a branch the state dict cannot say what {layer.name} reads "
-                f"(it may be {p.name}'s output: scale {p.scale:.6g}, zero point {p.zero_point})"
-            )
-        elif not _fits(layer, p.channels):
-            guesses[layer.name] = _unknown(
-                f"the previous quantized layer '{p.name}' has {p.channels} output channels but {layer.name} reads "
-                f"{layer.in_features}: a branch, so state-dict order is not the data order here"
-            )
-        elif (near := _in_scope(odd_free, p.name, layer.name)) and p.kind != "stub":
-            keys = ", ".join(f[2] for f in near[:3])
-            guesses[layer.name] = _unknown(
-                f"FX graph ops also quantize activations ({keys}: e.g. a quantized add) with qparams no layer "
-                f"output has; the graph, not the state dict, says whether {layer.name} reads one of them or "
-                f"'{p.name}' (scale {p.scale:.6g}, zero point {p.zero_point})"
-            )
         else:
-            what = "the QuantStub" if p.kind == "stub" else f"the output of '{p.name}'"
-            guesses[layer.name] = InputGuess(
-                p.scale, p.zero_point, p.key,
-                f"{what}, the nearest activation quantizer before it in state-dict order ({p.key})",
-            )  # fmt: skip
+            before = [p for p in points if p.index < layer.first_index and p.name != layer.name]
+            is_first = first is not None and layer.name == first.name
+            guesses[layer.name] = _guess_from_order(layer, before, stubs, is_first, odd_free)
     return guesses
+
+
+def _guess_from_order(layer: Layer, before: list, stubs: list, is_first: bool, odd_free: list) -> InputGuess:
+    """A layer's input read from the nearest activation quantizer before it in state-dict order."""
+    if not before and len(stubs) == 1 and is_first:
+        p = stubs[0]
+        return InputGuess(
+            p.scale, p.zero_point, p.key,
+            f"the file's only QuantStub ({p.key}), registered after the layers as torchvision's "
+            "quantizable models do; assumed to feed the first layer",
+        )  # fmt: skip
+    if not before:
+        return _unknown("no QuantStub, FX input quantizer or earlier quantized layer precedes it in the state dict")
+    p = before[-1]
+    if p.kind == "op":
+        return _unknown(
+            f"the nearest quantizer before it is {p.key} of '{p.name}', a weightless op (an add, cat or "
+            f"activation); after an add or a branch the state dict cannot say what {layer.name} reads "
+            f"(it may be {p.name}'s output: scale {p.scale:.6g}, zero point {p.zero_point})"
+        )
+    if not _fits(layer, p.channels):
+        return _unknown(
+            f"the previous quantized layer '{p.name}' has {p.channels} output channels but {layer.name} reads "
+            f"{layer.in_features}: a branch, so state-dict order is not the data order here"
+        )
+    if (near := _in_scope(odd_free, p.name, layer.name)) and p.kind != "stub":
+        keys = ", ".join(f[2] for f in near[:3])
+        return _unknown(
+            f"FX graph ops also quantize activations ({keys}: e.g. a quantized add) with qparams no layer "
+            f"output has; the graph, not the state dict, says whether {layer.name} reads one of them or "
+            f"'{p.name}' (scale {p.scale:.6g}, zero point {p.zero_point})"
+        )
+    what = "the QuantStub" if p.kind == "stub" else f"the output of '{p.name}'"
+    return InputGuess(
+        p.scale, p.zero_point, p.key,
+        f"{what}, the nearest activation quantizer before it in state-dict order ({p.key})",
+    )  # fmt: skip
 
 
 def _unknown(reason: str) -> InputGuess:

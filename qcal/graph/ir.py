@@ -8,11 +8,19 @@ without importing the others.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from torch import fx, nn
 
-__all__ = ["NO_DEFAULT", "Graph", "Ref", "Step", "UnsupportedGraph", "only_user"]
+__all__ = ["NO_DEFAULT", "STEP_KINDS", "Graph", "Ref", "Step", "StepKind", "UnsupportedGraph", "only_user"]
+
+StepKind = Literal[
+    "input", "output", "quantize", "dequantize",  # program boundaries
+    "conv", "linear", "add",  # integer ops with their own output qparams
+    "relu", "clamp", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "cat", "shape", "identity",  # keep qparams
+    "float", "info",  # fp32 ops and non-tensor values
+]
+STEP_KINDS: tuple[str, ...] = get_args(StepKind)
 
 
 class UnsupportedGraph(Exception):
@@ -30,16 +38,16 @@ class Ref:
 class Step:
     """One step of the program.
 
-    kind: "input", "quantize", "dequantize", "conv", "linear", "add", "relu", "clamp",
-    "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "shape" (moves values only),
-    "identity" (eval-mode dropout: passes the codes on, observed by nobody),
-    "float" (fp32 op), "info" (non-tensor values such as sizes), "output".
+    kind: a ``StepKind``: "input", "quantize", "dequantize", "conv", "linear", "add", "relu",
+    "clamp", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "cat", "shape" (moves values
+    only), "identity" (eval-mode dropout: passes the codes on, observed by nobody), "float"
+    (fp32 op), "info" (non-tensor values such as sizes), "output".
     ``obs`` is the observation point whose qparams the output carries (quantized kinds);
     for "quantize" it is the point observing the input value.
     """
 
     name: str
-    kind: str
+    kind: StepKind
     op: str = ""
     target: Any = None
     args: tuple = ()

@@ -1,4 +1,4 @@
-"""Running a planned graph (``qcal.graph.trace``) in fp32 or in integers.
+"""Running a planned graph (``qcal.graph.ir``) in fp32 or in integers.
 
 ``run_float`` executes the folded fp32 graph, calling ``tap(obs, value)`` wherever torch's
 prepared model would call an observer (calibration), and optionally recording each value
@@ -11,6 +11,7 @@ needs it — the same program as torch's ``convert_fx`` output.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
+from qcal.graph.layouts import torch_layouts
 from qcal.int8.layer_ops import (
     adaptive_avg_pool2d,
     add,
@@ -28,7 +30,7 @@ from qcal.int8.layer_ops import (
 )
 from qcal.qparams import dequantize
 
-__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float", "torch_layouts"]
+__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float"]
 
 Tap = Callable[[int, torch.Tensor], None]
 
@@ -169,33 +171,11 @@ class IntegerProgram:
         env = bind_inputs(graph, inputs)
         release = release_plan(graph) if results is None else None
         for i, step in enumerate(graph.steps):
-            kind = step.kind
-            if kind == "input":
+            if step.kind == "input":
                 continue
-            if kind == "output":
+            if step.kind == "output":
                 return _load(step.args, env)[0]
-            if kind in ("conv", "linear"):
-                x = env[step.args[0].name]
-                if results is None:
-                    value = self.layers[step.target](x, False)
-                else:
-                    res = self.layers[step.target](x, True)
-                    results[step.name] = res
-                    value = res.out
-            elif kind == "quantize":
-                scale, zp = self.act[step.obs]
-                value = quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype)
-            elif kind == "dequantize":
-                scale, zp = self.act[step.obs]
-                value = dequantize(env[step.args[0].name], scale, zp)
-            elif kind == "add":
-                a, b = step.args
-                value = add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
-                            *self.act[step.obs], relu=step.relu, backend=self.backend)
-            elif kind in ("float", "info"):
-                value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
-            else:
-                value = self._shared(step, env)
+            value = _INTEGER_STEPS.get(step.kind, IntegerProgram._shared)(self, step, env, results)
             env[step.name] = value
             if results is not None:
                 results.setdefault("__values__", {})[step.name] = value
@@ -203,6 +183,30 @@ class IntegerProgram:
                 for name in release[i]:
                     del env[name]
         raise AssertionError("the graph has no output step")
+
+    def _layer(self, step: Step, env: dict[str, Any], results: dict[str, Any] | None) -> torch.Tensor:
+        x = env[step.args[0].name]
+        if results is None:
+            return self.layers[step.target](x, False)
+        res = self.layers[step.target](x, True)
+        results[step.name] = res
+        return res.out
+
+    def _quantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
+        scale, zp = self.act[step.obs]
+        return quantize_codes(env[step.args[0].name], scale, zp, self.act_dtype, backend=self.backend)
+
+    def _dequantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
+        scale, zp = self.act[step.obs]
+        return dequantize(env[step.args[0].name], scale, zp)
+
+    def _add(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
+        a, b = step.args
+        return add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
+                   *self.act[step.obs], relu=step.relu, backend=self.backend)
+
+    def _fp32(self, step: Step, env: dict[str, Any], results: Any = None) -> Any:
+        return _call(step, self.graph, _load(step.args, env), _load(step.kwargs, env))
 
     def _obs(self, ref: Ref) -> int:
         return self._obs_by_name[ref.name]
@@ -215,7 +219,7 @@ class IntegerProgram:
             self.__dict__["_obs_cache"] = cache
         return cache
 
-    def _shared(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
+    def _shared(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         """Ops that keep their input's qparams; requantized when torch.cat re-pointed the
         observer on either side (dequantize, then quantize with the output's qparams)."""
         out = self._shared_codes(step, env)
@@ -228,72 +232,58 @@ class IntegerProgram:
 
     def _shared_codes(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
         args, kwargs = _load(step.args, env), _load(step.kwargs, env)
-        q = args[0]
         scale, zp = self.act[self._obs(step.args[0][0] if step.kind == "cat" else step.args[0])]
-        kind = step.kind
-        if kind == "relu":  # torch's quantized relu: max(q, zero_point)
-            return torch.clamp_min(q, zp)
-        if kind == "clamp":
-            out = clamp_codes(q, scale, zp, *step.clamp)
-            if step.name in self.scrambled and out.dim() == 4:
-                n, c, h, w = out.shape  # torch's bug: NHWC data read back as NCHW
-                out = out.permute(0, 2, 3, 1).reshape(n, c, h, w)
-            return out
-        if kind == "shape":
-            return _call(step, self.graph, args, kwargs)
-        if kind == "identity":
-            return q
-        if kind == "cat":  # every input already carries the shared qparams: a plain concatenation
-            return torch.cat(q, args[1])
-        params = _pool_params(step, self.graph, args, kwargs)
-        if kind == "max_pool2d":
-            return max_pool2d(q, **params)
+        return _SHARED_CODES[step.kind](self, step, _Codes(args[0], scale, zp, args, kwargs))
+
+    def _clamp(self, step: Step, c: _Codes) -> torch.Tensor:
+        out = clamp_codes(c.q, c.scale, c.zp, *step.clamp)
+        if step.name in self.scrambled and out.dim() == 4:
+            n, ch, h, w = out.shape  # torch's bug: NHWC data read back as NCHW
+            out = out.permute(0, 2, 3, 1).reshape(n, ch, h, w)
+        return out
+
+    def _average(self, step: Step, c: _Codes) -> torch.Tensor:
         # torch's average pools round differently on channels-last input: match its layout
         layout = torch.channels_last if self.nhwc.get(step.args[0].name) else torch.contiguous_format
-        q = q.contiguous(memory_format=layout) if q.dim() == 4 else q
-        if kind == "avg_pool2d":
-            return avg_pool2d(q, scale, zp, **params, backend=self.backend)
-        if kind == "adaptive_avg_pool2d":
-            return adaptive_avg_pool2d(q, scale, zp, **params, backend=self.backend)
-        raise AssertionError(f"unknown step kind {kind}")
+        q = c.q.contiguous(memory_format=layout) if c.q.dim() == 4 else c.q
+        pool = avg_pool2d if step.kind == "avg_pool2d" else adaptive_avg_pool2d
+        return pool(q, c.scale, c.zp, **_pool_params(step, self.graph, c.args, c.kwargs), backend=self.backend)
 
 
-def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozenset[str]]:
-    """Which quantized values torch holds channels-last, and which clamps it scrambles.
+@dataclass(frozen=True)
+class _Codes:
+    """A qparam-keeping op's input codes, their qparams and the op's loaded arguments."""
 
-    torch's quantized convs return channels-last tensors; relu, pools, add, Identity,
-    (de)quantize and elementwise fp32 ops keep their input's memory format; reshapes give
-    contiguous ones (as does the model input, assumed contiguous). The memory
-    format matters twice: torch's average pools round differently on channels-last input,
-    and torch 2.13's ``qnnpack_clamp`` (every quantized hardtanh/relu6/clamp under the
-    qnnpack engine) clamps a channels-last input in NHWC memory order but allocates the
-    output NCHW-contiguous, so the values land in the wrong positions (MobileNet's ReLU6
-    after a conv is hit). qcal's "qnnpack" flavour reproduces torch's converted model, bug
-    included.
+    q: Any
+    scale: float
+    zp: int
+    args: tuple
+    kwargs: dict
 
-    Returns:
-        ({value name: channels-last}, names of the clamp steps torch scrambles).
-    """
-    nhwc: dict[str, bool] = {}
-    hit: set[str] = set()
-    for step in graph.steps:
-        first = step.args[0].name if step.args and isinstance(step.args[0], Ref) else None
-        if step.kind == "conv":
-            nhwc[step.name] = True
-        elif step.kind in ("relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add"):
-            nhwc[step.name] = nhwc.get(first, False)
-        elif step.kind == "clamp":
-            scrambles = backend == "qnnpack" and nhwc.get(first, False)
-            if scrambles:
-                hit.add(step.name)
-            nhwc[step.name] = nhwc.get(first, False) and not scrambles
-        elif step.kind == "cat":
-            nhwc[step.name] = all(nhwc.get(r.name, False) for r in step.args[0])
-        elif step.kind in ("identity", "quantize", "dequantize", "float") or (
-                step.kind == "shape" and step.op == "call_module"):
-            # Dropout, Identity, (de)quantize and elementwise fp32 ops keep the memory format
-            nhwc[step.name] = nhwc.get(first, False)
-    return nhwc, frozenset(hit)
+
+IntegerStep = Callable[[IntegerProgram, Step, dict[str, Any], Any], Any]
+# how each step kind runs on integers; the kinds not listed keep their input's qparams (_shared)
+_INTEGER_STEPS: dict[str, IntegerStep] = {
+    "conv": IntegerProgram._layer,
+    "linear": IntegerProgram._layer,
+    "quantize": IntegerProgram._quantize,
+    "dequantize": IntegerProgram._dequantize,
+    "add": IntegerProgram._add,
+    "float": IntegerProgram._fp32,
+    "info": IntegerProgram._fp32,
+}
+# the qparam-keeping kinds, on codes
+_SHARED_CODES: dict[str, Callable[[IntegerProgram, Step, _Codes], torch.Tensor]] = {
+    "relu": lambda p, step, c: torch.clamp_min(c.q, c.zp),  # torch's quantized relu: max(q, zero_point)
+    "clamp": IntegerProgram._clamp,
+    "shape": lambda p, step, c: _call(step, p.graph, c.args, c.kwargs),
+    "identity": lambda p, step, c: c.q,
+    # every input already carries the shared qparams: a plain concatenation
+    "cat": lambda p, step, c: torch.cat(c.q, c.args[1]),
+    "max_pool2d": lambda p, step, c: max_pool2d(c.q, **_pool_params(step, p.graph, c.args, c.kwargs)),
+    "avg_pool2d": IntegerProgram._average,
+    "adaptive_avg_pool2d": IntegerProgram._average,
+}
 
 
 _POOL_ARGS = {

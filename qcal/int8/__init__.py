@@ -11,12 +11,14 @@ add / pools) and the ONNX QLinearConv / QLinearMatMul reference:
   ``quantize`` / ``dequantize`` (from ``qcal.qparams``).
 
 Where each backend rounds is documented in ``requant.py`` (layers) and ``ops.py`` (add,
-pools); FBGEMM's int16 pair saturation (which on VNNI CPUs survives only in its depthwise
-kernel) in ``saturation.py``; how the exact int32 accumulator is computed fast in
+pools); FBGEMM's int16 pair saturation (which on AVX512-VNNI CPUs survives only in its
+depthwise kernel) in ``saturation.py``, the x86 instruction set qcal assumes for it
+(``instruction_set()``, ``QCAL_CPU``) in ``isa.py``; how the exact int32 accumulator is computed fast in
 ``accumulate.py``.
 """
 
 from qcal.int8.cpu import has_vnni
+from qcal.int8.isa import INSTRUCTION_SETS, AssumedCpu, InstructionSet, assumed_cpu, instruction_set
 from qcal.int8.kernels import conv2d, conv2d_detailed, linear, linear_detailed
 from qcal.int8.ops import adaptive_avg_pool2d, add, avg_pool2d, flatten, max_pool2d
 from qcal.int8.packed import KernelResult, PackedConv2d, PackedLinear, pack_conv2d, pack_linear
@@ -27,12 +29,16 @@ from qcal.qparams import dequantize, quantize
 
 __all__ = [
     "BACKENDS",
+    "INSTRUCTION_SETS",
+    "AssumedCpu",
+    "InstructionSet",
     "KernelResult",
     "PackedConv2d",
     "PackedLinear",
     "Requant",
     "adaptive_avg_pool2d",
     "add",
+    "assumed_cpu",
     "avg_pool2d",
     "conv2d",
     "conv2d_detailed",
@@ -41,6 +47,7 @@ __all__ = [
     "fbgemm_saturates",
     "flatten",
     "has_vnni",
+    "instruction_set",
     "linear",
     "linear_detailed",
     "max_pool2d",

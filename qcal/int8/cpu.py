@@ -1,10 +1,10 @@
-"""What this CPU's integer instructions do: VNNI detection from the kernel's CPU flags.
+"""This machine's CPU flags, and whether FBGEMM would see VNNI on it.
 
-FBGEMM's u8 x s8 GEMM kernels sum adjacent products in int16 (``vpmaddubsw``, saturating)
-on AVX2/AVX-512 CPUs without VNNI, and in int32 (``vpdpbusd``, exact) on CPUs with it.
+FBGEMM (and ATen's ``is_cpu_support_vnni``) ask cpuinfo for **AVX512-VNNI** only; AVX-VNNI
+without AVX-512 (``avx_vnni``) runs FBGEMM's AVX2 kernels, which saturate int16 pairs.
 ``torch.backends.cpu.get_cpu_capability()`` does not reveal VNNI, so the flags are read from
-``/proc/cpuinfo`` (Linux). Other systems report no VNNI, the conservative answer for
-FBGEMM emulation (it then saturates, as on a plain AVX2 CPU).
+``/proc/cpuinfo`` (Linux). The instruction set qcal *assumes* (which ``QCAL_CPU`` can
+override) is ``qcal.int8.isa.assumed_cpu``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 __all__ = ["VNNI_FLAGS", "cpu_flags", "has_vnni"]
 
-#: /proc/cpuinfo flags that announce a VNNI dot-product instruction (AVX-512 or AVX encoding).
-VNNI_FLAGS: frozenset[str] = frozenset({"avx512_vnni", "avx_vnni"})
+#: /proc/cpuinfo flags FBGEMM counts as VNNI (``cpuinfo_has_x86_avx512vnni``); not ``avx_vnni``.
+VNNI_FLAGS: frozenset[str] = frozenset({"avx512_vnni"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,7 +32,9 @@ def cpu_flags() -> frozenset[str]:
 
 
 def has_vnni() -> bool:
-    """True when the CPU has AVX512-VNNI or AVX-VNNI (FBGEMM's GEMM then does not saturate).
+    """True when this machine's CPU has AVX512-VNNI, the VNNI FBGEMM and oneDNN dispatch on.
+
+    AVX-VNNI alone (``avx_vnni``) does not count: FBGEMM runs its AVX2 kernels there.
 
     Example:
         >>> has_vnni() in (True, False)

@@ -22,9 +22,10 @@ __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kern
 
 
 def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "quint8",
-                   axis: int | None = None) -> torch.Tensor:
-    """``qcal.qparams.quantize`` (torch-exact, per tensor or per channel along ``axis``)."""
-    return quantize(x, scale, zero_point, dtype, axis=axis)
+                   axis: int | None = None, backend: str = "fbgemm") -> torch.Tensor:
+    """``qcal.qparams.quantize`` (torch-exact, or ONNX QuantizeLinear for backend "onnx";
+    per tensor or per channel along ``axis``)."""
+    return quantize(x, scale, zero_point, dtype, axis=axis, backend=backend)
 
 
 def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> int:

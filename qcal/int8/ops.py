@@ -1,8 +1,9 @@
 """The integer ops a CNN needs between layers, rounded exactly as torch's quantized CPU ops.
 
-Each op follows the kernel torch runs for the chosen engine (read from
+Each op follows the kernel torch runs for the chosen engine (``x86`` runs fbgemm's ATen
+kernels for all of them; read from
 ``aten/src/ATen/native/quantized/cpu`` and pytorch's QNNPACK, confirmed bit for bit in
-tests/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
+tests/int8/test_int8_ops.py). ``s`` scales, ``z`` zero points, ``f32`` float32 rounding, ``rint``
 half to even; pooled outputs keep the input's scale and zero point, as torch's do.
 
 add (``torch.ops.quantized.add`` / ``add_relu``)
@@ -49,14 +50,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.requant import BACKENDS
+from qcal.schemes import check_backend
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "flatten", "max_pool2d"]
 
 
 def _check(backend: str, x: torch.Tensor, name: str = "x_q") -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    check_backend(backend)
     if x.dtype not in (torch.uint8, torch.int8):
         raise TypeError(f"{name} must hold uint8 or int8 codes, got {x.dtype}")
 
@@ -134,7 +134,7 @@ def add(
     _check(backend, b_q, "b_q")
     if a_q.dtype != b_q.dtype:
         raise TypeError(f"a_q and b_q must share a dtype, got {a_q.dtype} and {b_q.dtype}")
-    if backend in ("fbgemm", "qnnpack") and a_q.shape != b_q.shape:
+    if backend in ("fbgemm", "qnnpack", "x86") and a_q.shape != b_q.shape:
         raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
     info = torch.iinfo(a_q.dtype)
     lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
@@ -165,7 +165,7 @@ def add(
     b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
     idx = a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min)
     out = table.index_select(0, idx)
-    if backend == "fbgemm":
+    if backend in ("fbgemm", "x86"):  # the x86 engine runs the same ATen kernel
         pos = _scalar_tail(out.numel())
         if pos.numel():
             tail = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=True).to(a_q.dtype)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from qcal.int8.accumulate import Accumulator, Method
-from qcal.int8.requant import BACKENDS, Backend, Requant, requant_multipliers, requantize
+from qcal.int8.isa import InstructionSet
+from qcal.int8.onednn import x86_uses_onednn
+from qcal.int8.requant import Requant, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
     fbgemm_conv_path,
@@ -27,10 +29,11 @@ from qcal.int8.saturation import (
     pair_saturation_conv,
     pair_saturation_linear,
 )
+from qcal.schemes import Backend, check_backend
 
 __all__ = ["KernelResult", "PackedConv2d", "PackedLinear", "pack_conv2d", "pack_linear"]
 
-_TORCH_BACKENDS = ("fbgemm", "qnnpack")  # torch's engines: uint8 activations, int8 weights
+_TORCH_BACKENDS = ("fbgemm", "qnnpack", "x86")  # torch's engines: uint8 activations, int8 weights
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,11 +72,6 @@ def _out_dtype(out_zero_point) -> torch.dtype:
     if isinstance(out_zero_point, torch.Tensor) and out_zero_point.dtype in (torch.uint8, torch.int8):
         return out_zero_point.dtype
     return torch.uint8
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
 
 
 def _check_x(x_q: torch.Tensor, backend: str) -> None:
@@ -122,25 +120,38 @@ class _Packed:
     accumulator: Accumulator
     _requants: dict = field(default_factory=dict, repr=False)
 
-    def requant(self, x_scale: float, out_scale: float) -> Requant:
-        """The requantization numbers for one (input scale, output scale) pair (cached)."""
-        key = (x_scale, out_scale)
+    def requant(self, x_scale: float, out_scale: float, flavour: str | None = None) -> Requant:
+        """The requantization numbers for one (input scale, output scale) pair (cached).
+
+        ``flavour``: the arithmetic that runs (x86: "fbgemm" or "onednn"); None: the backend's.
+        """
+        flavour = flavour or self.backend
+        key = (x_scale, out_scale, flavour)
         if key not in self._requants:
             self._requants[key] = requant_multipliers(
-                x_scale, self.w_scale, out_scale, self.bias, backend=self.backend
+                x_scale, self.w_scale, out_scale, self.bias, backend=flavour
             )
         return self._requants[key]
 
-    def _run(self, x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, axis):
+    def flavour(self, isa: InstructionSet | None = None) -> str:
+        """The requantization that runs: the backend's, or for x86 "fbgemm" / "onednn" (``onednn.py``)."""
+        if self.backend != "x86":
+            return self.backend
+        groups = getattr(self, "geometry", None)
+        return "onednn" if groups and x86_uses_onednn(self.w_zero_point, groups[3], isa) else "fbgemm"
+
+    def _run(self, x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, axis,
+             isa=None):
         _check_x(x_q, self.backend)
         sa, so = _scalar(x_scale, "x_scale", float), _scalar(out_scale, "out_scale", float)
         za, zo = _scalar(x_zero_point, "x_zero_point", int), _scalar(out_zero_point, "out_zero_point", int)
         info = torch.iinfo(x_q.dtype)
         if not info.min <= za <= info.max:
             raise ValueError(f"x_zero_point {za} outside the {x_q.dtype} range [{info.min}, {info.max}]")
-        rq = self.requant(sa, so)
+        rq = self.requant(sa, so, self.flavour(isa))
         out_dtype = _out_dtype(out_zero_point)
-        sat = self.backend == "fbgemm" and fbgemm_saturates(self.path, saturate) and self._can_saturate(x_q, za)
+        sat = (rq.backend == "fbgemm" and fbgemm_saturates(self._family(isa), saturate, isa)
+               and self._can_saturate(x_q, za))
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=out_dtype,
@@ -159,15 +170,20 @@ class _Packed:
 
     def _fold_bias(self, x_q, za, rq: Requant):
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
+        if rq.backend not in ("fbgemm", "qnnpack"):
+            return None
         if rq.bias_float is not None and rq.per_channel:
             term = rq.bias_float / rq.act_times_w_scale  # fbgemm: f32(b_j / ats_j), added in float32
-        elif rq.bias_int32 is not None and rq.backend in ("fbgemm", "qnnpack"):
+        elif rq.bias_int32 is not None:
             term = rq.bias_int32.float()  # exact: f32(acc + bq) is one rounding of an exact sum
             if float(rq.bias_int32.abs().max()) > 2**24:
                 return None
         else:
             return None
         return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+
+    def _family(self, isa) -> ConvPath:
+        return self.path  # linear: always FBGEMM's GEMM
 
     @staticmethod
     def _no_bias(rq: Requant) -> Requant:
@@ -200,17 +216,25 @@ class PackedConv2d(_Packed):
         relu: bool = False,
         saturate: bool | None = None,
         detailed: bool = False,
+        isa: InstructionSet | None = None,
     ) -> torch.Tensor | KernelResult:
-        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult)."""
+        """Run the layer: (N, C, H, W) codes -> (N, O, H', W') channels_last codes (or a KernelResult).
+
+        ``isa`` names the x86 CPU whose FBGEMM kernels to emulate (None: ``assumed_cpu()``).
+        """
         if x_q.dim() != 4 or x_q.shape[1] != self.w_q.shape[1] * self.geometry[3]:
             raise ValueError(
                 f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(self.w_q.shape)} with groups={self.geometry[3]}"
             )
-        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1)
+        res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, 1, isa)
         # torch's quantized conv2d returns channels_last; later ops (pools) pick kernels by it
         if isinstance(res, KernelResult):
             return dataclasses.replace(res, out=res.out.contiguous(memory_format=torch.channels_last))
         return res.contiguous(memory_format=torch.channels_last)
+
+    def _family(self, isa) -> ConvPath:
+        return self.path if isa is None else fbgemm_conv_path(self.w_q.shape[1] * self.geometry[3],
+                                                              tuple(self.w_q.shape), self.geometry, isa)
 
     def _saturation(self, x_q, za):
         return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
@@ -234,11 +258,12 @@ class PackedLinear(_Packed):
         relu: bool = False,
         saturate: bool | None = None,
         detailed: bool = False,
+        isa: InstructionSet | None = None,
     ) -> torch.Tensor | KernelResult:
-        """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed)."""
+        """Run the layer: (..., K) codes -> (..., O) codes (a KernelResult if detailed); ``isa`` as for conv."""
         if x_q.shape[-1] != self.w_q.shape[1]:
             raise ValueError(f"x_q has {x_q.shape[-1]} features, weights expect {self.w_q.shape[1]}")
-        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1)
+        return self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed, -1, isa)
 
     def _saturation(self, x_q, za):
         return pair_saturation_linear(x_q, self.w_q)
@@ -267,13 +292,14 @@ def pack_conv2d(
         bias: float32 (O,) (the backend quantizes it its own way), int32 (O,) (used as is) or None.
         stride, padding, dilation, groups: as ``torch.nn.functional.conv2d`` (zero padding
             means padding with the activation zero point).
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (torch's default engine: FBGEMM,
+            or oneDNN for symmetric convs on AVX512-VNNI CPUs, see ``onednn.py``).
         method: accumulator engine, "auto" | "float" | "onednn" (see ``accumulate.py``).
     Returns:
         A frozen ``PackedConv2d``: ``packed(x_q, x_scale, x_zero_point, out_scale,
         out_zero_point, *, relu=False, saturate=None, detailed=False)``.
     """
-    _check_backend(backend)
+    check_backend(backend)
     if w_q.dim() != 4:
         raise ValueError(f"conv2d weights must be 4-D (O, C/groups, kh, kw), got shape {tuple(w_q.shape)}")
     zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)
@@ -296,7 +322,7 @@ def pack_linear(
     method: Method = "auto",
 ) -> PackedLinear:
     """Prepare a linear layer's weight side once (w_q: (O, K)); see ``pack_conv2d``."""
-    _check_backend(backend)
+    check_backend(backend)
     if w_q.dim() != 2:
         raise ValueError(f"linear weights must be 2-D (O, K), got shape {tuple(w_q.shape)}")
     zp, w_scale, bias = _weights(w_q, w_scale, w_zero_point, bias, backend)

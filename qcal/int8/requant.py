@@ -16,6 +16,11 @@ onnx        ``M = f32(f32(sa*sw_j)/so)`` as numpy float32 arrays (QLinearConv/QL
             reference), then in float64: ``out = clip(rint(f64(acc + b_j) * M + zo))``: the zero
             point is added *before* rounding. A float bias is quantized as onnxruntime's
             quantizer does it: ``rint(f32(b_j / f32(sa*sw_j)))``.
+x86         torch's x86 engine: FBGEMM's numbers (``Requant.backend`` says "fbgemm"), except for
+            the convolutions it hands to oneDNN (``onednn.py``: AVX512-VNNI CPUs, symmetric
+            weights, groups <= 100), whose flavour is "onednn": ``S_j = f32(f32(1/f32(1/sa))
+            * sw_j)``, ``d = f32(1/f32(1/f32(1/so)))``, ``out = clamp(rint(f32(f32(f32(acc*S_j)
+            + b_j) * d) + zo))``: float bias after scaling, zero point *before* rounding.
 q31         gemmlowp / TFLite fixed point: ``M = sa*sw_j/so`` in float64 becomes
             ``q * 2^(shift-31)`` with ``q`` in [2^30, 2^31); ``out = clamp(
             RoundingDivideByPOT(SaturatingRoundingDoublingHighMul((acc + b_j) << max(shift,0),
@@ -30,11 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
+from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -45,9 +51,8 @@ __all__ = [
     "requantize",
 ]
 
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31"]
-#: Every requantization flavour qcal reproduces.
-BACKENDS: tuple[str, ...] = ("fbgemm", "qnnpack", "onnx", "q31")
+#: What ``requant_multipliers`` accepts: the backends plus oneDNN, which x86 dispatches to.
+FLAVOURS: tuple[str, ...] = (*BACKENDS, "onednn")
 _F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
 _SLICE = 1 << 22  # accumulator elements requantized per step (16 MB of float32: fits L3)
 
@@ -81,11 +86,7 @@ class Requant:
     act_times_w_scale: torch.Tensor
     bias_float: torch.Tensor | None
     per_channel: bool
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    dst_multiplier: torch.Tensor | None = None  # onednn: ``d``, the float32 it multiplies by 1/so
 
 
 def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
@@ -115,7 +116,7 @@ def requant_multipliers(
         w_scale: a number / 0-d tensor (per tensor) or a 1-D tensor (per output channel, even
             with one entry; float64 as torch stores them is accepted).
         bias: float32 (O,) bias, int32 (O,) bias already in accumulator units, or None.
-        backend: "fbgemm" | "qnnpack" | "onnx" | "q31".
+        backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (FBGEMM's numbers) | "onednn".
     Returns:
         A frozen ``Requant``; vectors have O entries (1 when per tensor and no bias).
 
@@ -123,7 +124,9 @@ def requant_multipliers(
         >>> requant_multipliers(0.5, 0.25, 1.0, backend="fbgemm").multiplier
         tensor([0.1250])
     """
-    _check_backend(backend)
+    if backend != "onednn":  # oneDNN is reached through x86's dispatch, not a backend of its own
+        check_backend(backend)
+    backend = "fbgemm" if backend == "x86" else backend  # x86's own layers run FBGEMM
     per_channel = torch.as_tensor(w_scale).dim() == 1
     sa = _f32_vector(x_scale, "x_scale")
     sw = _f32_vector(w_scale, "w_scale")
@@ -140,7 +143,11 @@ def requant_multipliers(
             raise ValueError(f"bias has {bias.numel()} entries but w_scale has {sw.numel()}")
         sw = sw.expand(bias.numel()).clone() if sw.numel() == 1 else sw
     ats = sa * sw  # f32(sa * sw_j): every backend forms this product in float32
-    if backend == "fbgemm":
+    dst = None
+    if backend == "onednn":
+        ats, dst = onednn_scales(float(sa), sw, float(so))
+        mult = ats * dst
+    elif backend == "fbgemm":
         mult = ats / so
     elif backend == "qnnpack":
         mult = ats * (1.0 / so)  # torch multiplies by the float32 reciprocal of so
@@ -149,7 +156,7 @@ def requant_multipliers(
     bias_int32 = bias_float = None
     if bias is not None and bias.dtype == torch.int32:
         bias_int32 = bias
-    elif bias is not None and backend == "fbgemm":
+    elif bias is not None and backend in ("fbgemm", "onednn"):
         bias_float = bias
     elif bias is not None and backend == "qnnpack":
         bias_int32 = torch.round(bias * (1.0 / ats)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
@@ -158,7 +165,7 @@ def requant_multipliers(
     # q31 encodes TFLite's double multiplier; the others show their own float32 one in Q31
     real = sa.double() * sw.double() / so.double() if backend == "q31" else mult.double()
     q, shift, err = quantize_multiplier(real)
-    return Requant(backend, mult, bias_int32, q, shift, err, ats, bias_float, per_channel)
+    return Requant(backend, mult, bias_int32, q, shift, err, ats, bias_float, per_channel, dst)
 
 
 def output_range(out_dtype: torch.dtype, zero_point: int, relu: bool) -> tuple[int, int]:
@@ -233,6 +240,11 @@ def _onnx(acc, rq, view, bound, zo):
     return torch.round_(y.mul_(view(rq.multiplier.double())).add_(zo)) - zo
 
 
+def _onednn(acc, rq, view, bound, zo):
+    bias = rq.bias_float if rq.bias_float is not None else rq.bias_int32
+    return requantize_onednn(acc, view(rq.act_times_w_scale), rq.dst_multiplier, None if bias is None else view(bias), zo)
+
+
 def _q31(acc, rq, view, bound, consume=False):
     x = acc.to(torch.int64) if rq.bias_int32 is None else acc.to(torch.int64) + view(rq.bias_int32).to(torch.int64)
     return q31_requantize(x, view(rq.q31_multiplier), view(rq.q31_shift))
@@ -249,6 +261,7 @@ def _may_overflow(rq: Requant, bound: float) -> bool:
 
 
 _FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31}
+_ZP_BEFORE: dict[str, Callable] = {"onnx": _onnx, "onednn": _onednn}  # take the zero point
 
 
 @torch.no_grad()
@@ -296,8 +309,8 @@ def requantize(
     step = acc.shape[0] if acc.dim() < 2 or axis == 0 else max(1, _SLICE // max(1, acc[0].numel()))
     for i in range(0, max(acc.shape[0], 1), step):
         a = acc[i:i + step]
-        if rq.backend == "onnx":
-            v = _onnx(a, rq, view, bound, out_zero_point)
+        if rq.backend in _ZP_BEFORE:
+            v = _ZP_BEFORE[rq.backend](a, rq, view, bound, out_zero_point)
         else:
             v = _FLAVOURS[rq.backend](a, rq, view, bound, consume)
         if overflow and float(v.max()) >= 2**31:

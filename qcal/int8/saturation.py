@@ -7,12 +7,15 @@ a group (K padded with zeros to even length); padded pixels hold the activation 
 The zero-point corrections (``za * sum w``, ``zw * sum a``) are exact int32 terms, so the
 accumulator FBGEMM produces is the exact one plus ``sum_p (sat16(s_p) - s_p)``.
 
-Measured on this project's VNNI CPU (torch 2.13, engine fbgemm, activations 200..255):
-linear, im2col conv, pointwise conv and groupwise conv (2..16 channels per group) use VNNI
-and do not saturate, but the **depthwise** fast path (``fbgemm::depthwise_2d_same_pad``:
-groups == in_channels, out_channels == groups or 2*groups, groups % 8 == 0, square 3x3 or
-5x5 kernel, padding (k-1)/2, stride 1 or 2, dilation 1) is a hand-written AVX2 kernel
-that still pairs taps (0,1), (2,3), ... with ``vpmaddubsw`` and saturates.
+Which kernel family torch's fbgemm (and x86) engine runs, and on which instruction sets it
+saturates, is mirrored from FBGEMM's source in ``isa.py``: on ``avx2`` and ``avx512`` CPUs
+every family saturates; on ``avx512_vnni`` only the **depthwise** kernel does
+(``fbgemm::depthwise_2d_same_pad``: groups == in_channels, out_channels == groups or
+2*groups, groups % 8 == 0, square 3x3, 5x5 or 7x7 kernel, padding (k-1)/2, stride 1 or 2,
+dilation 1), a hand-written AVX2 kernel that pairs taps (0,1), (2,3), ... with
+``vpmaddubsw``. Every family pairs in the order above (the groupwise kernel's channel pairs
+of one tap are im2col's pairs): measured 0 differing values against torch on an AVX2 CPU
+(full-range activations, tests/test_int8_saturation.py) and on an AVX512-VNNI CPU.
 
 When every activation code is <= 127, ``|a0*w0 + a1*w1| <= 2*127*128 = 32512`` and no pair
 can saturate.
@@ -20,12 +23,10 @@ can saturate.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.cpu import has_vnni
+from qcal.int8.isa import AssumedCpu, KernelFamily, assumed_cpu, saturates
 
 __all__ = [
     "ConvPath",
@@ -36,42 +37,58 @@ __all__ = [
     "pair_saturation_linear",
 ]
 
-ConvPath = Literal["depthwise", "gemm"]
+ConvPath = KernelFamily  # the name this module used before the families were split
 _I16_MIN, _I16_MAX = -32768, 32767
 _CHUNK = 1 << 22  # elements per temporary (N, O, P, L) block
 
 
-def fbgemm_conv_path(in_channels: int, w_shape: tuple[int, ...], geometry: tuple) -> ConvPath:
-    """Which FBGEMM kernel family torch's fbgemm conv2d runs: "depthwise" or "gemm".
+def _groups_together(cpg: int, kpg: int, cpu: AssumedCpu) -> int:
+    # PackWeightMatrixForGConv::numOfGroupsTogether: 64-byte registers with AVX-512, else 32
+    width = 64 if cpu.isa != "avx2" else 32
+    return max(width // kpg // max(cpg, 4), 1)
+
+
+def fbgemm_conv_path(
+    in_channels: int, w_shape: tuple[int, ...], geometry: tuple, isa: str | AssumedCpu | None = None,
+) -> KernelFamily:
+    """The kernel family FBGEMM's ``ConvFastPath`` picks for a 2-D conv (see ``isa.py``).
 
     Args:
         in_channels: C of the input.
         w_shape: (O, C/G, kh, kw).
         geometry: ((sh, sw), (ph, pw), (dh, dw), groups).
+        isa: the CPU (groupwise needs enough groups to fill a register: 32 bytes on avx2,
+            64 with AVX-512); None: ``assumed_cpu()``.
+    Returns:
+        "depthwise", "groupwise", "pointwise" or "im2col".
     """
-    (o, _, kh, kw), (stride, padding, dilation, groups) = w_shape, geometry
-    depthwise = (
-        groups == in_channels
-        and o in (groups, 2 * groups)
-        and groups % 8 == 0
-        and kh == kw
-        and kh in (3, 5)
-        and all(s in (1, 2) for s in stride)
-        and all(d == 1 for d in dilation)
-        and all(p == (kh - 1) // 2 for p in padding)
-    )
-    return "depthwise" if depthwise else "gemm"
+    (o, cg, kh, kw), (stride, padding, dilation, groups) = w_shape, geometry
+    cpu = isa if isinstance(isa, AssumedCpu) else assumed_cpu(isa)
+    unit = all(d == 1 for d in dilation)
+    if (groups == in_channels and o in (groups, 2 * groups) and groups % 8 == 0 and kh == kw
+            and kh in (3, 5, 7) and all(s in (1, 2) for s in stride) and unit
+            and all(p == (kh - 1) // 2 for p in padding)):
+        return "depthwise"
+    kg = o // groups
+    if (cg == kg and cg in (2, 4, 8, 16) and groups >= _groups_together(cg, kg, cpu) and (kh, kw) == (3, 3)
+            and padding == (1, 1) and unit and stride in ((1, 1), (2, 2))):
+        return "groupwise"
+    if (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0) and unit:
+        return "pointwise"
+    return "im2col"
 
 
-def fbgemm_saturates(path: ConvPath = "gemm", saturate: bool | None = None) -> bool:
-    """Whether FBGEMM saturates int16 pairs: ``saturate`` if given, else as this CPU does.
+def fbgemm_saturates(
+    path: KernelFamily = "gemm", saturate: bool | None = None, isa: str | AssumedCpu | None = None,
+) -> bool:
+    """Whether FBGEMM saturates int16 pairs: ``saturate`` if given, else as ``isa`` does.
 
-    None follows the CPU: without VNNI every path saturates; with VNNI only the depthwise
-    kernel does.
+    None follows the assumed CPU (``isa.py``): without AVX512-VNNI every family saturates;
+    with it only the depthwise kernel does.
     """
     if saturate is not None:
         return bool(saturate)
-    return path == "depthwise" or not has_vnni()
+    return saturates(path, isa)
 
 
 def pair_saturation(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int]:

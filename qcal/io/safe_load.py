@@ -14,12 +14,17 @@ any registered C++ class named in the file), we map that global, inside a scoped
 ``torch.serialization.safe_globals``, to :class:`PackedParamsState`: a plain record that keeps
 the class name and the pickled state (tensors, already rebuilt by the restricted unpickler)
 and refuses any class name outside the packed-params allowlist. No C++ object is created.
+
+``safe_globals`` edits one process-wide allowlist (entering adds, leaving removes), so two
+threads loading at once could see the mapping removed mid-load and refuse a good file;
+``_LOAD_LOCK`` makes the scoped allowlist and the load one step.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,6 +35,9 @@ import torch
 __all__ = ["DEFAULT_MAX_BYTES", "PackedParamsState", "load_checkpoint"]
 
 DEFAULT_MAX_BYTES = 256 * 2**20  # 256 MiB: far above any int8 checkpoint a page should show
+
+# held around safe_globals + torch.load: the allowlist torch edits is global to the process
+_LOAD_LOCK = threading.Lock()
 
 PACKED_CLASSES: frozenset[str] = frozenset(
     f"__torch__.torch.classes.quantized.{name}"
@@ -130,6 +138,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
         _check_zip(path, max_bytes)
     try:
         with (
+            _LOAD_LOCK,
             torch.serialization.safe_globals([(PackedParamsState, "torch.ScriptObject")]),
             warnings.catch_warnings(),
         ):

@@ -1,22 +1,9 @@
 """Range estimators: minmax, moving average, histogram (+ L2 search), percentile, entropy, mse.
 
-The public names of ``qcal.observers`` are defined in ``qcal/observers/observers.py`` and re-exported here.
+The public names of ``qcal.observers`` are those of ``qcal/observers/observers.py`` (its ``__all__``).
 """
 
-from qcal.observers.observers import (
-    Observer,
-    RunningHistogram,
-    make_observer,
-    make_observers,
-    qparams_from_histogram,
-    range_from_histogram,
-)
+from qcal.observers import observers as _module
+from qcal.observers.observers import *  # noqa: F403  (the package face: exactly the module's __all__, listed once)
 
-__all__ = [
-    "Observer",
-    "RunningHistogram",
-    "make_observer",
-    "make_observers",
-    "qparams_from_histogram",
-    "range_from_histogram",
-]
+__all__ = list(_module.__all__)

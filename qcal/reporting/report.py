@@ -16,7 +16,7 @@ import pandas as pd
 
 from qcal.reporting import figures
 
-__all__ = ["conclusions", "report", "worst_layers"]
+__all__ = ["conclusions", "report", "report_html", "worst_layers"]
 
 
 def _frames_and_meta(run: Any) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
@@ -75,14 +75,25 @@ def report(run_or_comparison: Any, path: str | os.PathLike[str]) -> Path:
     """Write a self-contained HTML report and return its path.
 
     Args:
-        run_or_comparison: a ``qcal.Comparison`` or a saved ``qcal.store.store.Run``.
-        path: where to write the ``.html`` file (parent folders are created).
+        run_or_comparison: a ``qcal.Comparison`` or a saved ``qcal.store.Run``.
+        path: where to write the ``.html`` file (parent folders are created; the file appears
+            atomically).
     """
-    frames, meta = _frames_and_meta(run_or_comparison)
+    doc = report_html(run_or_comparison)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(doc)
+    os.replace(tmp, path)
+    return path
+
+
+def _figures(frames: dict[str, pd.DataFrame]) -> list[tuple[str, Any]]:
+    """The report's figures, each with its title: accuracy, then what the frames allow."""
     summary, layers = frames["summary"], frames.get("layers", pd.DataFrame())
     scales, hists = frames.get("scales", pd.DataFrame()), frames.get("histograms", pd.DataFrame())
     samples = frames.get("samples", pd.DataFrame())
-
     figs: list[tuple[str, Any]] = [("Accuracy per scheme and backend", figures.accuracy_figure(summary))]
     if not layers.empty:
         figs.append(("Per-layer SQNR (higher is better)", figures.layer_error_figure(layers)))
@@ -95,9 +106,16 @@ def report(run_or_comparison: Any, path: str | os.PathLike[str]) -> Path:
     if not samples.empty and not layers.empty:
         w = str(layers.sort_values("sqnr_db").iloc[0]["layer"])
         figs.append((f"fp32 vs int8 outputs of {w}", figures.sample_scatter_figure(samples, w)))
+    return figs
 
+
+def report_html(run_or_comparison: Any) -> str:
+    """The self-contained HTML report of a ``qcal.Comparison`` or a saved run, as a string
+    (plotly inlined once: it opens offline)."""
+    frames, meta = _frames_and_meta(run_or_comparison)
+    summary, layers = frames["summary"], frames.get("layers", pd.DataFrame())
     parts = []
-    for i, (title, fig) in enumerate(figs):
+    for i, (title, fig) in enumerate(_figures(frames)):
         body = fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
         parts.append(f"<h2>{html.escape(title)}</h2>{body}")
     meta_rows = "".join(
@@ -109,7 +127,7 @@ def report(run_or_comparison: Any, path: str | os.PathLike[str]) -> Path:
     ]
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
     title = html.escape(str(meta.get("title") or f"qcal report: {meta.get('model', 'model')}"))
-    doc = f"""<!doctype html>
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -124,10 +142,3 @@ table.meta th{{text-align:left;padding-right:1em}} h2{{margin-top:1.6em}}
 <h2>Run metadata</h2><table class="meta">{meta_rows}</table>
 <p>Made by qcal from the run's stored frames.</p>
 </body></html>"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
-    return path

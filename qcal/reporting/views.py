@@ -8,7 +8,6 @@ with the same call. No Streamlit here; the pages only call these, cache and draw
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -26,7 +25,6 @@ __all__ = [
     "calibrate_zoo",
     "clip_ranges",
     "explain_view",
-    "find_run",
     "layer_names",
     "layer_table",
     "layer_values",
@@ -252,27 +250,3 @@ def explain_view(table: pd.DataFrame) -> pd.DataFrame:
         if col in out:
             out[col] = out[col].map(summarize_values)
     return out
-
-
-def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str],
-             backends: Sequence[str]) -> str | None:
-    """The newest stored run of exactly this (model, schemes, backends), or None."""
-    if runs is None or runs.empty or not {"id", "model"} <= set(runs.columns):
-        return None
-    want_s, want_b = list(schemes), list(backends)
-
-    def _as_list(v: Any) -> list[str]:
-        if isinstance(v, str):
-            return [s.strip() for s in v.replace(";", ",").split(",") if s.strip()]
-        return list(v) if v is not None else []
-
-    hits = runs[runs["model"] == model]
-    if "schemes" in hits:
-        hits = hits[hits["schemes"].map(_as_list) == pd.Series([want_s] * len(hits), index=hits.index)]
-    if "backends" in hits:
-        hits = hits[hits["backends"].map(_as_list) == pd.Series([want_b] * len(hits), index=hits.index)]
-    if hits.empty:
-        return None
-    if "created" in hits:
-        hits = hits.sort_values("created")
-    return str(hits["id"].iloc[-1])

@@ -1,24 +1,9 @@
 """Runs in SQLite: the schema, where the store lives, the frame codec and portable run files.
 
-The public names of ``qcal.store`` are defined in ``qcal/store/store.py`` and re-exported here.
+The public names of ``qcal.store`` are those of ``qcal/store/store.py`` (its ``__all__``).
 """
 
-from qcal.store.store import (
-    MAX_IMPORT_BYTES,
-    SCHEMA_VERSION,
-    Run,
-    RunInfo,
-    Store,
-    StoreError,
-    default_store_url,
-)
+from qcal.store import store as _module
+from qcal.store.store import *  # noqa: F403  (the package face: exactly the module's __all__, listed once)
 
-__all__ = [
-    "MAX_IMPORT_BYTES",
-    "SCHEMA_VERSION",
-    "Run",
-    "RunInfo",
-    "Store",
-    "StoreError",
-    "default_store_url",
-]
+__all__ = list(_module.__all__)

@@ -2,7 +2,8 @@
 
 ``Run`` is what ``Store.load`` returns; ``RunInfo`` is the typed view of the metadata keys
 qcal itself writes, and ``environment()`` collects the machine-dependent ones (torch version,
-CPU capability, VNNI) that make two runs' integer results comparable or not.
+CPU capability, VNNI, the x86 instruction set qcal emulated) that make two runs' integer results
+comparable or not.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from qcal.store.schema import StoreError
 
 __all__ = ["Run", "RunInfo", "encode_meta", "environment", "utc_now"]
 
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+_VNNI_FLAGS = ("avx512_vnni",)  # what FBGEMM and oneDNN dispatch on; AVX-VNNI alone does not count
 
 
 def utc_now() -> str:
@@ -86,10 +87,13 @@ def environment() -> dict[str, Any]:
     Returns:
         A new dict with ``torch_version``, ``cpu_capability``
         (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``), ``vnni`` (True when
-        /proc/cpuinfo lists ``avx512_vnni`` or ``avx_vnni``, None when the flags are
-        unreadable), ``qcal_version``, ``python_version`` and ``machine``.
+        /proc/cpuinfo lists ``avx512_vnni``, None when the flags are unreadable),
+        ``instruction_set`` (the x86 ISA qcal's FBGEMM emulation assumed, ``QCAL_CPU`` or
+        detected), ``qcal_version``, ``python_version`` and ``machine``.
     """
-    return dict(_environment())
+    from qcal.int8.isa import instruction_set  # here: QCAL_CPU may change between saves
+
+    return {**dict(_environment()), "instruction_set": instruction_set()}
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class RunInfo:
         backends: the backends they ran on.
         title: free-text title or note.
         created: UTC ISO time of saving (filled by ``Store.save`` when empty).
-        torch_version, cpu_capability, vnni, qcal_version: see ``environment()``.
+        torch_version, cpu_capability, vnni, instruction_set, qcal_version: see ``environment()``.
     """
 
     model: str = ""
@@ -119,6 +123,7 @@ class RunInfo:
     torch_version: str = ""
     cpu_capability: str = ""
     vnni: bool | None = None
+    instruction_set: str = ""
     qcal_version: str = ""
 
     @classmethod

@@ -24,30 +24,25 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import time
+import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 
 from qcal.store.codec import EncodedFrame, FrameCodecError, decode_frame, encode_frame
+from qcal.store.connection import Connections
 from qcal.store.location import default_store_url, store_path
 from qcal.store.run_files import MAX_IMPORT_BYTES, RunRows, read_run_file
 from qcal.store.runs import Run, RunInfo, encode_meta, environment, utc_now
 from qcal.store.schema import (
     SCHEMA_VERSION,
     StoreError,
-    check_schema,
     insert_run,
-    os_error,
     read_run,
     run_digest,
-    sqlite_error,
 )
 
 __all__ = ["MAX_IMPORT_BYTES", "SCHEMA_VERSION", "Run", "RunInfo", "Store", "StoreError", "default_store_url"]
@@ -81,6 +76,7 @@ class Store:
     def __init__(self, url_or_path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 30.0) -> None:
         self._path = store_path(url_or_path)
         self._timeout = float(busy_timeout)
+        self._db = Connections(self._path, self._timeout, wal=self._wal)
 
     @property
     def path(self) -> Path:
@@ -138,7 +134,7 @@ class Store:
             torch_version, cpu_capability; all strings.
         """
         rows = []
-        with self._read() as conn:
+        with self._db.read() as conn:
             if conn is not None:
                 names: dict[str, list[str]] = {}
                 for run_id, name in conn.execute("SELECT run_id, name FROM frames ORDER BY run_id, position"):
@@ -156,7 +152,7 @@ class Store:
         Raises:
             StoreError: no such run (the message says how to list ids), or the store is corrupted.
         """
-        with self._read() as conn:
+        with self._db.read() as conn:
             found = conn and read_run(conn, _run_id(run_id))
         if not found:
             raise self._not_found(run_id)
@@ -173,7 +169,7 @@ class Store:
         Raises:
             StoreError: no such run, or the store is read-only.
         """
-        with self._transaction("delete a run from") as conn:
+        with self._db.transaction("delete a run from") as conn:
             conn.execute("DELETE FROM columns WHERE run_id = ?", (_run_id(run_id),))
             conn.execute("DELETE FROM frames WHERE run_id = ?", (run_id,))
             if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
@@ -197,7 +193,7 @@ class Store:
             raise StoreError(f"{target} is this store itself; export to another file")
         if target.exists() and not overwrite:
             raise StoreError(f"{target} already exists; choose another path or pass overwrite=True")
-        with self._read() as conn:
+        with self._db.read() as conn:
             found = conn and read_run(conn, _run_id(run_id))
         if not found:
             raise self._not_found(run_id)
@@ -227,6 +223,32 @@ class Store:
             raise StoreError(f"{path} holds {len(runs)} runs, not one; use Store.import_all to merge them all")
         return self._write(runs)[0]
 
+    def export_bytes(self, run_id: str) -> bytes:
+        """The portable run file of one run (as ``export`` writes it), as bytes: for downloads.
+
+        Raises:
+            StoreError: no such run.
+        """
+        with tempfile.TemporaryDirectory(prefix="qcal-export-") as tmp:
+            return self.export(run_id, Path(tmp) / "run.sqlite").read_bytes()
+
+    def import_bytes(self, data: bytes, *, max_bytes: int = MAX_IMPORT_BYTES) -> str:
+        """Merge an uploaded run file, given as bytes, into this store; returns the run's id.
+
+        The bytes are untrusted, checked as ``import_`` checks a file (size cap first, before
+        anything is written to disk).
+
+        Raises:
+            StoreError: too large, or not a valid one-run qcal run file (see ``import_``).
+        """
+        if len(data) > max_bytes:
+            raise StoreError(f"the uploaded run file is {len(data) / 2**20:.1f} MiB, over the import "
+                             f"limit of {max_bytes / 2**20:.1f} MiB; pass max_bytes= to accept larger")
+        with tempfile.TemporaryDirectory(prefix="qcal-import-") as tmp:
+            path = Path(tmp) / "upload.sqlite"
+            path.write_bytes(data)
+            return self.import_(path, max_bytes=max_bytes)
+
     def import_all(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> list[str]:
         """Merge every run of a run file or another store into this store; see ``import_``.
 
@@ -238,7 +260,7 @@ class Store:
     def __contains__(self, run_id: object) -> bool:
         if not isinstance(run_id, str):
             return False
-        with self._read() as conn:
+        with self._db.read() as conn:
             return conn is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
 
     # ----------------------------------------------------------------- internals
@@ -253,7 +275,7 @@ class Store:
 
     def _write(self, runs: list[RunRows]) -> list[str]:
         """Insert runs in one transaction; a run already here with the same digest is skipped."""
-        with self._transaction("save a run in") as conn:
+        with self._db.transaction("save a run in") as conn:
             for run_id, meta_json, frames in runs:
                 digest = run_digest(meta_json, frames)
                 row = conn.execute("SELECT digest FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -269,68 +291,6 @@ class Store:
 
     def _not_found(self, run_id: object) -> StoreError:
         return StoreError(f"no run {run_id!r} in {self._path}; `python -m qcal runs list` shows the ids")
-
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as err:
-            raise sqlite_error(err, self._path, action) from err
-        except OSError as err:  # creating the folder
-            raise os_error(err, self._path, action) from err
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection | None]:
-        if not self._path.exists():
-            yield None  # reading never creates the store
-            return
-        with self._errors("read"), closing(self._open_reader()) as conn:
-            yield conn if check_schema(conn, self._path, create=False) else None
-
-    def _open_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
-        try:
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            return conn
-        except sqlite3.OperationalError as err:
-            conn.close()
-            if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
-                raise
-        # A WAL store in a folder we cannot write (no -shm possible): nobody can be writing it
-        # through WAL from here, so read it as an immutable snapshot.
-        return sqlite3.connect(f"file:{quote(str(self._path))}?mode=ro&immutable=1", uri=True, isolation_level=None)
-
-    @contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._errors(action):
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)) as conn:
-                conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: a killed process loses nothing committed
-                if self._wal:
-                    self._ensure_wal(conn)
-                conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no half-way upgrade failures
-                try:
-                    check_schema(conn, self._path, create=True)
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-
-
-    def _ensure_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch a new store to WAL (persistent: once per file). SQLite answers a journal-mode
-        switch that races another new writer with an immediate "locked", without waiting on
-        the busy timeout, so the switch is retried until the mode is WAL or the timeout ends."""
-        deadline = time.monotonic() + self._timeout
-        while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
 
 class _RunFile(Store):

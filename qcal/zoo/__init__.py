@@ -1,32 +1,9 @@
 """Built-in models, their architectures, training and the digits data.
 
-The public names of ``qcal.zoo`` are defined in ``qcal/zoo/zoo.py`` and re-exported here.
+The public names of ``qcal.zoo`` are those of ``qcal/zoo/zoo.py`` (its ``__all__``).
 """
 
-from qcal.zoo.zoo import (
-    MODELS,
-    ZOO_VERSION,
-    ModelInfo,
-    accuracy,
-    data_dir,
-    evaluate,
-    info,
-    load,
-    load_user_model,
-    metadata,
-    names,
-)
+from qcal.zoo import zoo as _module
+from qcal.zoo.zoo import *  # noqa: F403  (the package face: exactly the module's __all__, listed once)
 
-__all__ = [
-    "MODELS",
-    "ZOO_VERSION",
-    "ModelInfo",
-    "accuracy",
-    "data_dir",
-    "evaluate",
-    "info",
-    "load",
-    "load_user_model",
-    "metadata",
-    "names",
-]
+__all__ = list(_module.__all__)

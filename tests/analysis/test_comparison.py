@@ -1,3 +1,4 @@
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -7,6 +8,7 @@ from torch import nn
 
 import qcal
 from qcal.analysis.compare import _plan
+from qcal.reporting.report import report_html
 
 
 class SmallCNN(nn.Module):
@@ -116,6 +118,9 @@ def test_report_is_self_contained_html(setup, tmp_path):
     assert "Plotly.newPlot" in text and "per_channel_symmetric" in text
     with pytest.raises(TypeError, match="report needs a qcal Comparison or a saved Run"):
         qcal.report(object(), tmp_path / "x.html")
+    # the string form (the dashboard's download) is the same document, up to plotly's random div ids
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    assert uuid.sub("", report_html(cmp)) == uuid.sub("", text)
 
 
 def test_a_dask_local_cluster_executor_gives_the_same_frames(setup):

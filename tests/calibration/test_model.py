@@ -95,7 +95,7 @@ def test_relu6_after_conv_shares_the_conv_output_qparams_as_torch_does(data):
 def test_qnnpack_flavour_reproduces_torchs_channels_last_clamp_scramble(data):
     # torch 2.13's qnnpack_clamp writes a channels-last input's values in NHWC order into an
     # NCHW tensor; matching torch means doing the same, and doing it only under qnnpack
-    from qcal.graph.program import torch_layouts
+    from qcal.graph.layouts import torch_layouts
 
     qm = calibrate(make_model("mobilenet"), data[0], "per_tensor_affine", "qnnpack")
     _, hit = torch_layouts(qm.graph, "qnnpack")

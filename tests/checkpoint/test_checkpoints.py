@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import qcal
-from qcal.checkpoint.explain import COLUMNS, ROLES, explain
+from qcal.checkpoint.explain import COLUMNS, ROLES, explain, explain_bytes
 from qcal.cli.explain import short_list
 from qcal.cli.main import main
 
@@ -552,3 +552,13 @@ def test_python_m_qcal_reports_a_truncated_file_without_traceback(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.startswith("qcal: error:") and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_explain_bytes_of_an_upload_equals_explain_of_the_file_and_names_a_bad_one(tmp_path):
+    path = qcal.checkpoint.explain.example_checkpoint("qnnpack")
+    from_bytes = explain_bytes(path.read_bytes(), "my model (v2).pt")
+    assert from_bytes.equals(explain(path))
+    with pytest.raises(ValueError, match=r"my_model__v2_\.pt"):  # the user's (sanitised) name
+        explain_bytes(b"not a checkpoint", "my model (v2).pt")
+    with pytest.raises(ValueError, match=r"big\.pt is 0\.0 MiB, above the limit of 0\.0 MiB"):
+        explain_bytes(path.read_bytes(), "big.pt", max_bytes=100)

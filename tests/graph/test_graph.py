@@ -12,7 +12,8 @@ from torch.ao.quantization.quantize_fx import prepare_fx
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from wholemodel_cases import ARCHITECTURES, make_model
 
-from qcal.graph.ir import UnsupportedGraph
+from qcal.graph import layouts, program
+from qcal.graph.ir import STEP_KINDS, UnsupportedGraph
 from qcal.graph.program import run_float
 from qcal.graph.trace import build_graph
 
@@ -146,3 +147,13 @@ def test_cat_inputs_and_output_share_the_first_inputs_observation_point():
     assert obs["a"] == obs["b"] == obs["cat"]
     assert len(graph.obs_names) == 2  # the input's and the shared one, renumbered 0..1
     assert len(graph.obs_names) == len(_torch_observer_instances(Cat().eval(), torch.rand(1, 1, 4, 4)))
+
+
+def test_every_step_kind_has_one_integer_rule_and_the_planner_emits_only_known_kinds():
+    handled = set(program._INTEGER_STEPS) | set(program._SHARED_CODES)
+    assert not set(program._INTEGER_STEPS) & set(program._SHARED_CODES)  # one rule per kind
+    assert handled == set(STEP_KINDS) - {"input", "output"}
+    assert set(layouts._LAYOUT) <= set(STEP_KINDS)
+    for arch in ARCHITECTURES:
+        kinds = {s.kind for s in build_graph(make_model(arch)).steps}
+        assert kinds <= set(STEP_KINDS), (arch, kinds - set(STEP_KINDS))

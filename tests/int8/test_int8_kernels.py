@@ -18,7 +18,7 @@ import torch
 
 import qcal.int8 as qi
 
-ENGINES = ("fbgemm", "qnnpack")
+ENGINES = ("fbgemm", "qnnpack", "x86")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def sweep(engine: str, count: int, seed: int) -> dict:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sweep_matches_torch_bit_for_bit(engine):
-    stats = sweep(engine, 60, seed=1 if engine == "fbgemm" else 2)
+    stats = sweep(engine, 60, seed={"fbgemm": 1, "qnnpack": 2, "x86": 3}[engine])
     assert stats["configs"] >= 40, stats["refused"]
     assert stats["mismatched_values"] == 0, stats["bad_configs"][:3]
 
@@ -164,7 +164,7 @@ def test_sweep_matches_torch_bit_for_bit(engine):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_full_sweep_matches_torch_bit_for_bit(engine):
-    stats = sweep(engine, 560, seed=11 if engine == "fbgemm" else 12)
+    stats = sweep(engine, 560, seed={"fbgemm": 11, "qnnpack": 12, "x86": 13}[engine])
     print(engine, {k: v for k, v in stats.items() if k != "bad_configs"})
     assert stats["configs"] >= 500, stats["refused"]
     assert stats["mismatched_values"] == 0, stats["bad_configs"][:3]

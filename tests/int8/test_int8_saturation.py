@@ -62,19 +62,30 @@ def test_padding_holds_the_activation_zero_point_and_can_saturate():
     assert count == 1 and delta.item() == 32767 - (255 * 127 + 200 * 127)
 
 
-def test_fbgemm_depthwise_path_is_recognised():
+def test_fbgemm_conv_families_follow_fbgemms_conv_fast_path():
     g1 = ((1, 1), (1, 1), (1, 1), 16)
-    assert fbgemm_conv_path(16, (16, 1, 3, 3), g1) == "depthwise"
-    assert fbgemm_conv_path(16, (32, 1, 3, 3), g1) == "depthwise"  # channel multiplier 2
-    assert fbgemm_conv_path(16, (16, 1, 5, 5), ((2, 2), (2, 2), (1, 1), 16)) == "depthwise"
-    assert fbgemm_conv_path(16, (16, 1, 3, 3), ((1, 1), (0, 0), (1, 1), 16)) == "gemm"  # pad 0
-    assert fbgemm_conv_path(12, (12, 1, 3, 3), ((1, 1), (1, 1), (1, 1), 12)) == "gemm"  # 12 % 8
-    assert fbgemm_conv_path(16, (16, 1, 3, 3), ((3, 3), (1, 1), (1, 1), 16)) == "gemm"  # stride 3
-    assert fbgemm_conv_path(16, (16, 2, 3, 3), ((1, 1), (1, 1), (1, 1), 8)) == "gemm"  # groupwise
+    assert fbgemm_conv_path(16, (16, 1, 3, 3), g1, "avx2") == "depthwise"
+    assert fbgemm_conv_path(16, (32, 1, 3, 3), g1, "avx2") == "depthwise"  # channel multiplier 2
+    assert fbgemm_conv_path(16, (16, 1, 5, 5), ((2, 2), (2, 2), (1, 1), 16), "avx2") == "depthwise"
+    assert fbgemm_conv_path(16, (16, 1, 7, 7), ((1, 1), (3, 3), (1, 1), 16), "avx2") == "depthwise"
+    assert fbgemm_conv_path(16, (16, 1, 3, 3), ((1, 1), (0, 0), (1, 1), 16), "avx2") == "im2col"  # pad 0
+    assert fbgemm_conv_path(12, (12, 1, 3, 3), ((1, 1), (1, 1), (1, 1), 12), "avx2") == "im2col"  # 12 % 8
+    assert fbgemm_conv_path(16, (16, 1, 3, 3), ((3, 3), (1, 1), (1, 1), 16), "avx2") == "im2col"  # stride 3
+    assert fbgemm_conv_path(16, (16, 2, 3, 3), ((1, 1), (1, 1), (1, 1), 8), "avx2") == "groupwise"
+    assert fbgemm_conv_path(16, (16, 16, 1, 1), ((1, 1), (0, 0), (1, 1), 1), "avx2") == "pointwise"
+    assert fbgemm_conv_path(16, (16, 16, 1, 1), ((2, 2), (0, 0), (1, 1), 1), "avx2") == "im2col"
 
 
-def test_saturate_option_defaults_to_the_cpu():
-    assert qi.fbgemm_saturates("gemm", None) == (not qi.has_vnni())
+def test_groupwise_needs_a_register_full_of_groups():
+    # numOfGroupsTogether: 2 channels per group fill 32 bytes with 4 groups, 64 bytes with 8
+    geometry = ((1, 1), (1, 1), (1, 1), 4)
+    assert fbgemm_conv_path(8, (8, 2, 3, 3), geometry, "avx2") == "groupwise"
+    assert fbgemm_conv_path(8, (8, 2, 3, 3), geometry, "avx512") == "im2col"
+    assert fbgemm_conv_path(16, (16, 2, 3, 3), ((1, 1), (1, 1), (1, 1), 8), "avx512_vnni") == "groupwise"
+
+
+def test_saturate_option_defaults_to_the_assumed_cpu():
+    assert qi.fbgemm_saturates("im2col", None) == (not qi.assumed_cpu().vnni)
     assert qi.fbgemm_saturates("depthwise", None) is True
     assert qi.fbgemm_saturates("gemm", True) is True and qi.fbgemm_saturates("depthwise", False) is False
 

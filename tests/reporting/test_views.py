@@ -77,13 +77,3 @@ def test_summarize_values_keeps_single_values_and_summarizes_lists():
     assert views.summarize_values([0, 0, 0]) == "all 0"
     assert views.summarize_values([0.1, 0.3, 0.2]) == "3 values: 0.1 … 0.3"
     assert views.summarize_values([]) == ""
-
-
-def test_find_run_picks_the_newest_run_of_the_same_setup():
-    runs = pd.DataFrame({
-        "id": ["old", "new", "other"], "created": ["2026-01-01", "2026-02-01", "2026-03-01"],
-        "model": ["m", "m", "m"], "schemes": ["a, b", "a, b", "a"], "backends": "fbgemm",
-    })
-    assert views.find_run(runs, "m", ["a", "b"], ["fbgemm"]) == "new"
-    assert views.find_run(runs, "m", ["b"], ["fbgemm"]) is None
-    assert views.find_run(runs.iloc[0:0], "m", ["a"], ["fbgemm"]) is None

@@ -27,7 +27,7 @@ def _trace(acc: int):
 
 
 def test_fbgemm_adds_the_zero_point_after_rounding_and_onnx_before():
-    # REQUANT.md's worked number: M = 0.5 * 0.25 / 1.0 = 0.125; acc 20 -> 2.5
+    # the worked number of qcal.int8.requant's docstring: M = 0.5 * 0.25 / 1.0 = 0.125; acc 20 -> 2.5
     layer = _linear_layer([[1]])
     fbgemm = we.requant_steps(layer, _trace(20), (0, 0), "fbgemm")
     onnx = we.requant_steps(layer, _trace(20), (0, 0), "onnx")
@@ -107,3 +107,31 @@ def test_element_index_rejects_an_element_outside_the_output():
     with pytest.raises(ValueError, match="outside the output"):
         we.element_index((1, 4, 3, 3), "conv", channel=4)
     assert we.element_index((1, 8, 32), "linear", channel=5, row=7) == (0, 7, 5)
+
+
+def test_element_report_gathers_the_pages_numbers_and_agrees_with_torch(traced):
+    qm, traces = traced[("per_channel_symmetric", "fbgemm")]
+    name = next(iter(qm.quant_layers))
+    layer, tr = qm.quant_layers[name], traces[name]
+    index = we.element_index(tuple(tr.output_q.shape), layer.kind, 1, 2, 3, sample=1)
+    report = we.element_report(qm, name, tr, index, "fbgemm")
+    assert report.agrees and report.worked == report.engine == report.reference == int(tr.output_q[index])
+    assert report.verdict.startswith("The worked steps, qcal's engine and the real backend agree")
+    assert report.channel == 1 and report.channel_numbers == report.table.iloc[1].to_dict()
+    assert report.steps.equals(we.requant_steps(layer, tr, index, "fbgemm"))
+    assert report.requant == we.channel_requant(layer, "fbgemm", 1)
+    assert report.reduce_range == qm.scheme.activation.reduce_range
+    pairs, saturation = we.pair_saturation(layer, tr, index, reduce_range=report.reduce_range)
+    assert report.pairs.equals(pairs) and report.saturation == saturation
+
+
+def test_element_report_names_a_disagreement_with_the_values_seen():
+    layer = _linear_layer([[1]])
+    qm = SimpleNamespace(quant_layers={"fc": layer},
+                         scheme=SimpleNamespace(activation=SimpleNamespace(reduce_range=True)))
+    trace = SimpleNamespace(acc=torch.tensor([[20]], dtype=torch.int32), input_q=torch.tensor([[10]], dtype=torch.uint8),
+                            output_q=torch.tensor([[7]], dtype=torch.uint8))  # onnx works out 6
+    report = we.element_report(qm, "fc", trace, (0, 0), "onnx")
+    assert (report.worked, report.engine, report.reference, report.agrees) == (6, 7, None, False)
+    assert "differ on onnx (worked 6, qcal engine 7)" in report.verdict
+    assert "docs/requant.md" in report.verdict

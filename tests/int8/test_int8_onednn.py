@@ -1,0 +1,95 @@
+"""torch's x86 engine: its FBGEMM/oneDNN dispatch and oneDNN's requantization.
+
+What can be checked here: on this AVX2 CPU torch's x86 engine runs FBGEMM everywhere (the
+kernel sweep in test_int8_kernels.py runs it: 0 differing values), and oneDNN's arithmetic is
+checked against ``engine="onednn"``, which runs the same prepack/requant code on oneDNN's AVX2
+kernels. The AVX512-VNNI kernels that ``x86`` dispatches convs to on VNNI CPUs cannot run on
+this machine; their results are inferred, not measured.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import qcal.int8 as qi
+from qcal.int8.onednn import x86_uses_onednn
+
+
+def test_x86_sends_symmetric_convs_with_few_groups_to_onednn_on_avx512_vnni_only():
+    assert x86_uses_onednn(0, 1, "avx512_vnni") and x86_uses_onednn(torch.zeros(8), 100, "avx512_vnni_ymm")
+    assert not x86_uses_onednn(0, 101, "avx512_vnni")  # more than 100 groups: FBGEMM
+    assert not x86_uses_onednn(torch.tensor([0, 3]), 1, "avx512_vnni")  # asymmetric weights
+    assert not x86_uses_onednn(0, 1, "avx512") and not x86_uses_onednn(0, 1, "avx2")
+
+
+def test_onednn_adds_the_zero_point_before_rounding():
+    # acc 20, S = 0.5*0.25 = 0.125, d = 1: y = 2.5; oneDNN rint(2.5 + 3) = 6, FBGEMM rint(2.5) + 3 = 5
+    x = torch.tensor([[[[20]]]], dtype=torch.uint8)
+    w = torch.tensor([[[[1]]]], dtype=torch.int8)
+    args = (x, 0.5, 0, w, 0.25, 0, None, 1.0, 3)
+    vnni = qi.conv2d_detailed(*args, backend="x86", isa="avx512_vnni")
+    assert vnni.out.item() == 6 and vnni.requant.backend == "onednn"
+    assert qi.conv2d(*args, backend="x86", isa="avx2").item() == 5
+    assert qi.linear(x[0, 0], 0.5, 0, w[0, 0], 0.25, 0, None, 1.0, 3, backend="x86", isa="avx512_vnni").item() == 5
+
+
+def test_onednn_scales_pass_through_torchs_reciprocals():
+    # 1/f32(1/0.1) = 0.1 in float32 rounding differs from f32(0.1) by nothing here, but
+    # 1/f32(1/f32(1/3)) is not f32(1/3): oneDNN multiplies by the twice-inverted value
+    rq = qi.requant_multipliers(0.1, torch.tensor([0.5]), 3.0, backend="onednn")
+    one = torch.tensor(1.0)
+    assert rq.dst_multiplier == one / (one / torch.tensor(1 / 3.0))
+    assert rq.act_times_w_scale.item() == (one / torch.tensor(1 / 0.1)).item() * 0.5
+
+
+def _case(rng: random.Random, g: torch.Generator):
+    c = rng.choice([3, 8, 16])
+    groups = rng.choice([1, 1, c]) if c > 3 else 1
+    o = rng.choice([8, 16]) if groups == 1 else c
+    k = rng.choice([1, 3])
+    x = torch.randint(0, 128, (2, c, 9, 9), generator=g, dtype=torch.uint8)  # no int16 saturation
+    w = torch.randint(-127, 128, (o, c // groups, k, k), generator=g, dtype=torch.int8)
+    if rng.random() < 0.5:  # powers of two: exact ties, where the zero point order shows
+        sa, so = 2.0 ** -rng.randint(2, 5), 2.0 ** -rng.randint(-4, 2)
+        sw = 2.0 ** -torch.randint(3, 8, (o,), generator=g).double()
+    else:
+        sa, so = rng.uniform(0.005, 0.1), rng.uniform(0.02, 2.0)
+        sw = torch.rand(o, generator=g).double() * 0.02 + 0.001
+    sw = sw if rng.random() < 0.5 else float(sw[0])
+    bias = torch.randn(o, generator=g) * 3 if rng.random() < 0.7 else None
+    return x, w, sa, sw, bias, so, rng.randint(0, 127), rng.randint(0, 255), k // 2, groups, rng.random() < 0.4
+
+
+def _torch_onednn(x, w, sa, sw, bias, so, za, zo, pad, groups, relu):
+    torch.backends.quantized.engine = "onednn"
+    xq = torch._make_per_tensor_quantized_tensor(x, sa, za)
+    if isinstance(sw, float):
+        wq = torch._make_per_tensor_quantized_tensor(w, sw, 0)
+    else:
+        wq = torch._make_per_channel_quantized_tensor(w, sw, torch.zeros(w.shape[0], dtype=torch.long), 0)
+    packed = torch.ops.quantized.conv2d_prepack(wq, bias, [1, 1], [pad, pad], [1, 1], groups)
+    op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
+    return op(xq, packed, so, zo).int_repr()
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="torch built without oneDNN")
+def test_onednn_requant_matches_torchs_onednn_engine_bit_for_bit():
+    rng, g = random.Random(5), torch.Generator().manual_seed(5)
+    differing = values = ties = 0
+    for _ in range(40):
+        x, w, sa, sw, bias, so, za, zo, pad, groups, relu = case = _case(rng, g)
+        ref = _torch_onednn(*case)
+        ours = qi.conv2d(x, sa, za, w, sw, 0, bias, so, zo, padding=pad, groups=groups, relu=relu,
+                         backend="x86", isa="avx512_vnni")
+        fbgemm = qi.conv2d(x, sa, za, w, sw, 0, bias, so, zo, padding=pad, groups=groups, relu=relu,
+                           backend="fbgemm", isa="avx512_vnni")
+        differing += int((ours != ref).sum())
+        ties += int((fbgemm != ref).sum())
+        values += ref.numel()
+    print(f"oneDNN flavour vs torch engine=onednn (this CPU's AVX2 kernels): {differing} of {values} values differ;"
+          f" FBGEMM's rounding would differ in {ties}")
+    assert differing == 0
+    assert ties > 0  # the cases do reach the values where the two requantizations part
