@@ -23,12 +23,14 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
 
+from qcal.analysis.cluster import run_sweep
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.int8.cpu import has_vnni
@@ -102,6 +104,7 @@ def bench(
     calib_batches: int = 8,
     tasks: Sequence[str] = DEFAULT_TASKS,
     clock: str = "wall",
+    executor: Executor | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> list[BenchRow]:
     """Measure qcal against torch for each model, batch size and task.
@@ -113,6 +116,10 @@ def bench(
         calib_batches: calibration batches per calibration.
         tasks: a subset of ``TASKS``.
         clock: "wall" or "cpu" (``CLOCKS``).
+        executor: a ``concurrent.futures.Executor`` for the (model, batch) cells; each cell
+            times qcal and torch in the same worker process, so its ratio stays fair. On a
+            ``distributed`` executor the models go to each worker once.
+        progress: ``progress(fraction, message)``.
     """
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; expected one of: {', '.join(CLOCKS)}")
@@ -120,19 +127,20 @@ def bench(
     if unknown:
         raise ValueError(f"unknown bench tasks {unknown}; expected some of: {', '.join(TASKS)}")
     report = progress or (lambda f, m: None)
-    rows: list[BenchRow] = []
-    cells = [(m, b) for m in models for b in batches]
-    for i, (name, batch) in enumerate(cells):
-        report(i / len(cells), f"{name} batch {batch}")
-        rows.extend(_bench_cell(name, batch, repeat, calib_batches, tasks, clock))
+    loaded = {name: zoo.load(name) for name in dict.fromkeys(models)}
+    cells = [(m, b, repeat, calib_batches, tuple(tasks), clock) for m in models for b in batches]
+    per_cell, _ = run_sweep(executor, _bench_cell, loaded, cells, progress=report,
+                            describe=lambda cell: f"{cell[0]} batch {cell[1]}")
     report(1.0, "done")
-    return rows
+    return [row for rows in per_cell for row in rows]
 
 
-def _bench_cell(name: str, batch: int, repeat: int, calib_batches: int,
-                tasks: Sequence[str], clock: str) -> list[BenchRow]:
+def _bench_cell(loaded: dict[str, torch.nn.Module],
+                cell: tuple[str, int, int, int, tuple[str, ...], str]) -> list[BenchRow]:
+    """One (model, batch) cell: every task timed for qcal and torch in this process."""
+    name, batch, repeat, calib_batches, tasks, clock = cell
     rows = []
-    model = zoo.load(name)
+    model = loaded[name]
     data = _inputs(name, batch, calib_batches)
     for task, scheme in (("calib_minmax", "per_tensor_affine"), ("calib_histogram", "fbgemm_default")):
         if task in tasks:

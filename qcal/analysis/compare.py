@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 import torch
 
+from qcal.analysis.cluster import SweepStats, run_sweep
 from qcal.analysis.evaluate import LAYER_COLUMNS, SAMPLE_COLUMNS, evaluate_job
 from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches, call_model
@@ -112,7 +113,9 @@ def compare(
         backends: engine flavours; None means each *_default preset on its own engine and
             the rest on fbgemm.
         executor: a ``concurrent.futures.Executor`` for the (scheme, backend) jobs; None runs
-            them in this process, one after the other.
+            them in this process, one after the other. On a ``distributed`` executor the
+            calibrated models and the eval data go to each worker once, and each job sends
+            only its (scheme, backend) key (``meta["dask"]`` records the bytes).
         progress: ``progress(fraction, message)`` callback.
         mode: "auto" | "graph" | "modules", as for ``calibrate``.
         meta: extra metadata to record (model name, data description...).
@@ -133,7 +136,7 @@ def compare(
         progress=lambda f, m: report(0.5 * f, m),
     )
     models = {(s.name, b): models[(s.name, b)] for s, b in jobs}
-    results = _run_jobs(models, batches, fp32_outputs, executor, report)
+    results, sweep = _run_jobs(models, batches, fp32_outputs, executor, report)
     report(1.0, "done")
     fp32_metric, fp32_value = top1_metric(fp32_outputs, batches)
     info = {
@@ -144,6 +147,7 @@ def compare(
         "eval_samples": sum(int(out.shape[0]) for out in fp32_outputs),
         "mode": next(iter(models.values())).mode,
         "notes": {f"{s} / {b}": qm.notes for (s, b), qm in models.items() if qm.notes},
+        **({"dask": asdict(sweep)} if sweep.workers else {}),
         **(meta or {}),
     }
     return _assemble(models, results, info)
@@ -174,21 +178,22 @@ def _check_labels(fp32_outputs: list[torch.Tensor], batches: list[tuple[Any, Any
             )
 
 
+def _evaluate_key(shared: dict[str, Any], key: tuple[str, str]) -> dict[str, pd.DataFrame]:
+    """One (scheme, backend) job of a sweep: its model and the eval data come from ``shared``."""
+    return evaluate_job(shared["models"][key], shared["batches"], shared["fp32_outputs"])
+
+
 def _run_jobs(models: dict[tuple[str, str], Any], batches: list[tuple[Any, Any]],
               fp32_outputs: list[torch.Tensor], executor: Executor | None, report: Progress
-              ) -> dict[tuple[str, str], dict[str, pd.DataFrame]]:
-    """``evaluate_job`` for every (scheme, backend): here one after the other, or on ``executor``."""
-    results: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
-    if executor is None:
-        for i, key in enumerate(models):
-            report(0.5 + 0.5 * i / len(models), f"evaluating {key[0]} on {key[1]}")
-            results[key] = evaluate_job(models[key], batches, fp32_outputs)
-        return results
-    futures = {key: executor.submit(evaluate_job, qm, batches, fp32_outputs) for key, qm in models.items()}
-    for i, (key, fut) in enumerate(futures.items()):
-        results[key] = fut.result()
-        report(0.5 + 0.5 * (i + 1) / len(futures), f"evaluated {key[0]} on {key[1]}")
-    return results
+              ) -> tuple[dict[tuple[str, str], dict[str, pd.DataFrame]], SweepStats]:
+    """``evaluate_job`` for every (scheme, backend): here one after the other, or on ``executor``
+    (on a Dask cluster, models and data go to each worker once; each job is just its key)."""
+    keys = list(models)
+    shared = {"models": models, "batches": batches, "fp32_outputs": fp32_outputs}
+    frames, stats = run_sweep(executor, _evaluate_key, shared, keys,
+                              progress=lambda f, m: report(0.5 + 0.5 * f, m),
+                              describe=lambda key: f"evaluating {key[0]} on {key[1]}")
+    return dict(zip(keys, frames, strict=True)), stats
 
 
 def _assemble(models: dict[tuple[str, str], Any], results: dict[tuple[str, str], dict[str, pd.DataFrame]],

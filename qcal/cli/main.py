@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:  # ImportError: a missing optional package
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"qcal: error: {message}", file=sys.stderr)
         return 1

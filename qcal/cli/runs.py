@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from qcal.cli.args import arg, command, write
+from qcal.cli.cluster import DASK_ARG, cluster_executor, report_sweep
 from qcal.schemes import BACKENDS, SCHEMES
 
 _STORE_ARG = arg("--store", default=None,
@@ -69,7 +70,8 @@ def _backends(text: str | None) -> list[str] | None:
     return None if text is None else _choices(text, "backend", BACKENDS)
 
 
-def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any) -> Any:
+def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, progress: Any,
+                     executor: Any) -> Any:
     """compare on a user's model (module:factory) and data file."""
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
     import torch
@@ -101,7 +103,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
             "created": utc_now(), **environment()}
     return compare(model, datasets.calib_batches(calib, batch_size=args.batch_size),
                    datasets.batches(x_eval, y_eval, batch_size=args.batch_size), schemes, backends,
-                   progress=progress, meta=meta)
+                   executor=executor, progress=progress, meta=meta)
 
 
 @command(
@@ -122,6 +124,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--layers", type=_count, default=3, help="worst layers shown per scheme"),
     arg("--format", choices=("table", "csv", "json"), default="table"),
     arg("--list-models", action="store_true", help="list the zoo models and exit"),
+    DASK_ARG,
     _STORE_ARG,
 )
 def compare_command(args: argparse.Namespace) -> int:
@@ -137,11 +140,13 @@ def compare_command(args: argparse.Namespace) -> int:
         return 0
     schemes, backends = _schemes(args.schemes), _backends(args.backends)
     progress = TerminalProgress()
-    if ":" in args.model:
-        cmp = _user_comparison(args, schemes, backends, progress)
-    else:
-        cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
-                          batch_size=args.batch_size, progress=progress)
+    with cluster_executor(args) as executor:
+        if ":" in args.model:
+            cmp = _user_comparison(args, schemes, backends, progress, executor)
+        else:
+            cmp = compare_zoo(args.model, schemes, backends, eval_samples=args.eval_samples,
+                              batch_size=args.batch_size, executor=executor, progress=progress)
+    report_sweep(cmp.meta.get("dask"))
     if args.format != "table":
         write(_table(cmp.summary, args.format))
     else:
@@ -239,6 +244,7 @@ def report_command(args: argparse.Namespace) -> int:
     arg("--memory", default="", help="comma list of calibration batch counts (e.g. 8,64): peak RSS "
                                      "of a six-preset resnet18_like comparison, each in a fresh process"),
     arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
+    DASK_ARG,
 )
 def bench_command(args: argparse.Namespace) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
@@ -254,7 +260,8 @@ def bench_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
-    rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
-                 tasks=_csv(args.tasks), clock=args.clock, progress=TerminalProgress()) if models else []
+    with cluster_executor(args) as executor:
+        rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches, tasks=_csv(args.tasks),
+                     clock=args.clock, executor=executor, progress=TerminalProgress()) if models else []
     write(format_bench(rows, memory_rows(counts) if counts else (), clock=args.clock))
     return 0

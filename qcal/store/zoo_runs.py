@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from qcal.analysis.cluster import env_executor
 from qcal.analysis.compare import Comparison, Progress, compare
 from qcal.schemes import Scheme
 from qcal.store.runs import environment, utc_now
@@ -100,6 +101,7 @@ def find_or_compute_zoo_run(
         model_name, schemes, backends: as for ``compare_zoo`` (names, in the order shown).
         store: a ``Store``, a path/URL, or None for the default store.
         eval_samples, progress: passed to ``compare_zoo`` when the run has to be computed.
+            The computation runs on the Dask cluster ``$QCAL_DASK`` names, when it is set.
 
     Returns:
         (run id, the Comparison when it was computed here, with its live models; else None).
@@ -108,5 +110,7 @@ def find_or_compute_zoo_run(
     found = find_run(store.list(), model_name, schemes, backends)
     if found is not None:
         return found, None
-    cmp = compare_zoo(model_name, list(schemes), list(backends), eval_samples=eval_samples, progress=progress)
+    with env_executor() as executor:
+        cmp = compare_zoo(model_name, list(schemes), list(backends), eval_samples=eval_samples,
+                          executor=executor, progress=progress)
     return store.save_comparison(cmp), cmp
