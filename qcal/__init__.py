@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "QSpec": "schemes",
     "Scheme": "schemes",
-    "Recipe": "schemes",
+    "Recipe": "recipes",
     "SCHEMES": "schemes",
     "resolve_scheme": "schemes",
     "check_runnable": "schemes",
@@ -98,10 +98,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.observers import make_observer, make_observers  # noqa: F401
     from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
+    from qcal.recipes import Recipe  # noqa: F401
     from qcal.reporting import figures  # noqa: F401
     from qcal.reporting.report import report  # noqa: F401
     from qcal.scheme_text import format_scheme, parse_scheme  # noqa: F401
-    from qcal.schemes import SCHEMES, QSpec, Recipe, Scheme, check_runnable, resolve_scheme  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Scheme, check_runnable, resolve_scheme  # noqa: F401
     from qcal.store import Run, RunInfo, Store, StoreError  # noqa: F401
     from qcal.store.zoo_runs import compare_zoo  # noqa: F401
     from qcal.zoo import architectures, datasets  # noqa: F401

@@ -5,7 +5,8 @@ import json
 import pytest
 
 import qcal
-from qcal.schemes import SCHEMES, QSpec, Recipe, Scheme
+from qcal.recipes import Recipe
+from qcal.schemes import SCHEMES, QSpec, Scheme
 
 
 def test_recipe_resolves_presets_and_looks_layers_up_by_nearest_ancestor():

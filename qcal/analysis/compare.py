@@ -28,8 +28,9 @@ from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches, call_model
 from qcal.calibration.calibrate import calibrate_many
 from qcal.calibration.model import describe_shape
+from qcal.recipes import Recipe, resolve_scheme_or_recipe
 from qcal.scheme_text import format_scheme
-from qcal.schemes import SCHEMES, Recipe, Scheme, resolve_scheme_or_recipe
+from qcal.schemes import SCHEMES, Scheme
 
 __all__ = ["FRAME_NAMES", "Comparison", "Progress", "compare"]
 

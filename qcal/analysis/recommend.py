@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 
 from qcal.analysis.sweep import Sweep
-from qcal.schemes import SCHEMES, Recipe, Scheme, resolve_scheme
+from qcal.recipes import Recipe
+from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
 __all__ = ["STEP_COLUMNS", "Recommendation", "recommend"]
 

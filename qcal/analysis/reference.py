@@ -21,7 +21,8 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from qcal import _torch_warnings
 from qcal.batching import call_model
 from qcal.export.qconfig import TORCH_ENGINES, to_qconfig_mapping, torch_observer, torch_qconfig
-from qcal.schemes import Recipe, Scheme
+from qcal.recipes import Recipe
+from qcal.schemes import Scheme
 
 __all__ = ["TORCH_ENGINES", "quantized_engine", "torch_observer", "torch_qconfig", "torch_reference"]
 

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from qcal.analysis.sweep import Sweep
-from qcal.schemes import Recipe, Scheme, resolve_scheme
+from qcal.recipes import Recipe
+from qcal.schemes import Scheme, resolve_scheme
 
 __all__ = ["SENSITIVITY_COLUMNS", "sensitivity", "sensitivity_recipes"]
 

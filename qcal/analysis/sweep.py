@@ -25,7 +25,7 @@ from qcal.analysis.compare import _fp32_output
 from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches
 from qcal.calibration.calibrate import Calibrated
-from qcal.schemes import Recipe
+from qcal.recipes import Recipe
 
 __all__ = ["Score", "Sweep"]
 

@@ -29,7 +29,8 @@ from qcal.graph.modules import observe_layers, swappable_layers
 from qcal.graph.planner import plan
 from qcal.graph.program import run_float
 from qcal.graph.trace import trace_folded
-from qcal.schemes import QSpec, Recipe, Scheme
+from qcal.recipes import Recipe
+from qcal.schemes import QSpec, Scheme
 
 __all__ = ["Observed", "as_recipe", "warn_at_caller"]
 

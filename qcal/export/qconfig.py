@@ -21,7 +21,8 @@ from torch.ao.quantization.qconfig_mapping import (
 )
 
 from qcal import _torch_warnings
-from qcal.schemes import QSpec, Recipe, Scheme, resolve_scheme, resolve_scheme_or_recipe
+from qcal.recipes import Recipe, resolve_scheme_or_recipe
+from qcal.schemes import QSpec, Scheme, resolve_scheme
 
 __all__ = ["TORCH_ENGINES", "qconfig_mapping_code", "to_qconfig_mapping", "torch_observer", "torch_qconfig"]
 

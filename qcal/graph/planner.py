@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step, UnsupportedGraph, only_user
-from qcal.schemes import SCHEMES, QSpec, Recipe
+from qcal.recipes import Recipe
+from qcal.schemes import SCHEMES, QSpec
 
 __all__ = ["plan"]
 

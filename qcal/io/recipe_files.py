@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from qcal.schemes import Recipe
+from qcal.recipes import Recipe
 
 __all__ = ["MAX_RECIPE_BYTES", "read_recipe", "recipe_text", "write_recipe"]
 

@@ -15,7 +15,7 @@ from qcal.analysis.recommend import STEP_COLUMNS, recommend
 from qcal.analysis.sensitivity import SENSITIVITY_COLUMNS, sensitivity
 from qcal.cli.main import main
 from qcal.io.recipe_files import read_recipe, write_recipe
-from qcal.schemes import Recipe
+from qcal.recipes import Recipe
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import qcal.graph.program
 from qcal import datasets, zoo
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.export.qconfig import qconfig_mapping_code, to_qconfig_mapping
-from qcal.schemes import SCHEMES, QSpec, Recipe, Scheme
+from qcal.recipes import Recipe
+from qcal.schemes import SCHEMES, QSpec, Scheme
 
 ENGINES = ["fbgemm", "qnnpack"]
 # the layers a recipe keeps fp32 or gives per-channel weights, per graph-mode zoo model;
