@@ -139,8 +139,15 @@ def compare(
     models = {(s.name, b): models[(s.name, b)] for s, b in jobs}
     results, sweep = _run_jobs(models, batches, fp32_outputs, executor, report)
     report(1.0, "done")
+    info = _run_info(schemes_in_order, backends_in_order, models, fp32_outputs, batches, sweep, meta)
+    return _assemble(models, results, info)
+
+
+def _run_info(schemes_in_order: list, backends_in_order: list[str], models: dict, fp32_outputs: list,
+              batches: list, sweep: Any, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The comparison's metadata: what was compared, the fp32 baseline, notes, sweep costs."""
     fp32_metric, fp32_value = top1_metric(fp32_outputs, batches)
-    info = {
+    return {
         "schemes": [s.name for s in schemes_in_order],
         "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order if isinstance(s, Scheme)},
         "recipes": {s.name: s.to_data() for s in schemes_in_order if isinstance(s, Recipe)},
@@ -153,7 +160,6 @@ def compare(
         **({"dask": asdict(sweep)} if sweep.workers else {}),
         **(meta or {}),
     }
-    return _assemble(models, results, info)
 
 
 def _fp32_output(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
