@@ -121,6 +121,36 @@ class _Search:
 
 
 @torch.no_grad()
+def _checked_args(schemes: Sequence[str | Scheme] | None, max_drop: float,
+                  max_fp32_layers: int | None) -> list[Scheme]:
+    """The distinct candidate schemes, after refusing a bad budget or an empty candidate list."""
+    if not 0 <= max_drop <= 1:
+        raise ValueError(f"max_drop is a fraction between 0 and 1 (0.01 = 1 point), got {max_drop!r}")
+    if max_fp32_layers is not None and max_fp32_layers < 0:
+        raise ValueError(f"max_fp32_layers must be >= 0 or None, got {max_fp32_layers!r}")
+    resolved = list(dict.fromkeys(resolve_scheme(s) for s in (schemes or list(SCHEMES))))
+    if not resolved:
+        raise ValueError("no candidate scheme given; pass preset names or qcal.Scheme objects")
+    return resolved
+
+
+def _greedy(search: _Search, resolved: list[Scheme], max_drop: float, limit: int, report: Progress,
+            n_layers: int) -> None:
+    """Change layers, most sensitive first, until the drop fits; then give fp32 layers a scheme
+    back where the budget still allows."""
+    if search.drop(search.value) > max_drop:
+        for i, layer in enumerate(search.ranking()):
+            if search.drop(search.value) <= max_drop:
+                break
+            report(0.3 + 0.5 * i / n_layers, f"choosing for {layer}")
+            n_fp32 = sum(v is None for v in search.choices.values())
+            options = [s for s in resolved if s != search.base] + ([None] if n_fp32 < limit else [])
+            search.try_choices(layer, options, lambda v: v > search.value)
+    if search.drop(search.value) <= max_drop:
+        for layer in [n for n, v in reversed(search.choices.items()) if v is None]:
+            search.try_choices(layer, list(resolved), lambda v: search.drop(v) <= max_drop)
+
+
 def recommend(
     model: torch.nn.Module,
     calib_data: Any,
@@ -153,13 +183,7 @@ def recommend(
     Raises:
         ValueError: max_drop outside [0, 1], a negative max_fp32_layers, unknown schemes.
     """
-    if not 0 <= max_drop <= 1:
-        raise ValueError(f"max_drop is a fraction between 0 and 1 (0.01 = 1 point), got {max_drop!r}")
-    if max_fp32_layers is not None and max_fp32_layers < 0:
-        raise ValueError(f"max_fp32_layers must be >= 0 or None, got {max_fp32_layers!r}")
-    resolved = list(dict.fromkeys(resolve_scheme(s) for s in (schemes or list(SCHEMES))))
-    if not resolved:
-        raise ValueError("no candidate scheme given; pass preset names or qcal.Scheme objects")
+    resolved = _checked_args(schemes, max_drop, max_fp32_layers)
     report = progress or (lambda fraction, message: None)
 
     def observe_for(layers: list[str]) -> list[Recipe]:
@@ -171,17 +195,7 @@ def recommend(
     search = _Search(sweep, resolved, report)
     search.uniform()
     limit = len(sweep.layers) if max_fp32_layers is None else max_fp32_layers
-    if search.drop(search.value) > max_drop:
-        for i, layer in enumerate(search.ranking()):
-            if search.drop(search.value) <= max_drop:
-                break
-            report(0.3 + 0.5 * i / len(sweep.layers), f"choosing for {layer}")
-            n_fp32 = sum(v is None for v in search.choices.values())
-            options = [s for s in resolved if s != search.base] + ([None] if n_fp32 < limit else [])
-            search.try_choices(layer, options, lambda v: v > search.value)
-    if search.drop(search.value) <= max_drop:  # give fp32 layers a scheme back where the budget allows
-        for layer in [n for n, v in reversed(search.choices.items()) if v is None]:
-            search.try_choices(layer, list(resolved), lambda v: search.drop(v) <= max_drop)
+    _greedy(search, resolved, max_drop, limit, report, len(sweep.layers))
     recipe = search.recipe()
     test_value = test_fp32 = None
     if test_data is not None:
