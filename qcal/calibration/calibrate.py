@@ -24,17 +24,16 @@ from qcal.calibration.observation import ObservationPoint
 from qcal.calibration.observed import Observed, as_recipe, warn_at_caller
 from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
+from qcal.recipes import Recipe, resolve_scheme_or_recipe
 from qcal.schemes import (
     BACKENDS,
     MODES,
     SCHEMES,
     QSpec,
-    Recipe,
     Scheme,
     check_backends,
     check_mode,
     check_runnable,
-    resolve_scheme_or_recipe,
 )
 
 __all__ = ["MODES", "Calibrated", "calibrate", "calibrate_many", "check_backends", "default_backends"]
