@@ -56,6 +56,11 @@ def explain_page() -> None:
         st.json({c: entry[c] for c in ("scale", "zero_point", "requant_scale")
                  if isinstance(entry[c], list) and entry[c]},
                 expanded=False)
+    _draw_glossary()
+
+
+
+def _draw_glossary() -> None:
     st.markdown(
         "- **weight scale / zero point** (`<layer>.weight`, stored inside the quantized weight "
         "tensor): how the int8 weights map back to floats, one pair per output channel for "

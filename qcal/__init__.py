@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "QSpec": "schemes",
     "Scheme": "schemes",
+    "Recipe": "schemes",
     "SCHEMES": "schemes",
     "resolve_scheme": "schemes",
     "check_runnable": "schemes",
@@ -36,6 +37,10 @@ _EXPORTS: dict[str, str] = {
     "QuantizedModel": "calibration.model",
     "LayerTrace": "calibration.model",
     "torch_reference": "analysis.reference",
+    "to_qconfig_mapping": "export.qconfig",
+    "sensitivity": "analysis.sensitivity",
+    "recommend": "analysis.recommend",
+    "Recommendation": "analysis.recommend",
     "compare": "analysis.compare",
     "Comparison": "analysis.compare",
     "explain": "checkpoint.explain",
@@ -82,18 +87,21 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal import int8, observers, qparams, schemes, store, zoo  # noqa: F401
     from qcal.analysis.compare import Comparison, compare  # noqa: F401
+    from qcal.analysis.recommend import Recommendation, recommend  # noqa: F401
     from qcal.analysis.reference import torch_reference  # noqa: F401
+    from qcal.analysis.sensitivity import sensitivity  # noqa: F401
     from qcal.calibration.calibrate import calibrate, calibrate_many  # noqa: F401
     from qcal.calibration.model import LayerTrace, QuantizedModel  # noqa: F401
     from qcal.checkpoint.example import example_checkpoint  # noqa: F401
     from qcal.checkpoint.explain import explain  # noqa: F401
+    from qcal.export.qconfig import to_qconfig_mapping  # noqa: F401
     from qcal.observers import make_observer, make_observers  # noqa: F401
     from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401
     from qcal.reporting.report import report  # noqa: F401
     from qcal.scheme_text import format_scheme, parse_scheme  # noqa: F401
-    from qcal.schemes import SCHEMES, QSpec, Scheme, check_runnable, resolve_scheme  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Recipe, Scheme, check_runnable, resolve_scheme  # noqa: F401
     from qcal.store import Run, RunInfo, Store, StoreError  # noqa: F401
     from qcal.store.zoo_runs import compare_zoo  # noqa: F401
     from qcal.zoo import architectures, datasets  # noqa: F401

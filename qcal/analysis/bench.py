@@ -5,32 +5,49 @@ For each model and batch size:
 * ``calib_minmax`` / ``calib_histogram``: ``qcal.calibrate`` vs torch's ``prepare_fx`` +
   the same calibration batches + ``convert_fx`` (per_tensor_affine and fbgemm_default);
 * ``int8_inference``: qcal's integer engine vs torch's converted model under fbgemm;
-* ``six_presets``: one qcal pass calibrating all six presets vs six torch calibrations.
+* ``six_presets``: one qcal pass calibrating all six presets vs six torch calibrations;
+* ``schemes``: int8 inference under each of the six presets (``int8 <scheme>``);
+* ``sensitivity``: a per-layer sensitivity scan against one ``compare`` of one scheme
+  (qcal against qcal; only where ``qcal.analysis.sensitivity`` exists).
 
-Each cell is the median of ``repeat`` runs; a ratio below 1 means qcal is faster.
+qcal and torch are timed interleaved (one run of each in turn), in this process, with the
+same thread count; each cell keeps the medians of ``repeat`` runs, and a ratio below 1 means
+qcal is faster. Warm-up runs are kept out of the medians. Peak memory of a whole comparison
+is measured in fresh subprocesses (``bench_memory.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 
 from qcal.analysis.cluster import run_sweep
-from qcal.analysis.reference import torch_reference
+from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.calibration.calibrate import calibrate, calibrate_many
+from qcal.int8.cpu import has_vnni
 from qcal.schemes import SCHEMES
 from qcal.zoo import datasets, zoo
 
-__all__ = ["BenchRow", "bench", "format_bench"]
+__all__ = ["TASKS", "BenchRow", "bench", "format_bench", "instruction_set"]
 
 DEFAULT_MODELS = ("digits_cnn", "digits_mobilenet", "resnet18_like", "mobilenet_v2_like")
+TASKS = ("calib_minmax", "calib_histogram", "int8_inference", "six_presets", "schemes", "sensitivity")
+DEFAULT_TASKS = TASKS[:4]
+
+
+def instruction_set() -> str:
+    """The CPU's vector instruction set as torch reports it, and whether it has VNNI (which
+    changes torch's int8 speed and FBGEMM's saturation), e.g. "AVX2, no VNNI"."""
+    return f"{torch.backends.cpu.get_cpu_capability()}, {'VNNI' if has_vnni() else 'no VNNI'}"
 
 
 @dataclass(frozen=True)
@@ -48,13 +65,23 @@ class BenchRow:
         return self.qcal_s / self.torch_s
 
 
-def _median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
+#: "wall": elapsed time; "cpu": this process's CPU time (steadier on a shared machine, and at
+#: one thread the same work; with more threads it also counts threads waiting at barriers).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _paired_medians(qcal_fn: Callable[[], object], torch_fn: Callable[[], object], repeat: int,
+                    warmup: int = 0, clock: str = "wall") -> tuple[float, float]:
+    """Medians of ``repeat`` interleaved runs of both (load changes hit both alike)."""
+    for _ in range(warmup):
+        qcal_fn(), torch_fn()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in ((qcal_fn, times[0]), (torch_fn, times[1])):
+            start = CLOCKS[clock]()
+            fn()
+            out.append(CLOCKS[clock]() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _inputs(model_name: str, batch: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
@@ -75,7 +102,8 @@ def bench(
     *,
     repeat: int = 5,
     calib_batches: int = 8,
-    tasks: Sequence[str] = ("calib_minmax", "calib_histogram", "int8_inference", "six_presets"),
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    clock: str = "wall",
     executor: Executor | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> list[BenchRow]:
@@ -86,15 +114,21 @@ def bench(
         batches: batch sizes.
         repeat: runs per cell; the median is kept.
         calib_batches: calibration batches per calibration.
-        tasks: a subset of the four tasks.
+        tasks: a subset of ``TASKS``.
+        clock: "wall" or "cpu" (``CLOCKS``).
         executor: a ``concurrent.futures.Executor`` for the (model, batch) cells; each cell
             times qcal and torch in the same worker process, so its ratio stays fair. On a
             ``distributed`` executor the models go to each worker once.
         progress: ``progress(fraction, message)``.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; expected one of: {', '.join(CLOCKS)}")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown bench tasks {unknown}; expected some of: {', '.join(TASKS)}")
     report = progress or (lambda f, m: None)
     loaded = {name: zoo.load(name) for name in dict.fromkeys(models)}
-    cells = [(m, b, repeat, calib_batches, tuple(tasks)) for m in models for b in batches]
+    cells = [(m, b, repeat, calib_batches, tuple(tasks), clock) for m in models for b in batches]
     per_cell, _ = run_sweep(executor, _bench_cell, loaded, cells, progress=report,
                             describe=lambda cell: f"{cell[0]} batch {cell[1]}")
     report(1.0, "done")
@@ -102,37 +136,60 @@ def bench(
 
 
 def _bench_cell(loaded: dict[str, torch.nn.Module],
-                cell: tuple[str, int, int, int, tuple[str, ...]]) -> list[BenchRow]:
+                cell: tuple[str, int, int, int, tuple[str, ...], str]) -> list[BenchRow]:
     """One (model, batch) cell: every task timed for qcal and torch in this process."""
-    name, batch, repeat, calib_batches, tasks = cell
+    name, batch, repeat, calib_batches, tasks, clock = cell
     rows = []
     model = loaded[name]
     data = _inputs(name, batch, calib_batches)
     for task, scheme in (("calib_minmax", "per_tensor_affine"), ("calib_histogram", "fbgemm_default")):
         if task in tasks:
-            q = _median_time(lambda s=scheme: calibrate(model, data, s, "fbgemm", mode="graph"), repeat)
-            t = _median_time(lambda s=scheme: torch_reference(model, data, s, "fbgemm"), repeat)
+            q, t = _paired_medians(lambda s=scheme: calibrate(model, data, s, "fbgemm", mode="graph"),
+                                   lambda s=scheme: torch_reference(model, data, s, "fbgemm"), repeat,
+                                   clock=clock)
             rows.append(BenchRow(name, batch, task, q, t))
-    if "int8_inference" in tasks:
-        qm = calibrate(model, data, "fbgemm_default", "fbgemm", mode="graph")
-        ref = torch_reference(model, data, "fbgemm_default", "fbgemm")
-        x = data[0]
-        qm(x)  # warm-up, both sides
-        prev = torch.backends.quantized.engine
-        torch.backends.quantized.engine = "fbgemm"
-        try:
-            ref(x)
-            t = _median_time(lambda: ref(x), repeat)
-        finally:
-            torch.backends.quantized.engine = prev
-        q = _median_time(lambda: qm(x), repeat)
-        rows.append(BenchRow(name, batch, "int8_inference", q, t))
+    inference = ["fbgemm_default"] if "int8_inference" in tasks else []
+    inference += [s for s in SCHEMES if "schemes" in tasks and s not in inference]
+    for scheme in inference:
+        rows.append(_inference_row(model, name, batch, data, scheme, repeat, clock))
     if "six_presets" in tasks:
         names = list(SCHEMES)
-        q = _median_time(lambda: calibrate_many(model, data, names, ["fbgemm"], mode="graph"), repeat)
-        t = _median_time(lambda: [torch_reference(model, data, s, "fbgemm") for s in names], repeat)
+        q, t = _paired_medians(lambda: calibrate_many(model, data, names, ["fbgemm"], mode="graph"),
+                               lambda: [torch_reference(model, data, s, "fbgemm") for s in names], repeat,
+                               clock=clock)
         rows.append(BenchRow(name, batch, "six_presets", q, t))
+    if "sensitivity" in tasks:
+        rows.extend(_sensitivity_rows(model, name, batch, data, repeat, clock))
     return rows
+
+
+def _inference_row(model, name: str, batch: int, data: list[torch.Tensor], scheme: str,
+                   repeat: int, clock: str) -> BenchRow:
+    """qcal's integer engine vs torch's converted model under fbgemm, both calibrated alike."""
+    qm = calibrate(model, data, scheme, "fbgemm", mode="graph")
+    ref = torch_reference(model, data, scheme, "fbgemm")
+    x = data[0]
+    with quantized_engine("fbgemm"):
+        q, t = _paired_medians(lambda: qm(x), lambda: ref(x), repeat, warmup=1, clock=clock)
+    task = "int8_inference" if scheme == "fbgemm_default" else f"int8 {scheme}"
+    return BenchRow(name, batch, task, q, t)
+
+
+def _sensitivity_rows(model, name: str, batch: int, data: list[torch.Tensor], repeat: int,
+                      clock: str) -> list[BenchRow]:
+    """A sensitivity scan against one compare of one scheme (the baseline here is qcal's own
+    compare, not torch). Uses ``qcal.analysis.sensitivity.sensitivity(model, calib_data,
+    eval_data, scheme, backend)``; until that module exists, no row."""
+    if importlib.util.find_spec("qcal.analysis.sensitivity") is None:
+        return []
+    from qcal.analysis import sensitivity as sens
+    from qcal.analysis.compare import compare
+
+    evals = [(x, None) for x in data[:1]]
+    q, t = _paired_medians(lambda: sens.sensitivity(model, data, evals, "fbgemm_default", "fbgemm"),
+                           lambda: compare(model, data, evals, ["fbgemm_default"], ["fbgemm"]), repeat,
+                           clock=clock)
+    return [BenchRow(name, batch, "sensitivity_vs_compare", q, t)]
 
 
 def peak_rss_mib() -> float:
@@ -140,12 +197,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def format_bench(rows: Sequence[BenchRow]) -> str:
-    """A table of the rows, the peak memory, and, as the last line, the worst ratio."""
-    df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task,
-                        "qcal_s": r.qcal_s, "torch_s": r.torch_s, "ratio": r.ratio} for r in rows])
-    lines = [df.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
-    lines.append(f"peak RSS: {peak_rss_mib():.0f} MiB")
+def format_bench(rows: Sequence[BenchRow], memory: Sequence[Any] = (), clock: str = "wall") -> str:
+    """A table of the rows, the memory rows (``bench_memory.MemoryRow``), this process's peak
+    memory, and, as the last line, the worst ratio."""
+    lines = [f"CPU: {instruction_set()}; {torch.get_num_threads()} threads for qcal and torch; {clock} clock, "
+             "interleaved runs, medians"]
+    if rows:
+        df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task,
+                            "qcal_s": r.qcal_s, "torch_s": r.torch_s, "ratio": r.ratio} for r in rows])
+        lines.append(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for m in memory:
+        lines.append(f"peak RSS, six-preset compare of {m.model} (batch {m.batch}), {m.calib_batches} "
+                     f"calibration batches, fresh process: {m.peak_mib:.0f} MiB")
+    if len(memory) > 1:
+        lines.append(f"peak RSS growth from {memory[0].calib_batches} to {memory[-1].calib_batches} batches: "
+                     f"{memory[-1].peak_mib / memory[0].peak_mib - 1:+.1%}")
+    lines.append(f"peak RSS of this process: {peak_rss_mib():.0f} MiB")
     if rows:
         worst = max(rows, key=lambda r: r.ratio)
         lines.append(f"worst ratio (qcal/torch): {worst.ratio:.2f} ({worst.model}, batch "

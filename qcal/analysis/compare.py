@@ -29,7 +29,7 @@ from qcal.batching import as_eval_batches, call_model
 from qcal.calibration.calibrate import calibrate_many
 from qcal.calibration.model import describe_shape
 from qcal.scheme_text import format_scheme
-from qcal.schemes import SCHEMES, Scheme, resolve_scheme
+from qcal.schemes import SCHEMES, Recipe, Scheme, resolve_scheme_or_recipe
 
 __all__ = ["FRAME_NAMES", "Comparison", "Progress", "compare"]
 
@@ -73,10 +73,10 @@ class Comparison:
         return self.summary.sort_values(["drop", "scheme"]).iloc[0]
 
 
-def _plan(schemes: Sequence[str | Scheme] | None, backends: Sequence[str] | None
+def _plan(schemes: Sequence[str | Scheme | Recipe] | None, backends: Sequence[str] | None
           ) -> list[tuple[Scheme, str]]:
     """The (scheme, backend) jobs: a *_default preset on its own engine unless backends is given."""
-    resolved = [resolve_scheme(s) for s in (schemes or list(SCHEMES))]
+    resolved = [resolve_scheme_or_recipe(s) for s in (schemes or list(SCHEMES))]
     if not resolved:
         raise ValueError("no schemes to compare; pass scheme names or qcal.Scheme objects")
     own_engine = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
@@ -95,7 +95,7 @@ def compare(
     model: torch.nn.Module,
     calib_data: Any,
     eval_data: Iterable[Any],
-    schemes: Sequence[str | Scheme] | None = None,
+    schemes: Sequence[str | Scheme | Recipe] | None = None,
     backends: Sequence[str] | None = None,
     *,
     executor: Executor | None = None,
@@ -110,7 +110,8 @@ def compare(
         calib_data: calibration batches (a Tensor, or an iterable of Tensor / tuple / dict).
         eval_data: (inputs, labels) batches; labels may be None, then top-1 agreement with
             fp32 and output cosine replace accuracy.
-        schemes: preset names or Schemes; None means every preset.
+        schemes: preset names, Schemes or Recipes (per-layer schemes, fp32 layers: one more
+            column each); None means every preset.
         backends: engine flavours; None means each *_default preset on its own engine and
             the rest on fbgemm.
         executor: a ``concurrent.futures.Executor`` for the (scheme, backend) jobs; None runs
@@ -140,7 +141,8 @@ def compare(
     fp32_metric, fp32_value = top1_metric(fp32_outputs, batches)
     info = {
         "schemes": [s.name for s in schemes_in_order],
-        "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order},
+        "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order if isinstance(s, Scheme)},
+        "recipes": {s.name: s.to_data() for s in schemes_in_order if isinstance(s, Recipe)},
         "backends": backends_in_order,
         "fp32_metric": fp32_metric,
         "fp32_value": fp32_value,

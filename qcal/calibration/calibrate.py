@@ -1,46 +1,43 @@
-"""Calibration: observers over data -> QuantizedModel, for many schemes in one pass.
+"""Calibration: observers over data -> QuantizedModel, for many schemes and recipes in one pass.
 
-``calibrate_many`` runs the model over the calibration data once. Every observation point
-(each tensor torch's prepared model would observe) holds one observer per distinct
-activation QSpec, so the four generic presets, which share one activation spec, share one
-observer; weights are observed once per distinct weight QSpec. Then each (scheme, backend)
-gets a ``QuantizedModel``: the weights quantized with that scheme's qparams, the
-activation qparams read from that scheme's observers.
+``calibrate_many`` runs the model over the calibration data once (``qcal.observed``). Every
+observation point (each sequence of tensors torch's prepared model would observe with one
+observer) holds one observer per distinct activation QSpec asked of it, so the four generic
+presets, which share one activation spec, share one observer, and a recipe shares the
+points it has in common with the uniform schemes; weights are observed once per (layer,
+weight QSpec). Then each (scheme or recipe, backend) gets a ``QuantizedModel``: the weights
+quantized with their layer's scheme, the activation qparams read from its observers.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from qcal.batching import call_model, count_nonfinite
-from qcal.calibration.model import ActivationInfo, QuantizedModel, QuantLayer, describe_shape
+from qcal.batching import count_nonfinite
+from qcal.calibration.model import ActivationInfo, QuantizedModel, QuantLayer
 from qcal.calibration.observation import ObservationPoint
-from qcal.graph.ir import UnsupportedGraph
-from qcal.graph.modules import observe_layers, swappable_layers
-from qcal.graph.program import run_float
-from qcal.graph.trace import build_graph
+from qcal.calibration.observed import Observed, as_recipe, warn_at_caller
 from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
 from qcal.schemes import (
     BACKENDS,
     MODES,
+    SCHEMES,
     QSpec,
+    Recipe,
     Scheme,
     check_backends,
     check_mode,
     check_runnable,
-    resolve_scheme,
+    resolve_scheme_or_recipe,
 )
 
-__all__ = ["MODES", "calibrate", "calibrate_many", "check_backends", "default_backends"]
+__all__ = ["MODES", "Calibrated", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
 Progress = Callable[[float, str], None]
 _OWN_ENGINE = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
@@ -58,18 +55,6 @@ def default_backends(scheme: Scheme, backends: Sequence[str] | None) -> list[str
     return [_OWN_ENGINE.get(scheme.name, "fbgemm")]
 
 
-def _warn(message: str) -> None:
-    """Warn at the caller's line: the first frame outside qcal and torch's decorators."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith(_QCAL_DIR)
-                                 or frame.f_code.co_filename.endswith("_contextlib.py")):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level + 1)
-
-
-_QCAL_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
 def _batches(calib_data: Any) -> Iterator[Any]:
     if isinstance(calib_data, torch.Tensor | dict):
         yield calib_data
@@ -83,83 +68,18 @@ def _check_batch(batch: Any) -> None:
         raise ValueError(f"calibration data holds {bad} NaN or Inf values; clean or drop those samples")
 
 
-class _Observed:
-    """The one pass: observation points fed by the float model, batch after batch."""
-
-    def __init__(self, model: nn.Module, mode: str, act_specs: list[QSpec]) -> None:
-        self.model, self.mode, self.requested, self.act_specs = model, mode, mode, act_specs
-        self.fallback_reason: str | None = None
-        self.graph = None
-        self.layer_names: list[str] = []
-        if mode in ("auto", "graph"):
-            try:
-                self.graph = build_graph(model)
-                self.mode = "graph"
-            except UnsupportedGraph as err:
-                if mode == "graph":
-                    raise ValueError(f"graph mode is not possible for this model: {err}") from err
-                self._fall_back(str(err))
-        else:
-            self._use_modules()
-
-    def _fall_back(self, reason: str) -> None:
-        self.fallback_reason = reason
-        _warn(f"qcal: torch.fx graph mode is not possible ({reason}); using module-swap mode: "
-              "each Conv2d/Linear runs int8, the rest fp32")
-        self.graph = None
-        self._use_modules()
-
-    def _use_modules(self) -> None:
-        self.mode = "modules"
-        self.layer_names = swappable_layers(self.model)
-        if not self.layer_names:
-            raise ValueError("the model has no nn.Conv2d or nn.Linear layer to quantize")
-
-    def start(self) -> None:
-        labels = (self.graph.obs_names if self.graph is not None
-                  else [f"{n}{suffix}" for n in self.layer_names for suffix in (".input", "")])
-        self.points = [ObservationPoint(label, self.act_specs) for label in labels]
-
-    def _tap(self, obs: int, value: torch.Tensor) -> None:
-        self.points[obs].update(value)
-
-    def feed(self, batch: Any, first: bool) -> None:
-        if self.graph is not None:
-            try:
-                run_float(self.graph, batch, self._tap)
-                return
-            except (RuntimeError, TypeError, ValueError) as err:
-                if not first:
-                    raise ValueError(f"calibration batch of shape {describe_shape(batch)} does not fit the model: {err}") from err
-                self._check_fits(batch)
-                if self.requested == "graph":
-                    raise ValueError(f"graph mode failed on the calibration data: {err}") from err
-                self._fall_back(f"the traced graph failed on the data: {type(err).__name__}: {err}")
-                self.start()
-        with observe_layers(self.model, self.layer_names, self._tap):
-            try:
-                call_model(self.model, batch)
-            except (RuntimeError, TypeError) as err:
-                raise ValueError(f"calibration batch of shape {describe_shape(batch)} does not fit the model: {err}") from err
-
-    def _check_fits(self, batch: Any) -> None:
-        try:
-            call_model(self.model, batch)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"calibration batch of shape {describe_shape(batch)} does not fit the model: {err}") from err
-
-
-def _weighted_modules(obs: _Observed) -> dict[str, tuple[nn.Module, bool, tuple[int, int]]]:
-    """layer name -> (float module, fused relu, (input obs, output obs))."""
-    if obs.graph is not None:
+def _int8_modules(obs: Observed, recipe: Recipe) -> dict[str, tuple[nn.Module, bool, tuple[int, int]]]:
+    """The recipe's int8 layers: name -> (float module, fused relu, (input obs, output obs))."""
+    graph = obs.plan_for(recipe)
+    if graph is not None:
         out = {}
-        for step in obs.graph.steps:
+        for step in graph.steps:
             if step.kind in ("conv", "linear"):
-                x_obs = next(s.obs for s in obs.graph.steps if s.name == step.args[0].name)
-                out[step.target] = (obs.graph.module.get_submodule(step.target), step.relu, (x_obs, step.obs))
+                x_obs = next(s.obs for s in graph.steps if s.name == step.args[0].name)
+                out[step.target] = (graph.module.get_submodule(step.target), step.relu, (x_obs, step.obs))
         return out
     modules = dict(obs.model.named_modules())
-    return {name: (modules[name], False, (2 * i, 2 * i + 1)) for i, name in enumerate(obs.layer_names)}
+    return {name: (modules[name], False, (2 * i, 2 * i + 1)) for i, name in enumerate(obs.int8_layers(recipe))}
 
 
 def _quantized_weight(w: torch.Tensor, spec: QSpec) -> dict[str, Any]:
@@ -180,77 +100,37 @@ def _activation(point: ObservationPoint, spec: QSpec) -> ActivationInfo:
     lo, hi = o.clip_range()
     edges, counts = point.histogram.trimmed(min(point.min, 0.0), max(point.max, 0.0))
     return ActivationInfo(point.label, float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]),
-                          point.min, point.max, edges, counts, float(lo.reshape(-1)[0]), float(hi.reshape(-1)[0]))
+                          point.min, point.max, edges, counts, float(lo.reshape(-1)[0]), float(hi.reshape(-1)[0]),
+                          spec.observer)
 
 
-@torch.no_grad()
-def calibrate_many(
-    model: nn.Module,
-    calib_data: Any,
-    schemes: Sequence[str | Scheme],
-    backends: Sequence[str] | None = None,
-    *,
-    mode: str = "auto",
-    progress: Progress | None = None,
-) -> dict[tuple[str, str], QuantizedModel]:
-    """Calibrate many schemes in ONE pass over the data; a QuantizedModel per (scheme, backend).
+def _representative(recipe: Recipe) -> Scheme:
+    """The Scheme a QuantizedModel reports for a recipe: named after it, with the specs of
+    its default (or first) scheme; a scheme passed as such is itself."""
+    first = (recipe.schemes() or [SCHEMES["per_tensor_affine"]])[0]
+    if recipe.layers == () and recipe.default is not None and recipe.name == recipe.default.name:
+        return recipe.default
+    return Scheme(recipe.name, first.weight, first.activation, f"recipe: {recipe.to_data(named=False)}")
 
-    Args:
-        model: the fp32 model; never modified (qcal works on an eval-mode deep copy and warns
-            once if the model was in training mode).
-        calib_data: a Tensor (one batch) or an iterable of batches, each a Tensor, a tuple of
-            positional args or a dict of keyword args.
-        schemes: preset names or Schemes.
-        backends: engine flavours for every scheme; None: each *_default preset on its own
-            engine, the rest on "fbgemm".
-        mode: "auto" (graph, falling back to module swap with one warning saying why),
-            "graph" (torch.fx) or "modules" (module swap).
-        progress: ``progress(fraction, message)``.
 
-    Returns:
-        {(scheme_name, backend): QuantizedModel}.
-
-    Raises:
-        ValueError: unknown scheme/backend/mode names, empty data, NaN/Inf values, batches
-            whose shape does not fit the model.
-    """
-    resolved = [resolve_scheme(s) for s in schemes]
+def _configs(schemes: Sequence[str | Scheme | Recipe], backends: Sequence[str] | None) -> dict[Recipe, list[str]]:
+    """Each scheme or recipe as a recipe, with its backends; names must be unique."""
+    resolved = [as_recipe(resolve_scheme_or_recipe(s)) for s in schemes]
     if not resolved:
-        raise ValueError("no scheme given; pass preset names or qcal.Scheme objects")
-    check_mode(mode)
-    plan = {s.name: default_backends(s, backends) for s in resolved}
-    for s in resolved:
-        for backend in plan[s.name]:
-            check_runnable(s, backend)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if model.training:
-        _warn("qcal: the model is in training mode; calibrating an eval-mode copy "
-              "(BatchNorm running statistics, dropout off). Your model is unchanged.")
-    report = progress or (lambda fraction, message: None)
-    float_model = copy.deepcopy(model).eval()
-    observed = _Observed(float_model, mode, [s.activation for s in resolved])
-    _observe(observed, calib_data, report)
-    report(0.9, "quantizing weights")
-    modules = _weighted_modules(observed)
-    weights = {(name, spec): _quantized_weight(mod.weight, spec)
-               for name, (mod, _, _) in modules.items() for spec in dict.fromkeys(s.weight for s in resolved)}
-    out: dict[tuple[str, str], QuantizedModel] = {}
-    for scheme in resolved:
-        acts = [_activation(p, scheme.activation) for p in observed.points]
-        layers = {name: _quant_layer(name, mod, relu, points, weights[(name, scheme.weight)], acts)
-                  for name, (mod, relu, points) in modules.items()}
-        for backend in plan[scheme.name]:
-            out[(scheme.name, backend)] = QuantizedModel(
-                float_model=float_model, scheme=scheme, backend=backend, mode=observed.mode,
-                fallback_reason=observed.fallback_reason, graph=observed.graph, layers=layers,
-                activations=acts)
-    report(1.0, "calibrated")
-    return out
+        raise ValueError("no scheme given; pass preset names, qcal.Scheme or qcal.Recipe objects")
+    names = [r.name for r in resolved]
+    clash = sorted({n for n in names if names.count(n) > 1 and len({r for r in resolved if r.name == n}) > 1})
+    if clash:
+        raise ValueError(f"two different schemes or recipes are named {clash}; give each its own name")
+    plan = {r: default_backends(r.default or SCHEMES["per_tensor_affine"], backends) for r in resolved}
+    for recipe, names in plan.items():
+        for scheme in recipe.schemes():
+            for backend in names:
+                check_runnable(scheme, backend)  # e.g. a built scheme with qint8 activations on fbgemm
+    return plan
 
 
-def _observe(observed: _Observed, calib_data: Any, report: Progress) -> None:
-    """One pass over the calibration batches through every observer."""
+def _observe(observed: Observed, calib_data: Any, report: Progress) -> None:
     observed.start()
     total = len(calib_data) if isinstance(calib_data, Sequence) and not isinstance(calib_data, tuple) else None
     seen = 0
@@ -265,30 +145,149 @@ def _observe(observed: _Observed, calib_data: Any, report: Progress) -> None:
         raise ValueError("calibration data is empty: pass a Tensor or an iterable of at least one batch")
 
 
-def _quant_layer(name: str, mod: nn.Module, relu: bool, points: tuple[int, int], weight: dict[str, Any],
-                 acts: list[ActivationInfo]) -> QuantLayer:
-    """One conv/linear's QuantLayer: its quantized weight and the qparams of its input and output."""
-    x_obs, y_obs = points
-    conv = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation,
-            "groups": mod.groups} if isinstance(mod, nn.Conv2d) else {}
-    return QuantLayer(
-        name=name, kind="conv" if isinstance(mod, nn.Conv2d) else "linear", **weight,
-        bias=None if mod.bias is None else mod.bias.detach().float().clone(),
-        input_scale=acts[x_obs].scale, input_zero_point=acts[x_obs].zero_point,
-        output_scale=acts[y_obs].scale, output_zero_point=acts[y_obs].zero_point, relu=relu, **conv)
+def _build(observed: Observed, recipe: Recipe, weights: dict, float_model: nn.Module,
+           backends: list[str]) -> dict[tuple[str, str], QuantizedModel]:
+    """The recipe's QuantizedModel per backend, from the observed statistics."""
+    acts = [_activation(observed.points[key], spec) for key, spec in observed.observers_of(recipe)]
+    layers = {}
+    for name, (mod, relu, (x_obs, y_obs)) in _int8_modules(observed, recipe).items():
+        spec = recipe.scheme_for(name).weight
+        if (name, spec) not in weights:
+            weights[(name, spec)] = _quantized_weight(mod.weight, spec)
+        conv = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation,
+                "groups": mod.groups} if isinstance(mod, nn.Conv2d) else {}
+        layers[name] = QuantLayer(
+            name=name, kind="conv" if isinstance(mod, nn.Conv2d) else "linear", **weights[(name, spec)],
+            bias=None if mod.bias is None else mod.bias.detach().float().clone(),
+            input_scale=acts[x_obs].scale, input_zero_point=acts[x_obs].zero_point,
+            output_scale=acts[y_obs].scale, output_zero_point=acts[y_obs].zero_point, relu=relu, **conv)
+    scheme = _representative(recipe)
+    return {(recipe.name, backend): QuantizedModel(
+        float_model=float_model, scheme=scheme, backend=backend, mode=observed.mode,
+        fallback_reason=observed.fallback_reason, graph=observed.plan_for(recipe), layers=layers,
+        activations=acts, recipe=recipe if scheme is not recipe.default else None) for backend in backends}
+
+
+class Calibrated:
+    """One calibration pass kept live, so that more recipes can be built from it later.
+
+    ``sensitivity`` and ``recommend`` ask for recipes as their search goes; every recipe
+    whose observation points were observed is built without touching the data again. A
+    recipe that needs a point nobody observed (rare: a value seen through a new chain of
+    ops) costs one more pass over the calibration data, counted in ``passes``.
+
+    Args:
+        model: the fp32 model (never modified; an eval copy is used).
+        calib_data: as for ``calibrate``.
+        recipes: the recipes (schemes as uniform recipes) to observe for, or a function of
+            the model's layer names returning them.
+        mode: "auto" | "graph" | "modules".
+        progress: ``progress(fraction, message)`` for the pass.
+    """
+
+    def __init__(self, model: nn.Module, calib_data: Any,
+                 recipes: Sequence[Recipe] | Callable[[list[str]], Sequence[Recipe]], *, mode: str = "auto",
+                 progress: Progress | None = None) -> None:
+        check_mode(mode)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if model.training:
+            warn_at_caller("qcal: the model is in training mode; calibrating an eval-mode copy "
+                           "(BatchNorm running statistics, dropout off). Your model is unchanged.")
+        self.calib_data = calib_data
+        self.float_model = copy.deepcopy(model).eval()
+        self.observed = Observed(self.float_model, mode, [] if callable(recipes) else list(recipes))
+        for recipe in recipes(self.observed.layer_names) if callable(recipes) else ():
+            self.observed.add(recipe)
+        report = progress or (lambda fraction, message: None)
+        _observe(self.observed, calib_data, report)
+        report(1.0, "calibrated")
+        self.passes = 1
+        self.weights: dict[tuple[str, QSpec], dict[str, Any]] = {}
+
+    @property
+    def layers(self) -> list[str]:
+        """The quantizable layers (conv/linear module names), in model order."""
+        return list(self.observed.layer_names)
+
+    @property
+    def mode(self) -> str:
+        """"graph" or "modules"."""
+        return self.observed.mode
+
+    def build(self, recipe: Scheme | Recipe | str, backend: str = "fbgemm") -> QuantizedModel:
+        """The QuantizedModel of a recipe (or scheme) on one backend."""
+        recipe = as_recipe(resolve_scheme_or_recipe(recipe))
+        check_backends([backend])
+        self.observed.add(recipe)
+        points = self.observed.points
+        missing = [(k, spec) for k, spec in self.observed.observers_of(recipe)
+                   if k not in points or spec not in points[k].observers]
+        if missing:
+            self._observe_more(recipe)
+        ((_, qm),) = _build(self.observed, recipe, self.weights, self.float_model, [backend]).items()
+        return qm
+
+    def _observe_more(self, recipe: Recipe) -> None:
+        extra = Observed(self.float_model, self.observed.mode, [recipe])
+        _observe(extra, self.calib_data, lambda f, m: None)
+        self.passes += 1
+        for key, point in extra.points.items():
+            mine = self.observed.points.setdefault(key, point)
+            for spec, obs in point.observers.items():
+                mine.observers.setdefault(spec, obs)
+
+
+@torch.no_grad()
+def calibrate_many(
+    model: nn.Module,
+    calib_data: Any,
+    schemes: Sequence[str | Scheme | Recipe],
+    backends: Sequence[str] | None = None,
+    *,
+    mode: str = "auto",
+    progress: Progress | None = None,
+) -> dict[tuple[str, str], QuantizedModel]:
+    """Calibrate many schemes and recipes in ONE pass over the data; a QuantizedModel per
+    (scheme or recipe name, backend).
+
+    Args:
+        model: the fp32 model; never modified (qcal works on an eval-mode deep copy and warns
+            once if the model was in training mode).
+        calib_data: a Tensor (one batch) or an iterable of batches, each a Tensor, a tuple of
+            positional args or a dict of keyword args.
+        schemes: preset names, Schemes or Recipes (per-layer schemes; fp32 layers).
+        backends: engine flavours for every scheme; None: each *_default preset (or recipe
+            with such a default) on its own engine, the rest on "fbgemm".
+        mode: "auto" (graph, falling back to module swap with one warning saying why),
+            "graph" (torch.fx) or "modules" (module swap).
+        progress: ``progress(fraction, message)``.
+
+    Returns:
+        {(name, backend): QuantizedModel}.
+
+    Raises:
+        ValueError: unknown scheme/backend/mode names, recipe layer names that are no
+            quantizable layer of the model, empty data, NaN/Inf values, batches whose shape
+            does not fit the model.
+    """
+    check_mode(mode)
+    configs = _configs(schemes, backends)
+    session = Calibrated(model, calib_data, list(configs), mode=mode, progress=progress)
+    return {(r.name, b): session.build(r, b) for r, backends_of in configs.items() for b in backends_of}
 
 
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
     calib_data: Any,
-    scheme: str | Scheme,
+    scheme: str | Scheme | Recipe,
     backend: str = "fbgemm",
     *,
     mode: str = "auto",
     progress: Progress | None = None,
 ) -> QuantizedModel:
-    """Calibrate ``model`` under one scheme for one backend flavour.
+    """Calibrate ``model`` under one scheme (or per-layer Recipe) for one backend flavour.
 
     See ``calibrate_many`` for the arguments and errors. Example::
 
@@ -296,6 +295,6 @@ def calibrate(
         y = qm(x)            # fp32 output of the integer pipeline
         qm.layers()          # per-layer qparams and requant multipliers
     """
-    scheme = resolve_scheme(scheme)
+    scheme = resolve_scheme_or_recipe(scheme)
     (qm,) = calibrate_many(model, calib_data, [scheme], [backend], mode=mode, progress=progress).values()
     return qm

@@ -66,6 +66,7 @@ class ActivationInfo:
     counts: torch.Tensor  # float64 (K,)
     clip_min: float
     clip_max: float
+    observer: str = ""  # the range estimator that chose the qparams
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,7 +114,8 @@ class QuantizedModel:
 
     def __init__(self, *, float_model: nn.Module, scheme: Scheme, backend: str, mode: str,
                  fallback_reason: str | None, graph: Graph | None, layers: dict[str, QuantLayer],
-                 activations: list[ActivationInfo], reproduce_torch_bugs: bool = True) -> None:
+                 activations: list[ActivationInfo], reproduce_torch_bugs: bool = True,
+                 recipe: Any = None) -> None:
         self.float_model = float_model
         self.scheme = scheme
         self.backend = backend
@@ -123,6 +125,7 @@ class QuantizedModel:
         self.quant_layers = layers
         self.activations = activations
         self.reproduce_torch_bugs = reproduce_torch_bugs
+        self.recipe = recipe  # the qcal.Recipe when calibrated with one (scheme then carries its name)
         self._saturated: dict[str, int] = {}
         self._runtime: Any = None
 
@@ -229,7 +232,8 @@ class QuantizedModel:
         keep = self.reproduce_torch_bugs if reproduce_torch_bugs is None else reproduce_torch_bugs
         return QuantizedModel(float_model=self.float_model, scheme=self.scheme, backend=backend, mode=self.mode,
                               fallback_reason=self.fallback_reason, graph=self.graph,
-                              layers=self.quant_layers, activations=self.activations, reproduce_torch_bugs=keep)
+                              layers=self.quant_layers, activations=self.activations, reproduce_torch_bugs=keep,
+                              recipe=self.recipe)
 
     @property
     def notes(self) -> list[str]:
@@ -312,7 +316,7 @@ class QuantizedModel:
     def histograms(self) -> pd.DataFrame:
         """The display histogram of each observed activation, with the scheme's clip range."""
         frames = [pd.DataFrame({
-            "layer": a.label, "observer": self.scheme.activation.observer, "bin_left": a.edges[:-1].numpy(),
+            "layer": a.label, "observer": a.observer or self.scheme.activation.observer, "bin_left": a.edges[:-1].numpy(),
             "bin_right": a.edges[1:].numpy(), "count": a.counts.numpy(), "clip_min": a.clip_min,
             "clip_max": a.clip_max}) for a in self.activations]
         cols = ["layer", "observer", "bin_left", "bin_right", "count", "clip_min", "clip_max"]

@@ -2,7 +2,8 @@
 
 Each subcommand is one function decorated with ``qcal.cli.args.command``, which registers it
 with its arguments; ``main`` dispatches. ``explain`` lives in ``qcal.cli.explain``; ``compare``,
-``runs``, ``report`` and ``bench`` live in ``qcal.cli.runs``. Errors a user can fix (bad file, bad
+``runs``, ``report`` and ``bench`` live in ``qcal.cli.runs``; ``sensitivity`` and ``recommend`` in
+``qcal.cli.decide``. Errors a user can fix (bad file, bad
 value) print one line, ``qcal: error: ...``, to stderr and exit 1; usage errors exit 2;
 never a traceback (``QCAL_DEBUG=1`` shows one for unexpected errors).
 """
@@ -13,6 +14,7 @@ import argparse
 import os
 import sys
 
+import qcal.cli.decide
 import qcal.cli.explain
 import qcal.cli.export
 import qcal.cli.runs  # noqa: F401  (registers compare, runs, report, bench)

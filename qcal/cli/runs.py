@@ -156,6 +156,7 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--scheme", action="append", default=None, metavar="TEXT",
         help="a built scheme, repeatable: e.g. 'name=p999;w=per_channel_symmetric/minmax;"
              "a=per_tensor_affine/percentile:99.9' (grammar in the README)"),
+    arg("--recipe", action="append", default=[], help="a recipe file (.toml/.json): one more column; repeatable"),
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31,x86 (default: each *_default preset on its own engine, the rest on fbgemm)"),
     _CPU_ARG,
@@ -193,6 +194,10 @@ def _compare(args: argparse.Namespace, cpu_line: str) -> int:
             print(f"qcal: registry problem: {problem}", file=sys.stderr)
         return 0
     schemes, backends = _schemes(args.schemes, args.scheme), _backends(args.backends)
+    if args.recipe:
+        from qcal.io.recipe_files import read_recipe
+
+        schemes = [*(schemes or list(SCHEMES)), *(read_recipe(p) for p in args.recipe)]
     progress = TerminalProgress()
     with cluster_executor(args) as executor:
         if ":" in args.model:
@@ -291,22 +296,35 @@ def report_command(args: argparse.Namespace) -> int:
     arg("--batches", default="8,32", help="comma list of batch sizes"),
     arg("--repeat", type=_count, default=5, help="runs per cell (median kept)"),
     arg("--calib-batches", type=_count, default=8),
-    arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets"),
+    arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets",
+        help="comma list of: calib_minmax, calib_histogram, int8_inference, six_presets, schemes "
+             "(int8 inference under each preset), sensitivity"),
+    arg("--threads", type=_count, default=None, help="torch threads for qcal and torch alike"),
+    arg("--clock", choices=("wall", "cpu"), default="wall",
+        help="wall: elapsed time; cpu: process CPU time (steadier on a shared machine)"),
+    arg("--memory", default="", help="comma list of calibration batch counts (e.g. 8,64): peak RSS "
+                                     "of a six-preset resnet18_like comparison, each in a fresh process"),
     arg("--quick", action="store_true", help="digits models, batch 8, 2 repeats"),
     DASK_ARG,
     _CPU_ARG,
 )
 def bench_command(args: argparse.Namespace) -> int:
     # imported here, not at the top: `qcal --help` and usage errors must not wait for torch
+    import torch
+
     from qcal.analysis.bench import bench, format_bench
+    from qcal.analysis.bench_memory import memory_rows
     from qcal.progress import TerminalProgress
 
     models, batches, repeat = _csv(args.models), _counts(args.batches, "--batches"), args.repeat
+    counts = tuple(_counts(args.memory, "--memory")) if args.memory else ()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         models, batches, repeat = ["digits_cnn", "digits_mobilenet"], [8], 2
     with _assumed_cpu(args.cpu) as cpu_line, cluster_executor(args) as executor:
-        rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches,
-                     tasks=_csv(args.tasks), executor=executor, progress=TerminalProgress())
-        write(format_bench(rows))
+        rows = bench(models, batches, repeat=repeat, calib_batches=args.calib_batches, tasks=_csv(args.tasks),
+                     clock=args.clock, executor=executor, progress=TerminalProgress()) if models else []
+        write(format_bench(rows, memory_rows(counts) if counts else (), clock=args.clock))
         write(cpu_line)
     return 0

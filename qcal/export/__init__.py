@@ -1,4 +1,5 @@
-"""Exports of a calibrated model: ONNX QDQ (``to_onnx``)."""
+"""Exports of a calibrated model or recipe to other runtimes: ONNX QDQ (``to_onnx``), torch's
+QConfigMapping (``qcal.export.qconfig.to_qconfig_mapping``)."""
 
 from qcal.export.onnx import UnsupportedExport, onnx_bytes, to_onnx
 

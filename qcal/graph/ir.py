@@ -75,6 +75,7 @@ class Graph:
         obs_names: a label per observation point (the first value it observes).
         layers: names of the conv/linear steps (their module's qualified name).
         inputs: (placeholder name, argument name, default or ``NO_DEFAULT``) per model input.
+        obs_specs: the activation QSpec of each observation point (its owner's scheme).
     """
 
     module: nn.Module
@@ -82,6 +83,7 @@ class Graph:
     obs_names: list[str]
     layers: list[str]
     inputs: list[tuple[str, str, Any]] = field(default_factory=list)
+    obs_specs: list[Any] = field(default_factory=list)
 
 
 NO_DEFAULT = "<no default>"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from qcal.graph.ir import Graph, Ref, Step
 
-__all__ = ["torch_layouts"]
+__all__ = ["torch_layouts", "torch_memory_format"]
 
 
 def torch_layouts(graph: Graph, backend: str) -> tuple[dict[str, bool], frozenset[str]]:
@@ -60,3 +62,12 @@ _LAYOUT: dict[str, Callable[[Step, bool, dict[str, bool], str], tuple[bool, bool
     **dict.fromkeys(("relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add", "identity",
                      "quantize", "dequantize", "float", "shape"), _keep_layout),
 }
+
+
+def torch_memory_format(value: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A dequantized value in the memory format torch's would have: torch dequantizes a
+    channels-last tensor to a channels-last one, and an fp32 conv rounds differently on
+    channels-last input than on contiguous input (the next quantize then flips codes)."""
+    if channels_last and value.dim() == 4:
+        return value.contiguous(memory_format=torch.channels_last)
+    return value

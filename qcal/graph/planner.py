@@ -10,6 +10,14 @@ torch's native (fbgemm/qnnpack) backend config does:
   instance also sees their output (one more ``tap`` on the same point, in graph order);
 * everything else runs in fp32; a quantized op fed by an fp32 value gets one input
   observer per value (a quantize step), an fp32 op fed by int8 values a dequantize step.
+
+Under a ``Recipe`` each conv/linear takes its layer's scheme (None: fp32, with a fused ReLU)
+and every other op the recipe's default, as torch's module-name qconfigs do (functional ops
+and ReLU/pool modules never carry a conv/linear's name). At the boundaries, torch's rules:
+an int8 input keeps its producer's observer whatever the consumer's activation spec (only
+the dtype counts); an fp32 input is observed with the consumer's spec, and a second int8
+consumer of the same fp32 value reuses that observer when its observer class and dtype
+match (its other settings, e.g. reduce_range, are ignored).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step, UnsupportedGraph, only_user
+from qcal.schemes import SCHEMES, QSpec, Recipe
 
 __all__ = ["plan"]
 
@@ -99,8 +108,11 @@ def _clamp_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[float, 
 class _Planner:
     """Walks the folded graph once, emitting steps and observation points like prepare_fx."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, recipe: Recipe) -> None:
         self.gm = gm
+        self.recipe = recipe
+        self.default_act = None if recipe.default is None else recipe.default.activation
+        self.obs_specs: list[QSpec] = []
         self.modules = dict(gm.named_modules())
         self.steps: list[Step] = []
         self.obs_names: list[str] = []
@@ -108,11 +120,12 @@ class _Planner:
         self.state: dict[str, str] = {}  # value name -> "q" (int8), "f" (fp32 tensor), "n" (non-tensor)
         self.obs_of: dict[str, int] = {}
         self.alias: dict[str, str] = {}  # fused-away nodes -> the step carrying their value
-        self.quantized_from: dict[str, str] = {}
+        self.quantized_from: dict[tuple[str, str, str], str] = {}  # (value, observer, dtype) -> step
         self.dequantized_from: dict[str, str] = {}
 
-    def new_obs(self, label: str) -> int:
+    def new_obs(self, label: str, spec: QSpec) -> int:
         self.obs_names.append(label)
+        self.obs_specs.append(spec)
         return len(self.obs_names) - 1
 
     def ref(self, a: Any) -> Any:
@@ -124,18 +137,22 @@ class _Planner:
         if step.obs is not None and state == "q":
             self.obs_of[step.name] = step.obs
 
-    def quantized(self, r: Ref) -> Ref:
-        """A quantized version of value ``r``: itself, or a (deduplicated) quantize step."""
+    def quantized(self, r: Ref, spec: QSpec) -> Ref:
+        """A quantized version of value ``r`` for a consumer observing with ``spec``: itself
+        (int8 already), or a quantize step shared by consumers of the same observer class
+        and dtype (torch reuses the first such observer of a value)."""
         st = self.state[r.name]
         if st == "q":
             return r
         if st != "f":
             raise UnsupportedGraph(f"{r.name} is not a tensor but feeds a quantized op")
-        if r.name not in self.quantized_from:
-            name = f"{r.name}_quantized"
-            self.emit(Step(name, "quantize", args=(r,), obs=self.new_obs(r.name)), "q")
-            self.quantized_from[r.name] = name
-        return Ref(self.quantized_from[r.name])
+        key = (r.name, spec.observer, spec.dtype)
+        if key not in self.quantized_from:
+            name = f"{r.name}_quantized" + ("" if not any(k[0] == r.name for k in self.quantized_from)
+                                            else f"_{len(self.quantized_from)}")
+            self.emit(Step(name, "quantize", args=(r,), obs=self.new_obs(r.name, spec)), "q")
+            self.quantized_from[key] = name
+        return Ref(self.quantized_from[key])
 
     def floats(self, a: Any) -> Any:
         """``a`` with each quantized value replaced by a (deduplicated) dequantize step."""
@@ -164,7 +181,8 @@ class _Planner:
                 continue
             getattr(self, f"_on_{node.op}")(node)
         self._compact_observation_points()
-        return Graph(_plain_module(self.gm, self.steps), self.steps, self.obs_names, self.layers, inputs)
+        return Graph(_plain_module(self.gm, self.steps), self.steps, self.obs_names, self.layers, inputs,
+                     self.obs_specs)
 
     def _compact_observation_points(self) -> None:
         """Renumber the points still in use (torch.cat merges some) as 0..n-1, in order."""
@@ -173,6 +191,7 @@ class _Planner:
             return
         new = {old: i for i, old in enumerate(used)}
         self.obs_names = [self.obs_names[old] for old in used]
+        self.obs_specs = [self.obs_specs[old] for old in used]
         self.steps = [replace(s, obs=new[s.obs]) if s.obs is not None else s for s in self.steps]
 
     def _on_placeholder(self, node: fx.Node) -> None:
@@ -220,11 +239,18 @@ class _Planner:
         if kind == "conv" and (mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
             raise UnsupportedGraph(f"{node.target}: padding {mod.padding!r} / padding_mode {mod.padding_mode!r} "
                                    "is not supported (numeric zero padding only)")
-        x = self.quantized(self.ref(node.args[0]))
-        relu = self._fuse_relu(node, _RELU_FUNCTIONS)
+        scheme = self.recipe.scheme_for(node.target)
         self.layers.append(node.target)
+        if scheme is None:  # fp32 layer: torch fuses the ReLU all the same (conv-relu module)
+            relu = self._fuse_relu(node, _RELU_FUNCTIONS)
+            self.emit(Step(node.name, "float", op="call_module", target=node.target,
+                           args=self.floats(self.ref(node.args)), kwargs=self.floats(self.ref(node.kwargs)),
+                           relu=relu), "f")
+            return
+        x = self.quantized(self.ref(node.args[0]), scheme.activation)
+        relu = self._fuse_relu(node, _RELU_FUNCTIONS)
         self.emit(Step(node.name, kind, op="call_module", target=node.target, args=(x,),
-                       obs=self.new_obs(node.target), relu=relu), "q")
+                       obs=self.new_obs(node.target, scheme.activation), relu=relu), "q")
 
     def _on_call_module(self, node: fx.Node) -> None:
         mod = self.modules[node.target]
@@ -275,9 +301,9 @@ class _Planner:
         """
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if not isinstance(tensors, list | tuple) or isinstance(dim, fx.Node):
+        if not isinstance(tensors, list | tuple) or isinstance(dim, fx.Node) or self.default_act is None:
             return self._float_step(node)
-        refs = [self.quantized(r) for r in self.ref(list(tensors))]
+        refs = [self.quantized(r, self.default_act) for r in self.ref(list(tensors))]
         first = self.obs_of[refs[0].name]
         for r in refs[1:]:
             own = self.obs_of[r.name]
@@ -299,27 +325,35 @@ class _Planner:
         return self._float_step(node)
 
     def _add(self, node: fx.Node) -> None:
-        a, b = (self.quantized(r) for r in self.ref(node.args))
+        if self.default_act is None:
+            return self._float_step(node)
+        a, b = (self.quantized(r, self.default_act) for r in self.ref(node.args))
         relu = self._fuse_relu(node, (F.relu, torch.relu))
         self.emit(Step(node.name, "add", op=node.op, target=node.target, args=(a, b),
-                       obs=self.new_obs(node.name), relu=relu), "q")
+                       obs=self.new_obs(node.name, self.default_act), relu=relu), "q")
 
     def _shared(self, node: fx.Node, kind: str) -> None:
         """An op whose output shares its input's observer (and so its qparams)."""
         args = self.ref(node.args)
-        if not args or not isinstance(args[0], Ref) or self.state[args[0].name] not in ("q", "f"):
+        if (not args or not isinstance(args[0], Ref) or self.state[args[0].name] not in ("q", "f")
+                or self.default_act is None):
             return self._float_step(node)
-        x = self.quantized(args[0])
+        x = self.quantized(args[0], self.default_act)
         self.emit(Step(node.name, kind, op=node.op, target=node.target, args=(x, *args[1:]),
                        kwargs=self.ref(node.kwargs), obs=self.obs_of[x.name],
                        clamp=_clamp_bounds(node, self.modules) if kind == "clamp" else None), "q")
 
 
 
-def plan(gm: fx.GraphModule) -> Graph:
+def plan(gm: fx.GraphModule, recipe: Recipe | None = None) -> Graph:
     """The program for a traced, BN-folded GraphModule (see the module doc).
+
+    Args:
+        gm: the folded GraphModule.
+        recipe: which layers are int8 under which scheme; None: every layer int8 under
+            one scheme (the structure every uniform scheme shares).
 
     Raises:
         UnsupportedGraph: an op qcal's engine does not mirror bit for bit (named).
     """
-    return _Planner(gm).plan()
+    return _Planner(gm, recipe if recipe is not None else Recipe(SCHEMES["per_tensor_affine"])).plan()

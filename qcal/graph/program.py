@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
-from qcal.graph.layouts import torch_layouts
+from qcal.graph.layouts import torch_layouts, torch_memory_format
 from qcal.int8.layer_ops import (
     adaptive_avg_pool2d,
     add,
@@ -101,7 +101,8 @@ def release_plan(graph: Graph) -> list[tuple[str, ...]]:
 
 @torch.no_grad()
 def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
-              record: dict[str, torch.Tensor] | None = None) -> Any:
+              record: dict[str, torch.Tensor] | None = None,
+              on_value: Callable[[str, Any], None] | None = None) -> Any:
     """The folded fp32 model on one batch, observed where torch's prepared model observes.
 
     Args:
@@ -110,6 +111,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
         tap: ``tap(obs, value)`` at every observation (input observers, op outputs, and the
             shared observers' extra looks), in graph order.
         record: filled with each step's fp32 value when given.
+        on_value: ``on_value(name, value)`` for each value the float model computes, as it
+            is computed (the order torch's observers, placed right after each value, see).
     """
     env = bind_inputs(graph, inputs)
     release = release_plan(graph)
@@ -126,6 +129,8 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
                 # a conv/linear module's output is fresh: ReLU in place saves a pass
                 value = value.relu_() if step.kind in ("conv", "linear") and step.op == "call_module" else F.relu(value)
         env[step.name] = value
+        if on_value is not None and step.kind not in ("quantize", "dequantize"):
+            on_value(step.name, value)
         if tap is not None and step.obs is not None and step.kind not in ("dequantize", "identity"):
             tap(step.obs, value)
         if record is not None:
@@ -199,7 +204,8 @@ class IntegerProgram:
 
     def _dequantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         scale, zp = self.act[step.obs]
-        return dequantize(env[step.args[0].name], scale, zp)
+        return torch_memory_format(dequantize(env[step.args[0].name], scale, zp),
+                                   self.nhwc.get(step.args[0].name, False))
 
     def _add(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         a, b = step.args
@@ -207,7 +213,8 @@ class IntegerProgram:
                    *self.act[step.obs], relu=step.relu, backend=self.backend)
 
     def _fp32(self, step: Step, env: dict[str, Any], results: Any = None) -> Any:
-        return _call(step, self.graph, _load(step.args, env), _load(step.kwargs, env))
+        value = _call(step, self.graph, _load(step.args, env), _load(step.kwargs, env))
+        return F.relu(value) if step.relu else value  # an fp32 layer of a recipe, with its fused ReLU
 
     def _obs(self, ref: Ref) -> int:
         return self._obs_by_name[ref.name]

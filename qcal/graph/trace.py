@@ -18,7 +18,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from qcal.graph.ir import Graph, UnsupportedGraph, only_user
 from qcal.graph.planner import plan
 
-__all__ = ["build_graph"]
+__all__ = ["build_graph", "trace_folded"]
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -58,6 +58,16 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
 
 
 
+def trace_folded(model: nn.Module) -> fx.GraphModule:
+    """The eval-mode model traced by torch.fx with BN folded (raises UnsupportedGraph), ready
+    for ``qcal.graph.planner.plan`` under any recipe."""
+    if model.training:
+        raise ValueError("build_graph needs an eval-mode model (BatchNorm folds with running statistics)")
+    gm = _trace(model)
+    _fold_batchnorm(gm)
+    return gm
+
+
 @torch.no_grad()
 def build_graph(model: nn.Module) -> Graph:
     """Trace ``model`` (in eval mode), fold BN, plan the program.
@@ -69,11 +79,7 @@ def build_graph(model: nn.Module) -> Graph:
         UnsupportedGraph: the model cannot be traced, or holds an op qcal's engine does not
             mirror bit for bit (the message names it).
     """
-    if model.training:
-        raise ValueError("build_graph needs an eval-mode model (BatchNorm folds with running statistics)")
-    gm = _trace(model)
-    _fold_batchnorm(gm)
-    graph = plan(gm)
+    graph = plan(trace_folded(model))
     if not graph.layers:
         raise UnsupportedGraph("the model has no nn.Conv2d or nn.Linear layer to quantize")
     return graph

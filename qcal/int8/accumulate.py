@@ -15,6 +15,11 @@ Two engines, both exact by construction and proven so by tests built at the boun
   chunked the same way above it). Used only when a start-up probe at the saturation extreme
   agrees with the float engine, the CPU has VNNI, activations are uint8, weights int8 with
   zero points 0. It is 3-5x faster than the float engine.
+  Without VNNI, oneDNN's u8 x s8 kernels add adjacent products in int16 with saturation
+  (``vpmaddubsw``), like FBGEMM's: exact exactly when no pair can leave int16, which
+  ``2 * max a * max |w| <= 32767`` guarantees (activation codes <= 127, as every
+  ``reduce_range`` scheme has). A second probe at that extreme (same-sign weights, so a sum
+  of four products in int16 would overflow) confirms it, and each call checks the bound.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ import torch.nn.functional as F
 
 from qcal.int8.cpu import has_vnni
 
-__all__ = ["F32_EXACT", "Accumulator", "Method", "chunk_plan", "onednn_exact"]
+__all__ = ["F32_EXACT", "PAIR_LIMIT", "Accumulator", "Method", "chunk_plan", "onednn_exact", "onednn_pairs_exact"]
 
 #: Largest magnitude below which every integer is exact in float32.
 F32_EXACT = 2**24
+_PAIRS_PATH_ENABLED = False  # oneDNN without VNNI below the pair bound: disabled, see onednn_small
+#: Largest int16 pair sum ``a0*w0 + a1*w1`` that cannot saturate.
+PAIR_LIMIT = 2**15 - 1
 Method = Literal["auto", "float", "onednn"]
 
 
@@ -55,6 +63,35 @@ def onednn_exact() -> bool:
         return bool(torch.equal(acc.double(), ref)) and bool(
             torch.equal(lin.double(), xl.double() @ wl.double().T)
         )
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_pairs_exact() -> bool:
+    """True when oneDNN's int8 convolution and matmul are exact whenever no int16 pair of
+    products can saturate (``2 * max a * max |w| <= 32767``), VNNI or not.
+
+    Probed once at that extreme: activations 127, weights all 127 or all -128 per output
+    channel (a kernel summing four products in int16 would overflow there), for a 3x3, a
+    1x1, a strided grouped and a depthwise convolution with a zero point, and a matmul.
+    """
+    try:
+        for c, o, k, groups, za in ((16, 16, 3, 1, 0), (64, 32, 1, 1, 5), (32, 32, 3, 4, 3), (32, 32, 3, 32, 7)):
+            x = torch.full((2, c, 7, 7), 127, dtype=torch.uint8)
+            x[1, :, ::2] = 0
+            w = torch.full((o, c // groups, k, k), 127, dtype=torch.int8)
+            w[::2] = -128
+            geometry = ((1 + (groups > 1),) * 2, ((k - 1) // 2,) * 2, (1, 1), groups)
+            acc = _onednn_conv(x.contiguous(memory_format=torch.channels_last), za, w, geometry)
+            xc = F.pad(x.double() - za, ((k - 1) // 2,) * 4)
+            ref = F.conv2d(xc, w.double(), None, geometry[0], 0, 1, groups)
+            if not torch.equal(acc.double(), ref):
+                return False
+        xl, wl = torch.full((4, 96), 127, dtype=torch.uint8), torch.full((8, 96), 127, dtype=torch.int8)
+        wl[::2] = -128
+        lin = _onednn_linear(xl, 3, wl)
+        return bool(torch.equal(lin.double(), (xl.double() - 3) @ wl.double().T))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
@@ -143,6 +180,9 @@ class Accumulator:
     col_sums: torch.Tensor = field(init=False, repr=False)
     use_onednn: bool = field(init=False)
     onednn_zw: bool = field(init=False)
+    onednn_small: bool = field(init=False)
+    pair_max: int = field(init=False)
+    zw_zero: bool = field(init=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -153,13 +193,22 @@ class Accumulator:
         sums = sums.sum((2, 3)) if self.w_q.dim() == 4 else sums  # (O, C/G) or (O, K)
         object.__setattr__(self, "col_sums", sums)
         eligible = self.w_q.dtype == torch.int8 and bool((self.w_zero_point == 0).all())
-        if self.method == "onednn" and not (eligible and onednn_exact()):
-            raise ValueError("accumulator method 'onednn' needs int8 weights with zero point 0 on a CPU where oneDNN is exact (VNNI)")
-        use = self.method == "onednn" or (self.method == "auto" and eligible and onednn_exact())
-        object.__setattr__(self, "use_onednn", use)
+        if self.method == "onednn" and not (eligible and (onednn_exact() or onednn_pairs_exact())):
+            raise ValueError("accumulator method 'onednn' needs int8 weights with zero point 0 on a CPU where "
+                             "oneDNN is exact (VNNI, or activations small enough that no int16 pair saturates)")
+        use = eligible and self.method in ("auto", "onednn") and onednn_exact()
+        object.__setattr__(self, "use_onednn", use)  # at any activation range
+        int8_auto = self.method == "auto" and self.w_q.dtype == torch.int8
         # Non-zero weight zero points: oneDNN on the raw weights, minus zw_j * window sums
-        zw_path = self.method == "auto" and self.w_q.dtype == torch.int8 and not eligible and onednn_exact()
-        object.__setattr__(self, "onednn_zw", zw_path)
+        object.__setattr__(self, "onednn_zw", int8_auto and not eligible and onednn_exact())
+        # Without VNNI: oneDNN while every raw pair a0*w0 + a1*w1 stays in int16 (checked per call)
+        small = ((eligible and self.method in ("auto", "onednn")) or int8_auto) and onednn_pairs_exact()
+        # Off: a module-swap encoder under qnnpack_default lost exactness with it (cosine 0.93
+        # in tests/calibration/test_model.py); kept for the investigation, see docs/performance.md
+        object.__setattr__(self, "onednn_small", small and not use and _PAIRS_PATH_ENABLED)
+        w_max = int(self.w_q.to(torch.int16).abs().max()) if self.w_q.numel() else 0
+        object.__setattr__(self, "pair_max", w_max)
+        object.__setattr__(self, "zw_zero", bool((self.w_zero_point == 0).all()))
 
     def bound(self, amax: int) -> float:
         """``amax * max_j sum_k |w_jk - zw_j|``: no partial sum can exceed it."""
@@ -189,14 +238,25 @@ class Accumulator:
         idx = (torch.arange(groups)[:, None] * cg + torch.arange(c0, c1)[None, :]).reshape(-1)
         return x.index_select(channel_axis, idx)
 
-    def _one(self, x, za, chunk, whole, bias=None, raw=False):
+    def onednn_here(self, hi: int, za: int) -> bool:
+        """Whether oneDNN is exact for uint8 activations up to ``hi`` (zero point ``za``):
+        always on VNNI, else while no raw pair ``a0*w0 + a1*w1`` can leave int16."""
+        if self.use_onednn or self.onednn_zw:
+            return True
+        if not self.onednn_small:
+            return False
+        padded = self.geometry is not None and any(self.geometry[1])
+        return 2 * max(hi, za if padded else 0) * self.pair_max <= PAIR_LIMIT
+
+    def _one(self, x, za, chunk, whole, bias=None, raw=False, onednn=False):
         """Accumulator of the input channels in ``chunk`` (float32, exact), plus ``bias`` if given;
-        ``raw``: oneDNN's ``sum (a - za) w`` on the raw weights (zero points ignored)."""
+        ``onednn``: by oneDNN (zero weight zero points); ``raw``: oneDNN's ``sum (a - za) w`` on
+        the raw weights (zero points ignored)."""
         lin = self.geometry is None
         xs = x if whole else self._channels(x, chunk, -1 if lin else 1)
-        if not whole and self.use_onednn:
+        if not whole and onednn:
             xs = xs.contiguous() if lin else xs.contiguous(memory_format=torch.channels_last)
-        if self.use_onednn or raw:
+        if onednn or raw:
             w = self.w_q if whole else self.w_q[:, chunk[0]:chunk[1]]
             packed = self._packed(chunk)
             if lin:
@@ -225,14 +285,16 @@ class Accumulator:
         is exact: under the static bound, or, since oneDNN accumulates in int32, whenever the
         result shows ``|acc| < 2^24`` (checked: ``|y| + |b| + 2 < 2^24``).
         """
-        if not self.use_onednn:
+        if not (self.use_onednn or self.onednn_small) or not self.zw_zero:
             return None
         x_q, za = _as_uint8(x_q, za)
         lo, hi = torch.aminmax(x_q)
+        if not self.onednn_here(int(hi), za):
+            return None
         amax = max(int(hi) - za, za - int(lo), 0)
         bias = bias.float().contiguous()
         bmax = float(bias.abs().max())
-        y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, bias=bias)
+        y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, bias=bias, onednn=True)
         if self.bound(amax) + bmax <= F32_EXACT:
             return y, self.bound(amax) + bmax
         ymax = _absmax(y)
@@ -289,12 +351,14 @@ class Accumulator:
         amax = max(int(hi) - za, za - int(lo), 0)
         plan = self._plan(amax)
         bound = self.bound(amax)
-        if self.onednn_zw and plan is not None and x_q.dtype == torch.uint8:
+        here = plan is not None and self.onednn_here(int(hi), za)
+        plain = here and self.zw_zero
+        if here and not self.zw_zero:
             found = self._zero_point_corrected(x_q, za, bound)
             if found is not None:
                 return found
-        if self.use_onednn and plan is not None and len(plan) > 1:
-            acc = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True)
+        if plain and len(plan) > 1:
+            acc = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, onednn=True)
             observed = _absmax(acc)
             if observed < F32_EXACT:  # float(acc) < 2^24 implies acc < 2^24: exact
                 return acc, observed
@@ -305,9 +369,9 @@ class Accumulator:
             s, p, d, g = self.geometry
             return F.conv2d(xc, self.w_centred.double(), None, s, p, d, g).to(torch.int32), bound
         if len(plan) == 1:
-            return self._one(x_q, za, plan[0], whole=True), bound
+            return self._one(x_q, za, plan[0], whole=True, onednn=plain), bound
         acc = None
         for chunk in plan:
-            part = self._one(x_q, za, chunk, whole=False).to(torch.int32)
+            part = self._one(x_q, za, chunk, whole=False, onednn=plain).to(torch.int32)
             acc = part if acc is None else acc.add_(part)
         return acc, bound

@@ -1,6 +1,7 @@
 """Integer conv2d and linear on plain integer tensors, bit-exact against each backend.
 
-One-shot forms of ``packed.py``: each call packs the weights and runs the layer once.
+One-shot forms of ``packed.py``: each call runs the layer once, with the weights packed on
+first use and the pack reused while the same, unmodified tensors come back (``pack_cache.py``).
 ``out = clamp(requant(sum_k (a_k - za)(w_jk - zw_j)) + zo)`` with the backend's own bias
 rule, rounding and zero-point order (``requant.py``), and under fbgemm the int16 pair
 saturation its kernel applies on this CPU (``saturation.py``).
@@ -11,10 +12,16 @@ from __future__ import annotations
 import torch
 
 from qcal.int8.isa import InstructionSet
+from qcal.int8.pack_cache import cached_pack
 from qcal.int8.packed import KernelResult, pack_conv2d, pack_linear
 from qcal.schemes import Backend
 
 __all__ = ["conv2d", "conv2d_detailed", "linear", "linear_detailed"]
+
+
+def _conv_pack(w_q, w_scale, w_zero_point, bias, stride, padding, dilation, groups, backend):
+    options = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "backend": backend}
+    return cached_pack("conv2d", pack_conv2d, (w_q, w_scale, w_zero_point, bias), options)
 
 
 @torch.no_grad()
@@ -42,8 +49,7 @@ def conv2d(
     Example: x=[[[[20]]]] (sa=0.5, za=0), w=[[[[1]]]] (sw=0.25), so=1, zo=3: acc 20, y*M = 2.5
     -> fbgemm rint(2.5) + 3 = 5; onnx rint(2.5 + 3) = 6.
     """
-    packed = pack_conv2d(w_q, w_scale, w_zero_point, bias, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, backend=backend)
+    packed = _conv_pack(w_q, w_scale, w_zero_point, bias, stride, padding, dilation, groups, backend)
     return packed(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu=relu, saturate=saturate, isa=isa)
 
 
@@ -54,8 +60,7 @@ def conv2d_detailed(
     saturate: bool | None = None, isa: InstructionSet | None = None,
 ) -> KernelResult:
     """``conv2d`` returning a ``KernelResult(out, acc, saturated_pairs, requant)``."""
-    packed = pack_conv2d(w_q, w_scale, w_zero_point, bias, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, backend=backend)
+    packed = _conv_pack(w_q, w_scale, w_zero_point, bias, stride, padding, dilation, groups, backend)
     return packed(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu=relu,
                   saturate=saturate, detailed=True, isa=isa)
 
@@ -66,7 +71,7 @@ def linear(
     *, relu=False, backend: Backend = "fbgemm", saturate: bool | None = None, isa: InstructionSet | None = None,
 ) -> torch.Tensor:
     """Quantized linear on integer codes: (..., K) x (O, K) -> (..., O); see ``conv2d``."""
-    packed = pack_linear(w_q, w_scale, w_zero_point, bias, backend=backend)
+    packed = cached_pack("linear", pack_linear, (w_q, w_scale, w_zero_point, bias), {"backend": backend})
     return packed(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu=relu, saturate=saturate, isa=isa)
 
 
@@ -76,6 +81,6 @@ def linear_detailed(
     *, relu=False, backend: Backend = "fbgemm", saturate: bool | None = None, isa: InstructionSet | None = None,
 ) -> KernelResult:
     """``linear`` returning a ``KernelResult(out, acc, saturated_pairs, requant)``."""
-    packed = pack_linear(w_q, w_scale, w_zero_point, bias, backend=backend)
+    packed = cached_pack("linear", pack_linear, (w_q, w_scale, w_zero_point, bias), {"backend": backend})
     return packed(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu=relu,
                   saturate=saturate, detailed=True, isa=isa)

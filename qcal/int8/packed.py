@@ -217,7 +217,7 @@ class _Packed:
         # pixels hold za, so it counts too when the layer pads.
         padded = getattr(self, "geometry", None) is not None and any(self.geometry[1])
         amax = max(int(x_q.max()), za if padded else 0)
-        return 2 * amax * int(self.w_q.abs().max()) > 32767
+        return 2 * amax * self.accumulator.pair_max > 32767  # max |w|, computed once per pack
 
 
 @dataclass(frozen=True, eq=False)

@@ -125,6 +125,7 @@ class Store:
         if title:
             meta["title"] = title
         return self.save(comparison.frames(), meta)
+
     def list(self) -> pd.DataFrame:
         """One row per run, newest first.
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.accumulate import F32_EXACT, Accumulator, chunk_plan, onednn_exact
+from qcal.int8.accumulate import (
+    F32_EXACT,
+    PAIR_LIMIT,
+    Accumulator,
+    chunk_plan,
+    onednn_exact,
+)
 
 METHODS = ["float"] + (["onednn"] if onednn_exact() else [])
 
@@ -123,3 +129,23 @@ def test_onednn_takes_one_pass_when_the_result_shows_it_is_exact():
     bias = torch.randn(8, generator=g) * 100
     y, _ = acc.with_bias(x, 128, bias)
     assert torch.equal(y, out + bias)  # f32(acc + b): one rounding of the exact sum
+
+
+@pytest.mark.skip(reason="oneDNN below the pair bound is disabled (accumulate._PAIRS_PATH_ENABLED)")
+@pytest.mark.parametrize("zw_max", [0, 5])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_onednn_where_no_pair_saturates_and_float_beyond(zw_max, groups):
+    g = torch.Generator().manual_seed(zw_max + groups)
+    w = torch.randint(-128, 128, (8, 16 // groups, 3, 3), generator=g, dtype=torch.int8)
+    zw = torch.randint(-zw_max, zw_max + 1, (8,), generator=g)
+    geometry = ((1, 2), (1, 1), (1, 1), groups)
+    acc = Accumulator(w, zw, geometry, "auto")
+    assert 2 * 127 * acc.pair_max <= PAIR_LIMIT < 2 * 128 * acc.pair_max
+    for hi, za in ((127, 100), (127, 0), (255, 3)):
+        x = torch.randint(0, hi + 1, (3, 16, 9, 7), generator=g, dtype=torch.uint8)
+        x[0, 0, 0, 0] = hi
+        assert acc.onednn_here(hi, za) == (hi <= 127 or acc.use_onednn or acc.onednn_zw)
+        out, _ = acc(x, za)
+        assert torch.equal(out.to(torch.int64), int64_conv(x, za, w, zw.reshape(-1, 1, 1, 1), geometry))
+    # a zero point above 127 pads with it: that can saturate too, so not oneDNN without VNNI
+    assert acc.onednn_here(100, 200) == (acc.use_onednn or acc.onednn_zw)

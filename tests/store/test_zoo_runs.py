@@ -11,6 +11,8 @@ import qcal.store.zoo_runs as zoo_runs
 from qcal.store import Store
 from qcal.zoo import zoo
 
+TWO = ("per_tensor_affine", "per_channel_symmetric")  # real presets: stored runs parse their schemes
+
 
 def test_find_run_picks_the_newest_run_of_the_same_setup():
     runs = pd.DataFrame({
@@ -35,7 +37,8 @@ def fake_compare_zoo(monkeypatch):
     calls = []
 
     def fake(model_name, schemes, backends, **kwargs):
-        calls.append((model_name, schemes, backends, kwargs["eval_samples"]))
+        schemes = [getattr(s, "name", s) for s in schemes]  # names or resolved Schemes
+        calls.append((model_name, schemes, list(backends), kwargs["eval_samples"]))
         frames = {"summary": pd.DataFrame({"scheme": schemes, "value": [0.5] * len(schemes)})}
         return SimpleNamespace(frames=lambda: frames, meta={"model": model_name, "schemes": schemes,
                                                             "backends": backends}, models={})
@@ -46,11 +49,11 @@ def fake_compare_zoo(monkeypatch):
 
 def test_find_or_compute_computes_and_saves_once_then_finds_the_stored_run(tmp_path, fake_compare_zoo):
     store = Store(tmp_path / "runs.sqlite")
-    run_id, cmp = zoo_runs.find_or_compute_zoo_run("digits_mlp", ("a", "b"), ("fbgemm",), store=store,
+    run_id, cmp = zoo_runs.find_or_compute_zoo_run("digits_mlp", TWO, ("fbgemm",), store=store,
                                                    eval_samples=7)
-    assert cmp is not None and fake_compare_zoo == [("digits_mlp", ["a", "b"], ["fbgemm"], 7)]
+    assert cmp is not None and fake_compare_zoo == [("digits_mlp", list(TWO), ["fbgemm"], 7)]
     assert store.load(run_id).meta["model"] == "digits_mlp"
-    again, cmp_again = zoo_runs.find_or_compute_zoo_run("digits_mlp", ("a", "b"), ("fbgemm",), store=store)
+    again, cmp_again = zoo_runs.find_or_compute_zoo_run("digits_mlp", TWO, ("fbgemm",), store=store)
     assert (again, cmp_again) == (run_id, None) and len(fake_compare_zoo) == 1
-    other, _ = zoo_runs.find_or_compute_zoo_run("digits_mlp", ("a",), ("fbgemm",), store=store)
+    other, _ = zoo_runs.find_or_compute_zoo_run("digits_mlp", TWO[:1], ("fbgemm",), store=store)
     assert other != run_id and len(fake_compare_zoo) == 2  # another setup is another run
