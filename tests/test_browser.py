@@ -2,8 +2,8 @@
 
 Starts ``streamlit run dashboard.py`` on a free loopback port, opens every page, checks
 visible content, that no exception or error box is shown and that the plotly charts drew,
-saves a screenshot per page to artifacts/screenshots/ (the README's docs/*.png are copied
-from there), and measures a warm page switch (printed; only a generous bound is asserted,
+saves a screenshot per page to artifacts/screenshots/ (the README's docs/*.png are
+copies of these), and measures a warm page switch (printed; only a generous bound is asserted,
 so a loaded CI box does not fail it). The default comparison is computed into the test's
 store in-process before the server starts, with the same call the dashboard makes, so the
 browser waits on drawing, not on minutes of calibration on a loaded 2-core box.
