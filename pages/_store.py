@@ -15,7 +15,7 @@ from pages._shared import load_run
 from qcal.reporting.report import report_html
 from qcal.store import Store
 
-PAGE_PATHS = ("compare", "scales", "layers", "requant", "explain", "runs")
+PAGE_PATHS = ("compare", "scales", "layers", "sensitivity", "requant", "explain", "runs")
 
 
 def store_location() -> str:

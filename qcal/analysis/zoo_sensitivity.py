@@ -84,10 +84,12 @@ def save_recipe_run(comparison: Any, store: Store | None = None) -> str:
     return (store or Store()).save_comparison(comparison)
 
 
-def recipe_layer_table(comparison: Any, recipe: Recipe) -> pd.DataFrame:
-    """Per layer: the recipe's choice (scheme name or fp32) and its output SQNR (dB)."""
-    layers = comparison.layers
-    sqnr = layers.groupby("layer", sort=False)["sqnr_db"].min() if not layers.empty else pd.Series(dtype=float)
-    names = list(dict.fromkeys(layers["layer"])) if not layers.empty else []
-    choice = [getattr(recipe.scheme_for(n), "name", "fp32") for n in names]
-    return pd.DataFrame({"layer": names, "choice": choice, "sqnr_db": [float(sqnr[n]) for n in names]})
+def recipe_layer_table(comparison: Any, recipe: Recipe, layers: Sequence[str]) -> pd.DataFrame:
+    """Per layer of ``layers``: the recipe's choice (scheme name or fp32) and its output SQNR in
+    dB (worst over the run's backends; NaN for an fp32 layer, which is not quantized)."""
+    frame = comparison.layers
+    sqnr = frame.groupby("layer", sort=False)["sqnr_db"].min() if not frame.empty else pd.Series(dtype=float)
+    choice = [getattr(recipe.scheme_for(n), "name", "fp32") for n in layers]
+    return pd.DataFrame({"layer": list(layers), "choice": choice,
+                         "sqnr_db": [float(sqnr.get(n, float("nan"))) if c != "fp32" else float("nan")
+                                     for n, c in zip(layers, choice, strict=True)]})
