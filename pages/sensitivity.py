@@ -99,11 +99,12 @@ def sensitivity_page() -> None:
     require_router()
     st.title("Layer sensitivity")
     model = get_param("model", zoo_names(), DEFAULT_MODEL)
-    left, right = st.columns(2)
-    backend = select_param("Backend", "backend", list(BACKENDS), "fbgemm", where=left)
-    evals = int(select_param("Eval samples", "sens_eval", EVAL_CHOICES, "100", where=right))
-    st.caption(f"model **{model}** · backend {backend} · {evals} held-out samples")
-    scanned = scan_section(model, backend, evals)
+    with st.container(key="sens_block"):
+        left, right = st.columns(2)
+        backend = select_param("Backend", "backend", list(BACKENDS), "fbgemm", where=left)
+        evals = int(select_param("Eval samples", "sens_eval", EVAL_CHOICES, "100", where=right))
+        st.caption(f"model **{model}** · backend {backend} · {evals} held-out samples")
+        scanned = scan_section(model, backend, evals)
     if scanned is None:
         return
     rows, schemes = scanned

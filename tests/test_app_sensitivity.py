@@ -107,3 +107,27 @@ def test_the_recipe_builder_follows_the_picked_layer_and_saves_a_run(scanned):
     run_id = at.session_state["recipe_saved"]
     meta = Store().load(run_id).meta
     assert next(iter(meta["recipes"].values()))["layers"] == {layer: "fp32"}
+
+
+def test_the_compare_page_shows_the_saved_recipe_beside_the_presets(scanned):
+    from streamlit.testing.v1 import AppTest
+
+    import qcal
+    from qcal.analysis.zoo_sensitivity import zoo_data
+    from qcal.store import Store
+
+    at = scanned
+    if "recipe_saved" not in at.session_state:  # when run alone
+        at.button(key="recipe_save").click().run(timeout=TIMEOUT)
+    recipe_run = at.session_state["recipe_saved"]
+    model, calib, ev = zoo_data("digits_mlp", 50)
+    presets = qcal.compare(model, calib, ev, ["per_tensor_affine"], ["fbgemm"], meta={"model": "digits_mlp"})
+    preset_run = Store().save_comparison(presets)
+    page = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT)
+    page.query_params.update({"run": preset_run})
+    page.run(timeout=TIMEOUT)
+    assert_clean(page)
+    table = next(d.value for d in page.dataframe if {"kind", "fp32_layers"} <= set(d.value.columns))
+    assert list(table["kind"]) == ["preset", "recipe"]
+    assert list(table["run_id"]) == [preset_run, recipe_run]
+    assert table["value"].iloc[1] == Store().load(recipe_run).frames["summary"]["value"].iloc[0]
