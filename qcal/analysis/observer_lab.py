@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qcal.calibration.calibrate import _Observed
+from qcal.calibration.observed import Observed, observe_activation_specs
 from qcal.calibration.trajectory import activation_specs
 from qcal.qparams import dequantize, qrange, quantize
 from qcal.schemes import QSpec
@@ -87,17 +87,16 @@ def observer_lab(
         ValueError: for a label that is not an observed tensor (the message lists them).
     """
     specs = list(dict.fromkeys(specs or activation_specs()))
-    observed = _Observed(copy.deepcopy(model).eval(), mode, specs)
-    observed.start()
+    observed = observe_activation_specs(copy.deepcopy(model).eval(), mode, specs)
     kept: list[tuple[str, torch.Tensor]] = []
-    tap = observed._tap
+    on_value = observed._on_value
 
-    def keep(obs: int, value: torch.Tensor) -> None:  # the chosen tensor's values, by mode
-        if observed.points[obs].label == layer and value.is_floating_point():
+    def keep(name: str, value: torch.Tensor) -> None:  # the chosen tensor's values, by mode
+        if value.is_floating_point() and any(p.label == layer for p in observed.feeds.get(name, ())):
             kept.append((observed.mode, value.detach().float().reshape(-1).clone()))
-        tap(obs, value)
+        on_value(name, value)
 
-    observed._tap = keep
+    observed._on_value = keep
     for i, start in enumerate(range(0, len(calib_inputs), batch_size)):
         observed.feed(calib_inputs[start:start + batch_size], i == 0)
     point = _find(observed, layer)
@@ -116,8 +115,9 @@ def observer_lab(
     return ObserverLab(layer, hist, pd.DataFrame(rows, columns=LAB_COLUMNS), len(calib_inputs))
 
 
-def _find(observed: _Observed, layer: str):
-    labels = [p.label for p in observed.points]
+def _find(observed: Observed, layer: str):
+    points = list(observed.points.values())
+    labels = [p.label for p in points]
     if layer not in labels:
         raise ValueError(f"no observed activation {layer!r}; observed: {', '.join(labels)}")
-    return observed.points[labels.index(layer)]
+    return points[labels.index(layer)]

@@ -31,7 +31,7 @@ from qcal.graph.program import run_float
 from qcal.graph.trace import trace_folded
 from qcal.schemes import QSpec, Recipe, Scheme
 
-__all__ = ["Observed", "as_recipe", "warn_at_caller"]
+__all__ = ["Observed", "as_recipe", "observe_activation_specs", "warn_at_caller"]
 
 _QCAL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Key = tuple[str, ...]  # the values an observer sees per batch, in order
@@ -182,3 +182,17 @@ class Observed:
             call_model(self.model, batch)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"calibration batch of shape {describe_shape(batch)} does not fit the model: {err}") from err
+
+
+def observe_activation_specs(model: nn.Module, mode: str, specs: Sequence[QSpec]) -> Observed:
+    """A started pass whose observation points hold one observer per activation spec.
+
+    Each spec rides on a uniform recipe (its weight spec is irrelevant to observation), so
+    the points are exactly those ``calibrate`` observes for these activation specs.
+    """
+    weight = QSpec("qint8", "per_tensor_affine", "minmax")
+    recipes = [Recipe(Scheme(f"activation-{i}", weight, spec, ""), name=f"activation-{i}")
+               for i, spec in enumerate(specs)]
+    observed = Observed(model, mode, recipes)
+    observed.start()
+    return observed

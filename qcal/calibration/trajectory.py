@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qcal.calibration.calibrate import _Observed
+from qcal.calibration.observed import observe_activation_specs
 from qcal.schemes import OBSERVERS, QSpec, check_mode
 
 __all__ = ["TRAJECTORY_COLUMNS", "activation_specs", "scale_trajectory", "settling_samples"]
@@ -83,15 +83,14 @@ def scale_trajectory(
     names = {s: s.observer for s in specs}
     if len(set(names.values())) < len(specs):
         names = {s: s.label() for s in specs}
-    observed = _Observed(copy.deepcopy(model).eval(), mode, specs)
-    observed.start()
+    observed = observe_activation_specs(copy.deepcopy(model).eval(), mode, specs)
     rows, seen = [], 0
     for stop in _checkpoints(len(calib_inputs), checkpoints):
         while seen < stop:
             end = min(stop, seen + batch_size)
             observed.feed(calib_inputs[seen:end], seen == 0)
             seen = end
-        for point in observed.points:
+        for point in observed.points.values():
             for spec, obs in point.observers.items():
                 scale, zp = obs.qparams()
                 lo, hi = obs.clip_range()
