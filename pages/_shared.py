@@ -319,10 +319,9 @@ def layer_trace(run: CurrentRun, scheme: str, backend: str, sample: int) -> dict
 @st.cache_data(show_spinner="Writing the ONNX file…", max_entries=32)
 def _onnx_file(run_id: str, model: str, scheme: str, backend: str, _qm: Any) -> bytes | None:
     from qcal.export.onnx import onnx_bytes
-    from qcal.zoo import zoo
+    from qcal.zoo.registry import input_shape_of
 
-    shape = zoo.info(model).input_shape if model in zoo.names() else None
-    return onnx_bytes(_qm, input_shape=shape) if _qm.mode == "graph" else None
+    return onnx_bytes(_qm, input_shape=input_shape_of(model)) if _qm.mode == "graph" else None
 
 
 def onnx_file(run: CurrentRun, scheme: str, backend: str) -> bytes | None:

@@ -131,7 +131,11 @@ def _draw_beside(qm, layer_name: str, trace, index) -> None:
 
 
 def _draw_download(run, scheme: str, backend: str) -> None:
-    data = onnx_file(run, scheme, backend)
+    try:
+        data = onnx_file(run, scheme, backend)
+    except Exception as err:  # an export refusal or onnx's checker: the rest of the page still stands
+        st.caption(f"No ONNX export for this model: {type(err).__name__}: {err}")
+        return
     if data is None:
         st.caption("No ONNX export here: the model is not loadable or runs in module-swap mode.")
         return

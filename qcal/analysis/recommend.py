@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -51,6 +51,8 @@ class Recommendation:
         steps: one row per evaluation: step, layer, choice (scheme name or "fp32"), value,
             drop, accepted.
         evaluations: int8 evaluations the search made; passes: calibration passes.
+        dask: on a Dask executor, the bytes sent to the workers (``SweepStats`` as a dict),
+            else None.
     """
 
     recipe: Recipe
@@ -63,6 +65,7 @@ class Recommendation:
     steps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STEP_COLUMNS))
     evaluations: int = 0
     passes: int = 1
+    dask: dict[str, int] | None = None
 
     @property
     def fp32_layers(self) -> list[str]:
@@ -189,4 +192,5 @@ def recommend(
     report(1.0, "done")
     return Recommendation(recipe, sweep.metric, search.value, sweep.fp32_value, search.drop(search.value),
                           test_value, test_fp32, pd.DataFrame(search.steps, columns=STEP_COLUMNS),
-                          sweep.evaluations, sweep.calibrated.passes)
+                          sweep.evaluations, sweep.calibrated.passes,
+                          asdict(sweep.stats) if sweep.stats.workers else None)

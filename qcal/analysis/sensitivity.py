@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -69,7 +70,8 @@ def sensitivity(
     Returns:
         One row per (layer, mode): layer, kind, mode ("only" | "all_but"), metric, value,
         fp32_value, drop (fp32_value - value, a fraction), sqnr_db (the layer's own output
-        SQNR when it alone is int8, on the first 64 eval samples), recipe.
+        SQNR when it alone is int8, on the first 64 eval samples), recipe. On a Dask
+        executor, ``attrs["dask"]`` records the bytes sent (``qcal.analysis.cluster.SweepStats``).
 
     Example::
 
@@ -90,4 +92,7 @@ def sensitivity(
              "recipe": recipe}
             for ((layer, mode), recipe), s in zip(recipes.items(), scores, strict=True)]
     report(1.0, "done")
-    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+    frame = pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+    if sweep.stats.workers:
+        frame.attrs["dask"] = asdict(sweep.stats)
+    return frame

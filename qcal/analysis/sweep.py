@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from qcal.analysis.cluster import run_sweep
+from qcal.analysis.cluster import SweepStats, run_sweep
 from qcal.analysis.compare import _fp32_output
 from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches
@@ -97,6 +97,10 @@ class Sweep:
         executor: a ``concurrent.futures.Executor`` or None (in process).
         mode: "auto" | "graph" | "modules".
         progress: ``progress(fraction, message)`` for the calibration pass.
+
+    Attributes:
+        stats: what ``scores`` sent to Dask workers, over all its calls (each call sends the
+            shared eval data once per worker; ``jobs`` sums the chunks); workers 0 in process.
     """
 
     def __init__(self, model: torch.nn.Module, calib_data: Any, eval_data: Any,
@@ -114,6 +118,7 @@ class Sweep:
         self.labelled = self.metric == "accuracy"
         self.calibrated = Calibrated(model, calib_data, recipes, mode=mode, progress=progress)
         self.evaluations = 0
+        self.stats = SweepStats(workers=0, shared_bytes=0, jobs=0, job_bytes=0)
 
     @property
     def layers(self) -> list[str]:
@@ -130,8 +135,10 @@ class Sweep:
         workers = getattr(self.executor, "_max_workers", None) or 4
         size = 1 if self.executor is None else max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        results, _ = run_sweep(self.executor, score_chunk, (self.batches, self.fp32, self.labelled), chunks,
-                               progress=report, describe=lambda chunk: chunk[0][0].scheme.name)
+        results, stats = run_sweep(self.executor, score_chunk, (self.batches, self.fp32, self.labelled), chunks,
+                                   progress=report, describe=lambda chunk: chunk[0][0].scheme.name)
+        self.stats = SweepStats(max(self.stats.workers, stats.workers), max(self.stats.shared_bytes, stats.shared_bytes),
+                                self.stats.jobs + stats.jobs, max(self.stats.job_bytes, stats.job_bytes))
         return [score for chunk in results for score in chunk]
 
     @torch.no_grad()

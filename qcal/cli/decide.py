@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from qcal.cli.args import arg, command, write
+from qcal.cli.cluster import DASK_ARG, cluster_executor, report_sweep
 from qcal.cli.runs import _choices, _count, _table
 from qcal.schemes import BACKENDS, SCHEMES
 
@@ -16,19 +17,22 @@ _COMMON = (
     arg("--model", default="digits_mobilenet", help="a zoo name (python -m qcal compare --list-models)"),
     arg("--backend", default="fbgemm", choices=BACKENDS),
     arg("--batch-size", type=_count, default=128),
+    arg("--eval-samples", type=_count, default=None, help="cap the test split's samples"),
     arg("--format", choices=("table", "csv", "json"), default="table"),
+    DASK_ARG,
 )
 
 
-def _digits(model_name: str, batch_size: int) -> tuple[Any, Any, Any, Any]:
-    """(model, calibration batches, test split x, test split y)."""
+def _digits(model_name: str, batch_size: int, eval_samples: int | None) -> tuple[Any, Any, Any, Any]:
+    """(model, calibration batches, test split x, test split y (the first ``eval_samples``))."""
     from qcal.zoo import datasets, zoo
 
     if zoo.info(model_name).data != "digits":
         raise ValueError(f"{model_name} has no evaluation data here; use a digits_* zoo model")
     model = zoo.load(model_name)
     splits = datasets.digits_splits()
-    return model, datasets.calib_batches(splits.calib[0], batch_size=batch_size), *splits.test
+    x, y = (t[:eval_samples] for t in splits.test)
+    return model, datasets.calib_batches(splits.calib[0], batch_size=batch_size), x, y
 
 
 def _fraction(text: str) -> float:
@@ -52,9 +56,11 @@ def sensitivity_command(args: argparse.Namespace) -> int:
     from qcal.progress import TerminalProgress
     from qcal.zoo import datasets
 
-    model, calib, x, y = _digits(args.model, args.batch_size)
-    rows = sensitivity(model, calib, datasets.batches(x, y, batch_size=args.batch_size), args.scheme,
-                       args.backend, progress=TerminalProgress())
+    model, calib, x, y = _digits(args.model, args.batch_size, args.eval_samples)
+    with cluster_executor(args) as executor:
+        rows = sensitivity(model, calib, datasets.batches(x, y, batch_size=args.batch_size), args.scheme,
+                           args.backend, executor=executor, progress=TerminalProgress())
+    report_sweep(rows.attrs.get("dask"))
     table = rows.assign(recipe=[r.name for r in rows["recipe"]])
     write(_table(table.drop(columns="recipe") if args.format == "table" else table, args.format))
     return 0
@@ -76,13 +82,15 @@ def recommend_command(args: argparse.Namespace) -> int:
     from qcal.zoo import datasets
 
     schemes = None if args.schemes == "all" else _choices(args.schemes, "scheme", SCHEMES, also="'all' or ")
-    model, calib, x, y = _digits(args.model, args.batch_size)
+    model, calib, x, y = _digits(args.model, args.batch_size, args.eval_samples)
     half = len(x) // 2
-    rec = recommend(model, calib, datasets.batches(x[:half], y[:half], batch_size=args.batch_size),
-                    schemes=schemes, backend=args.backend, max_drop=args.max_drop,
-                    max_fp32_layers=args.max_fp32_layers,
-                    test_data=datasets.batches(x[half:], y[half:], batch_size=args.batch_size),
-                    progress=TerminalProgress())
+    with cluster_executor(args) as executor:
+        rec = recommend(model, calib, datasets.batches(x[:half], y[:half], batch_size=args.batch_size),
+                        schemes=schemes, backend=args.backend, max_drop=args.max_drop,
+                        max_fp32_layers=args.max_fp32_layers,
+                        test_data=datasets.batches(x[half:], y[half:], batch_size=args.batch_size),
+                        executor=executor, progress=TerminalProgress())
+    report_sweep(rec.dask)
     write(_table(rec.steps, args.format))
     if args.format == "table":
         write(f"\nrecipe: default {rec.recipe.to_data()['default']}, layers {rec.recipe.to_data()['layers']}")

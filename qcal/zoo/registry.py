@@ -45,7 +45,7 @@ from qcal.io.tensor_files import load_tensors
 from qcal.io.user_models import import_module, load_user_model
 from qcal.zoo import datasets, zoo
 
-__all__ = ["ENTRY_POINT_GROUP", "NamedModel", "RegisteredModel", "RegistryProblem", "catalogue", "check",
+__all__ = ["ENTRY_POINT_GROUP", "NamedModel", "RegisteredModel", "RegistryProblem", "catalogue", "check", "input_shape_of",
            "load_named", "model_names", "registered"]
 
 ENTRY_POINT_GROUP = "qcal.models"
@@ -257,6 +257,14 @@ class NamedModel:
 def model_names() -> list[str]:
     """Zoo names, then registered ones (unusable registry entries are left out)."""
     return [*zoo.names(), *registered()[0]]
+
+
+def input_shape_of(name: str) -> tuple[int, ...] | None:
+    """One sample's input shape (no batch dimension) of a zoo or registered model; None if unknown."""
+    if name in zoo.names():
+        return tuple(zoo.info(name).input_shape)
+    entry = registered()[0].get(name)
+    return None if entry is None else tuple(entry.data()[0].shape[1:])
 
 
 def load_named(name: str, progress: Any = None) -> NamedModel:

@@ -8,6 +8,7 @@ SQNR/MSE) may differ in the last bits.
 """
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -224,6 +225,38 @@ def test_cli_compare_on_the_cluster_equals_the_in_process_run(cluster, tmp_path,
     print(f"\ndigits_cnn, 4 schemes: {stats}")
     assert stats["workers"] == 2 and stats["jobs"] == 4
     assert stats["job_bytes"] < 1_000 < 100_000 < stats["shared_bytes"]
+
+
+def _csv_frame(text: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text))
+
+
+def test_cli_sensitivity_on_the_cluster_equals_the_in_process_run(cluster, capsys, one_thread):
+    args = ["sensitivity", "--model", "digits_cnn", "--eval-samples", "64", "--batch-size", "32",
+            "--format", "csv"]
+    assert main(args) == 0
+    local = _csv_frame(capsys.readouterr().out)
+    assert main([*args, "--dask", cluster.address]) == 0
+    captured = capsys.readouterr()
+    remote = _csv_frame(captured.out)
+    assert len(local) == 2 * local["layer"].nunique() >= 8  # "only" and "all_but" per conv/linear layer
+    assert set(local["mode"]) == {"only", "all_but"}
+    pd.testing.assert_frame_equal(local, remote, check_exact=True)
+    line = next(x for x in captured.err.splitlines() if x.startswith("dask: "))
+    print(f"\n{line}")
+    assert " jobs on 2 workers; sent " in line
+
+
+def test_cli_recommend_on_the_cluster_equals_the_in_process_run(cluster, tmp_path, capsys, one_thread):
+    args = ["recommend", "--model", "digits_mlp", "--schemes", "per_tensor_affine,per_channel_symmetric",
+            "--max-drop", "0", "--eval-samples", "128", "--batch-size", "32", "--format", "csv"]
+    assert main([*args, "--out", str(tmp_path / "local.toml")]) == 0
+    local = _csv_frame(capsys.readouterr().out)
+    assert main([*args, "--out", str(tmp_path / "dask.toml"), "--dask", cluster.address]) == 0
+    captured = capsys.readouterr()
+    pd.testing.assert_frame_equal(local, _csv_frame(captured.out), check_exact=True)
+    assert (tmp_path / "local.toml").read_text() == (tmp_path / "dask.toml").read_text()
+    assert " jobs on 2 workers; sent " in captured.err
 
 
 def test_cli_bench_runs_its_cells_on_the_cluster(cluster, capsys):
