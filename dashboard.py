@@ -18,6 +18,7 @@ PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:", default=True),
     st.Page("pages/scales.py", title="Scales", icon=":material/straighten:"),
     st.Page("pages/layers.py", title="Layers", icon=":material/layers:"),
+    st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
     st.Page("pages/requant.py", title="Requant math", icon=":material/functions:"),
     st.Page("pages/explain.py", title="Explain a checkpoint", icon=":material/description:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),

@@ -14,8 +14,9 @@ import streamlit as st
 from pages._shared import load_run
 from qcal.reporting.report import report_html
 from qcal.store import Store
+from qcal.store.recipe_runs import beside_presets, saved_recipe_rows
 
-PAGE_PATHS = ("compare", "scales", "layers", "requant", "explain", "runs")
+PAGE_PATHS = ("compare", "scales", "layers", "sensitivity", "requant", "explain", "runs")
 
 
 def store_location() -> str:
@@ -60,3 +61,15 @@ def share_link(run_id: str, page: str = "compare") -> str:
         path = path.rsplit("/", 1)[0]
     page = "" if page == "compare" else page  # the default page lives at the root URL
     return f"{parts.scheme}://{parts.netloc}{path}/{page}?run={run_id}"
+
+
+@st.cache_data(show_spinner="Reading the saved recipes…", max_entries=32)
+def _recipe_rows(model: str, run_ids: tuple[str, ...]) -> pd.DataFrame:
+    return saved_recipe_rows(Store(), model)  # run_ids: the key changes when a run is saved or deleted
+
+
+def recipes_beside_presets(model: str, summary: pd.DataFrame, run_id: str, data_description: str) -> pd.DataFrame:
+    """The run's presets followed by every saved recipe of ``model`` (one row per backend)."""
+    runs = Store().list()
+    rows = _recipe_rows(model, tuple(runs.loc[runs["model"] == model, "id"]))
+    return beside_presets(summary, run_id, data_description, rows)

@@ -22,6 +22,7 @@ from pages._state import (
     set_param,
     show_table,
 )
+from pages._store import recipes_beside_presets
 from qcal.reporting import views
 from qcal.reporting.story import grouped_caveats, lead_sentence
 from qcal.scheme_text import build_scheme, format_scheme
@@ -124,6 +125,15 @@ def compare_page() -> None:
 
     with st.expander("Full summary table"):
         show_table(summary, key="summary_table")
+
+    st.subheader("Saved recipes beside the presets")
+    table = recipes_beside_presets(run.model, summary, run.run_id, run.meta.get("data_description", ""))
+    if (table["kind"] == "recipe").any():
+        show_table(table, key="recipes_table")
+        st.caption("Recipes come from their own saved runs: compare numbers on the same data "
+                   "(see data_description).")
+    else:
+        st.caption("No saved recipe for this model yet: build one on the Sensitivity page.")
 
 
 compare_page()

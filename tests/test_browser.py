@@ -37,6 +37,7 @@ PAGES = [
     ("compare", "Compare", "Compare schemes and backends", "accuracy_chart", True),
     ("scales", "Scales", "Scales and zero points", "scale_chart", True),
     ("layers", "Layers", "Per-layer error", "layer_error_chart", True),
+    ("sensitivity", "Sensitivity", "Layer sensitivity", "sens_block", False),
     ("requant", "Requant math", "Requantization, step by step", "steps_block", False),
     ("explain", "Explain a checkpoint", "Explain a quantized checkpoint", "explain_block", False),
     ("runs", "Runs", "Saved runs", "runs_block", False),
