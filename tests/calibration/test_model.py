@@ -11,6 +11,7 @@ from wholemodel_cases import MATCHING_ENGINE, digits_data, make_model
 import qcal
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.calibration.calibrate import calibrate, calibrate_many
+from qcal.int8.isa import saturates as isa_saturates
 
 ISSUE_ARCHS = ["cnn", "mobilenet", "resnet"]
 
@@ -434,5 +435,11 @@ def test_trained_encoder_in_module_swap_mode_per_scheme_and_backend():
         out = qm(test)
         cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
         acc = float((out.argmax(1) == splits.test[1]).float().mean())
+        # Full-range activations (qnnpack_default) on fbgemm: without AVX512-VNNI FBGEMM's u8*s8
+        # pair sums really saturate in int16 (reproduced bit for bit), which costs some cosine
+        # (0.9963 on an AVX2 CPU); everywhere else the bound is the tight one.
+        saturating = (backend == "fbgemm" and not qm.scheme.activation.reduce_range
+                      and isa_saturates("gemm"))
+        bound = 0.995 if saturating else 0.998
         print(f"{scheme:22s} {backend:8s} cosine {cos:.5f} accuracy {acc:.4f} (fp32 {fp32_acc:.4f})")
-        assert qm.mode == "modules" and cos > 0.998 and acc > fp32_acc - 0.02, (scheme, backend)
+        assert qm.mode == "modules" and cos > bound and acc > fp32_acc - 0.02, (scheme, backend)
