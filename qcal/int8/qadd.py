@@ -94,15 +94,15 @@ def add(
         raise TypeError(f"a_q and b_q must share a dtype, got {a_q.dtype} and {b_q.dtype}")
     if backend in ("fbgemm", "qnnpack", "x86") and a_q.shape != b_q.shape:
         raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
+    if backend == "ort":  # computed directly, not through a pair table
+        out = ort_add(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point)
+        return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
     info = torch.iinfo(a_q.dtype)
     lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
     sa, sb, so = f32(a_scale), f32(b_scale), f32(out_scale)
     codes = torch.arange(info.min, info.max + 1)
     ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
     za, zb, zo = a_zero_point, b_zero_point, out_zero_point
-    if backend == "ort":
-        out = ort_add(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point)
-        return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
     table = _ADD_TABLES.get(backend, _fbgemm_table)(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi).to(a_q.dtype)
     if a_q.shape != b_q.shape:  # onnx / q31 broadcast
         a_q, b_q = torch.broadcast_tensors(a_q, b_q)

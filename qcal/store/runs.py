@@ -95,7 +95,7 @@ def environment() -> dict[str, Any]:
         detected), ``qcal_version``, ``python_version``, ``machine``, and for the ort
         flavour ``onnxruntime_version``, ``ort_instruction_set`` and ``ort_u8s8_saturates``.
     """
-    from qcal.int8.isa import instruction_set  # here: QCAL_CPU may change between saves
+    from qcal.int8.isa import instruction_set  # here, like torch above: readers need no torch
 
     return {**dict(_environment()), "instruction_set": instruction_set()}
 
