@@ -123,6 +123,32 @@ def _layer(w: _Writer, step: Any) -> str:
     return w.quantize(y, step.obs, f"{name}_q")
 
 
+def _float_layer(w: _Writer, step: Any, mod: nn.Module) -> str:
+    """An fp32 layer of a recipe: float Conv / Gemm on the folded float weights (as a user
+    ships a partly quantized model), its input a DequantizeLinear, its consumer's Q after it."""
+    name = step.target
+    weight = w.const(f"{name}.weight", mod.weight.detach().float().numpy())
+    inputs = [w.names[step.args[0].name], weight]
+    if mod.bias is not None:
+        inputs.append(w.const(f"{name}.bias", mod.bias.detach().float().numpy()))
+    if isinstance(mod, nn.Conv2d):
+        (sh, sw), (ph, pw), (dh, dw) = mod.stride, mod.padding, mod.dilation
+        y = w.node("Conv", inputs, f"{step.name}_conv", strides=[sh, sw], pads=[ph, pw, ph, pw],
+                   dilations=[dh, dw], group=mod.groups)
+    else:
+        y = w.node("Gemm", inputs, f"{step.name}_gemm", transB=1)
+    return w.node("Relu", [y], f"{step.name}_relu") if step.relu else y
+
+
+def _float_step(w: _Writer, step: Any) -> str:
+    """A step the program runs in fp32: a recipe's fp32 conv/linear layer or a flatten."""
+    if step.op == "call_module":
+        mod = w.qm.graph.module.get_submodule(step.target)
+        if type(mod) in (nn.Conv2d, nn.Linear):
+            return _float_layer(w, step, mod)
+    return w.node("Flatten", [w.names[step.args[0].name]], step.name, axis=_flatten_axis(step, w.qm.graph))
+
+
 def _same_qparams(w: _Writer, step: Any, op: str, extra: list[str] | None = None, **attrs: Any) -> str:
     """``DQ -> op -> Q`` keeping the input's qparams (pools, ReLU, clamps, flatten)."""
     x = w.floats(step.args[0].name)
@@ -196,8 +222,7 @@ def _step(w: _Writer, step: Any) -> None:
             w.quantized[step.name] = w.quantized[step.args[0].name]
         return
     if kind == "float":
-        w.names[step.name] = w.node("Flatten", [w.names[step.args[0].name]], step.name,
-                                    axis=_flatten_axis(step, w.qm.graph))
+        w.names[step.name] = _float_step(w, step)
         return
     if kind in ("conv", "linear"):
         out = _layer(w, step)

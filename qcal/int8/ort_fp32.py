@@ -1,0 +1,126 @@
+"""What onnxruntime does to a recipe's fp32 layers: it quantizes the ones between a DQ and a Q.
+
+A recipe that keeps a conv/linear in fp32 is exported as ``DQ -> Conv/Gemm (float weights)
+-> [Relu] -> Q`` (``qcal.export.onnx``). Under the default session options onnxruntime's
+``WeightBiasQuantization`` transformer (``core/optimizer/qdq_transformer/
+weight_bias_quantization.cc``) rewrites every Conv/Gemm whose input comes from a per-tensor
+DequantizeLinear and whose output reaches a QuantizeLinear without branching (a Relu or Clip
+may sit between) and whose weight is a float initializer: it adds ``Q -> DQ`` to the weight
+and an int32 bias, and the QDQ fusions then run the layer as QLinearConv / QGemm. The fp32
+layer runs in int8 in onnxruntime.
+
+The weight's qparams are ``GetQuantizationParameter<int8_t>`` (``core/util/qmath.h``),
+asymmetric per tensor despite the transformer's comment: ``lo = min(min w, 0)``,
+``hi = max(max w, 0)``, ``s = f32(f32(hi - lo) / 255)`` (1 when ``hi == lo``),
+``z = rint(clamp(f32(-128 - f32(lo / s)), -128, 127))``; weights are then quantized by
+QuantizeLinear (a division) and the bias by ``rint(f32(b / f32(sx * s)))`` (Mul, Div,
+Round, Cast), which is qcal's ``ort`` bias rule. A layer whose input is the model input (no
+DQ) or whose output is the model output (no Q) stays float and runs in MLAS's float kernels:
+``ort_float_gemm`` reproduces MLAS's SGEMM (AVX2/FMA3 kernel) bit for bit; a float Conv
+runs in MLAS's NCHWc kernels, which qcal does not reproduce (torch's conv stands in: their
+accumulation orders differ, so a requantization on a near-tie can land one code apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcal.int8.ort import ort_dequantize, ort_quantize
+from qcal.int8.packed import pack_conv2d, pack_linear
+from qcal.qparams import _fma_f32
+
+__all__ = ["SGEMM_STRIDE_K", "ort_float_gemm", "ort_fp32_kernel", "ort_quantized_fp32_layers", "ort_weight_qparams"]
+
+#: MLAS's SGEMM splits K into blocks of this many (``mlas/lib/sgemm.cpp``, MLAS_SGEMM_STRIDEK)
+SGEMM_STRIDE_K = 256
+
+
+def ort_weight_qparams(w: torch.Tensor) -> tuple[float, int]:
+    """onnxruntime's int8 (scale, zero point) for a float weight (see the module doc).
+
+    Example: weights in [-0.5, 1.5] -> scale f32(2 / 255), zero point rint(-128 + 63.75) = -64.
+    """
+    f = torch.float32
+    lo = torch.clamp_max(w.detach().to(f).min(), 0.0)
+    hi = torch.clamp_min(w.detach().to(f).max(), 0.0)
+    if bool(hi == lo):
+        return 1.0, -128 if float(lo) == 0.0 else 0  # qmin - 0 / 1 = -128 when both are 0
+    scale = (hi - lo) / torch.tensor(255.0, dtype=f)
+    zp = torch.tensor(-128.0, dtype=f) - lo / scale
+    return float(scale), int(torch.round(zp.clamp(-128.0, 127.0)))
+
+
+def _is_layer(step: Any, graph: Any) -> bool:
+    return (step.kind == "float" and step.op == "call_module"
+            and type(graph.module.get_submodule(step.target)) in (nn.Conv2d, nn.Linear))
+
+
+def ort_quantized_fp32_layers(graph: Any) -> dict[str, tuple[int, int]]:
+    """The recipe's fp32 layers onnxruntime quantizes: {step name: (input obs, output obs)}.
+
+    A layer qualifies when the program feeds it a dequantize step and its value has one
+    consumer, a quantize step (its fused ReLU is the Relu node the transformer allows).
+    """
+    steps = {s.name: s for s in graph.steps}
+    consumers: dict[str, list[Any]] = {}
+    for s in graph.steps:
+        for name in s.refs:
+            consumers.setdefault(name, []).append(s)
+    out: dict[str, tuple[int, int]] = {}
+    for step in graph.steps:
+        if not _is_layer(step, graph) or len(step.refs) != 1:
+            continue
+        src, users = steps[step.refs[0]], consumers.get(step.name, [])
+        if src.kind == "dequantize" and len(users) == 1 and users[0].kind == "quantize":
+            out[step.name] = (src.obs, users[0].obs)
+    return out
+
+
+def ort_fp32_kernel(module: nn.Module, x_qparams: tuple[float, int], y_qparams: tuple[float, int],
+                    relu: bool, dtype: torch.dtype = torch.uint8) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer as onnxruntime runs it after quantizing it: float input (a DequantizeLinear's
+    output, requantized exactly) -> QLinearConv / QGemm codes -> their dequantized floats
+    (which the following QuantizeLinear turns back into the same codes)."""
+    w = module.weight.detach().float()
+    ws, wz = ort_weight_qparams(w)
+    w_q = ort_quantize(w, ws, wz, torch.int8)
+    bias = None if module.bias is None else module.bias.detach().float()
+    if isinstance(module, nn.Conv2d):
+        packed = pack_conv2d(w_q, ws, wz, bias, stride=module.stride, padding=module.padding,
+                             dilation=module.dilation, groups=module.groups, backend="ort")
+    else:
+        packed = pack_linear(w_q, ws, wz, bias, backend="ort")
+    (xs, xz), (ys, yz) = x_qparams, y_qparams
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        y_q = packed(ort_quantize(x, xs, xz, dtype), xs, xz, ys, yz, relu=relu)
+        return ort_dequantize(y_q, ys, yz)
+
+    return run
+
+
+@torch.no_grad()
+def ort_float_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """onnxruntime's float ``Gemm(x, weight, bias, transB=1)`` on x86 with FMA (MLAS SGEMM).
+
+    Each K block of ``SGEMM_STRIDE_K`` accumulates ``fma(x_k, w_k, acc)`` from 0 in k order;
+    the blocks are then added to C one by one, C starting at the broadcast bias (Gemm copies
+    it into the output first) or at the first block. Checked against onnxruntime on random
+    shapes (tests/int8/test_int8_ort_fp32.py); torch's ``linear`` sums in another order and
+    differs in the last bit on most outputs.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"Gemm takes a 2-D input (batch, features), got shape {tuple(x.shape)}")
+    x, w = x.float(), weight.detach().float()
+    m, k = x.shape
+    c = None if bias is None else bias.detach().float().expand(m, w.shape[0])
+    for k0 in range(0, k, SGEMM_STRIDE_K):
+        acc = torch.zeros(m, w.shape[0])
+        for i in range(k0, min(k, k0 + SGEMM_STRIDE_K)):
+            acc = _fma_f32(x[:, i:i + 1], w[:, i].unsqueeze(0), acc)
+        c = acc if c is None else c + acc
+    return c
