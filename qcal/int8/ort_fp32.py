@@ -33,7 +33,8 @@ from qcal.int8.ort import ort_dequantize, ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import _fma_f32
 
-__all__ = ["SGEMM_STRIDE_K", "ort_float_gemm", "ort_fp32_kernel", "ort_quantized_fp32_layers", "ort_weight_qparams"]
+__all__ = ["SGEMM_STRIDE_K", "ort_float_gemm", "ort_fp32_kernel", "ort_fp32_layers", "ort_fp32_notes",
+           "ort_quantized_fp32_layers", "ort_weight_qparams"]
 
 #: MLAS's SGEMM splits K into blocks of this many (``mlas/lib/sgemm.cpp``, MLAS_SGEMM_STRIDEK)
 SGEMM_STRIDE_K = 256
@@ -47,8 +48,8 @@ def ort_weight_qparams(w: torch.Tensor) -> tuple[float, int]:
     f = torch.float32
     lo = torch.clamp_max(w.detach().to(f).min(), 0.0)
     hi = torch.clamp_min(w.detach().to(f).max(), 0.0)
-    if bool(hi == lo):
-        return 1.0, -128 if float(lo) == 0.0 else 0  # qmin - 0 / 1 = -128 when both are 0
+    if bool(hi == lo):  # all-zero weights: scale 1, zero point qmin - 0 / 1
+        return 1.0, -128
     scale = (hi - lo) / torch.tensor(255.0, dtype=f)
     zp = torch.tensor(-128.0, dtype=f) - lo / scale
     return float(scale), int(torch.round(zp.clamp(-128.0, 127.0)))
@@ -77,6 +78,36 @@ def ort_quantized_fp32_layers(graph: Any) -> dict[str, tuple[int, int]]:
         src, users = steps[step.refs[0]], consumers.get(step.name, [])
         if src.kind == "dequantize" and len(users) == 1 and users[0].kind == "quantize":
             out[step.name] = (src.obs, users[0].obs)
+    return out
+
+
+def ort_fp32_layers(graph: Any) -> dict[str, str]:
+    """How onnxruntime runs each fp32 layer of a recipe: {layer: "int8" (quantized by
+    WeightBiasQuantization, reproduced), "float Gemm" (MLAS SGEMM, reproduced) or "float Conv"
+    (MLAS's NCHWc kernels, not reproduced bit for bit)}."""
+    quantized = ort_quantized_fp32_layers(graph)
+    out = {}
+    for step in graph.steps:
+        if _is_layer(step, graph):
+            conv = isinstance(graph.module.get_submodule(step.target), nn.Conv2d)
+            out[step.target] = "int8" if step.name in quantized else ("float Conv" if conv else "float Gemm")
+    return out
+
+
+def ort_fp32_notes(graph: Any) -> list[str]:
+    """Plain-language notes on what onnxruntime does to a recipe's fp32 layers (empty if none)."""
+    kinds = ort_fp32_layers(graph)
+    by = {k: [n for n, v in kinds.items() if v == k] for k in ("int8", "float Gemm", "float Conv")}
+    out = []
+    if by["int8"]:
+        out.append(f"onnxruntime quantizes the fp32 layers {', '.join(by['int8'])} itself (WeightBiasQuantization: "
+                   "int8 weights per tensor, asymmetric), because each sits between a DequantizeLinear and a "
+                   "QuantizeLinear; the ort flavour reproduces it")
+    if by["float Gemm"]:
+        out.append(f"{', '.join(by['float Gemm'])} run as float Gemm in onnxruntime (MLAS SGEMM, reproduced)")
+    if by["float Conv"]:
+        out.append(f"{', '.join(by['float Conv'])} run as float Conv in onnxruntime (MLAS NCHWc kernels), which the "
+                   "ort flavour does not reproduce bit for bit: expect a few differing values after them")
     return out
 
 
