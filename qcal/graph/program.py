@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
 from qcal.graph.layouts import torch_layouts, torch_memory_format
@@ -29,7 +29,7 @@ from qcal.int8.layer_ops import (
     quantize_codes,
 )
 from qcal.int8.ort import ort_clip
-from qcal.int8.ort_fp32 import ort_float_gemm, ort_fp32_kernel, ort_quantized_fp32_layers
+from qcal.int8.ort_fp32 import ort_float_layer, ort_fp32_kernels
 from qcal.qparams import dequantize
 
 __all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float"]
@@ -165,14 +165,7 @@ class IntegerProgram:
         self.nhwc, scrambled = torch_layouts(graph, backend)
         self.scrambled = scrambled if reproduce_torch_bugs else frozenset()
         # onnxruntime quantizes a recipe's fp32 layers that sit between a DQ and a Q (ort_fp32)
-        self.ort_layers = self._ort_fp32_layers() if backend == "ort" else {}
-
-    def _ort_fp32_layers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        dtype = torch.uint8 if self.act_dtype == "quint8" else torch.int8
-        return {name: ort_fp32_kernel(self.graph.module.get_submodule(step.target), self.act[i], self.act[o],
-                                      step.relu, dtype)
-                for step in self.graph.steps
-                for name, (i, o) in ort_quantized_fp32_layers(self.graph).items() if name == step.name}
+        self.ort_layers = ort_fp32_kernels(graph, act_qparams, act_dtype) if backend == "ort" else {}
 
     def qparams_of(self, step: Step) -> tuple[float, int]:
         """(scale, zero_point) of a quantized step's output."""
@@ -226,12 +219,11 @@ class IntegerProgram:
         if step.name in self.ort_layers:
             return self.ort_layers[step.name](env[step.args[0].name])
         args = _load(step.args, env)
-        if self.backend == "ort" and step.op == "call_module" and args and getattr(args[0], "dim", int)() == 2:
-            mod = self.graph.module.get_submodule(step.target)
-            if type(mod) is nn.Linear:  # onnxruntime's own float Gemm (MLAS SGEMM), bit for bit
-                value = ort_float_gemm(args[0], mod.weight, mod.bias)
-                return F.relu(value) if step.relu else value
-        value = _call(step, self.graph, args, _load(step.kwargs, env))
+        value = None
+        if self.backend == "ort" and step.op == "call_module" and args:  # onnxruntime's own float kernels
+            value = ort_float_layer(self.graph.module.get_submodule(step.target), args[0])
+        if value is None:
+            value = _call(step, self.graph, args, _load(step.kwargs, env))
         return F.relu(value) if step.relu else value  # an fp32 layer of a recipe, with its fused ReLU
 
     def _obs(self, ref: Ref) -> int:

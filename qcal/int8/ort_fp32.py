@@ -33,11 +33,13 @@ from qcal.int8.ort import ort_dequantize, ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import _fma_f32
 
-__all__ = ["SGEMM_STRIDE_K", "ort_float_gemm", "ort_fp32_kernel", "ort_fp32_layers", "ort_fp32_notes",
+__all__ = ["NCHWC_BLOCK", "SGEMM_STRIDE_K", "ort_float_conv", "ort_float_conv_reproduced", "ort_float_gemm", "ort_float_layer", "ort_fp32_kernel", "ort_fp32_kernels", "ort_fp32_layers", "ort_fp32_notes",
            "ort_quantized_fp32_layers", "ort_weight_qparams"]
 
 #: MLAS's SGEMM splits K into blocks of this many (``mlas/lib/sgemm.cpp``, MLAS_SGEMM_STRIDEK)
 SGEMM_STRIDE_K = 256
+#: MLAS's NCHWc channel block on AVX2 (``MlasNchwcGetBlockSize``; 16 with AVX-512F)
+NCHWC_BLOCK = 8
 
 
 def ort_weight_qparams(w: torch.Tensor) -> tuple[float, int]:
@@ -90,14 +92,18 @@ def ort_fp32_layers(graph: Any) -> dict[str, str]:
     for step in graph.steps:
         if _is_layer(step, graph):
             conv = isinstance(graph.module.get_submodule(step.target), nn.Conv2d)
-            out[step.target] = "int8" if step.name in quantized else ("float Conv" if conv else "float Gemm")
+            mod = graph.module.get_submodule(step.target)
+            exact = not conv or ort_float_conv_reproduced(mod)
+            kind = "int8" if step.name in quantized else ("float Conv" if conv else "float Gemm")
+            out[step.target] = kind if kind == "int8" or exact else f"{kind} (not reproduced)"
     return out
 
 
 def ort_fp32_notes(graph: Any) -> list[str]:
     """Plain-language notes on what onnxruntime does to a recipe's fp32 layers (empty if none)."""
     kinds = ort_fp32_layers(graph)
-    by = {k: [n for n, v in kinds.items() if v == k] for k in ("int8", "float Gemm", "float Conv")}
+    by = {k: [n for n, v in kinds.items() if v == k]
+          for k in ("int8", "float Gemm", "float Conv", "float Conv (not reproduced)")}
     out = []
     if by["int8"]:
         out.append(f"onnxruntime quantizes the fp32 layers {', '.join(by['int8'])} itself (WeightBiasQuantization: "
@@ -106,7 +112,9 @@ def ort_fp32_notes(graph: Any) -> list[str]:
     if by["float Gemm"]:
         out.append(f"{', '.join(by['float Gemm'])} run as float Gemm in onnxruntime (MLAS SGEMM, reproduced)")
     if by["float Conv"]:
-        out.append(f"{', '.join(by['float Conv'])} run as float Conv in onnxruntime (MLAS NCHWc kernels), which the "
+        out.append(f"{', '.join(by['float Conv'])} run as float Conv in onnxruntime (MLAS NCHWc kernels, reproduced)")
+    if by["float Conv (not reproduced)"]:
+        out.append(f"{', '.join(by['float Conv (not reproduced)'])} run as float Conv in onnxruntime with a kernel the "
                    "ort flavour does not reproduce bit for bit: expect a few differing values after them")
     return out
 
@@ -155,3 +163,61 @@ def ort_float_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
             acc = _fma_f32(x[:, i:i + 1], w[:, i].unsqueeze(0), acc)
         c = acc if c is None else c + acc
     return c
+
+
+def ort_float_conv_reproduced(conv: nn.Conv2d) -> bool:
+    """Whether ``ort_float_conv`` reproduces onnxruntime's float Conv of this layer: NCHWc
+    kernels (groups 1, output channels a multiple of ``NCHWC_BLOCK``) on an input with fewer
+    channels than a block (the NCHW-input kernel) or a multiple of it (NCHWc input)."""
+    c, o = conv.in_channels, conv.out_channels
+    return (conv.groups == 1 and o % NCHWC_BLOCK == 0 and (c < NCHWC_BLOCK or c % NCHWC_BLOCK == 0)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+@torch.no_grad()
+def ort_float_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """onnxruntime's float Conv on x86 AVX2 (MLAS NCHWc kernels) where ``ort_float_conv_reproduced``.
+
+    Per channel group (each input channel when there are fewer than a block, else each block
+    of ``NCHWC_BLOCK``) a partial sum is an ``fma`` chain from 0 over (kh, kw, channel in the
+    group); the partials are added in channel order, then the bias (measured against
+    onnxruntime: tests/int8/test_int8_ort_fp32.py).
+    """
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    w = conv.weight.detach().float()
+    o, c, kh, kw = w.shape
+    xp = torch.nn.functional.pad(x.float(), [pw, pw, ph, ph])
+    ho, wo = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    group = 1 if c < NCHWC_BLOCK else NCHWC_BLOCK
+    out = None
+    for c0 in range(0, c, group):
+        acc = torch.zeros(x.shape[0], o, ho, wo)
+        for i in range(kh):
+            for j in range(kw):
+                for ch in range(c0, c0 + group):
+                    tap = xp[:, ch:ch + 1, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                    acc = _fma_f32(tap, w[:, ch, i, j].view(1, o, 1, 1), acc)
+        out = acc if out is None else out + acc
+    return out if conv.bias is None else out + conv.bias.detach().float().view(1, o, 1, 1)
+
+
+def ort_float_layer(module: nn.Module, x: Any) -> torch.Tensor | None:
+    """An fp32 layer as onnxruntime's own float kernels compute it, or None where qcal does
+    not reproduce them (the caller runs torch's op instead)."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    if type(module) is nn.Linear and x.dim() == 2:
+        return ort_float_gemm(x, module.weight, module.bias)
+    if type(module) is nn.Conv2d and x.dim() == 4 and ort_float_conv_reproduced(module):
+        return ort_float_conv(x, module)
+    return None
+
+
+def ort_fp32_kernels(graph: Any, act_qparams: list[tuple[float, int]],
+                     act_dtype: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """{step name: ``ort_fp32_kernel``} for the fp32 layers onnxruntime quantizes."""
+    steps = {s.name: s for s in graph.steps}
+    dtype = torch.uint8 if act_dtype == "quint8" else torch.int8
+    return {name: ort_fp32_kernel(graph.module.get_submodule(steps[name].target), act_qparams[i], act_qparams[o],
+                                  steps[name].relu, dtype)
+            for name, (i, o) in ort_quantized_fp32_layers(graph).items()}

@@ -18,7 +18,15 @@ from onnx import TensorProto, helper, numpy_helper
 from ort_cases import model, run
 
 from qcal.int8.ort import ort_quantize
-from qcal.int8.ort_fp32 import SGEMM_STRIDE_K, ort_float_gemm, ort_fp32_kernel, ort_weight_qparams
+from qcal.int8.ort_fp32 import (
+    NCHWC_BLOCK,
+    SGEMM_STRIDE_K,
+    ort_float_conv,
+    ort_float_conv_reproduced,
+    ort_float_gemm,
+    ort_fp32_kernel,
+    ort_weight_qparams,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F32 = np.float32
@@ -62,6 +70,31 @@ def test_float_gemm_is_not_torch_linear():
     assert differing > 0
 
 
+@settings(max_examples=20, deadline=None)
+@given(c=st.sampled_from([1, 2, 3, 5, NCHWC_BLOCK, 2 * NCHWC_BLOCK]), o=st.sampled_from([NCHWC_BLOCK, 4 * NCHWC_BLOCK]),
+       k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 1), dilation=st.integers(1, 2),
+       bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_float_conv_is_mlas_nchwc(c, o, k, stride, pad, dilation, bias, seed):
+    """onnxruntime's float Conv (NCHWc kernels after its NchwcTransformer) on the shapes
+    ``ort_float_conv_reproduced`` accepts."""
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv2d(c, o, k, stride=stride, padding=pad, dilation=dilation, bias=bias)
+    assert ort_float_conv_reproduced(conv)
+    x = torch.randn(3, c, 9, 9)
+    w = conv.weight.detach().numpy()
+    inits = {"w": w, **({"b": conv.bias.detach().numpy()} if bias else {})}
+    node = helper.make_node("Conv", ["x", "w", *(["b"] if bias else [])], ["y"], strides=[stride] * 2,
+                            pads=[pad] * 4, dilations=[dilation] * 2)
+    (theirs,) = run(model([node], [("x", TensorProto.FLOAT)], [("y", TensorProto.FLOAT)], inits), {"x": x.numpy()})
+    assert int((ort_float_conv(x, conv).numpy() != theirs).sum()) == 0
+
+
+def test_float_conv_outside_the_reproduced_shapes_is_named():
+    assert not ort_float_conv_reproduced(torch.nn.Conv2d(4, 6, 3))  # output channels not a block multiple
+    assert not ort_float_conv_reproduced(torch.nn.Conv2d(12, 16, 3))  # input channels neither < nor x block
+    assert not ort_float_conv_reproduced(torch.nn.Conv2d(8, 8, 3, groups=8))  # depthwise
+
+
 @settings(max_examples=25, deadline=None)
 @given(lo=st.floats(-2.0, 1.0), span=st.floats(1e-3, 3.0), n=st.integers(1, 24), k=st.integers(1, 70),
        seed=st.integers(0, 2**31 - 1))
@@ -87,7 +120,7 @@ def test_weight_bias_quantization_matches_onnxruntime(tmp_path_factory, lo, span
         layer.weight.copy_(torch.from_numpy(w))
         layer.bias.copy_(torch.from_numpy(b))
     run_layer = ort_fp32_kernel(layer, (xs, xz), (ys, yz), relu=False)
-    ours = ort_quantize(run_layer(((torch.from_numpy(x).int() - xz).float() * F32(xs))), ys, yz)
+    ours = ort_quantize(run_layer((torch.from_numpy(x).int() - xz).float() * F32(xs)), ys, yz)
     assert int((ours.numpy() != theirs).sum()) == 0
 
 
