@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from qcal.cli.args import arg, command, write
-from qcal.cli.runs import _count
+from qcal.cli.runs import _CPU_ARG, _assumed_cpu, _count
 
 __all__ = ["export_command"]
 
@@ -22,6 +22,7 @@ __all__ = ["export_command"]
     arg("--verify", action="store_true",
         help="run the file in onnxruntime on the held-out digits and count values differing from qcal's ort flavour"),
     arg("--eval-samples", type=_count, default=None, help="cap the held-out samples --verify runs"),
+    _CPU_ARG,
 )
 def export_command(args: argparse.Namespace) -> int:
     from qcal.export.verify import export_zoo, verify_onnx
@@ -46,13 +47,15 @@ def export_command(args: argparse.Namespace) -> int:
     if not args.verify:
         return 0
     x = digits_splits().test[0][: args.eval_samples]
-    result = verify_onnx(path, qm, x)
+    with _assumed_cpu(args.cpu):  # --cpu: qcal predicts onnxruntime on that CPU, this machine runs the file
+        result = verify_onnx(path, qm, x)
     write(f"verify: {result}")
     unreproduced = [n for n, kind in ort_fp32_layers(qm.graph).items() if kind == "float Conv"]
     if result.differing and unreproduced:
         print(f"qcal: the differing values come after the float Conv layers {', '.join(unreproduced)} "
               "(onnxruntime's own float kernels, not reproduced bit for bit)", file=sys.stderr)
     elif result.differing:
-        print("qcal: onnxruntime on this machine differs from qcal's ort prediction", file=sys.stderr)
+        why = f" made for {result.instruction_set} (--cpu)" if args.cpu else ""
+        print(f"qcal: onnxruntime on this machine differs from qcal's ort prediction{why}", file=sys.stderr)
         return 1
     return 0

@@ -47,7 +47,8 @@ from importlib import metadata
 
 import torch
 
-from qcal.int8.cpu import cpu_flags, has_vnni
+from qcal.int8.cpu import cpu_flags
+from qcal.int8.isa import assumed_cpu
 from qcal.qparams import _fma_f32
 
 __all__ = [
@@ -67,13 +68,18 @@ ORT_OPTIONS: dict[str, str] = {}
 
 
 def ort_saturates(path: str = "gemm", saturate: bool | None = None) -> bool:
-    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on this CPU.
+    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on the
+    CPU qcal assumes (``ort_instruction_set``: ``QCAL_CPU`` / ``--cpu`` if set, else this one).
 
     Depthwise kernels never do; the GEMM/ConvSym kernels do without VNNI (AVX2, AVX-512F).
+
+    Example:
+        >>> ort_saturates("depthwise"), ort_saturates("gemm", saturate=True)
+        (False, True)
     """
     if saturate is not None:
         return bool(saturate)
-    return path != "depthwise" and not has_vnni()
+    return path != "depthwise" and ort_instruction_set() in _SATURATING
 
 
 # /proc/cpuinfo flag -> the MLAS kernel family it selects, best first (mlas/lib/platform.cpp)
@@ -81,10 +87,23 @@ _ISA_FLAGS: tuple[tuple[str, str], ...] = (
     ("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
     ("avx512bw", "AVX512 (no VNNI)"), ("avx2", "AVX2 (no VNNI)"),
 )
+# QCAL_CPU's names (FBGEMM's instruction sets, ``qcal.int8.isa``) -> MLAS's kernel family
+_FROM_FBGEMM = {"avx2": "AVX2 (no VNNI)", "avx512": "AVX512 (no VNNI)", "avx512_ymm": "AVX512 (no VNNI)",
+                "avx512_vnni": "AVX512-VNNI", "avx512_vnni_ymm": "AVX512-VNNI"}
+_SATURATING = frozenset({"AVX2 (no VNNI)", "AVX512 (no VNNI)"})
 
 
 def ort_instruction_set() -> str:
-    """The instruction set the ort flavour assumes MLAS's int8 kernels use on this CPU."""
+    """The instruction set the ort flavour assumes MLAS's int8 kernels use.
+
+    ``QCAL_CPU`` (``--cpu``) names one of FBGEMM's sets (``qcal.int8.isa``): avx2 and
+    avx512(_ymm) map to MLAS's saturating AVX2 / AVX-512 kernels, avx512_vnni(_ymm) to its
+    VNNI kernels. Unset, this machine's /proc/cpuinfo decides (which also knows AVX-VNNI
+    without AVX-512 and AMX, which QCAL_CPU's names cannot say); off Linux x86, AVX2.
+    """
+    cpu = assumed_cpu()
+    if cpu.source != "/proc/cpuinfo":
+        return _FROM_FBGEMM[cpu.isa]
     flags = cpu_flags()
     return next((name for flag, name in _ISA_FLAGS if flag in flags), "unknown (no AVX2 flag read)")
 

@@ -16,7 +16,16 @@ from onnx import TensorProto, helper
 from ort_cases import fused_ops, model, qdq_layer, run
 
 import qcal.int8 as qi
-from qcal.int8.ort import ort_add, ort_clip, ort_global_avg_pool, ort_quantize, ort_saturates
+from qcal.int8.cpu import cpu_flags
+from qcal.int8.ort import (
+    ort_add,
+    ort_clip,
+    ort_environment,
+    ort_global_avg_pool,
+    ort_instruction_set,
+    ort_quantize,
+    ort_saturates,
+)
 from qcal.qparams import quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,6 +107,36 @@ def test_u8s8_saturates_here_and_not_with_x64quantprecision(tmp_path):
     (precise,) = run(m, {"x": x}, options={"session.x64quantprecision": "1"})
     assert int((default != (saturating if ort_saturates() else exact_out)).sum()) == 0
     assert int((precise != exact_out).sum()) == 0
+
+
+
+@pytest.mark.parametrize(("cpu", "isa", "saturates"), [
+    ("avx2", "AVX2 (no VNNI)", True), ("avx512", "AVX512 (no VNNI)", True),
+    ("avx512_vnni", "AVX512-VNNI", False), ("avx512_vnni_ymm", "AVX512-VNNI", False)])
+def test_qcal_cpu_decides_the_ort_prediction(monkeypatch, cpu, isa, saturates):
+    """QCAL_CPU (the CLI's --cpu) predicts onnxruntime on another CPU: the saturating U8S8
+    kernels without VNNI, the exact VNNI kernels with it; saved runs record the set assumed."""
+    monkeypatch.setenv("QCAL_CPU", cpu)
+    assert ort_instruction_set() == isa and ort_saturates() is saturates
+    assert ort_saturates("depthwise") is False  # MLAS's depthwise kernels widen first everywhere
+    assert ort_environment()["ort_instruction_set"] == isa
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(200, 256, (2, 16, 6, 6)).astype(np.uint8))
+    w = torch.from_numpy(np.where(rng.random((16, 16, 3, 3)) < 0.5, 127, -128).astype(np.int8))
+    args = (x, 1.0, 3, w, 1.0, 0, None, 40.0, 128)
+    predicted = qi.conv2d(*args, padding=1, backend="ort")
+    assert torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=saturates))
+    assert not torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=not saturates))
+
+
+def test_this_machine_without_qcal_cpu(monkeypatch):
+    """Unset, /proc/cpuinfo decides: this CI machine is AVX2 without VNNI (AVX-VNNI or AMX
+    would select MLAS's non-saturating kernels, which QCAL_CPU's FBGEMM names cannot say)."""
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    flags = cpu_flags()
+    if not flags or flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512bw"}:
+        pytest.skip("not an AVX2-only Linux x86 machine")
+    assert ort_instruction_set() == "AVX2 (no VNNI)" and ort_saturates()
 
 
 def _quantize_graph():
