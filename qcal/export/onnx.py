@@ -31,6 +31,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from qcal.graph.program import run_float
+
 __all__ = ["OPSET", "UnsupportedExport", "onnx_bytes", "to_onnx"]
 
 #: ONNX opset of the written files (onnxruntime 1.32 runs up to 23).
@@ -53,6 +55,14 @@ class _Writer:
         self.debug: list[str] = []  # ONNX names of every Q output, in program order
         self.dtype = TensorProto.UINT8 if qm.scheme.activation.dtype == "quint8" else TensorProto.INT8
         self.np_dtype = np.uint8 if self.dtype == TensorProto.UINT8 else np.int8
+        self.shapes: dict[str, tuple[int, ...]] = {}  # value -> shape on one sample (when the input's is known)
+
+    def check_gemm_input(self, step: Any) -> None:
+        """A linear layer is a Gemm, which takes (batch, features) only: refuse other ranks by name."""
+        shape = self.shapes.get(step.args[0].name)
+        if shape is not None and len(shape) != 2:
+            raise _unsupported(step, self.qm.graph, f"a linear layer on a {len(shape)}-D input {tuple(shape)} has "
+                               "no Gemm form (ONNX Gemm takes (batch, features)); flatten its input first")
 
     def const(self, name: str, value: np.ndarray) -> str:
         if name not in self.inits:
@@ -82,6 +92,21 @@ class _Writer:
                          f"{self.names[value]}_dq_{len(self.nodes)}")
 
 
+_EXPORTED = ("conv2d, linear on (batch, features), add, relu, relu6/hardtanh/clamp, nn.MaxPool2d, "
+             "adaptive_avg_pool2d to (1, 1), flatten(x, start_dim), eval-mode dropout")
+
+
+def _unsupported(step: Any, graph: Any, why: str) -> UnsupportedExport:
+    """An UnsupportedExport naming the op, the layer (module) or graph node, and what exports."""
+    if step.op == "call_module":
+        where = f"layer {step.target!r} ({type(graph.module.get_submodule(step.target)).__name__})"
+    elif step.op in ("call_function", "call_method"):
+        where = f"{getattr(step.target, '__name__', step.target)} at graph node {step.name!r}"
+    else:
+        where = f"graph node {step.name!r}"
+    return UnsupportedExport(f"to_onnx cannot write {where}: {why}; exported ops: {_EXPORTED}")
+
+
 def _layer_initializers(w: _Writer, layer: Any, x_scale: float) -> tuple[str, str | None]:
     """The DequantizeLinear'd weight and int32 bias of a conv/linear layer."""
     from qcal.int8 import requant_multipliers
@@ -107,6 +132,8 @@ def _layer_initializers(w: _Writer, layer: Any, x_scale: float) -> tuple[str, st
 
 
 def _layer(w: _Writer, step: Any) -> str:
+    if step.kind == "linear":
+        w.check_gemm_input(step)
     layer = w.qm.quant_layers[step.target]
     x = w.floats(step.args[0].name)
     weight, bias = _layer_initializers(w, layer, layer.input_scale)
@@ -136,6 +163,7 @@ def _float_layer(w: _Writer, step: Any, mod: nn.Module) -> str:
         y = w.node("Conv", inputs, f"{step.name}_conv", strides=[sh, sw], pads=[ph, pw, ph, pw],
                    dilations=[dh, dw], group=mod.groups)
     else:
+        w.check_gemm_input(step)
         y = w.node("Gemm", inputs, f"{step.name}_gemm", transB=1)
     return w.node("Relu", [y], f"{step.name}_relu") if step.relu else y
 
@@ -163,7 +191,7 @@ def _pair(v: Any) -> list[int]:
 def _pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
     mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
     if mod is None or not isinstance(mod, nn.MaxPool2d):
-        raise UnsupportedExport(f"{step.name}: only nn.MaxPool2d modules export (got {step.op} {step.target})")
+        raise _unsupported(step, graph, "max pooling exports as an nn.MaxPool2d module only")
     k, s, p, d = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding), _pair(mod.dilation)
     return {"kernel_shape": k, "strides": s, "pads": p + p, "dilations": d, "ceil_mode": int(mod.ceil_mode)}
 
@@ -175,7 +203,7 @@ def _flatten_axis(step: Any, graph: Any) -> int:
             return int(mod.start_dim)
     elif step.target is torch.flatten and len(step.args) >= 2 and not step.kwargs and len(step.args) == 2:
         return int(step.args[1])
-    raise UnsupportedExport(f"{step.name}: only flatten(x, start_dim) to the last dim exports (got {step.target})")
+    raise _unsupported(step, graph, "reshapes export as flatten(x, start_dim) to the last dim only")
 
 
 def _shared(w: _Writer, step: Any) -> str:
@@ -186,7 +214,7 @@ def _shared(w: _Writer, step: Any) -> str:
         mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
         size = getattr(mod, "output_size", None)
         if size not in (1, (1, 1)):
-            raise UnsupportedExport(f"{step.name}: adaptive_avg_pool2d exports to (1, 1) only (got {size})")
+            raise _unsupported(step, graph, f"adaptive_avg_pool2d exports to (1, 1) only (got output_size {size})")
         return _same_qparams(w, step, "GlobalAveragePool")
     if kind == "relu":
         return _same_qparams(w, step, "Relu")
@@ -196,7 +224,11 @@ def _shared(w: _Writer, step: Any) -> str:
         return _same_qparams(w, step, "Clip", bounds)
     if kind == "shape":
         return _same_qparams(w, step, "Flatten", axis=_flatten_axis(step, graph))
-    raise UnsupportedExport(f"{step.name}: step kind {kind!r} has no ONNX export yet")
+    why = {"avg_pool2d": "avg_pool2d has no export (onnxruntime's QLinearAveragePool is not reproduced by the "
+                         "ort flavour)",
+           "cat": "torch.cat has no export (QLinearConcat is not reproduced by the ort flavour)",
+           "info": "reading a tensor's shape (x.shape, x.size()) has no export; flatten(x, 1) needs none"}
+    raise _unsupported(step, graph, why.get(kind, f"{kind} steps have no export"))
 
 
 def _add(w: _Writer, step: Any) -> str:
@@ -246,6 +278,10 @@ def build_model(qm: Any, input_shape: tuple[int, ...] | None = None, *, debug: b
     if len(graph.inputs) != 1:
         raise UnsupportedExport(f"to_onnx exports models with one tensor input, this one takes {len(graph.inputs)}")
     w.names[graph.inputs[0][0]] = "input"
+    if input_shape is not None:  # each value's shape on one zero sample (the float program)
+        record: dict[str, Any] = {}
+        run_float(graph, torch.zeros(1, *input_shape), record=record)
+        w.shapes = {k: tuple(v.shape) for k, v in record.items() if isinstance(v, torch.Tensor)}
     result = None
     for step in graph.steps:
         if step.kind == "input":
