@@ -10,7 +10,7 @@ Each program step becomes (qparams ``(s, z)`` of the step's output observation p
 
 * quantize ``Q``; dequantize ``DQ``; conv ``DQ -> Conv -> [Relu] -> Q``; linear
   ``DQ -> Gemm(transB) -> [Relu] -> Q``; add ``DQ, DQ -> Add -> [Relu] -> Q``;
-* max pool / ReLU / ReLU6-clamp / flatten / global average pool keep their input's qparams:
+* max pool / average pool / ReLU / ReLU6-clamp / flatten / global average pool keep their input's qparams:
   ``DQ -> op -> Q`` with the same ``(s, z)``; float steps (``nn.Flatten`` after a dequantize)
   run on floats.
 
@@ -31,7 +31,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from qcal.graph.program import run_float
+from qcal.graph.program import pool_params, run_float
 
 __all__ = ["OPSET", "UnsupportedExport", "onnx_bytes", "to_onnx"]
 
@@ -93,7 +93,7 @@ class _Writer:
 
 
 _EXPORTED = ("conv2d, linear on (batch, features), add, relu, relu6/hardtanh/clamp, nn.MaxPool2d, "
-             "adaptive_avg_pool2d to (1, 1), flatten(x, start_dim), eval-mode dropout")
+             "avg_pool2d (no divisor_override), adaptive_avg_pool2d to (1, 1), flatten(x, start_dim), eval-mode dropout")
 
 
 def _unsupported(step: Any, graph: Any, why: str) -> UnsupportedExport:
@@ -196,6 +196,17 @@ def _pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
     return {"kernel_shape": k, "strides": s, "pads": p + p, "dilations": d, "ceil_mode": int(mod.ceil_mode)}
 
 
+def _avg_pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
+    params = pool_params(step, graph, step.args, step.kwargs)
+    if params.get("divisor_override") is not None:
+        raise _unsupported(step, graph, "avg_pool2d with divisor_override has no ONNX AveragePool form")
+    k = _pair(params["kernel_size"])
+    s = _pair(params.get("stride") or params["kernel_size"])
+    p = _pair(params.get("padding", 0))
+    return {"kernel_shape": k, "strides": s, "pads": p + p, "ceil_mode": int(bool(params.get("ceil_mode", False))),
+            "count_include_pad": int(bool(params.get("count_include_pad", True)))}
+
+
 def _flatten_axis(step: Any, graph: Any) -> int:
     if step.op == "call_module":
         mod = graph.module.get_submodule(step.target)
@@ -210,6 +221,8 @@ def _shared(w: _Writer, step: Any) -> str:
     kind, graph = step.kind, w.qm.graph
     if kind == "max_pool2d":
         return _same_qparams(w, step, "MaxPool", **_pool_attrs(step, graph))
+    if kind == "avg_pool2d":
+        return _same_qparams(w, step, "AveragePool", **_avg_pool_attrs(step, graph))
     if kind == "adaptive_avg_pool2d":
         mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
         size = getattr(mod, "output_size", None)
@@ -224,9 +237,7 @@ def _shared(w: _Writer, step: Any) -> str:
         return _same_qparams(w, step, "Clip", bounds)
     if kind == "shape":
         return _same_qparams(w, step, "Flatten", axis=_flatten_axis(step, graph))
-    why = {"avg_pool2d": "avg_pool2d has no export (onnxruntime's QLinearAveragePool is not reproduced by the "
-                         "ort flavour)",
-           "cat": "torch.cat has no export (QLinearConcat is not reproduced by the ort flavour)",
+    why = {"cat": "torch.cat has no export (QLinearConcat is not reproduced by the ort flavour)",
            "info": "reading a tensor's shape (x.shape, x.size()) has no export; flatten(x, 1) needs none"}
     raise _unsupported(step, graph, why.get(kind, f"{kind} steps have no export"))
 

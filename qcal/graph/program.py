@@ -32,7 +32,7 @@ from qcal.int8.ort import ort_clip
 from qcal.int8.ort_fp32 import ort_float_layer, ort_fp32_kernels
 from qcal.qparams import dequantize
 
-__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float"]
+__all__ = ["IntegerProgram", "bind_inputs", "pool_params", "release_plan", "run_float"]
 
 Tap = Callable[[int, torch.Tensor], None]
 
@@ -269,7 +269,7 @@ class IntegerProgram:
         layout = torch.channels_last if self.nhwc.get(step.args[0].name) else torch.contiguous_format
         q = c.q.contiguous(memory_format=layout) if c.q.dim() == 4 else c.q
         pool = avg_pool2d if step.kind == "avg_pool2d" else adaptive_avg_pool2d
-        return pool(q, c.scale, c.zp, **_pool_params(step, self.graph, c.args, c.kwargs), backend=self.backend)
+        return pool(q, c.scale, c.zp, **pool_params(step, self.graph, c.args, c.kwargs), backend=self.backend)
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ _SHARED_CODES: dict[str, Callable[[IntegerProgram, Step, _Codes], torch.Tensor]]
     "identity": lambda p, step, c: c.q,
     # every input already carries the shared qparams: a plain concatenation
     "cat": lambda p, step, c: torch.cat(c.q, c.args[1]),
-    "max_pool2d": lambda p, step, c: max_pool2d(c.q, **_pool_params(step, p.graph, c.args, c.kwargs)),
+    "max_pool2d": lambda p, step, c: max_pool2d(c.q, **pool_params(step, p.graph, c.args, c.kwargs)),
     "avg_pool2d": IntegerProgram._average,
     "adaptive_avg_pool2d": IntegerProgram._average,
 }
@@ -315,7 +315,7 @@ _POOL_ARGS = {
 }
 
 
-def _pool_params(step: Step, graph: Graph, args: tuple, kwargs: dict) -> dict[str, Any]:
+def pool_params(step: Step, graph: Graph, args: tuple, kwargs: dict) -> dict[str, Any]:
     """A pool's parameters, from its module or from the functional call's arguments."""
     names = _POOL_ARGS[step.kind]
     if step.op == "call_module":

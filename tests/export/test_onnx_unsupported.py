@@ -1,12 +1,16 @@
-"""Ops ``to_onnx`` cannot write exactly are refused by name (the op and its layer), no file left.
+"""Pools and ops beyond the zoo: exported exactly, or refused by name (the op and its layer).
 
-avg_pool2d (module and function), an adaptive average pool to anything but (1, 1), a linear
-layer on a 4-D input (ONNX Gemm takes (batch, features)), torch.cat, a shape read: each
-either exports exactly (the zoo tests) or fails here with a message naming what and where.
+avg_pool2d (module and function, padding, ceil_mode) exports as AveragePool, which
+onnxruntime fuses into QLinearAveragePool: 0 differing values against the ort flavour. An
+avg_pool2d with divisor_override, an adaptive average pool to anything but (1, 1), a linear
+layer on a 4-D input (ONNX Gemm takes (batch, features)), torch.cat and a shape read fail with
+a message naming what and where, and leave no file.
 """
 
 from __future__ import annotations
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,7 +35,13 @@ class _Conv(nn.Module):
 
 class _AvgPoolFunction(_Conv):
     def forward(self, x):
-        return self.fc(torch.flatten(F.avg_pool2d(F.relu(self.conv(x)), 2), 1))
+        return self.fc(torch.flatten(F.avg_pool2d(F.relu(self.conv(x)), 3, 2, 1, ceil_mode=True,
+                                                  count_include_pad=False), 1))
+
+
+class _DivisorOverride(_Conv):
+    def forward(self, x):
+        return self.fc(torch.flatten(F.avg_pool2d(F.relu(self.conv(x)), 2, divisor_override=3), 1))
 
 
 class _LinearOn4d(_Conv):
@@ -55,8 +65,7 @@ class _ShapeRead(nn.Module):
 
 
 CASES = {
-    "avg_pool2d module": (lambda: _Conv(nn.AvgPool2d(2)), r"layer 'pool' \(AvgPool2d\): avg_pool2d has no export"),
-    "avg_pool2d function": (_AvgPoolFunction, r"avg_pool2d at graph node 'avg_pool2d'"),
+    "divisor_override": (_DivisorOverride, r"avg_pool2d at graph node 'avg_pool2d': avg_pool2d with divisor_override"),
     "adaptive pool to 2x2": (lambda: _Conv(nn.AdaptiveAvgPool2d((2, 2)), 32),
                              r"layer 'pool' \(AdaptiveAvgPool2d\): adaptive_avg_pool2d exports to \(1, 1\) only"),
     "linear on 4-D": (lambda: _LinearOn4d(None, 8), r"layer 'fc' \(Linear\): a linear layer on a 4-D input"),
@@ -73,3 +82,17 @@ def test_unsupported_op_is_named(case, tmp_path):
     with pytest.raises(UnsupportedExport, match=message):
         qcal.to_onnx(qm, tmp_path / "m.onnx", input_shape=(1, 8, 8))
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("build", [lambda: _Conv(nn.AvgPool2d(2)), lambda: _Conv(nn.AvgPool2d(3, 1, 1), 8 * 8 * 8),
+                                   lambda: _AvgPoolFunction(None, 8 * 5 * 5)], ids=["module", "module-padded", "function-ceil"])
+def test_avg_pool_exports_exactly(build, tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8)
+    qm = qcal.calibrate(build().eval(), [x], "fbgemm_default", "ort", mode="graph")
+    path = qcal.to_onnx(qm, tmp_path / "m.onnx", input_shape=(1, 8, 8))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    (theirs,) = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert "QLinearAveragePool" in [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    assert int((qm(x).numpy() != theirs).sum()) == 0

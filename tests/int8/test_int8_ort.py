@@ -139,6 +139,28 @@ def test_this_machine_without_qcal_cpu(monkeypatch):
     assert ort_instruction_set() == "AVX2 (no VNNI)" and ort_saturates()
 
 
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2), ceil=st.booleans(), include_pad=st.booleans(),
+       size=st.integers(4, 10), zp=st.integers(0, 255), seed=st.integers(0, 2**31 - 1))
+def test_avg_pool2d_is_qlinear_average_pool(k, s, p, ceil, include_pad, size, zp, seed):
+    """DQ -> AveragePool -> Q (same qparams) is fused into QLinearAveragePool; ort_avg_pool2d
+    equals it (padding, ceil_mode, count_include_pad)."""
+    if 2 * p > k:  # ONNX and torch both refuse padding over half the kernel
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (2, 3, size, size)).astype(np.uint8)
+    scale = F32(rng.random() * 0.1 + 1e-3)
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xd"]),
+             helper.make_node("AveragePool", ["xd"], ["yd"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
+                              ceil_mode=int(ceil), count_include_pad=int(include_pad)),
+             helper.make_node("QuantizeLinear", ["yd", "s", "z"], ["y"])]
+    m = model(nodes, [("x", TensorProto.UINT8)], [("y", TensorProto.UINT8)], {"s": scale, "z": np.uint8(zp)})
+    (theirs,) = run(m, {"x": x})
+    ours = qi.avg_pool2d(torch.from_numpy(x), float(scale), zp, k, s, p, ceil, include_pad, backend="ort")
+    assert ours.shape == theirs.shape and int((ours.numpy() != theirs).sum()) == 0
+
+
 def _quantize_graph():
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])]
     return lambda s, z: model(nodes, [("x", TensorProto.FLOAT)], [("y", TensorProto.UINT8)],
