@@ -2,6 +2,7 @@
 
 A recipe that keeps a conv/linear in fp32 is exported as ``DQ -> Conv/Gemm (float weights)
 -> [Relu] -> Q`` (``qcal.export.onnx``). Under the default session options onnxruntime's
+(1.32, the pinned version; saved runs record the version the prediction assumed)
 ``WeightBiasQuantization`` transformer (``core/optimizer/qdq_transformer/
 weight_bias_quantization.cc``) rewrites every Conv/Gemm whose input comes from a per-tensor
 DequantizeLinear and whose output reaches a QuantizeLinear without branching (a Relu or Clip
