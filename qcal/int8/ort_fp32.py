@@ -34,13 +34,15 @@ from qcal.int8.ort import ort_dequantize, ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import _fma_f32
 
-__all__ = ["NCHWC_BLOCK", "SGEMM_STRIDE_K", "ort_float_conv", "ort_float_conv_reproduced", "ort_float_gemm", "ort_float_layer", "ort_fp32_kernel", "ort_fp32_kernels", "ort_fp32_layers", "ort_fp32_notes",
+__all__ = ["NCHWC_BLOCK", "POINTWISE_CHANNELS", "SGEMM_STRIDE_K", "ort_float_conv", "ort_float_conv_reproduced", "ort_float_gemm", "ort_float_layer", "ort_fp32_kernel", "ort_fp32_kernels", "ort_fp32_layers", "ort_fp32_notes",
            "ort_quantized_fp32_layers", "ort_weight_qparams"]
 
 #: MLAS's SGEMM splits K into blocks of this many (``mlas/lib/sgemm.cpp``, MLAS_SGEMM_STRIDEK)
 SGEMM_STRIDE_K = 256
 #: MLAS's NCHWc channel block on AVX2 (``MlasNchwcGetBlockSize``; 16 with AVX-512F)
 NCHWC_BLOCK = 8
+#: input channels one call of MLAS's NCHWc pointwise (1x1, unpadded) kernel sums (measured)
+POINTWISE_CHANNELS = 128
 
 
 def ort_weight_qparams(w: torch.Tensor) -> tuple[float, int]:
@@ -180,22 +182,24 @@ def ort_float_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """onnxruntime's float Conv on x86 AVX2 (MLAS NCHWc kernels) where ``ort_float_conv_reproduced``.
 
     Per channel group (each input channel when there are fewer than a block, else each block
-    of ``NCHWC_BLOCK``) a partial sum is an ``fma`` chain from 0 over (kh, kw, channel in the
-    group); the partials are added in channel order, then the bias (measured against
-    onnxruntime: tests/int8/test_int8_ort_fp32.py).
+    of ``NCHWC_BLOCK``, or ``POINTWISE_CHANNELS`` for an unpadded 1x1 conv) a partial sum is an
+    ``fma`` chain from 0 over (kh, kw, channel in the group); the partials are added in
+    channel order, then the bias (measured against onnxruntime:
+    tests/int8/test_int8_ort_fp32.py).
     """
     (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
     w = conv.weight.detach().float()
     o, c, kh, kw = w.shape
     xp = torch.nn.functional.pad(x.float(), [pw, pw, ph, ph])
     ho, wo = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    group = 1 if c < NCHWC_BLOCK else NCHWC_BLOCK
+    pointwise = (kh, kw) == (1, 1) and (ph, pw) == (0, 0)
+    group = 1 if c < NCHWC_BLOCK else (POINTWISE_CHANNELS if pointwise else NCHWC_BLOCK)
     out = None
     for c0 in range(0, c, group):
         acc = torch.zeros(x.shape[0], o, ho, wo)
         for i in range(kh):
             for j in range(kw):
-                for ch in range(c0, c0 + group):
+                for ch in range(c0, min(c, c0 + group)):
                     tap = xp[:, ch:ch + 1, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
                     acc = _fma_f32(tap, w[:, ch, i, j].view(1, o, 1, 1), acc)
         out = acc if out is None else out + acc

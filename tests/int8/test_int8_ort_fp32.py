@@ -20,6 +20,7 @@ from ort_cases import model, run
 from qcal.int8.ort import ort_quantize
 from qcal.int8.ort_fp32 import (
     NCHWC_BLOCK,
+    POINTWISE_CHANNELS,
     SGEMM_STRIDE_K,
     ort_float_conv,
     ort_float_conv_reproduced,
@@ -70,8 +71,8 @@ def test_float_gemm_is_not_torch_linear():
     assert differing > 0
 
 
-@settings(max_examples=20, deadline=None)
-@given(c=st.sampled_from([1, 2, 3, 5, NCHWC_BLOCK, 2 * NCHWC_BLOCK]), o=st.sampled_from([NCHWC_BLOCK, 4 * NCHWC_BLOCK]),
+@settings(max_examples=60, deadline=None)
+@given(c=st.sampled_from([1, 2, 3, 5, NCHWC_BLOCK, 2 * NCHWC_BLOCK, 2 * POINTWISE_CHANNELS + NCHWC_BLOCK]), o=st.sampled_from([NCHWC_BLOCK, 4 * NCHWC_BLOCK]),
        k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 1), dilation=st.integers(1, 2),
        bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_float_conv_is_mlas_nchwc(c, o, k, stride, pad, dilation, bias, seed):
