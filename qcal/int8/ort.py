@@ -52,7 +52,7 @@ from importlib import metadata
 import torch
 
 from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import assumed_cpu
+from qcal.int8.isa import assumed_cpu, instruction_set_from_flags
 from qcal.qparams import _fma_f32
 
 __all__ = [
@@ -106,10 +106,10 @@ def ort_instruction_set() -> str:
     VNNI kernels. Unset, this machine's /proc/cpuinfo decides (which also knows AVX-VNNI
     without AVX-512 and AMX, which QCAL_CPU's names cannot say); off Linux x86, AVX2.
     """
-    cpu = assumed_cpu()
-    if cpu.source != "/proc/cpuinfo":
+    cpu, flags = assumed_cpu(), cpu_flags()
+    # QCAL_CPU, --cpu, or another machine's CPU (a Dask job computes with its client's): FBGEMM's name
+    if cpu.source != "/proc/cpuinfo" or instruction_set_from_flags(flags) != cpu.isa.removesuffix("_ymm"):
         return _FROM_FBGEMM[cpu.isa]
-    flags = cpu_flags()
     return next((name for flag, name in _ISA_FLAGS if flag in flags), "unknown (no AVX2 flag read)")
 
 

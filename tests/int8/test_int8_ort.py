@@ -17,6 +17,7 @@ from ort_cases import fused_ops, model, qdq_layer, run
 
 import qcal.int8 as qi
 from qcal.int8.cpu import cpu_flags
+from qcal.int8.isa import AssumedCpu, emulating
 from qcal.int8.ort import (
     ort_add,
     ort_clip,
@@ -128,6 +129,14 @@ def test_qcal_cpu_decides_the_ort_prediction(monkeypatch, cpu, isa, saturates):
     assert torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=saturates))
     assert not torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=not saturates))
 
+
+def test_a_dask_clients_cpu_decides_on_the_worker(monkeypatch):
+    """A job run under ``emulating`` (a client's CPU read from its /proc/cpuinfo) predicts that
+    CPU's MLAS kernels, not the worker's."""
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    client = AssumedCpu("avx512_vnni", "avx512_vnni", "/proc/cpuinfo")
+    with emulating(client):
+        assert ort_instruction_set() == "AVX512-VNNI" and not ort_saturates()
 
 def test_this_machine_without_qcal_cpu(monkeypatch):
     """Unset, /proc/cpuinfo decides: this CI machine is AVX2 without VNNI (AVX-VNNI or AMX
