@@ -33,6 +33,7 @@ from qcal.int8.layer_checks import (
 )
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
+from qcal.int8.pair_sites import PairPlan, pair_plan
 from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
@@ -74,6 +75,13 @@ class _Packed:
     bias: torch.Tensor | None
     accumulator: Accumulator
     _requants: dict = field(default_factory=dict, repr=False)
+    _pair_plans: dict = field(default_factory=dict, repr=False)
+
+    def pair_plan(self) -> PairPlan:
+        """The weight side of the pair-saturation emulation (``pair_sites.py``), built once."""
+        if not self._pair_plans:
+            self._pair_plans[None] = pair_plan(self.w_q, getattr(self, "geometry", None))
+        return self._pair_plans[None]
 
     def requant(self, x_scale: float, out_scale: float, flavour: str | None = None) -> Requant:
         """The requantization numbers for one (input scale, output scale) pair (cached).
@@ -226,7 +234,7 @@ class PackedConv2d(_Packed):
                                                               tuple(self.w_q.shape), self.geometry, isa)
 
     def _saturation(self, x_q, za):
-        return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
+        return pair_saturation_conv(x_q, za, self.w_q, self.geometry, self.pair_plan())
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry)
@@ -243,7 +251,7 @@ class PackedLinear(_Packed):
         return x_q
 
     def _saturation(self, x_q, za):
-        return pair_saturation_linear(x_q, self.w_q)
+        return pair_saturation_linear(x_q, self.w_q, self.pair_plan())
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return (*x_q.shape[:-1], self.w_q.shape[0])

@@ -1,0 +1,244 @@
+"""FBGEMM's int16 pair saturation, emulated only where a pair can saturate.
+
+A raw pair ``s = a0*w0 + a1*w1`` (uint8 codes ``a``, int8 codes ``w``) leaves int16 only if
+``a0*|w0| + a1*|w1| > 32767``. With ``|w| <= 128`` that needs ``a0 + a1 >= 256``: both codes
+large. After a histogram observer such pairs are rare, so instead of computing every pair of
+every output pixel (``saturation.py``'s order, which this module keeps), a layer:
+
+1. screens the (padded) input: an input pixel is a *candidate* when some pair that could start
+   there can reach int16's limit by the weights' per-slot maxima (for an even number of
+   channels per group, pairs are channel pairs ``(2q, 2q+1)`` of one pixel and one tap, so the
+   bound is per channel pair; otherwise a pair may straddle two taps and any code above
+   ``32767 / (2 max|w|)`` makes the pixel a candidate);
+2. keeps the output pixels whose window holds a candidate (a max-pool of the candidate map
+   with the conv's kernel, stride and dilation);
+3. gathers those windows in FBGEMM's (kh, kw, c) order, keeps the pairs whose bound by the
+   per-pair weight maxima exceeds int16, and computes ``sat16(s) - s`` for them for every
+   output channel of their group, then scatters the sums back.
+
+Each step only discards pairs that provably cannot saturate, so the result equals the full
+emulation (tests/int8/test_int8_pair_sites.py checks it against a brute force at random and
+at the all-saturating extreme). The weight-side numbers are built once per packed layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PairPlan", "conv_pair_delta", "depthwise_pair_delta", "linear_pair_delta", "pair_plan"]
+
+_I16_MIN, _I16_MAX = -32768, 32767
+_CHUNK = 1 << 22  # elements per temporary block
+
+
+@dataclass(frozen=True, eq=False)
+class PairPlan:
+    """The weight side of the localised emulation for one conv2d or linear layer.
+
+    Attributes:
+        w_pairs: (G, O/G, P, 2) float32 raw weight codes in reduction order, K padded to even.
+        pair_bound: (G, P, 2) ``max_o |w|`` of each pair slot over the group's outputs.
+        channel_bound: conv with an even number of channels per group: (C/2, 2) ``max |w|`` of
+            channels (2q, 2q+1) over the group's outputs and every tap; else None.
+        w_max: ``max |w|`` over the layer.
+        window_reach: one input channel per group: (C,) ``max (|w_2p| + |w_2p+1|)`` over the
+            channel's outputs and pairs of taps; else None.
+        geometry: (stride, padding, dilation, groups) for conv, None for linear.
+        kernel: (kh, kw) for conv, (1, 1) for linear.
+    """
+
+    w_pairs: torch.Tensor
+    pair_bound: torch.Tensor
+    channel_bound: torch.Tensor | None
+    w_max: int
+    window_reach: torch.Tensor | None
+    geometry: tuple | None
+    kernel: tuple[int, int]
+
+
+@torch.no_grad()
+def pair_plan(w_q: torch.Tensor, geometry: tuple | None = None) -> PairPlan:
+    """Build the plan from raw weight codes: (O, C/G, kh, kw) with ``geometry``, or (O, K)."""
+    if w_q.dim() == 2:
+        g, wr, kernel = 1, w_q, (1, 1)
+    else:
+        o, cg, kh, kw = w_q.shape
+        g, kernel = geometry[3], (kh, kw)
+        wr = w_q.permute(0, 2, 3, 1).reshape(o, kh * kw * cg)  # (kh, kw, c) order
+    o, k = wr.shape
+    wf = F.pad(wr.float(), (0, k % 2)).reshape(g, o // g, -1, 2)  # FBGEMM pads K with a zero
+    channel_bound = None
+    if w_q.dim() == 4 and w_q.shape[1] % 2 == 0:
+        per = w_q.float().abs().amax((2, 3)).reshape(g, o // g, -1).amax(1)  # (G, C/G)
+        channel_bound = per.reshape(-1, 2)
+    w_max = int(w_q.to(torch.int16).abs().max()) if w_q.numel() else 0
+    window_reach = wf.abs().sum(-1).amax((1, 2)) if w_q.dim() == 4 and w_q.shape[1] == 1 else None
+    return PairPlan(wf.contiguous(), wf.abs().amax(1), channel_bound, w_max, window_reach, geometry, kernel)
+
+
+def _pair_delta(a: torch.Tensor, group: torch.Tensor | None, plan: PairPlan) -> tuple[torch.Tensor, int]:
+    """``sum_p sat16(s_p) - s_p`` for activation rows ``a`` (R, K) float in reduction order.
+
+    ``group``: (R,) the group each row belongs to (None: every group, ``a`` being (M, G, K)).
+    Returns (delta int32 (R, O/G), or (M, O) for every group; number of saturated pairs).
+    """
+    og = plan.w_pairs.shape[1]
+    shape = a.shape
+    if group is None:
+        group = torch.arange(shape[1]).repeat(shape[0])
+        a = a.reshape(-1, shape[2])
+    a = F.pad(a, (0, shape[-1] % 2)).reshape(a.shape[0], -1, 2)  # (R, P, 2)
+    mag, bound = a.abs(), plan.pair_bound[group]  # abs keeps the bound right for signed codes too
+    reach = mag[..., 0].mul_(bound[..., 0]).add_(mag[..., 1].mul_(bound[..., 1]))  # (R, P): largest |s|
+    ri, pi = (reach > _I16_MAX).nonzero(as_tuple=True)
+    delta = torch.zeros(a.shape[0], og, dtype=torch.int32)
+    count = 0
+    step = max(1, _CHUNK // max(1, og))
+    for e0 in range(0, ri.numel(), step):
+        re, pe = ri[e0:e0 + step], pi[e0:e0 + step]
+        ae = a[re, pe]  # (E, 2)
+        we = plan.w_pairs[group[re], :, pe]  # (E, O/G, 2)
+        s = we[..., 0] * ae[:, 0:1] + we[..., 1] * ae[:, 1:2]  # exact in float32: |s| <= 65280
+        d = s.clamp(_I16_MIN, _I16_MAX).sub_(s)
+        count += int(d.count_nonzero())
+        delta.index_add_(0, re, d.to(torch.int32))
+    return (delta if len(shape) == 2 else delta.reshape(shape[0], -1)), count
+
+
+@torch.no_grad()
+def linear_pair_delta(plan: PairPlan, x_q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Saturation delta of ``linear``: pairs along the input features. Returns (delta (..., O), count)."""
+    a = x_q.reshape(-1, x_q.shape[-1]).float()
+    delta, count = _pair_delta(a, torch.zeros(a.shape[0], dtype=torch.long), plan)
+    return delta.reshape(*x_q.shape[:-1], -1), count
+
+
+def _tap_entries(plan: PairPlan, ni, qi, hi, wi, out_hw, tap):
+    """The candidate channel pairs at padded pixels (hi, wi) that tap ``(i, j)`` of some output
+    pixel reads: (index into the candidates, flat output pixel, pair index p in the group)."""
+    (sh, sw), _, (dh, dw), _ = plan.geometry
+    (i, j), (ho, wo) = tap, out_hw
+    oh, ow = hi - i * dh, wi - j * dw
+    ok = (oh >= 0) & (ow >= 0) & (oh % sh == 0) & (ow % sw == 0) & (oh < ho * sh) & (ow < wo * sw)
+    e = ok.nonzero().flatten()
+    pixel = (ni[e] * ho + oh[e] // sh) * wo + ow[e] // sw
+    qg = plan.w_pairs.shape[2] // (plan.kernel[0] * plan.kernel[1])  # channel pairs per group
+    return e, pixel, (i * plan.kernel[1] + j) * qg + qi[e] % qg
+
+
+def _channel_pair_delta(plan: PairPlan, xp: torch.Tensor, out_hw: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    """Conv with an even number of channels per group: every pair is channels (2q, 2q+1) of one
+    padded pixel under one tap, so the candidates are (image, channel pair, pixel) entries with
+    ``a0*cb0 + a1*cb1 > 32767`` (``channel_bound``), each met once per tap that reads it.
+
+    Returns (delta int32 (N*H'*W', O), count).
+    """
+    n, c, hp, wp = xp.shape
+    groups, og = plan.w_pairs.shape[:2]
+    x2 = xp.reshape(n, c // 2, 2, hp, wp).float()
+    mag = x2 if xp.dtype == torch.uint8 else x2.abs()
+    cb = plan.channel_bound.reshape(1, c // 2, 2, 1, 1)
+    reach = mag[:, :, 0].mul(cb[:, :, 0]).add_(mag[:, :, 1].mul(cb[:, :, 1]))  # (N, C/2, Hp, Wp)
+    ni, qi, hi, wi = (reach > _I16_MAX).nonzero(as_tuple=True)
+    a0, a1 = x2[ni, qi, 0, hi, wi], x2[ni, qi, 1, hi, wi]
+    m0, m1 = a0.abs(), a1.abs()
+    gi = qi // (c // 2 // groups)
+    delta = torch.zeros(n * out_hw[0] * out_hw[1] * groups, og, dtype=torch.int32)
+    count, step = 0, max(1, _CHUNK // max(1, og))
+    for tap in itertools.product(range(plan.kernel[0]), range(plan.kernel[1])):
+        e, pixel, p = _tap_entries(plan, ni, qi, hi, wi, out_hw, tap)
+        g = gi[e]
+        bound = plan.pair_bound[g, p]  # (E, 2): the tighter bound of this pair's own weights
+        live = (m0[e] * bound[:, 0] + m1[e] * bound[:, 1] > _I16_MAX).nonzero().flatten()
+        for l0 in range(0, live.numel(), step):
+            k = live[l0:l0 + step]
+            ek = e[k]
+            we = plan.w_pairs[g[k], :, p[k]]  # (E', O/G, 2)
+            s = we[..., 0] * a0[ek, None] + we[..., 1] * a1[ek, None]  # exact: |s| <= 65280
+            d = s.clamp(_I16_MIN, _I16_MAX).sub_(s)
+            count += int(d.count_nonzero())
+            delta.index_add_(0, pixel[k] * groups + g[k], d.to(torch.int32))
+    return delta.reshape(-1, groups * og), count
+
+
+def _candidates(plan: PairPlan, xp: torch.Tensor) -> torch.Tensor:
+    """(N, Hp, Wp) bool: padded input pixels holding a code of a pair that could saturate: one
+    of its codes must exceed 32767 / (2 max|w|) (pairs may straddle two taps here)."""
+    return xp.float().abs_().amax(1) * (2 * plan.w_max) > _I16_MAX
+
+
+@torch.no_grad()
+def conv_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, int]:
+    """Saturation delta of ``conv2d`` (im2col's (kh, kw, c) order, pads holding ``za``).
+
+    Returns:
+        (delta int32 (N, O, H', W'), count).
+    """
+    (sh, sw), (ph, pw), (dh, dw), groups = plan.geometry
+    kh, kw = plan.kernel
+    n, c = x_q.shape[:2]
+    o = plan.w_pairs.shape[0] * plan.w_pairs.shape[1]
+    xp = F.pad(x_q, (pw, pw, ph, ph), value=int(za)) if (ph or pw) else x_q
+    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    if plan.channel_bound is not None:
+        flat, count = _channel_pair_delta(plan, xp, (ho, wo))
+        return flat.reshape(n, ho, wo, o).permute(0, 3, 1, 2), count
+    sites = _out_sites(_candidates(plan, xp).unsqueeze(1), plan)[:, 0]  # (N, H', W')
+    delta = torch.zeros(n, ho, wo, o, dtype=torch.int32)
+    ni, hi, wi = sites.nonzero(as_tuple=True)
+    if ni.numel() == 0:
+        return delta.permute(0, 3, 1, 2), 0
+    xcl = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C): a window's taps then channels
+    rows = torch.arange(kh).mul_(dh).reshape(1, kh, 1)
+    cols = torch.arange(kw).mul_(dw).reshape(1, 1, kw)
+    cg = c // groups
+    step = max(1, _CHUNK // (kh * kw * c))
+    count = 0
+    for m0 in range(0, ni.numel(), step):
+        nm, hm, wm = ni[m0:m0 + step], hi[m0:m0 + step], wi[m0:m0 + step]
+        win = xcl[nm.reshape(-1, 1, 1), hm.reshape(-1, 1, 1) * sh + rows, wm.reshape(-1, 1, 1) * sw + cols]
+        a = win.reshape(-1, kh * kw, groups, cg).transpose(1, 2).reshape(-1, groups, kh * kw * cg).float()
+        d, k = _pair_delta(a, None, plan)
+        count += k
+        delta[nm, hm, wm] = d
+    return delta.permute(0, 3, 1, 2), count
+
+
+def _out_sites(hit: torch.Tensor, plan: PairPlan) -> torch.Tensor:
+    """Output positions whose window holds a candidate input pixel: a max-pool of ``hit``."""
+    (sh, sw), _, (dh, dw), _ = plan.geometry
+    return F.max_pool2d(hit.float(), plan.kernel, (sh, sw), 0, (dh, dw)) > 0
+
+
+@torch.no_grad()
+def depthwise_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, int]:
+    """Saturation delta of a conv with one input channel per group: pairs of taps (2p, 2p+1) in
+    (kh, kw) order. Only the (image, channel, output pixel) sites whose window holds a code
+    ``x`` with ``x * window_reach_c > 32767`` are computed. Returns (delta int32 (N, O, H', W'), count).
+    """
+    (sh, sw), (ph, pw), (dh, dw), _ = plan.geometry
+    kh, kw = plan.kernel
+    c, mult = plan.w_pairs.shape[:2]
+    n = x_q.shape[0]
+    xp = F.pad(x_q, (pw, pw, ph, ph), value=int(za)) if (ph or pw) else x_q
+    hit = xp.float().abs_().mul_(plan.window_reach.reshape(1, c, 1, 1)) > _I16_MAX  # (N, C, Hp, Wp)
+    sites = _out_sites(hit, plan)  # (N, C, H', W')
+    ho, wo = sites.shape[2:]
+    delta = torch.zeros(n, c, mult, ho, wo, dtype=torch.int32)
+    ni, ci, hi, wi = sites.nonzero(as_tuple=True)
+    rows = torch.arange(kh).mul_(dh).reshape(1, kh, 1)
+    cols = torch.arange(kw).mul_(dw).reshape(1, 1, kw)
+    count, step = 0, max(1, _CHUNK // (mult * kh * kw))
+    for s0 in range(0, ni.numel(), step):
+        nm, cm, hm, wm = (t[s0:s0 + step] for t in (ni, ci, hi, wi))
+        win = xp[nm.reshape(-1, 1, 1), cm.reshape(-1, 1, 1), hm.reshape(-1, 1, 1) * sh + rows,
+                 wm.reshape(-1, 1, 1) * sw + cols].reshape(-1, kh * kw).float()
+        d, k = _pair_delta(win, cm, plan)  # (S, mult)
+        count += k
+        delta[nm, cm, :, hm, wm] = d
+    return delta.reshape(n, c * mult, ho, wo), count
