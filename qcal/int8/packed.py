@@ -159,9 +159,9 @@ class _Packed:
         acc, bound = self.accumulator(x_q, za)
         pairs = 0
         if sat:
-            delta, pairs = self._saturation(x_q, za)
-            if pairs:
-                acc, bound = acc.to(torch.int32) + delta, None
+            acc, pairs = self._saturated(acc, x_q, za)
+            if pairs:  # each of an output's P pairs moves it by at most 32768
+                bound += self.pair_plan().w_pairs.shape[2] * 32768
         out = requantize(acc, rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=bound,
                          consume=not detailed)
         if not detailed:
@@ -233,8 +233,9 @@ class PackedConv2d(_Packed):
         return self.path if isa is None else fbgemm_conv_path(self.w_q.shape[1] * self.geometry[3],
                                                               tuple(self.w_q.shape), self.geometry, isa)
 
-    def _saturation(self, x_q, za):
-        return pair_saturation_conv(x_q, za, self.w_q, self.geometry, self.pair_plan())
+    def _saturated(self, acc, x_q, za):
+        acc = acc.to(torch.int32, memory_format=torch.channels_last)  # the delta is added in place
+        return pair_saturation_conv(x_q, za, self.w_q, self.geometry, self.pair_plan(), out=acc)
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry)
@@ -250,8 +251,9 @@ class PackedLinear(_Packed):
         check_linear_input(x_q, self.w_q, self.backend)
         return x_q
 
-    def _saturation(self, x_q, za):
-        return pair_saturation_linear(x_q, self.w_q, self.pair_plan())
+    def _saturated(self, acc, x_q, za):
+        delta, pairs = pair_saturation_linear(x_q, self.w_q, self.pair_plan())
+        return (acc.to(torch.int32) + delta if pairs else acc), pairs
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return (*x_q.shape[:-1], self.w_q.shape[0])

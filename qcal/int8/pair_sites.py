@@ -130,24 +130,24 @@ def _tap_entries(plan: PairPlan, ni, qi, hi, wi, out_hw, tap):
     return e, pixel, (i * plan.kernel[1] + j) * qg + qi[e] % qg
 
 
-def _channel_pair_delta(plan: PairPlan, xp: torch.Tensor, out_hw: tuple[int, int]) -> tuple[torch.Tensor, int]:
+def _channel_pair_delta(plan: PairPlan, xp: torch.Tensor, out_hw: tuple[int, int], delta: torch.Tensor) -> int:
     """Conv with an even number of channels per group: every pair is channels (2q, 2q+1) of one
     padded pixel under one tap, so the candidates are (image, channel pair, pixel) entries with
     ``a0*cb0 + a1*cb1 > 32767`` (``channel_bound``), each met once per tap that reads it.
 
-    Returns (delta int32 (N*H'*W', O), count).
+    Adds the delta into ``delta`` (N*H'*W'*G, O/G) int32, in place; returns the count.
     """
     n, c, hp, wp = xp.shape
     groups, og = plan.w_pairs.shape[:2]
-    x2 = xp.reshape(n, c // 2, 2, hp, wp).float()
-    mag = x2 if xp.dtype == torch.uint8 else x2.abs()
-    cb = plan.channel_bound.reshape(1, c // 2, 2, 1, 1)
-    reach = mag[:, :, 0].mul(cb[:, :, 0]).add_(mag[:, :, 1].mul(cb[:, :, 1]))  # (N, C/2, Hp, Wp)
-    ni, qi, hi, wi = (reach > _I16_MAX).nonzero(as_tuple=True)
-    a0, a1 = x2[ni, qi, 0, hi, wi], x2[ni, qi, 1, hi, wi]
+    x2 = xp.reshape(n, c // 2, 2, hp, wp)
+    # a pair that can saturate holds a code above 32767 / (2 max|w|): a cheap byte compare first
+    ni, qi, hi, wi = (_magnitude(x2) >= _threshold(plan.w_max)).any(2).nonzero(as_tuple=True)
+    a0, a1 = x2[ni, qi, 0, hi, wi].float(), x2[ni, qi, 1, hi, wi].float()
     m0, m1 = a0.abs(), a1.abs()
+    cb = plan.channel_bound[qi]  # then the channel pair's own bound
+    keep = (m0 * cb[:, 0] + m1 * cb[:, 1] > _I16_MAX).nonzero().flatten()
+    ni, qi, hi, wi, a0, a1, m0, m1 = (t[keep] for t in (ni, qi, hi, wi, a0, a1, m0, m1))
     gi = qi // (c // 2 // groups)
-    delta = torch.zeros(n * out_hw[0] * out_hw[1] * groups, og, dtype=torch.int32)
     count, step = 0, max(1, _CHUNK // max(1, og))
     for tap in itertools.product(range(plan.kernel[0]), range(plan.kernel[1])):
         e, pixel, p = _tap_entries(plan, ni, qi, hi, wi, out_hw, tap)
@@ -162,21 +162,39 @@ def _channel_pair_delta(plan: PairPlan, xp: torch.Tensor, out_hw: tuple[int, int
             d = s.clamp(_I16_MIN, _I16_MAX).sub_(s)
             count += int(d.count_nonzero())
             delta.index_add_(0, pixel[k] * groups + g[k], d.to(torch.int32))
-    return delta.reshape(-1, groups * og), count
+    return count
+
+
+def _magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|codes|, without overflow for int8 (abs(-128) is -128 in int8)."""
+    return x if x.dtype == torch.uint8 else x.to(torch.int16).abs_()
+
+
+def _threshold(reach: int | torch.Tensor) -> int | torch.Tensor:
+    """The smallest code ``a`` with ``a * reach > 32767``: a pair whose two weights' magnitudes
+    sum to at most ``reach`` can only saturate if one of its codes reaches it."""
+    if isinstance(reach, torch.Tensor):
+        never = torch.full_like(reach, 256, dtype=torch.int16)  # above every |code|
+        return torch.where(reach > 0, (_I16_MAX // reach.clamp_min(1).long() + 1).clamp_max(256).to(torch.int16), never)
+    return _I16_MAX // max(2 * reach, 1) + 1
 
 
 def _candidates(plan: PairPlan, xp: torch.Tensor) -> torch.Tensor:
     """(N, Hp, Wp) bool: padded input pixels holding a code of a pair that could saturate: one
     of its codes must exceed 32767 / (2 max|w|) (pairs may straddle two taps here)."""
-    return xp.float().abs_().amax(1) * (2 * plan.w_max) > _I16_MAX
+    return (_magnitude(xp) >= _threshold(plan.w_max)).any(1)
 
 
 @torch.no_grad()
-def conv_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, int]:
+def conv_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int, out: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, int]:
     """Saturation delta of ``conv2d`` (im2col's (kh, kw, c) order, pads holding ``za``).
 
+    ``out``: an int32 channels_last (N, O, H', W') tensor (the accumulator) to add the delta
+    into, in place, instead of a new zero tensor.
+
     Returns:
-        (delta int32 (N, O, H', W'), count).
+        (delta int32 (N, O, H', W'), or ``out`` plus it; count).
     """
     (sh, sw), (ph, pw), (dh, dw), groups = plan.geometry
     kh, kw = plan.kernel
@@ -185,14 +203,12 @@ def conv_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[torch.T
     xp = F.pad(x_q, (pw, pw, ph, ph), value=int(za)) if (ph or pw) else x_q
     ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = _target(out, (n, o, ho, wo))
+    nhwc = out.permute(0, 2, 3, 1)  # a view: channels_last
     if plan.channel_bound is not None:
-        flat, count = _channel_pair_delta(plan, xp, (ho, wo))
-        return flat.reshape(n, ho, wo, o).permute(0, 3, 1, 2), count
+        return out, _channel_pair_delta(plan, xp, (ho, wo), nhwc.view(-1, plan.w_pairs.shape[1]))
     sites = _out_sites(_candidates(plan, xp).unsqueeze(1), plan)[:, 0]  # (N, H', W')
-    delta = torch.zeros(n, ho, wo, o, dtype=torch.int32)
     ni, hi, wi = sites.nonzero(as_tuple=True)
-    if ni.numel() == 0:
-        return delta.permute(0, 3, 1, 2), 0
     xcl = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C): a window's taps then channels
     rows = torch.arange(kh).mul_(dh).reshape(1, kh, 1)
     cols = torch.arange(kw).mul_(dw).reshape(1, 1, kw)
@@ -205,8 +221,18 @@ def conv_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[torch.T
         a = win.reshape(-1, kh * kw, groups, cg).transpose(1, 2).reshape(-1, groups, kh * kw * cg).float()
         d, k = _pair_delta(a, None, plan)
         count += k
-        delta[nm, hm, wm] = d
-    return delta.permute(0, 3, 1, 2), count
+        nhwc[nm, hm, wm] += d  # sites are distinct
+    return out, count
+
+
+def _target(out: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """``out`` checked (int32, channels_last, ``shape``), or a new zero tensor like that."""
+    if out is None:
+        return torch.zeros(shape, dtype=torch.int32).contiguous(memory_format=torch.channels_last)
+    if out.shape != shape or out.dtype != torch.int32 or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"out must be an int32 channels_last tensor of shape {shape}, got {out.dtype} "
+                         f"{tuple(out.shape)} with strides {out.stride()}")
+    return out
 
 
 def _out_sites(hit: torch.Tensor, plan: PairPlan) -> torch.Tensor:
@@ -216,20 +242,23 @@ def _out_sites(hit: torch.Tensor, plan: PairPlan) -> torch.Tensor:
 
 
 @torch.no_grad()
-def depthwise_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, int]:
+def depthwise_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int, out: torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, int]:
     """Saturation delta of a conv with one input channel per group: pairs of taps (2p, 2p+1) in
     (kh, kw) order. Only the (image, channel, output pixel) sites whose window holds a code
-    ``x`` with ``x * window_reach_c > 32767`` are computed. Returns (delta int32 (N, O, H', W'), count).
+    ``x`` with ``x * window_reach_c > 32767`` are computed. ``out`` as in ``conv_pair_delta``.
+    Returns (delta int32 (N, O, H', W'), or ``out`` plus it; count).
     """
     (sh, sw), (ph, pw), (dh, dw), _ = plan.geometry
     kh, kw = plan.kernel
     c, mult = plan.w_pairs.shape[:2]
     n = x_q.shape[0]
     xp = F.pad(x_q, (pw, pw, ph, ph), value=int(za)) if (ph or pw) else x_q
-    hit = xp.float().abs_().mul_(plan.window_reach.reshape(1, c, 1, 1)) > _I16_MAX  # (N, C, Hp, Wp)
+    hit = _magnitude(xp) >= _threshold(plan.window_reach).reshape(1, c, 1, 1)  # (N, C, Hp, Wp)
     sites = _out_sites(hit, plan)  # (N, C, H', W')
     ho, wo = sites.shape[2:]
-    delta = torch.zeros(n, c, mult, ho, wo, dtype=torch.int32)
+    out = _target(out, (n, c * mult, ho, wo))
+    per_channel = out.view(n, c, mult, ho, wo)
     ni, ci, hi, wi = sites.nonzero(as_tuple=True)
     rows = torch.arange(kh).mul_(dh).reshape(1, kh, 1)
     cols = torch.arange(kw).mul_(dw).reshape(1, 1, kw)
@@ -240,5 +269,5 @@ def depthwise_pair_delta(plan: PairPlan, x_q: torch.Tensor, za: int) -> tuple[to
                  wm.reshape(-1, 1, 1) * sw + cols].reshape(-1, kh * kw).float()
         d, k = _pair_delta(win, cm, plan)  # (S, mult)
         count += k
-        delta[nm, cm, :, hm, wm] = d
-    return delta.reshape(n, c * mult, ho, wo), count
+        per_channel[nm, cm, :, hm, wm] += d  # sites are distinct
+    return out, count

@@ -107,15 +107,17 @@ def pair_saturation_linear(
 @torch.no_grad()
 def pair_saturation_conv(
     x_q: torch.Tensor, za: int, w_q: torch.Tensor, geometry: tuple, plan: PairPlan | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Saturation delta for ``conv2d`` in im2col (kh, kw, c) order, pads holding ``za``.
 
-    ``plan``: the layer's ``pair_plan(w_q, geometry)`` when the caller keeps one (built here if None).
+    ``plan``: the layer's ``pair_plan(w_q, geometry)`` when the caller keeps one (built here if
+    None). ``out``: an int32 channels_last accumulator to add the delta into, in place.
 
     Returns:
-        (delta int32 (N, O, H', W'), count).
+        (delta int32 (N, O, H', W') channels_last, or ``out`` plus it; count).
     """
     plan = plan or pair_plan(w_q, geometry)
     if w_q.shape[1] == 1:  # pairs of taps of one channel
-        return depthwise_pair_delta(plan, x_q, za)
-    return conv_pair_delta(plan, x_q, za)
+        return depthwise_pair_delta(plan, x_q, za, out)
+    return conv_pair_delta(plan, x_q, za, out)
