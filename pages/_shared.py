@@ -316,20 +316,6 @@ def layer_trace(run: CurrentRun, scheme: str, backend: str, sample: int) -> dict
                    quantized_model(run, scheme, backend))
 
 
-@st.cache_data(show_spinner="Writing the ONNX file…", max_entries=32)
-def _onnx_file(run_id: str, model: str, scheme: str, backend: str, _qm: Any) -> bytes | None:
-    from qcal.export.onnx import onnx_bytes
-    from qcal.zoo.registry import input_shape_of
-
-    return onnx_bytes(_qm, input_shape=input_shape_of(model)) if _qm.mode == "graph" else None
-
-
-def onnx_file(run: CurrentRun, scheme: str, backend: str) -> bytes | None:
-    """The ONNX QDQ file of (scheme, backend) of ``run`` (None: not loadable or module-swap mode)."""
-    qm = quantized_model(run, scheme, backend)
-    return None if qm is None else _onnx_file(run.run_id, run.model, scheme, backend, qm)
-
-
 def run_caption(run: CurrentRun) -> str:
     """One line naming the run a page shows."""
     meta = run.meta

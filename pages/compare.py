@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from pages._onnx import onnx_download, recipe_onnx_data, scheme_onnx_data
 from pages._shared import (
     BACKEND_CHOICES,
     DEFAULT_BACKENDS,
@@ -74,6 +75,26 @@ def calibration_size() -> None:
     set_param("calib", str(int(n)) if n else None)
 
 
+def onnx_downloads(run, scheme: str, backend: str, table) -> None:
+    """A download of the ONNX file of the picked scheme, and of any saved recipe of the model."""
+    st.subheader("Ship to ONNX Runtime")
+    left, right = st.columns(2)
+    data = scheme_onnx_data(run, scheme, backend)
+    if data is None:
+        left.caption("No ONNX file for this scheme here: the run's model cannot be loaded.")
+    else:
+        onnx_download(run.model, scheme, data, key="onnx_download", where=left)
+    saved = table[table["kind"] == "recipe"].drop_duplicates(["run_id", "scheme"])
+    if not saved.empty and run.loadable:
+        choices = {f"{r.scheme} (run {r.run_id})": (r.run_id, r.scheme) for r in saved.itertuples()}
+        run_id, name = choices[right.selectbox("Saved recipe", list(choices), key="onnx_recipe")]
+        onnx_download(run.model, name, recipe_onnx_data(run.model, run_id, name), key="onnx_download_recipe",
+                      where=right)
+    st.caption("The file is written on the click (the scheme's calibration, once). `qm.with_backend('ort')` "
+               "predicts onnxruntime's output for it bit for bit; onnxruntime quantizes a recipe's fp32 "
+               "layer itself when it sits between two int8 layers.")
+
+
 def compare_page() -> None:
     require_router()
     st.title("Compare schemes and backends")
@@ -134,6 +155,7 @@ def compare_page() -> None:
                    "(see data_description).")
     else:
         st.caption("No saved recipe for this model yet: build one on the Sensitivity page.")
+    onnx_downloads(run, scheme, backend, table)
 
 
 compare_page()

@@ -4,7 +4,8 @@ from typing import Any
 
 import streamlit as st
 
-from pages._shared import current_run, layer_trace, onnx_file, quantized_model, run_caption
+from pages._onnx import onnx_download, onnx_file
+from pages._shared import current_run, layer_trace, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
 from qcal.reporting import worked_example as we
 
@@ -139,10 +140,7 @@ def _draw_download(run, scheme: str, backend: str) -> None:
     if data is None:
         st.caption("No ONNX export here: the model is not loadable or runs in module-swap mode.")
         return
-    st.download_button(f"Download {scheme} as ONNX (QDQ)", data, file_name=f"{run.model}_{scheme}.onnx",
-                       mime="application/octet-stream", key="onnx_download",
-                       help="qm.with_backend('ort') predicts onnxruntime's output for this file bit for "
-                            "bit; check it with python -m qcal export ... --verify")
+    onnx_download(run.model, scheme, data, key="onnx_download")
 
 
 def requant_page() -> None:

@@ -405,3 +405,11 @@ def test_requant_shows_ort_beside_fbgemm_and_qnnpack_and_offers_the_onnx_file():
     assert str(beside.value["output"].iloc[0]) == metric(at, "worked steps").value
     buttons = at.get("download_button")
     assert any("ONNX" in b.proto.label for b in buttons)
+
+
+def test_compare_offers_the_onnx_file_of_the_picked_scheme():
+    """One download per picked scheme (written on the click, by qcal.reporting.views.zoo_onnx_bytes)."""
+    at = app(scheme="per_channel_symmetric", backend="fbgemm")
+    assert_clean(at)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download per_channel_symmetric as ONNX (QDQ)" in labels

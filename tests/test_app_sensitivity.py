@@ -131,3 +131,35 @@ def test_the_compare_page_shows_the_saved_recipe_beside_the_presets(scanned):
     assert list(table["kind"]) == ["preset", "recipe"]
     assert list(table["run_id"]) == [preset_run, recipe_run]
     assert table["value"].iloc[1] == Store().load(recipe_run).frames["summary"]["value"].iloc[0]
+    recipe_name = table["scheme"].iloc[1]
+    assert page.selectbox(key="onnx_recipe").value == f"{recipe_name} (run {recipe_run})"
+    assert f"Download {recipe_name} as ONNX (QDQ)" in [b.proto.label for b in page.get("download_button")]
+
+
+def test_the_saved_recipe_onnx_file_is_what_onnxruntime_runs_as_predicted(scanned):
+    """The Compare page's recipe download (written on the click): a checked QDQ file whose
+    onnxruntime output equals the ort flavour of the same recipe, its fp32 layers included."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from pages._onnx import recipe_onnx_data
+    from qcal.recipes import Recipe
+    from qcal.reporting.views import calibrate_zoo
+    from qcal.store import Store
+    from qcal.zoo.datasets import digits_splits
+
+    at = scanned
+    if "recipe_saved" not in at.session_state:
+        at.button(key="recipe_save").click().run(timeout=TIMEOUT)
+    run_id = at.session_state["recipe_saved"]
+    meta = Store().load(run_id).meta
+    (name, data), = meta["recipes"].items()
+    recipe = Recipe.from_data(data)
+    assert recipe.fp32_layers(["fc1", "fc2", "fc3"])  # the builder kept a layer in fp32
+    blob = recipe_onnx_data("digits_mlp", run_id, name)()
+    onnx.checker.check_model(onnx.load_from_string(blob), full_check=True)
+    x = digits_splits().test[0][:64]
+    (theirs,) = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    qm = calibrate_zoo("digits_mlp", recipe, "ort", calib_samples=meta.get("calib_samples"))
+    assert int((qm(x).numpy() != theirs).sum()) == 0 and theirs.dtype == np.float32

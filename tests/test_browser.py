@@ -150,10 +150,13 @@ def _wait_for_run_end(page, timeout_ms: float) -> None:
     """Wait until streamlit's running indicator is gone (the script run is over)."""
     page.locator('[data-testid="stStatusWidgetRunningIcon"]').wait_for(state="detached",
                                                                        timeout=timeout_ms)
-    # each chart drawn: plotly stacks several .main-svg layers per chart, and a chart in a
-    # collapsed block is never "visible", so wait for the first layer to be in the page
-    for chart in page.locator('[data-testid="stMain"] .js-plotly-plot').all():
-        chart.locator(".main-svg").first.wait_for(state="attached", timeout=timeout_ms)
+    # every chart drawn: plotly stacks several .main-svg layers per chart, and a chart in a
+    # collapsed block is never "visible", so each chart needs its first layer in the page.
+    # One predicate over the charts present at each poll: a stale chart that streamlit removes
+    # after the run (a layer without samples has no scatter) must not be waited for.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]"
+        ".every(c => c.querySelector('.main-svg'))", timeout=timeout_ms)
 
 
 def _assert_clean(page, name: str) -> None:

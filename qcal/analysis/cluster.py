@@ -11,6 +11,10 @@ A sweep is many independent evaluations of one model on one data set: compare's
   worker ONCE per sweep (one copy per worker, whatever the number of jobs) and each job
   carries only ``fn`` (pickled by reference) and its small payload.
 
+Every job on an executor runs under the client's ``qcal.int8.assumed_cpu()`` (``QCAL_CPU``,
+``FBGEMM_ENABLE_INSTRUCTIONS``, else the client's hardware), carried with the job: a worker
+computes what the client would, whatever its own environment and CPU.
+
 Results come back in payload order, whatever order the jobs finish in, so frames built from
 them are identical to the in-process run. Progress is reported as jobs finish on the
 cluster. When a worker dies mid-sweep, Dask's scheduler reschedules the jobs it was running
@@ -31,11 +35,13 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from qcal.int8.isa import AssumedCpu, assumed_cpu, emulating
+
 __all__ = ["ENV_VAR", "Sweep", "SweepStats", "connect", "dask_executor", "env_executor",
-           "run_sweep"]
+           "is_distributed", "run_sweep"]
 
 ENV_VAR = "QCAL_DASK"
 CONNECT_TIMEOUT_S = 20.0  # a scheduler on a busy machine can take seconds to answer
@@ -59,6 +65,11 @@ def _client_of(executor: cf.Executor | None) -> Any:
 
     # ClientExecutor keeps its client in a private attribute; there is no public accessor.
     return executor._client if isinstance(executor, ClientExecutor) else None
+
+
+def is_distributed(executor: cf.Executor | None) -> bool:
+    """Whether ``executor`` runs on a Dask cluster (``client.get_executor()``)."""
+    return _client_of(executor) is not None
 
 
 def _check_reachable(address: str, timeout: float) -> None:
@@ -134,19 +145,22 @@ def env_executor(environ: dict[str, str] | None = None) -> contextlib.AbstractCo
 class SweepStats:
     """What a sweep sent to the workers, in serialized bytes.
 
-    ``shared_bytes`` goes to each of ``workers`` once; each of ``jobs`` jobs sends at most
-    ``job_bytes``. In process (or on a plain executor) ``workers`` is 0.
+    The shared inputs (``shared_bytes``, the largest if sent more than once) went to each of
+    ``workers`` workers ``sends`` times: once per sweep, again only when a search replaced
+    them (a recipe that needed one more calibration pass); each of ``jobs`` jobs sent at
+    most ``job_bytes``. In process (or on a plain executor) ``workers`` is 0.
     """
 
     workers: int
     shared_bytes: int
     jobs: int
     job_bytes: int
+    sends: int = 0
 
     @property
     def sent_bytes(self) -> int:
-        """An upper bound of the bytes sent to workers: shared once per worker, plus the jobs."""
-        return self.workers * self.shared_bytes + self.jobs * self.job_bytes
+        """An upper bound of the bytes sent to workers: shared once per worker and send, plus the jobs."""
+        return self.sends * self.workers * self.shared_bytes + self.jobs * self.job_bytes
 
 
 def _serialized_size(obj: Any) -> int:
@@ -171,17 +185,28 @@ class Sweep:
         self.stats = SweepStats(workers=0, shared_bytes=0, jobs=0, job_bytes=0)
 
     def __enter__(self) -> Sweep:
-        if self._client is not None:
-            # In a list, so that a dict or list of inputs travels as ONE object (one key).
-            (self._remote,) = self._client.scatter([self.shared], broadcast=True, hash=False)
-            workers = len(self._client.who_has(self._remote).get(self._remote.key, ()))
-            self.stats = SweepStats(workers, _serialized_size(self.shared), 0, 0)
+        self._send()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._remote is not None:
             self._remote.release()
             self._remote = None
+
+    def _send(self) -> None:
+        if self._client is None:
+            return
+        # In a list, so that a dict or list of inputs travels as ONE object (one key).
+        (self._remote,) = self._client.scatter([self.shared], broadcast=True, hash=False)
+        workers = len(self._client.who_has(self._remote).get(self._remote.key, ()))
+        self.stats = replace(self.stats, workers=max(self.stats.workers, workers), sends=self.stats.sends + 1,
+                             shared_bytes=max(self.stats.shared_bytes, _serialized_size(self.shared)))
+
+    def resend(self, shared: Any) -> None:
+        """Replace the shared inputs for the next ``map`` calls (sent again, counted in ``sends``)."""
+        self.__exit__()
+        self.shared = shared
+        self._send()
 
     def map(self, fn: Callable[[Any, Any], Any], payloads: Sequence[Any], *,
             progress: Progress | None = None, describe: Callable[[Any], str] = str) -> list[Any]:
@@ -202,11 +227,11 @@ class Sweep:
                 out.append(fn(self.shared, p))
             return out
         shared = self.shared if self._remote is None else self._remote
-        futures = {self.executor.submit(fn, shared, p): i for i, p in enumerate(payloads)}
+        cpu = assumed_cpu()
+        futures = {self.executor.submit(_run_job, fn, shared, p, cpu): i for i, p in enumerate(payloads)}
         if self._remote is not None:
-            job_bytes = max((_serialized_size((fn, p)) for p in payloads), default=0)
-            self.stats = SweepStats(self.stats.workers, self.stats.shared_bytes,
-                                    self.stats.jobs + n, max(self.stats.job_bytes, job_bytes))
+            job_bytes = max((_serialized_size((_run_job, fn, p, cpu)) for p in payloads), default=0)
+            self.stats = replace(self.stats, jobs=self.stats.jobs + n, job_bytes=max(self.stats.job_bytes, job_bytes))
         results: list[Any] = [None] * n
         try:
             for done, fut in enumerate(cf.as_completed(futures), 1):
@@ -218,6 +243,12 @@ class Sweep:
                 fut.cancel()
             raise
         return results
+
+
+def _run_job(fn: Callable[[Any, Any], Any], shared: Any, payload: Any, cpu: AssumedCpu) -> Any:
+    """One job, computed as on the client's CPU (not the worker's environment)."""
+    with emulating(cpu):
+        return fn(shared, payload)
 
 
 def run_sweep(executor: cf.Executor | None, fn: Callable[[Any, Any], Any], shared: Any,

@@ -193,12 +193,12 @@ def recommend(
         return [Recipe(s, {layer: None}, name=f"all but {layer}") for s in resolved for layer in layers] + [
             Recipe(s, name=s.name) for s in resolved]
 
-    sweep = Sweep(model, calib_data, eval_data, observe_for, backend=backend, executor=executor, mode=mode,
-                  progress=lambda f, m: report(0.2 * f, m))
-    search = _Search(sweep, resolved, report)
-    search.uniform()
-    limit = len(sweep.layers) if max_fp32_layers is None else max_fp32_layers
-    _greedy(search, resolved, max_drop, limit, report, len(sweep.layers))
+    with Sweep(model, calib_data, eval_data, observe_for, backend=backend, executor=executor, mode=mode,
+               progress=lambda f, m: report(0.2 * f, m)) as sweep:
+        search = _Search(sweep, resolved, report)
+        search.uniform()
+        limit = len(sweep.layers) if max_fp32_layers is None else max_fp32_layers
+        _greedy(search, resolved, max_drop, limit, report, len(sweep.layers))
     recipe = search.recipe()
     test_value = test_fp32 = None
     if test_data is not None:

@@ -63,8 +63,9 @@ def sensitivity(
         eval_data: (inputs, labels) batches; labels may be None (agreement with fp32 top-1).
         scheme: a preset name or Scheme.
         backend: the engine flavour.
-        executor: any ``concurrent.futures.Executor``; the evaluations run on it, in a few
-            chunks, with results identical to the in-process run.
+        executor: any ``concurrent.futures.Executor``; the evaluations run on it (on Dask:
+            the calibrated pass and eval data sent to each worker once, one small job per
+            evaluation), with results identical to the in-process run.
         progress: ``progress(fraction, message)``.
         mode: "auto" | "graph" | "modules", as for ``calibrate``.
 
@@ -81,11 +82,11 @@ def sensitivity(
     """
     scheme = resolve_scheme(scheme)
     report = progress or (lambda fraction, message: None)
-    sweep = Sweep(model, calib_data, eval_data, lambda layers: list(sensitivity_recipes(layers, scheme).values()),
-                  backend=backend, executor=executor, mode=mode, progress=lambda f, m: report(0.3 * f, m))
-    recipes = sensitivity_recipes(sweep.layers, scheme)
-    scores = sweep.scores(list(recipes.values()), [layer if mode == "only" else None for layer, mode in recipes],
-                          progress=lambda f, m: report(0.3 + 0.7 * f, m))
+    with Sweep(model, calib_data, eval_data, lambda layers: list(sensitivity_recipes(layers, scheme).values()),
+               backend=backend, executor=executor, mode=mode, progress=lambda f, m: report(0.3 * f, m)) as sweep:
+        recipes = sensitivity_recipes(sweep.layers, scheme)
+        scores = sweep.scores(list(recipes.values()), [layer if mode == "only" else None for layer, mode in recipes],
+                              progress=lambda f, m: report(0.3 + 0.7 * f, m))
     isolated = {layer: s.sqnr_db for (layer, mode), s in zip(recipes, scores, strict=True) if mode == "only"}
     kinds = _kinds(sweep)
     rows = [{"layer": layer, "kind": kinds[layer], "mode": mode, "metric": sweep.metric, "value": s.value,

@@ -3,16 +3,24 @@
 A ``Sweep`` holds one calibration pass (``Calibrated``), the evaluation batches and the fp32
 model's outputs on them, computed once. ``scores`` evaluates a list of recipes: the metric
 (top-1 accuracy with labels, else agreement with fp32 top-1) and, when asked, one layer's
-SQNR on the first 64 samples. With an executor (``qcal.analysis.cluster``: the data and fp32
-outputs go to each Dask worker once) the recipes go out in a few chunks: each chunk's payload
-holds its calibrated models, which share one float model (pickled once per chunk, not once
-per recipe); the results are the same values in the same order as in-process.
+SQNR on the first 64 samples.
+
+With an executor the jobs build their quantized models themselves, from ``SharedEval``: the
+calibration statistics (``Calibrated.without_data``: float model, observers, traced graph;
+no calibration data), the eval batches and the fp32 outputs. On Dask
+(``qcal.analysis.cluster``) it goes to each worker ONCE per Sweep, across every ``scores``
+call (a recommend search's rounds), and again only when a recipe needed one more calibration
+pass; a job carries one (recipe, SQNR layer) pair, a few hundred bytes. A worker keeps its
+copy for the whole Sweep, so the quantized weights it builds (per layer and weight spec)
+are built once per worker and reused by its later jobs. The results are the same values in
+the same order as in-process.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -20,18 +28,23 @@ from typing import Any
 
 import torch
 
-from qcal.analysis.cluster import SweepStats, run_sweep
+from qcal.analysis import cluster
+from qcal.analysis.cluster import SweepStats
 from qcal.analysis.compare import _fp32_output
 from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches
 from qcal.calibration.calibrate import Calibrated
 from qcal.recipes import Recipe
 
-__all__ = ["Score", "Sweep"]
+__all__ = ["Score", "SharedEval", "Sweep", "score_jobs"]
 
 Progress = Callable[[float, str], None]
-_CHUNKS_PER_WORKER = 2
+Job = tuple[Recipe, str | None]  # a recipe and the layer whose SQNR to report (or None)
+_CHUNKS_PER_WORKER = 2  # plain executors: a few chunks per worker (each chunk pickles the shared state)
 _SQNR_SAMPLES = 64  # samples of the first eval batch traced for a layer's SQNR
+# Building mutates the shared pass (accepted recipes, their plans, the weight cache); jobs on
+# the threads of one worker (or of a ThreadPoolExecutor) share it. Evaluation runs unlocked.
+_BUILD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,16 +86,34 @@ def _sqnr_db(qm: Any, inputs: Any, layer: str) -> float:
     return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
 
 
+@dataclass(frozen=True, eq=False)
+class SharedEval:
+    """What every job of a Sweep reads: sent to each Dask worker once per Sweep.
+
+    Attributes:
+        calibrated: the calibration pass without its data (statistics, float model, traced
+            graph, and the weight cache the worker fills as its jobs build).
+        backend: the engine flavour.
+        batches, fp32, labelled: the eval batches, the fp32 outputs on them, whether the
+            metric is accuracy (labels) or agreement with fp32.
+    """
+
+    calibrated: Calibrated
+    backend: str
+    batches: list[tuple[Any, Any]]
+    fp32: list[torch.Tensor]
+    labelled: bool
+
+
 @torch.no_grad()
-def score_chunk(shared: tuple[list[tuple[Any, Any]], list[torch.Tensor], bool],
-                models: list[tuple[Any, str | None]]) -> list[Score]:
-    """Evaluate calibrated models (each with the layer whose SQNR to report, or None) on the
-    shared (eval batches, fp32 outputs, labelled)."""
-    batches, fp32, labelled = shared
+def score_jobs(shared: SharedEval, jobs: Sequence[Job]) -> list[Score]:
+    """Build each job's recipe from the shared pass and evaluate it on the shared eval data."""
     out = []
-    for qm, layer in models:
-        value = _metric([qm(inputs) for inputs, _ in batches], batches, fp32, labelled)
-        out.append(Score(value, _sqnr_db(qm, batches[0][0], layer) if layer else math.nan))
+    for recipe, layer in jobs:
+        with _BUILD_LOCK:
+            qm = shared.calibrated.build(recipe, shared.backend)
+        value = _metric([qm(inputs) for inputs, _ in shared.batches], shared.batches, shared.fp32, shared.labelled)
+        out.append(Score(value, _sqnr_db(qm, shared.batches[0][0], layer) if layer else math.nan))
     return out
 
 
@@ -98,9 +129,12 @@ class Sweep:
         mode: "auto" | "graph" | "modules".
         progress: ``progress(fraction, message)`` for the calibration pass.
 
+    Use as a context manager (``with Sweep(...) as sweep:``) with a Dask executor: leaving it
+    releases the shared inputs held on the workers.
+
     Attributes:
-        stats: what ``scores`` sent to Dask workers, over all its calls (each call sends the
-            shared eval data once per worker; ``jobs`` sums the chunks); workers 0 in process.
+        stats: what ``scores`` sent to Dask workers, over all its calls (``SweepStats``:
+            the shared inputs once per worker, ``jobs`` one per evaluation); workers 0 in process.
     """
 
     def __init__(self, model: torch.nn.Module, calib_data: Any, eval_data: Any,
@@ -119,26 +153,56 @@ class Sweep:
         self.calibrated = Calibrated(model, calib_data, recipes, mode=mode, progress=progress)
         self.evaluations = 0
         self.stats = SweepStats(workers=0, shared_bytes=0, jobs=0, job_bytes=0)
+        self._cluster: cluster.Sweep | None = None
+        self._sent_passes = 0  # the calibration passes the workers' copy holds
+
+    def __enter__(self) -> Sweep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the shared inputs held on the workers (``stats`` stays)."""
+        if self._cluster is not None:
+            self._cluster.__exit__()
+            self._cluster = None
 
     @property
     def layers(self) -> list[str]:
         """The quantizable layers, in model order."""
         return self.calibrated.layers
 
+    def _shared_sweep(self) -> cluster.Sweep:
+        """The cluster sweep holding the shared inputs, sent on first use and again only when
+        the calibration pass has grown since (a recipe needed more observation points)."""
+        if self._cluster is None or self._sent_passes != self.calibrated.passes:
+            shared = SharedEval(self.calibrated.without_data(), self.backend, self.batches, self.fp32, self.labelled)
+            if self._cluster is None:
+                self._cluster = cluster.Sweep(self.executor, shared).__enter__()
+            else:
+                self._cluster.resend(shared)
+            self._sent_passes = self.calibrated.passes
+        return self._cluster
+
+    def _chunk_size(self, n: int) -> int:
+        if self.executor is None or cluster.is_distributed(self.executor):
+            return 1  # on Dask one job per evaluation: spread evenly, a lost worker loses one
+        workers = getattr(self.executor, "_max_workers", None) or 4
+        return max(1, math.ceil(n / (workers * _CHUNKS_PER_WORKER)))
+
     def scores(self, recipes: Sequence[Recipe], sqnr_layers: Sequence[str | None] | None = None,
                progress: Progress | None = None) -> list[Score]:
         """Each recipe's Score, in order (``sqnr_layers``: per recipe, the layer to trace)."""
         layers = list(sqnr_layers) if sqnr_layers is not None else [None] * len(recipes)
-        jobs = [(self.calibrated.build(r, self.backend), layer) for r, layer in zip(recipes, layers, strict=True)]
+        # accepted here, so that any further calibration pass runs on this machine, with the data
+        jobs = [(self.calibrated.prepare(r), layer) for r, layer in zip(recipes, layers, strict=True)]
         self.evaluations += len(jobs)
-        report = progress or (lambda fraction, message: None)
-        workers = getattr(self.executor, "_max_workers", None) or 4
-        size = 1 if self.executor is None else max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
+        size = self._chunk_size(len(jobs))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        results, stats = run_sweep(self.executor, score_chunk, (self.batches, self.fp32, self.labelled), chunks,
-                                   progress=report, describe=lambda chunk: chunk[0][0].scheme.name)
-        self.stats = SweepStats(max(self.stats.workers, stats.workers), max(self.stats.shared_bytes, stats.shared_bytes),
-                                self.stats.jobs + stats.jobs, max(self.stats.job_bytes, stats.job_bytes))
+        sweep = self._shared_sweep()
+        results = sweep.map(score_jobs, chunks, progress=progress, describe=lambda chunk: chunk[0][0].name)
+        self.stats = sweep.stats
         return [score for chunk in results for score in chunk]
 
     @torch.no_grad()

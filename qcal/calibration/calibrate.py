@@ -214,18 +214,38 @@ class Calibrated:
         """"graph" or "modules"."""
         return self.observed.mode
 
-    def build(self, recipe: Scheme | Recipe | str, backend: str = "fbgemm") -> QuantizedModel:
-        """The QuantizedModel of a recipe (or scheme) on one backend."""
+    def prepare(self, recipe: Scheme | Recipe | str) -> Recipe:
+        """Accept a recipe (or scheme) for building, observing more if it needs unobserved points.
+
+        After ``prepare``, building the recipe reads only the statistics, never the data:
+        what lets a copy ``without_data`` build it elsewhere.
+        """
         recipe = as_recipe(resolve_scheme_or_recipe(recipe))
-        check_backends([backend])
         self.observed.add(recipe)
         points = self.observed.points
         missing = [(k, spec) for k, spec in self.observed.observers_of(recipe)
                    if k not in points or spec not in points[k].observers]
         if missing:
+            if self.calib_data is None:
+                raise RuntimeError(f"recipe {recipe.name!r} needs observation points this copy of the "
+                                   "calibration pass has not seen, and its calibration data stayed behind; "
+                                   "call prepare() on the original first")
             self._observe_more(recipe)
+        return recipe
+
+    def build(self, recipe: Scheme | Recipe | str, backend: str = "fbgemm") -> QuantizedModel:
+        """The QuantizedModel of a recipe (or scheme) on one backend."""
+        check_backends([backend])
+        recipe = self.prepare(recipe)
         ((_, qm),) = _build(self.observed, recipe, self.weights, self.float_model, [backend]).items()
         return qm
+
+    def without_data(self) -> Calibrated:
+        """A view sharing the statistics, float model and weight cache, without the calibration
+        data: what a sweep sends to its workers (they build the recipes ``prepare`` accepted)."""
+        view = copy.copy(self)
+        view.calib_data = None
+        return view
 
     def _observe_more(self, recipe: Recipe) -> None:
         extra = Observed(self.float_model, self.observed.mode, [recipe])

@@ -23,6 +23,7 @@ from qcal.graph.modules import SwappedModel
 from qcal.graph.program import IntegerProgram, run_float
 from qcal.int8 import requant_multipliers
 from qcal.int8.layer_ops import make_kernel
+from qcal.int8.ort_fp32 import ort_fp32_notes
 from qcal.qparams import dequantize
 from qcal.schemes import Scheme, check_backends
 
@@ -248,6 +249,8 @@ class QuantizedModel:
                     "not reproduced (reproduce_torch_bugs=False): outputs follow the intended clamp"
                 out.append(f"torch's qnnpack ReLU6/Hardtanh/clamp writes channels-last inputs back in the "
                            f"wrong order (torch 2.13 qnnpack_clamp); affects {', '.join(hit)}; {what}")
+        if self.backend == "ort" and self.mode == "graph":
+            out += ort_fp32_notes(self.graph)
         return out + self._cpu_notes()
 
     @property

@@ -115,11 +115,19 @@ class Observed:
             self.recipes.append(recipe)
             self._check_recipes()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.fx's GraphModule does not pickle (its generated code's globals), and the plans
+        # made so far do (``Graph.module``); a copy sent to a Dask worker re-traces the model
+        # the first time it plans a recipe of its own.
+        return {**self.__dict__, "fx_module": None}
+
     def plan_for(self, recipe: Recipe) -> Graph | None:
         """The recipe's program (graph mode), else None."""
         if self.graph is None:
             return None
         if recipe not in self.plans:
+            if self.fx_module is None:  # an unpickled copy: tracing and folding are deterministic
+                self.fx_module = trace_folded(self.model)
             self.plans[recipe] = plan(self.fx_module, recipe)
         return self.plans[recipe]
 

@@ -31,6 +31,8 @@ def cluster_executor(args: argparse.Namespace) -> contextlib.AbstractContextMana
 def report_sweep(stats: dict[str, int] | None) -> None:
     """One stderr line saying what a ``--dask`` sweep sent to its workers (nothing in process)."""
     if stats and stats.get("workers"):
+        sends = stats.get("sends", 1)
+        times = "once" if sends == 1 else f"{sends} times"
         print(f"dask: {stats['jobs']} jobs on {stats['workers']} workers; sent "
-              f"{stats['shared_bytes'] / 2**20:.2f} MiB of model and data to each worker once, "
+              f"{stats['shared_bytes'] / 2**20:.2f} MiB of model and data to each worker {times}, "
               f"at most {stats['job_bytes']} bytes per job", file=sys.stderr)

@@ -10,7 +10,7 @@ Each program step becomes (qparams ``(s, z)`` of the step's output observation p
 
 * quantize ``Q``; dequantize ``DQ``; conv ``DQ -> Conv -> [Relu] -> Q``; linear
   ``DQ -> Gemm(transB) -> [Relu] -> Q``; add ``DQ, DQ -> Add -> [Relu] -> Q``;
-* max pool / ReLU / ReLU6-clamp / flatten / global average pool keep their input's qparams:
+* max pool / average pool / ReLU / ReLU6-clamp / flatten / global average pool keep their input's qparams:
   ``DQ -> op -> Q`` with the same ``(s, z)``; float steps (``nn.Flatten`` after a dequantize)
   run on floats.
 
@@ -30,6 +30,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+from qcal.graph.program import pool_params, run_float
 
 __all__ = ["OPSET", "UnsupportedExport", "onnx_bytes", "to_onnx"]
 
@@ -53,6 +55,14 @@ class _Writer:
         self.debug: list[str] = []  # ONNX names of every Q output, in program order
         self.dtype = TensorProto.UINT8 if qm.scheme.activation.dtype == "quint8" else TensorProto.INT8
         self.np_dtype = np.uint8 if self.dtype == TensorProto.UINT8 else np.int8
+        self.shapes: dict[str, tuple[int, ...]] = {}  # value -> shape on one sample (when the input's is known)
+
+    def check_gemm_input(self, step: Any) -> None:
+        """A linear layer is a Gemm, which takes (batch, features) only: refuse other ranks by name."""
+        shape = self.shapes.get(step.args[0].name)
+        if shape is not None and len(shape) != 2:
+            raise _unsupported(step, self.qm.graph, f"a linear layer on a {len(shape)}-D input {tuple(shape)} has "
+                               "no Gemm form (ONNX Gemm takes (batch, features)); flatten its input first")
 
     def const(self, name: str, value: np.ndarray) -> str:
         if name not in self.inits:
@@ -82,6 +92,21 @@ class _Writer:
                          f"{self.names[value]}_dq_{len(self.nodes)}")
 
 
+_EXPORTED = ("conv2d, linear on (batch, features), add, relu, relu6/hardtanh/clamp, nn.MaxPool2d, "
+             "avg_pool2d (no divisor_override), adaptive_avg_pool2d to (1, 1), flatten(x, start_dim), eval-mode dropout")
+
+
+def _unsupported(step: Any, graph: Any, why: str) -> UnsupportedExport:
+    """An UnsupportedExport naming the op, the layer (module) or graph node, and what exports."""
+    if step.op == "call_module":
+        where = f"layer {step.target!r} ({type(graph.module.get_submodule(step.target)).__name__})"
+    elif step.op in ("call_function", "call_method"):
+        where = f"{getattr(step.target, '__name__', step.target)} at graph node {step.name!r}"
+    else:
+        where = f"graph node {step.name!r}"
+    return UnsupportedExport(f"to_onnx cannot write {where}: {why}; exported ops: {_EXPORTED}")
+
+
 def _layer_initializers(w: _Writer, layer: Any, x_scale: float) -> tuple[str, str | None]:
     """The DequantizeLinear'd weight and int32 bias of a conv/linear layer."""
     from qcal.int8 import requant_multipliers
@@ -107,6 +132,8 @@ def _layer_initializers(w: _Writer, layer: Any, x_scale: float) -> tuple[str, st
 
 
 def _layer(w: _Writer, step: Any) -> str:
+    if step.kind == "linear":
+        w.check_gemm_input(step)
     layer = w.qm.quant_layers[step.target]
     x = w.floats(step.args[0].name)
     weight, bias = _layer_initializers(w, layer, layer.input_scale)
@@ -123,6 +150,33 @@ def _layer(w: _Writer, step: Any) -> str:
     return w.quantize(y, step.obs, f"{name}_q")
 
 
+def _float_layer(w: _Writer, step: Any, mod: nn.Module) -> str:
+    """An fp32 layer of a recipe: float Conv / Gemm on the folded float weights (as a user
+    ships a partly quantized model), its input a DequantizeLinear, its consumer's Q after it."""
+    name = step.target
+    weight = w.const(f"{name}.weight", mod.weight.detach().float().numpy())
+    inputs = [w.names[step.args[0].name], weight]
+    if mod.bias is not None:
+        inputs.append(w.const(f"{name}.bias", mod.bias.detach().float().numpy()))
+    if isinstance(mod, nn.Conv2d):
+        (sh, sw), (ph, pw), (dh, dw) = mod.stride, mod.padding, mod.dilation
+        y = w.node("Conv", inputs, f"{step.name}_conv", strides=[sh, sw], pads=[ph, pw, ph, pw],
+                   dilations=[dh, dw], group=mod.groups)
+    else:
+        w.check_gemm_input(step)
+        y = w.node("Gemm", inputs, f"{step.name}_gemm", transB=1)
+    return w.node("Relu", [y], f"{step.name}_relu") if step.relu else y
+
+
+def _float_step(w: _Writer, step: Any) -> str:
+    """A step the program runs in fp32: a recipe's fp32 conv/linear layer or a flatten."""
+    if step.op == "call_module":
+        mod = w.qm.graph.module.get_submodule(step.target)
+        if type(mod) in (nn.Conv2d, nn.Linear):
+            return _float_layer(w, step, mod)
+    return w.node("Flatten", [w.names[step.args[0].name]], step.name, axis=_flatten_axis(step, w.qm.graph))
+
+
 def _same_qparams(w: _Writer, step: Any, op: str, extra: list[str] | None = None, **attrs: Any) -> str:
     """``DQ -> op -> Q`` keeping the input's qparams (pools, ReLU, clamps, flatten)."""
     x = w.floats(step.args[0].name)
@@ -137,9 +191,20 @@ def _pair(v: Any) -> list[int]:
 def _pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
     mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
     if mod is None or not isinstance(mod, nn.MaxPool2d):
-        raise UnsupportedExport(f"{step.name}: only nn.MaxPool2d modules export (got {step.op} {step.target})")
+        raise _unsupported(step, graph, "max pooling exports as an nn.MaxPool2d module only")
     k, s, p, d = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding), _pair(mod.dilation)
     return {"kernel_shape": k, "strides": s, "pads": p + p, "dilations": d, "ceil_mode": int(mod.ceil_mode)}
+
+
+def _avg_pool_attrs(step: Any, graph: Any) -> dict[str, Any]:
+    params = pool_params(step, graph, step.args, step.kwargs)
+    if params.get("divisor_override") is not None:
+        raise _unsupported(step, graph, "avg_pool2d with divisor_override has no ONNX AveragePool form")
+    k = _pair(params["kernel_size"])
+    s = _pair(params.get("stride") or params["kernel_size"])
+    p = _pair(params.get("padding", 0))
+    return {"kernel_shape": k, "strides": s, "pads": p + p, "ceil_mode": int(bool(params.get("ceil_mode", False))),
+            "count_include_pad": int(bool(params.get("count_include_pad", True)))}
 
 
 def _flatten_axis(step: Any, graph: Any) -> int:
@@ -149,18 +214,20 @@ def _flatten_axis(step: Any, graph: Any) -> int:
             return int(mod.start_dim)
     elif step.target is torch.flatten and len(step.args) >= 2 and not step.kwargs and len(step.args) == 2:
         return int(step.args[1])
-    raise UnsupportedExport(f"{step.name}: only flatten(x, start_dim) to the last dim exports (got {step.target})")
+    raise _unsupported(step, graph, "reshapes export as flatten(x, start_dim) to the last dim only")
 
 
 def _shared(w: _Writer, step: Any) -> str:
     kind, graph = step.kind, w.qm.graph
     if kind == "max_pool2d":
         return _same_qparams(w, step, "MaxPool", **_pool_attrs(step, graph))
+    if kind == "avg_pool2d":
+        return _same_qparams(w, step, "AveragePool", **_avg_pool_attrs(step, graph))
     if kind == "adaptive_avg_pool2d":
         mod = graph.module.get_submodule(step.target) if step.op == "call_module" else None
         size = getattr(mod, "output_size", None)
         if size not in (1, (1, 1)):
-            raise UnsupportedExport(f"{step.name}: adaptive_avg_pool2d exports to (1, 1) only (got {size})")
+            raise _unsupported(step, graph, f"adaptive_avg_pool2d exports to (1, 1) only (got output_size {size})")
         return _same_qparams(w, step, "GlobalAveragePool")
     if kind == "relu":
         return _same_qparams(w, step, "Relu")
@@ -170,7 +237,9 @@ def _shared(w: _Writer, step: Any) -> str:
         return _same_qparams(w, step, "Clip", bounds)
     if kind == "shape":
         return _same_qparams(w, step, "Flatten", axis=_flatten_axis(step, graph))
-    raise UnsupportedExport(f"{step.name}: step kind {kind!r} has no ONNX export yet")
+    why = {"cat": "torch.cat has no export (QLinearConcat is not reproduced by the ort flavour)",
+           "info": "reading a tensor's shape (x.shape, x.size()) has no export; flatten(x, 1) needs none"}
+    raise _unsupported(step, graph, why.get(kind, f"{kind} steps have no export"))
 
 
 def _add(w: _Writer, step: Any) -> str:
@@ -196,8 +265,7 @@ def _step(w: _Writer, step: Any) -> None:
             w.quantized[step.name] = w.quantized[step.args[0].name]
         return
     if kind == "float":
-        w.names[step.name] = w.node("Flatten", [w.names[step.args[0].name]], step.name,
-                                    axis=_flatten_axis(step, w.qm.graph))
+        w.names[step.name] = _float_step(w, step)
         return
     if kind in ("conv", "linear"):
         out = _layer(w, step)
@@ -221,6 +289,10 @@ def build_model(qm: Any, input_shape: tuple[int, ...] | None = None, *, debug: b
     if len(graph.inputs) != 1:
         raise UnsupportedExport(f"to_onnx exports models with one tensor input, this one takes {len(graph.inputs)}")
     w.names[graph.inputs[0][0]] = "input"
+    if input_shape is not None:  # each value's shape on one zero sample (the float program)
+        record: dict[str, Any] = {}
+        run_float(graph, torch.zeros(1, *input_shape), record=record)
+        w.shapes = {k: tuple(v.shape) for k, v in record.items() if isinstance(v, torch.Tensor)}
     result = None
     for step in graph.steps:
         if step.kind == "input":

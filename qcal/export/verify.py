@@ -43,8 +43,9 @@ class Verification:
                 f"{self.onnxruntime_version}, {self.instruction_set})")
 
 
-def export_zoo(model_name: str, scheme: str, path: str | Path) -> tuple[Any, Path]:
-    """Calibrate zoo model ``model_name`` under ``scheme`` (ort flavour) and write it as ONNX.
+def export_zoo(model_name: str, scheme: str | Any, path: str | Path) -> tuple[Any, Path]:
+    """Calibrate zoo model ``model_name`` under ``scheme`` (a preset name, Scheme or Recipe;
+    ort flavour) and write it as ONNX.
 
     Returns:
         (the QuantizedModel, the path written).

@@ -29,9 +29,10 @@ from qcal.int8.layer_ops import (
     quantize_codes,
 )
 from qcal.int8.ort import ort_clip
+from qcal.int8.ort_fp32 import ort_float_layer, ort_fp32_kernels
 from qcal.qparams import dequantize
 
-__all__ = ["IntegerProgram", "bind_inputs", "release_plan", "run_float"]
+__all__ = ["IntegerProgram", "bind_inputs", "pool_params", "release_plan", "run_float"]
 
 Tap = Callable[[int, torch.Tensor], None]
 
@@ -163,6 +164,8 @@ class IntegerProgram:
         self.backend = backend
         self.nhwc, scrambled = torch_layouts(graph, backend)
         self.scrambled = scrambled if reproduce_torch_bugs else frozenset()
+        # onnxruntime quantizes a recipe's fp32 layers that sit between a DQ and a Q (ort_fp32)
+        self.ort_layers = ort_fp32_kernels(graph, act_qparams, act_dtype) if backend == "ort" else {}
 
     def qparams_of(self, step: Step) -> tuple[float, int]:
         """(scale, zero_point) of a quantized step's output."""
@@ -213,7 +216,14 @@ class IntegerProgram:
                    *self.act[step.obs], relu=step.relu, backend=self.backend)
 
     def _fp32(self, step: Step, env: dict[str, Any], results: Any = None) -> Any:
-        value = _call(step, self.graph, _load(step.args, env), _load(step.kwargs, env))
+        if step.name in self.ort_layers:
+            return self.ort_layers[step.name](env[step.args[0].name])
+        args = _load(step.args, env)
+        value = None
+        if self.backend == "ort" and step.op == "call_module" and args:  # onnxruntime's own float kernels
+            value = ort_float_layer(self.graph.module.get_submodule(step.target), args[0])
+        if value is None:
+            value = _call(step, self.graph, args, _load(step.kwargs, env))
         return F.relu(value) if step.relu else value  # an fp32 layer of a recipe, with its fused ReLU
 
     def _obs(self, ref: Ref) -> int:
@@ -259,7 +269,7 @@ class IntegerProgram:
         layout = torch.channels_last if self.nhwc.get(step.args[0].name) else torch.contiguous_format
         q = c.q.contiguous(memory_format=layout) if c.q.dim() == 4 else c.q
         pool = avg_pool2d if step.kind == "avg_pool2d" else adaptive_avg_pool2d
-        return pool(q, c.scale, c.zp, **_pool_params(step, self.graph, c.args, c.kwargs), backend=self.backend)
+        return pool(q, c.scale, c.zp, **pool_params(step, self.graph, c.args, c.kwargs), backend=self.backend)
 
 
 @dataclass(frozen=True)
@@ -292,7 +302,7 @@ _SHARED_CODES: dict[str, Callable[[IntegerProgram, Step, _Codes], torch.Tensor]]
     "identity": lambda p, step, c: c.q,
     # every input already carries the shared qparams: a plain concatenation
     "cat": lambda p, step, c: torch.cat(c.q, c.args[1]),
-    "max_pool2d": lambda p, step, c: max_pool2d(c.q, **_pool_params(step, p.graph, c.args, c.kwargs)),
+    "max_pool2d": lambda p, step, c: max_pool2d(c.q, **pool_params(step, p.graph, c.args, c.kwargs)),
     "avg_pool2d": IntegerProgram._average,
     "adaptive_avg_pool2d": IntegerProgram._average,
 }
@@ -305,7 +315,7 @@ _POOL_ARGS = {
 }
 
 
-def _pool_params(step: Step, graph: Graph, args: tuple, kwargs: dict) -> dict[str, Any]:
+def pool_params(step: Step, graph: Graph, args: tuple, kwargs: dict) -> dict[str, Any]:
     """A pool's parameters, from its module or from the functional call's arguments."""
     names = _POOL_ARGS[step.kind]
     if step.op == "call_module":

@@ -24,7 +24,9 @@ cpuinfo directly and ignores it; depthwise is AVX2 code everywhere. Without VNNI
 products are summed in adjacent pairs with ``vpmaddubsw`` (int16, saturating) in every family;
 ``vpdpbusd`` (VNNI) sums four in int32 and never saturates.
 
-Which CPU: the ``isa`` argument, else the ``QCAL_CPU`` environment variable (e.g.
+Which CPU: the ``isa`` argument, else the CPU set by ``emulating(cpu)`` in this context (how
+a Dask job computes with its client's CPU, whatever the worker's environment), else the
+``QCAL_CPU`` environment variable (e.g.
 ``QCAL_CPU=avx2`` shows what a colleague's AVX2 laptop computes), else the flags of
 ``/proc/cpuinfo`` on Linux x86. Elsewhere (macOS, Windows, ARM: no /proc/cpuinfo, and on ARM
 no FBGEMM at all) qcal emulates an x86 CPU, ``avx2`` unless ``QCAL_CPU`` says otherwise.
@@ -36,10 +38,12 @@ variants follow from FBGEMM's source only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -53,6 +57,7 @@ __all__ = [
     "InstructionSet",
     "KernelFamily",
     "assumed_cpu",
+    "emulating",
     "instruction_set",
     "instruction_set_from_flags",
     "saturates",
@@ -154,8 +159,13 @@ class AssumedCpu:
         return f"{self.isa} ({where}{gemm})"
 
 
+# Per context, not per process: a Dask worker runs jobs of several clients on its threads.
+_EMULATED: ContextVar[AssumedCpu | None] = ContextVar("qcal_emulated_cpu", default=None)
+
+
 def assumed_cpu(isa: str | None = None) -> AssumedCpu:
-    """The CPU qcal emulates: ``isa`` if given, else ``QCAL_CPU``, else this machine's flags.
+    """The CPU qcal emulates: ``isa`` if given, else the one ``emulating`` set in this context,
+    else ``QCAL_CPU``, else this machine's flags.
 
     Off Linux x86 the default is an ``avx2`` CPU (see the module doc).
 
@@ -163,6 +173,9 @@ def assumed_cpu(isa: str | None = None) -> AssumedCpu:
         ValueError: ``isa`` or ``QCAL_CPU`` names no instruction set.
     """
     env = os.environ.get(ENV_VAR)
+    emulated = _EMULATED.get()
+    if isa is None and emulated is not None:
+        return emulated
     if isa is not None:
         hw, source = _check(isa, "isa"), "argument"
     elif env:
@@ -174,6 +187,23 @@ def assumed_cpu(isa: str | None = None) -> AssumedCpu:
     forced = _FORCE_NAMES.get(os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper())
     gemm = forced if forced in _LOWER_TO[hw] else hw
     return AssumedCpu(hw, gemm, source)
+
+
+@contextlib.contextmanager
+def emulating(cpu: AssumedCpu) -> Iterator[AssumedCpu]:
+    """``with emulating(assumed_cpu()):`` computes, in this thread or task only, as on ``cpu``.
+
+    A job sent to another process carries its client's ``assumed_cpu()`` and runs under it,
+    so ``QCAL_CPU`` (or ``FBGEMM_ENABLE_INSTRUCTIONS``) on the client decides, not the
+    worker's environment or hardware.
+    """
+    if not isinstance(cpu, AssumedCpu):
+        raise TypeError(f"cpu must be an AssumedCpu (qcal.int8.assumed_cpu()), got {type(cpu).__name__}")
+    token = _EMULATED.set(cpu)
+    try:
+        yield cpu
+    finally:
+        _EMULATED.reset(token)
 
 
 def instruction_set(isa: str | None = None) -> InstructionSet:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.ort import ort_global_avg_pool
+from qcal.int8.ort import ort_avg_pool2d, ort_global_avg_pool
 from qcal.schemes import check_backend
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "flatten", "max_pool2d"]
@@ -134,9 +134,11 @@ def avg_pool2d(
     the rounding of each path. (N, C, H, W) -> (N, C, H', W'), channels_last kept.
     """
     check_codes(backend, x_q)
-    if backend == "ort":
-        raise ValueError("avg_pool2d has no ort flavour yet (onnxruntime's QLinearAveragePool); "
-                         "use adaptive_avg_pool2d to (1, 1)")
+    if backend == "ort":  # onnxruntime's QLinearAveragePool (ONNX AveragePool has no divisor_override)
+        if divisor_override is not None:
+            raise ValueError(f"the ort flavour has no divisor_override (ONNX AveragePool divides by the window), "
+                             f"got {divisor_override}")
+        return ort_avg_pool2d(x_q, x_scale, x_zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad)
     k = _pair(kernel_size, "kernel_size")
     s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
     p = _pair(padding, "padding")

@@ -37,6 +37,10 @@ AMX nothing saturates; ``session.x64quantprecision = "1"`` also selects exact ke
 QLinearAdd (``mlas/lib/intrinsics/avx2/qladd_avx2.cpp``, x86; ARM uses fixed point):
 ``ra = f32(sa/so)``, ``rb = f32(sb/so)``, ``c = f32(zo) - fma(ra, za, f32(rb*zb))``, then per
 element ``rint(fma(a, ra, fma(b, rb, c)))`` on the raw codes, saturated to the dtype.
+QLinearAveragePool (``contrib_ops/cpu/quantization/qlinear_pool.cc``): each code dequantized
+``f32(sx * (q - zx))``, the window summed in float from 0 in (h, w) order, divided by the
+count, then ``clamp(rint(f32(f32(y / sy) + zy)))`` (zero point before rounding); a window
+covering the whole unpadded image runs QLinearGlobalAveragePool's integer arithmetic instead.
 QLinearGlobalAveragePool (``mlas/lib/qlgavgpool.cpp``): ``acc = sum(a) - za * HW``, then
 MlasRequantizeOutput with ``M = f32(sx / f32(sy * HW))``.
 """
@@ -47,12 +51,14 @@ from importlib import metadata
 
 import torch
 
-from qcal.int8.cpu import cpu_flags, has_vnni
+from qcal.int8.cpu import cpu_flags
+from qcal.int8.isa import assumed_cpu, instruction_set_from_flags
 from qcal.qparams import _fma_f32
 
 __all__ = [
     "ORT_OPTIONS",
     "ort_add",
+    "ort_avg_pool2d",
     "ort_clip",
     "ort_dequantize",
     "ort_environment",
@@ -67,13 +73,18 @@ ORT_OPTIONS: dict[str, str] = {}
 
 
 def ort_saturates(path: str = "gemm", saturate: bool | None = None) -> bool:
-    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on this CPU.
+    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on the
+    CPU qcal assumes (``ort_instruction_set``: ``QCAL_CPU`` / ``--cpu`` if set, else this one).
 
     Depthwise kernels never do; the GEMM/ConvSym kernels do without VNNI (AVX2, AVX-512F).
+
+    Example:
+        >>> ort_saturates("depthwise"), ort_saturates("gemm", saturate=True)
+        (False, True)
     """
     if saturate is not None:
         return bool(saturate)
-    return path != "depthwise" and not has_vnni()
+    return path != "depthwise" and ort_instruction_set() in _SATURATING
 
 
 # /proc/cpuinfo flag -> the MLAS kernel family it selects, best first (mlas/lib/platform.cpp)
@@ -81,11 +92,24 @@ _ISA_FLAGS: tuple[tuple[str, str], ...] = (
     ("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
     ("avx512bw", "AVX512 (no VNNI)"), ("avx2", "AVX2 (no VNNI)"),
 )
+# QCAL_CPU's names (FBGEMM's instruction sets, ``qcal.int8.isa``) -> MLAS's kernel family
+_FROM_FBGEMM = {"avx2": "AVX2 (no VNNI)", "avx512": "AVX512 (no VNNI)", "avx512_ymm": "AVX512 (no VNNI)",
+                "avx512_vnni": "AVX512-VNNI", "avx512_vnni_ymm": "AVX512-VNNI"}
+_SATURATING = frozenset({"AVX2 (no VNNI)", "AVX512 (no VNNI)"})
 
 
 def ort_instruction_set() -> str:
-    """The instruction set the ort flavour assumes MLAS's int8 kernels use on this CPU."""
-    flags = cpu_flags()
+    """The instruction set the ort flavour assumes MLAS's int8 kernels use.
+
+    ``QCAL_CPU`` (``--cpu``) names one of FBGEMM's sets (``qcal.int8.isa``): avx2 and
+    avx512(_ymm) map to MLAS's saturating AVX2 / AVX-512 kernels, avx512_vnni(_ymm) to its
+    VNNI kernels. Unset, this machine's /proc/cpuinfo decides (which also knows AVX-VNNI
+    without AVX-512 and AMX, which QCAL_CPU's names cannot say); off Linux x86, AVX2.
+    """
+    cpu, flags = assumed_cpu(), cpu_flags()
+    # QCAL_CPU, --cpu, or another machine's CPU (a Dask job computes with its client's): FBGEMM's name
+    if cpu.source != "/proc/cpuinfo" or instruction_set_from_flags(flags) != cpu.isa.removesuffix("_ymm"):
+        return _FROM_FBGEMM[cpu.isa]
     return next((name for flag, name in _ISA_FLAGS if flag in flags), "unknown (no AVX2 flag read)")
 
 
@@ -171,3 +195,45 @@ def ort_global_avg_pool(x_q: torch.Tensor, x_scale: float, x_zero_point: int, ou
     m = torch.tensor(x_scale, dtype=f) / (torch.tensor(out_scale, dtype=f) * float(size))
     y = torch.round((acc.float() * m).clamp_(lo - out_zero_point, hi - out_zero_point))
     return y.add_(out_zero_point).to(x_q.dtype)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+@torch.no_grad()
+def ort_avg_pool2d(x_q: torch.Tensor, scale: float, zero_point: int, kernel_size, stride=None, padding=0,
+                   ceil_mode: bool = False, count_include_pad: bool = True) -> torch.Tensor:
+    """onnxruntime's QLinearAveragePool with the input's qparams on both sides (see the module doc)."""
+    (kh, kw), (ph, pw) = _pair(kernel_size), _pair(padding)
+    sh, sw = _pair(stride if stride not in (None, []) else kernel_size)
+    n, c, h, w = x_q.shape
+    if (kh, kw) == (h, w) and (ph, pw) == (0, 0):  # onnxruntime falls back to its global average pool
+        return ort_global_avg_pool(x_q, scale, zero_point, scale, zero_point)
+    f = torch.float32
+    x = (x_q.to(torch.int32) - zero_point).to(f) * torch.tensor(scale, dtype=f)
+    out_hw = []
+    for size, k, s, p in ((h, kh, sh, ph), (w, kw, sw, pw)):
+        span = size + 2 * p - k
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + p:  # the last window must start inside the input
+            o -= 1
+        out_hw.append(o)
+    oh, ow = out_hw
+    acc = torch.zeros(n, c, oh, ow, dtype=f)
+    count = torch.zeros(oh, ow, dtype=f)
+    hs = torch.arange(oh) * sh - ph
+    ws = torch.arange(ow) * sw - pw
+    for i in range(kh):
+        for j in range(kw):
+            r, q = hs + i, ws + j
+            ok = ((r >= 0) & (r < h))[:, None] & ((q >= 0) & (q < w))[None, :]
+            vals = x[:, :, r.clamp(0, h - 1)][:, :, :, q.clamp(0, w - 1)]
+            acc = torch.where(ok, acc + vals, acc)  # skipped taps add nothing (the kernel skips them)
+            count += ok.to(f)
+    if count_include_pad:  # onnxruntime divides by the whole kernel then (padding counted, clipped windows too)
+        count = torch.full_like(count, float(kh * kw))
+    y = acc / count
+    lo, hi = _range(x_q.dtype)
+    t = y / torch.tensor(scale, dtype=f) + torch.tensor(float(zero_point), dtype=f)
+    return torch.round(t).clamp_(lo, hi).to(x_q.dtype)

@@ -62,6 +62,10 @@ class RunningHistogram:
         self.updates = 0  # non-empty batches counted so far
         self._last: tuple[weakref.ref, int] | None = None  # (tensor, its _version) last counted
 
+    def __getstate__(self) -> dict:
+        # the weak reference to the last batch cannot be pickled, nor mean anything elsewhere
+        return {**self.__dict__, "_last": None}
+
     @property
     def empty(self) -> bool:
         """True until a non-empty batch has been seen."""

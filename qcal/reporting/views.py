@@ -15,11 +15,12 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from qcal.calibration.calibrate import calibrate
+from qcal.export.onnx import onnx_bytes
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
 from qcal.reporting.story import scheme_colors
 from qcal.zoo import datasets, zoo
-from qcal.zoo.registry import load_named
+from qcal.zoo.registry import input_shape_of, load_named
 
 __all__ = [
     "accuracy_figure",
@@ -40,6 +41,7 @@ __all__ = [
     "worst_layers_sentence",
     "worst_layers_table",
     "zoo_eval_inputs",
+    "zoo_onnx_bytes",
 ]
 
 
@@ -226,6 +228,17 @@ def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = 12
     named = load_named(model)
     calib = datasets.calib_batches(named.calib[:calib_samples], batch_size=batch_size)
     return calibrate(named.model, calib, scheme, backend)
+
+
+def zoo_onnx_bytes(model: str, scheme: Any, calib_samples: int | None = None) -> bytes:
+    """The ONNX QDQ file (``qcal.to_onnx``) of a zoo or registered model under a scheme or
+    recipe, calibrated as ``calibrate_zoo`` calibrates it (the stored run's qparams).
+
+    Raises:
+        UnsupportedExport: the model runs in module-swap mode or holds an op with no export.
+    """
+    qm = calibrate_zoo(model, scheme, "ort", calib_samples=calib_samples)
+    return onnx_bytes(qm, input_shape=input_shape_of(model))
 
 
 def zoo_eval_inputs(model: str, n: int = 32) -> Any:

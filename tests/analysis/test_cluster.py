@@ -7,22 +7,16 @@ thread-dependent order, so on different thread counts the per-layer fp32 referen
 SQNR/MSE) may differ in the last bits.
 """
 
-import contextlib
 import io
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import cluster_jobs
 import pandas as pd
 import pytest
 import torch
+from dask_cluster import assert_all_stopped, free_port, running_cluster, suspicious, worker_killer
 
 import qcal
 from qcal.analysis.cluster import Sweep, connect, dask_executor, env_executor, run_sweep
@@ -33,96 +27,7 @@ from qcal.zoo import datasets, zoo
 
 distributed = pytest.importorskip("distributed")
 
-REPO = Path(qcal.__file__).resolve().parents[1]
-JOBS = Path(cluster_jobs.__file__).resolve().parent
-START_TIMEOUT_S = 180  # two cores shared with other jobs: importing torch can take a while
 SCHEMES = "per_tensor_affine,per_channel_symmetric,fbgemm_default,qnnpack_default"
-
-
-# ---------------------------------------------------------------- a real cluster on loopback
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Cluster:
-    address: str
-    scheduler: subprocess.Popen
-    workers: dict[str, subprocess.Popen]  # worker name -> its `dask worker` process (nanny)
-    logs: Path
-
-    def kill_worker(self, name: str) -> None:
-        """SIGKILL the worker's whole process group (nanny and worker): a machine lost."""
-        os.killpg(self.workers[name].pid, signal.SIGKILL)
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(JOBS), os.environ.get("PYTHONPATH", "")])}
-    with open(log, "wb") as out:  # the child keeps its own handle
-        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=log.parent,
-                                start_new_session=True)  # its own process group, killed whole
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dask scheduler exited: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"dask scheduler not listening after {START_TIMEOUT_S} s: {log.read_text()[-2000:]}")
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):  # stragglers in the group, and the leader
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=20)
-
-
-@contextlib.contextmanager
-def running_cluster(folder: Path, n_workers: int = 2):
-    """A scheduler and ``n_workers`` one-thread workers on 127.0.0.1; every process stopped after."""
-    folder.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-    try:
-        port = _free_port()
-        address = f"tcp://127.0.0.1:{port}"
-        log = folder / "scheduler.log"
-        scheduler = _spawn(["scheduler", "--host", "127.0.0.1", "--port", str(port),
-                            "--no-dashboard"], log)
-        procs.append(scheduler)
-        _wait_for_port(port, scheduler, log)
-        workers = {}
-        for i in range(n_workers):
-            name = f"w{i}"
-            workers[name] = _spawn(["worker", address, "--name", name, "--nthreads", "1",
-                                    "--host", "127.0.0.1", "--no-dashboard",
-                                    "--local-directory", str(folder / name)], folder / f"{name}.log")
-            procs.append(workers[name])
-        client = connect(address, timeout=START_TIMEOUT_S)
-        try:
-            client.wait_for_workers(n_workers, timeout=START_TIMEOUT_S)
-        finally:
-            client.close()
-        yield Cluster(address, scheduler, workers, folder)
-    finally:
-        _stop(procs)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with running_cluster(tmp_path_factory.mktemp("dask")) as c:
-        yield c
 
 
 def _assert_same_frames(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
@@ -158,7 +63,7 @@ def test_a_failing_job_raises_its_own_error():
 
 
 def test_an_unreachable_scheduler_is_one_clear_error_naming_the_address():
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ConnectionError, match=f"cannot reach the Dask scheduler at {address}"):
         connect(address, timeout=5)
     with pytest.raises(ValueError, match="bad Dask scheduler address 'nonsense'"):
@@ -166,7 +71,7 @@ def test_an_unreachable_scheduler_is_one_clear_error_naming_the_address():
 
 
 def test_the_cli_says_which_cluster_it_cannot_reach(capsys):
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     assert main(["compare", "--model", "digits_mlp", "--no-save", "--dask", address]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"qcal: error: cannot reach the Dask scheduler at {address}")
@@ -267,11 +172,7 @@ def test_cli_bench_runs_its_cells_on_the_cluster(cluster, capsys):
     assert "digits_mlp" in out and "digits_cnn" in out and "calib_minmax" in out
 
 
-def _suspicious(dask_scheduler) -> int:
-    """Jobs the scheduler saw lose their worker while running (then rescheduled)."""
-    return sum(p.suspicious for p in dask_scheduler.task_prefixes.values())
-
-
+@pytest.mark.slow
 def test_a_worker_killed_mid_sweep_loses_no_result(tmp_path, one_thread):
     model = zoo.load("digits_cnn")
     splits = datasets.digits_splits()
@@ -282,19 +183,11 @@ def test_a_worker_killed_mid_sweep_loses_no_result(tmp_path, one_thread):
     local = qcal.compare(model, calib, evals, schemes, backends)
     with running_cluster(tmp_path / "dask") as c, dask_executor(c.address) as executor:
         client = executor._client
-        killed = []
-
-        def kill_a_busy_worker(fraction, message):
-            if fraction > 0.5 and not killed:  # past calibration: a first job has finished
-                names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
-                busy = [names[a] for a, keys in client.processing().items() if keys]
-                killed.append(busy[0])
-                c.kill_worker(busy[0])
-
-        remote = qcal.compare(model, calib, evals, schemes, backends, executor=executor,
-                              progress=kill_a_busy_worker)
-        rescheduled = client.run_on_scheduler(_suspicious)
+        kill, killed = worker_killer(c, client, after=0.5)  # past calibration: a first job has finished
+        remote = qcal.compare(model, calib, evals, schemes, backends, executor=executor, progress=kill)
+        rescheduled = client.run_on_scheduler(suspicious)
         survivors = [w["name"] for w in client.scheduler_info()["workers"].values()]
+    assert_all_stopped(c.processes())
     print(f"\nkilled {killed}; survivors {survivors}; jobs rescheduled after the kill: {rescheduled}")
     assert len(killed) == 1 and killed[0] not in survivors
     assert rescheduled >= 1  # the killed worker was running a job, finished elsewhere
@@ -314,7 +207,7 @@ def test_qcal_dask_runs_the_dashboards_comparison_on_the_cluster(cluster, tmp_pa
 
 
 def test_an_unreachable_qcal_dask_is_the_dashboards_one_error(tmp_path, monkeypatch):
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     monkeypatch.setenv("QCAL_DASK", address)
     with pytest.raises(ConnectionError, match=f"cannot reach the Dask scheduler at {address}"):
         find_or_compute_zoo_run("digits_mlp", ["per_tensor_affine"], ["fbgemm"],

@@ -53,16 +53,28 @@ def test_sensitivity_on_an_executor_gives_the_same_frame(mlp, one_thread):
     pd.testing.assert_frame_equal(here, there)
 
 
-def test_sweep_jobs_pickle_with_the_float_model_once(mlp):
-    from qcal.analysis.sweep import Sweep
+def test_a_sweep_job_is_a_recipe_and_a_pickled_shared_pass_builds_it_the_same(mlp):
+    from qcal.analysis.sweep import SharedEval, Sweep, score_jobs
 
     model, calib, ev, _ = mlp
     sweep = Sweep(model, calib, ev, [Recipe("per_tensor_affine")])
-    jobs = [(sweep.calibrated.build(Recipe(None, {n: "per_tensor_affine"}, name=n)), n) for n in sweep.layers]
-    one, three = len(pickle.dumps(jobs[:1])), len(pickle.dumps(jobs))
-    model_bytes = len(pickle.dumps(model))
-    print(f"payload: 1 job {one} bytes, 3 jobs {three} bytes, the float model {model_bytes} bytes")
-    assert three < one + 2 * model_bytes  # the shared float model is not repeated per job
+    # recipes nobody observed for: the copy must build them from what it was sent
+    recipes = [sweep.calibrated.prepare(Recipe("per_channel_symmetric", {n: None}, name=n)) for n in sweep.layers]
+    jobs = [(r, name) for r, name in zip(recipes, sweep.layers, strict=True)]
+    shared = SharedEval(sweep.calibrated.without_data(), "fbgemm", sweep.batches, sweep.fp32, sweep.labelled)
+    sent = pickle.dumps(shared)
+    job_bytes = max(len(pickle.dumps(job)) for job in jobs)
+    print(f"shared {len(sent)} bytes once; a job {job_bytes} bytes; the float model {len(pickle.dumps(model))} bytes")
+    assert job_bytes < 2_000 < len(pickle.dumps(model))
+    copy = pickle.loads(sent)
+    assert copy.calibrated.calib_data is None and copy.calibrated.observed.fx_module is None
+    assert score_jobs(copy, jobs) == score_jobs(shared, jobs)  # built elsewhere, the same values
+    # a recipe accepted after the copy was sent: the copy plans it itself (re-traced model)
+    late = sweep.calibrated.prepare(Recipe("per_tensor_affine", {sweep.layers[0]: "per_channel_symmetric"},
+                                           name="late"))
+    assert sweep.calibrated.passes == 1  # no observation point of its own: nothing to send again
+    assert score_jobs(copy, [(late, None)]) == score_jobs(shared, [(late, None)])
+    assert copy.calibrated.observed.fx_module is not None
 
 
 def test_recommend_stays_within_its_limits_and_its_value_is_reproducible(mlp, one_thread):

@@ -6,6 +6,9 @@ import onnx
 import pytest
 
 from qcal.cli.main import main
+from qcal.int8.ort import ort_instruction_set
+from qcal.io.recipe_files import write_recipe
+from qcal.recipes import Recipe
 
 
 def test_export_verify_prints_zero_differences(tmp_path, capsys):
@@ -25,3 +28,37 @@ def test_export_names_a_bad_choice(tmp_path, capsys, flag, value):
     err = capsys.readouterr().err
     assert status == 1 and f"unknown {flag[2:]} 'nope'" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_recipe_with_fp32_layers(tmp_path, capsys):
+    """A recipe keeping fc2 in fp32: a valid file, a note that onnxruntime quantizes that layer
+    itself, and qcal's prediction of it exact."""
+    recipe = write_recipe(Recipe("fbgemm_default", {"fc2": None}, name="fc2 fp32"), tmp_path / "r.toml")
+    out = tmp_path / "mlp.onnx"
+    status = main(["export", "--model", "digits_mlp", "--recipe", str(recipe), "-o", str(out),
+                   "--verify", "--eval-samples", "32"])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node].count("Gemm") == 3  # fc2 written as a float Gemm
+    assert "note: onnxruntime quantizes the fp32 layers fc2 itself" in text
+    assert "verify: 0 differing values of 320" in text
+
+
+def test_export_verify_predicts_another_cpu(tmp_path, capsys):
+    """--cpu: qcal predicts onnxruntime on that CPU. qnnpack_default's full-range activations
+    saturate MLAS's int16 pairs on this AVX2 machine: the AVX2 prediction is exact, the
+    AVX512-VNNI one (exact accumulators) differs from what this machine runs."""
+    if ort_instruction_set() != "AVX2 (no VNNI)":
+        pytest.skip("the counts below are this AVX2 machine's")
+    out = tmp_path / "mlp.onnx"
+    base = ["export", "--model", "digits_mlp", "--scheme", "qnnpack_default", "-o", str(out), "--verify",
+            "--eval-samples", "32"]
+    assert main([*base, "--cpu", "avx2"]) == 0
+    assert "verify: 0 differing values of 320 (32 samples; onnxruntime" in capsys.readouterr().out
+    status = main([*base, "--cpu", "avx512_vnni"])
+    captured = capsys.readouterr()
+    assert status == 1 and "AVX512-VNNI)" in captured.out
+    assert "verify: 0 differing" not in captured.out
+    assert "prediction made for AVX512-VNNI (--cpu)" in captured.err

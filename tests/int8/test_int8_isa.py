@@ -8,6 +8,8 @@ torch_with_full_range_activations``) and AVX512-VNNI (the machine earlier sessio
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -92,6 +94,23 @@ def test_qcal_cpu_overrides_the_flags_and_the_argument_overrides_both(monkeypatc
     assert qi.linear_detailed(x, 1.0, 0, w, 1.0, 0, None, 2.0**20, 0).acc.item() == 32767
     assert qi.linear_detailed(x, 1.0, 0, w, 1.0, 0, None, 2.0**20, 0, isa="avx512_vnni").acc.item() == 64770
     assert assumed_cpu("avx512").source == "argument"
+
+
+def test_emulating_a_cpu_holds_in_its_context_only_and_over_qcal_cpu(monkeypatch, no_env):
+    _linux_with(monkeypatch, FLAG_SETS["avx2"][0])
+    monkeypatch.setenv("QCAL_CPU", "avx2")
+    client = assumed_cpu("avx512_vnni")  # what a Dask client would send with its jobs
+    x = torch.tensor([[255, 255]], dtype=torch.uint8)
+    w = torch.tensor([[127, 127]], dtype=torch.int8)
+    with isa_mod.emulating(client):
+        assert assumed_cpu() == client and assumed_cpu("avx2").isa == "avx2"  # an argument still wins
+        assert qi.linear_detailed(x, 1.0, 0, w, 1.0, 0, None, 2.0**20, 0).acc.item() == 64770
+        with ThreadPoolExecutor(1) as pool:  # another thread has its own context: the environment's
+            assert pool.submit(lambda: assumed_cpu().isa).result() == "avx2"
+    assert assumed_cpu().source == "QCAL_CPU"
+    assert qi.linear_detailed(x, 1.0, 0, w, 1.0, 0, None, 2.0**20, 0).acc.item() == 32767
+    with pytest.raises(TypeError, match="cpu must be an AssumedCpu"):
+        isa_mod.emulating("avx2").__enter__()
 
 
 def test_unknown_instruction_sets_are_refused_by_name(monkeypatch, no_env):

@@ -16,7 +16,17 @@ from onnx import TensorProto, helper
 from ort_cases import fused_ops, model, qdq_layer, run
 
 import qcal.int8 as qi
-from qcal.int8.ort import ort_add, ort_clip, ort_global_avg_pool, ort_quantize, ort_saturates
+from qcal.int8.cpu import cpu_flags
+from qcal.int8.isa import AssumedCpu, emulating
+from qcal.int8.ort import (
+    ort_add,
+    ort_clip,
+    ort_environment,
+    ort_global_avg_pool,
+    ort_instruction_set,
+    ort_quantize,
+    ort_saturates,
+)
 from qcal.qparams import quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,6 +108,66 @@ def test_u8s8_saturates_here_and_not_with_x64quantprecision(tmp_path):
     (precise,) = run(m, {"x": x}, options={"session.x64quantprecision": "1"})
     assert int((default != (saturating if ort_saturates() else exact_out)).sum()) == 0
     assert int((precise != exact_out).sum()) == 0
+
+
+
+@pytest.mark.parametrize(("cpu", "isa", "saturates"), [
+    ("avx2", "AVX2 (no VNNI)", True), ("avx512", "AVX512 (no VNNI)", True),
+    ("avx512_vnni", "AVX512-VNNI", False), ("avx512_vnni_ymm", "AVX512-VNNI", False)])
+def test_qcal_cpu_decides_the_ort_prediction(monkeypatch, cpu, isa, saturates):
+    """QCAL_CPU (the CLI's --cpu) predicts onnxruntime on another CPU: the saturating U8S8
+    kernels without VNNI, the exact VNNI kernels with it; saved runs record the set assumed."""
+    monkeypatch.setenv("QCAL_CPU", cpu)
+    assert ort_instruction_set() == isa and ort_saturates() is saturates
+    assert ort_saturates("depthwise") is False  # MLAS's depthwise kernels widen first everywhere
+    assert ort_environment()["ort_instruction_set"] == isa
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(200, 256, (2, 16, 6, 6)).astype(np.uint8))
+    w = torch.from_numpy(np.where(rng.random((16, 16, 3, 3)) < 0.5, 127, -128).astype(np.int8))
+    args = (x, 1.0, 3, w, 1.0, 0, None, 40.0, 128)
+    predicted = qi.conv2d(*args, padding=1, backend="ort")
+    assert torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=saturates))
+    assert not torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=not saturates))
+
+
+def test_a_dask_clients_cpu_decides_on_the_worker(monkeypatch):
+    """A job run under ``emulating`` (a client's CPU read from its /proc/cpuinfo) predicts that
+    CPU's MLAS kernels, not the worker's."""
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    client = AssumedCpu("avx512_vnni", "avx512_vnni", "/proc/cpuinfo")
+    with emulating(client):
+        assert ort_instruction_set() == "AVX512-VNNI" and not ort_saturates()
+
+def test_this_machine_without_qcal_cpu(monkeypatch):
+    """Unset, /proc/cpuinfo decides: this CI machine is AVX2 without VNNI (AVX-VNNI or AMX
+    would select MLAS's non-saturating kernels, which QCAL_CPU's FBGEMM names cannot say)."""
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    flags = cpu_flags()
+    if not flags or flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512bw"}:
+        pytest.skip("not an AVX2-only Linux x86 machine")
+    assert ort_instruction_set() == "AVX2 (no VNNI)" and ort_saturates()
+
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2), ceil=st.booleans(), include_pad=st.booleans(),
+       size=st.integers(4, 10), zp=st.integers(0, 255), seed=st.integers(0, 2**31 - 1))
+def test_avg_pool2d_is_qlinear_average_pool(k, s, p, ceil, include_pad, size, zp, seed):
+    """DQ -> AveragePool -> Q (same qparams) is fused into QLinearAveragePool; ort_avg_pool2d
+    equals it (padding, ceil_mode, count_include_pad)."""
+    if 2 * p > k:  # ONNX and torch both refuse padding over half the kernel
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (2, 3, size, size)).astype(np.uint8)
+    scale = F32(rng.random() * 0.1 + 1e-3)
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xd"]),
+             helper.make_node("AveragePool", ["xd"], ["yd"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
+                              ceil_mode=int(ceil), count_include_pad=int(include_pad)),
+             helper.make_node("QuantizeLinear", ["yd", "s", "z"], ["y"])]
+    m = model(nodes, [("x", TensorProto.UINT8)], [("y", TensorProto.UINT8)], {"s": scale, "z": np.uint8(zp)})
+    (theirs,) = run(m, {"x": x})
+    ours = qi.avg_pool2d(torch.from_numpy(x), float(scale), zp, k, s, p, ceil, include_pad, backend="ort")
+    assert ours.shape == theirs.shape and int((ours.numpy() != theirs).sum()) == 0
 
 
 def _quantize_graph():
