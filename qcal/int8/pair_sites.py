@@ -23,7 +23,6 @@ at the all-saturating extreme). The weight-side numbers are built once per packe
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -117,17 +116,20 @@ def linear_pair_delta(plan: PairPlan, x_q: torch.Tensor) -> tuple[torch.Tensor, 
     return delta.reshape(*x_q.shape[:-1], -1), count
 
 
-def _tap_entries(plan: PairPlan, ni, qi, hi, wi, out_hw, tap):
-    """The candidate channel pairs at padded pixels (hi, wi) that tap ``(i, j)`` of some output
-    pixel reads: (index into the candidates, flat output pixel, pair index p in the group)."""
+def _tap_entries(plan: PairPlan, ni, qi, hi, wi, out_hw):
+    """Every (candidate, tap) where tap ``t = (i, j)`` of some output pixel reads the candidate
+    channel pair at padded pixel (hi, wi): (index into the candidates, flat output pixel, pair
+    index ``p = t * pairs_per_tap + q`` in the group)."""
     (sh, sw), _, (dh, dw), _ = plan.geometry
-    (i, j), (ho, wo) = tap, out_hw
-    oh, ow = hi - i * dh, wi - j * dw
+    (kh, kw), (ho, wo) = plan.kernel, out_hw
+    taps = torch.arange(kh * kw)
+    oh = hi[:, None] - (taps // kw * dh)[None]  # (Nc, T): the output row times sh
+    ow = wi[:, None] - (taps % kw * dw)[None]
     ok = (oh >= 0) & (ow >= 0) & (oh % sh == 0) & (ow % sw == 0) & (oh < ho * sh) & (ow < wo * sw)
-    e = ok.nonzero().flatten()
-    pixel = (ni[e] * ho + oh[e] // sh) * wo + ow[e] // sw
-    qg = plan.w_pairs.shape[2] // (plan.kernel[0] * plan.kernel[1])  # channel pairs per group
-    return e, pixel, (i * plan.kernel[1] + j) * qg + qi[e] % qg
+    e, t = ok.nonzero(as_tuple=True)
+    pixel = (ni[e] * ho + oh[e, t] // sh) * wo + ow[e, t] // sw
+    qg = plan.w_pairs.shape[2] // (kh * kw)  # channel pairs per group and tap
+    return e, pixel, t * qg + qi[e] % qg
 
 
 def _channel_pair_delta(plan: PairPlan, xp: torch.Tensor, out_hw: tuple[int, int], delta: torch.Tensor) -> int:
@@ -149,8 +151,11 @@ def _channel_pair_delta(plan: PairPlan, xp: torch.Tensor, out_hw: tuple[int, int
     ni, qi, hi, wi, a0, a1, m0, m1 = (t[keep] for t in (ni, qi, hi, wi, a0, a1, m0, m1))
     gi = qi // (c // 2 // groups)
     count, step = 0, max(1, _CHUNK // max(1, og))
-    for tap in itertools.product(range(plan.kernel[0]), range(plan.kernel[1])):
-        e, pixel, p = _tap_entries(plan, ni, qi, hi, wi, out_hw, tap)
+    per_chunk = max(1, (1 << 20) // (plan.kernel[0] * plan.kernel[1]))  # candidates x taps per block
+    for c0 in range(0, ni.numel(), per_chunk):
+        part = slice(c0, c0 + per_chunk)
+        e, pixel, p = _tap_entries(plan, ni[part], qi[part], hi[part], wi[part], out_hw)
+        e = e + c0
         g = gi[e]
         bound = plan.pair_bound[g, p]  # (E, 2): the tighter bound of this pair's own weights
         live = (m0[e] * bound[:, 0] + m1[e] * bound[:, 1] > _I16_MAX).nonzero().flatten()
