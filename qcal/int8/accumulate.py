@@ -340,14 +340,17 @@ class Accumulator:
         return acc, bound
 
     @torch.no_grad()
-    def __call__(self, x_q: torch.Tensor, za: int) -> tuple[torch.Tensor, float]:
+    def __call__(self, x_q: torch.Tensor, za: int, x_range: tuple[int, int] | None = None,
+                 ) -> tuple[torch.Tensor, float]:
         """(acc, bound): float32 holding exact integers when the bound allows, else int32.
 
         The float engine needs every partial sum under 2^24 (the static bound, else chunks);
         oneDNN sums in int32, so only its float32 result must stay under 2^24 (checked).
+        ``x_range``: (min, max) of ``x_q`` when the caller has it (saves a pass).
         """
+        shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
         x_q, za = _as_uint8(x_q, za)
-        lo, hi = torch.aminmax(x_q)
+        lo, hi = (x_range[0] + shift, x_range[1] + shift) if x_range is not None else torch.aminmax(x_q)
         amax = max(int(hi) - za, za - int(lo), 0)
         plan = self._plan(amax)
         bound = self.bound(amax)

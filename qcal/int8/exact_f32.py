@@ -28,14 +28,16 @@ def fma_f32(acc: torch.Tensor, b: torch.Tensor, rcp: torch.Tensor) -> torch.Tens
     tie = (s.view(torch.int64) & 0x1FFFFFFF) == 0x10000000  # halfway between two float32
     if not bool(tie.any()):
         return r
-    a64, p = acc.double().expand_as(s), p.expand_as(s)
-    bb = s - a64
-    err = (a64 - (s - bb)) + (p - bb)  # TwoSum: acc + p == s + err exactly
-    inf = torch.full_like(r, float("inf"))
-    below = torch.where(r.double() > s, torch.nextafter(r, -inf), r)
-    above = torch.where(r.double() < s, torch.nextafter(r, inf), r)
+    at = tie.nonzero(as_tuple=True)  # ties are rare: fix those elements only
+    st, a64, pt, rt = s[at], acc.expand_as(s)[at].double(), p.expand_as(s)[at], r[at]
+    bb = st - a64
+    err = (a64 - (st - bb)) + (pt - bb)  # TwoSum: acc + p == s + err exactly
+    inf = torch.full_like(rt, float("inf"))
+    below = torch.where(rt.double() > st, torch.nextafter(rt, -inf), rt)
+    above = torch.where(rt.double() < st, torch.nextafter(rt, inf), rt)
     fixed = torch.where(err > 0, above, below)
-    return torch.where(tie & (err != 0), fixed, r)
+    r[at] = torch.where(err != 0, fixed, rt)
+    return r
 
 
 def sum_f32(acc: torch.Tensor, b: torch.Tensor, bound: float) -> torch.Tensor:

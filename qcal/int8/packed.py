@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qcal.int8.accumulate import Accumulator, Method
+from qcal.int8.accumulate import F32_EXACT, Accumulator, Method
 from qcal.int8.isa import InstructionSet
 from qcal.int8.layer_checks import (
     check_activations,
@@ -33,6 +33,7 @@ from qcal.int8.layer_checks import (
 )
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
+from qcal.int8.pair_sites import PairPlan, pair_plan
 from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
@@ -63,6 +64,15 @@ class KernelResult:
     requant: Requant
 
 
+def _aminmax(x: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of ``x``; over its flat memory when it is dense (torch's reduction over a
+    channels_last tensor walks it ~50x slower)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
+    lo, hi = torch.aminmax(x.reshape(-1) if x.is_contiguous() else x)
+    return int(lo), int(hi)
+
+
 @dataclass(frozen=True, eq=False)
 class _Packed:
     """Weight-side state shared by conv2d and linear (see ``pack_conv2d``)."""
@@ -74,6 +84,13 @@ class _Packed:
     bias: torch.Tensor | None
     accumulator: Accumulator
     _requants: dict = field(default_factory=dict, repr=False)
+    _pair_plans: dict = field(default_factory=dict, repr=False)
+
+    def pair_plan(self) -> PairPlan:
+        """The weight side of the pair-saturation emulation (``pair_sites.py``), built once."""
+        if not self._pair_plans:
+            self._pair_plans[None] = pair_plan(self.w_q, getattr(self, "geometry", None))
+        return self._pair_plans[None]
 
     def requant(self, x_scale: float, out_scale: float, flavour: str | None = None) -> Requant:
         """The requantization numbers for one (input scale, output scale) pair (cached).
@@ -143,17 +160,18 @@ class _Packed:
             if not detailed:
                 return out
             return KernelResult(out, torch.empty(out.shape, dtype=torch.int32), 0, rq)
-        sat = self._saturates(rq, saturate, isa) and self._can_saturate(x_q, za)
+        lo, hi = _aminmax(x_q)
+        sat = self._saturates(rq, saturate, isa) and self._can_saturate(max(abs(lo), hi), za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=dtype,
                               channel_axis=axis, bound=folded[1], consume=True)
-        acc, bound = self.accumulator(x_q, za)
+        acc, bound = self.accumulator(x_q, za, (lo, hi))
         pairs = 0
         if sat:
-            delta, pairs = self._saturation(x_q, za)
+            acc, pairs = self._saturated(acc, bound + self._pair_shift(), x_q, za)
             if pairs:
-                acc, bound = acc.to(torch.int32) + delta, None
+                bound += self._pair_shift()
         out = requantize(acc, rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=bound,
                          consume=not detailed)
         if not detailed:
@@ -196,12 +214,16 @@ class _Packed:
     def _no_bias(rq: Requant) -> Requant:
         return dataclasses.replace(rq, bias_int32=None, bias_float=None)
 
-    def _can_saturate(self, x_q: torch.Tensor, za: int) -> bool:
-        # |a0*w0 + a1*w1| <= 2 * max a * max |w|: below 2^15 no pair can saturate. Padded
+    def _can_saturate(self, amax: int, za: int) -> bool:
+        # |a0*w0 + a1*w1| <= 2 * max |a| * max |w|: below 2^15 no pair can saturate. Padded
         # pixels hold za, so it counts too when the layer pads.
         padded = getattr(self, "geometry", None) is not None and any(self.geometry[1])
-        amax = max(int(x_q.max()), za if padded else 0)
+        amax = max(amax, abs(za) if padded else 0)
         return 2 * amax * self.accumulator.pair_max > 32767  # max |w|, computed once per pack
+
+    def _pair_shift(self) -> int:
+        """How far saturation can move an output: each of its P pairs by at most 32768."""
+        return self.pair_plan().w_pairs.shape[2] * 32768
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,8 +247,13 @@ class PackedConv2d(_Packed):
         return self.path if isa is None else fbgemm_conv_path(self.w_q.shape[1] * self.geometry[3],
                                                               tuple(self.w_q.shape), self.geometry, isa)
 
-    def _saturation(self, x_q, za):
-        return pair_saturation_conv(x_q, za, self.w_q, self.geometry)
+    def _saturated(self, acc, bound, x_q, za):
+        # the delta is added in place: in float32 while every partial sum stays exact there
+        # (|acc| plus any part of the delta under 2^24), else in int32
+        in_float = acc.dtype == torch.float32 and bound <= F32_EXACT
+        if not (in_float and acc.is_contiguous(memory_format=torch.channels_last)):
+            acc = acc.to(torch.float32 if in_float else torch.int32, memory_format=torch.channels_last)
+        return pair_saturation_conv(x_q, za, self.w_q, self.geometry, self.pair_plan(), out=acc)
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry)
@@ -242,8 +269,9 @@ class PackedLinear(_Packed):
         check_linear_input(x_q, self.w_q, self.backend)
         return x_q
 
-    def _saturation(self, x_q, za):
-        return pair_saturation_linear(x_q, self.w_q)
+    def _saturated(self, acc, bound, x_q, za):
+        delta, pairs = pair_saturation_linear(x_q, self.w_q, self.pair_plan())
+        return (acc.to(torch.int32) + delta if pairs else acc), pairs
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return (*x_q.shape[:-1], self.w_q.shape[0])
