@@ -62,3 +62,14 @@ def test_export_verify_predicts_another_cpu(tmp_path, capsys):
     assert status == 1 and "AVX512-VNNI)" in captured.out
     assert "verify: 0 differing" not in captured.out
     assert "prediction made for AVX512-VNNI (--cpu)" in captured.err
+
+
+@pytest.mark.parametrize("scheme", ["per_channel_symmetric", "qnnpack_default"])
+def test_the_cli_and_the_dashboard_download_write_the_same_file(tmp_path, capsys, scheme):
+    """The Compare page's download (views.zoo_onnx_bytes) and `qcal export` are one file, byte for byte."""
+    from qcal.reporting.views import zoo_onnx_bytes
+
+    out = tmp_path / "mlp.onnx"
+    assert main(["export", "--model", "digits_mlp", "--scheme", scheme, "-o", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert out.read_bytes() == zoo_onnx_bytes("digits_mlp", scheme)
