@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from qcal.int8.cpu import has_vnni
+from qcal.int8.exact_f32 import F32_EXACT
 
 __all__ = ["F32_EXACT", "PAIR_LIMIT", "Accumulator", "Method", "chunk_plan", "onednn_exact", "onednn_pairs_exact"]
 
 #: Largest magnitude below which every integer is exact in float32.
-F32_EXACT = 2**24
 _PAIRS_PATH_ENABLED = False  # oneDNN without VNNI below the pair bound: disabled, see onednn_small
 #: Largest int16 pair sum ``a0*w0 + a1*w1`` that cannot saturate.
 PAIR_LIMIT = 2**15 - 1
@@ -192,7 +192,8 @@ class Accumulator:
         sums = wc.abs().double()
         sums = sums.sum((2, 3)) if self.w_q.dim() == 4 else sums  # (O, C/G) or (O, K)
         object.__setattr__(self, "col_sums", sums)
-        eligible = self.w_q.dtype == torch.int8 and bool((self.w_zero_point == 0).all())
+        object.__setattr__(self, "zw_zero", bool((self.w_zero_point == 0).all()))
+        eligible = self.w_q.dtype == torch.int8 and self.zw_zero
         if self.method == "onednn" and not (eligible and (onednn_exact() or onednn_pairs_exact())):
             raise ValueError("accumulator method 'onednn' needs int8 weights with zero point 0 on a CPU where "
                              "oneDNN is exact (VNNI, or activations small enough that no int16 pair saturates)")
@@ -202,13 +203,14 @@ class Accumulator:
         # Non-zero weight zero points: oneDNN on the raw weights, minus zw_j * window sums
         object.__setattr__(self, "onednn_zw", int8_auto and not eligible and onednn_exact())
         # Without VNNI: oneDNN while every raw pair a0*w0 + a1*w1 stays in int16 (checked per call)
-        small = ((eligible and self.method in ("auto", "onednn")) or int8_auto) and onednn_pairs_exact()
+        # (the switch first: while it is off, no CPU pays onednn_pairs_exact's probe convolutions)
+        small = (_PAIRS_PATH_ENABLED and ((eligible and self.method in ("auto", "onednn")) or int8_auto)
+                 and onednn_pairs_exact())
         # Off: a module-swap encoder under qnnpack_default lost exactness with it (cosine 0.93
         # in tests/calibration/test_model.py); kept for the investigation, see docs/performance.md
-        object.__setattr__(self, "onednn_small", small and not use and _PAIRS_PATH_ENABLED)
+        object.__setattr__(self, "onednn_small", small and not use)
         w_max = int(self.w_q.to(torch.int16).abs().max()) if self.w_q.numel() else 0
         object.__setattr__(self, "pair_max", w_max)
-        object.__setattr__(self, "zw_zero", bool((self.w_zero_point == 0).all()))
 
     def bound(self, amax: int) -> float:
         """``amax * max_j sum_k |w_jk - zw_j|``: no partial sum can exceed it."""
@@ -277,18 +279,21 @@ class Accumulator:
         return F.conv2d(xc, wc, None, stride, padding, dilation, groups)
 
     @torch.no_grad()
-    def with_bias(self, x_q: torch.Tensor, za: int, bias: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    def with_bias(self, x_q: torch.Tensor, za: int, bias: torch.Tensor, x_range: tuple[int, int] | None = None,
+                  ) -> tuple[torch.Tensor, float] | None:
         """(``f32(acc + bias_j)``, bound on it) from oneDNN in one pass, or None when not exact here.
 
         oneDNN adds a float32 bias to ``float(acc) * 1.0`` with one rounding, which is
         FBGEMM's per-channel ``f32(f32(acc) + f32(b_j/ats_j))`` exactly while ``acc`` itself
         is exact: under the static bound, or, since oneDNN accumulates in int32, whenever the
-        result shows ``|acc| < 2^24`` (checked: ``|y| + |b| + 2 < 2^24``).
+        result shows ``|acc| < 2^24`` (checked: ``|y| + |b| + 2 < 2^24``). ``x_range``: as for
+        ``__call__``.
         """
         if not (self.use_onednn or self.onednn_small) or not self.zw_zero:
             return None
+        shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
         x_q, za = _as_uint8(x_q, za)
-        lo, hi = torch.aminmax(x_q)
+        lo, hi = (x_range[0] + shift, x_range[1] + shift) if x_range is not None else torch.aminmax(x_q)
         if not self.onednn_here(int(hi), za):
             return None
         amax = max(int(hi) - za, za - int(lo), 0)

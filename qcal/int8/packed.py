@@ -162,7 +162,7 @@ class _Packed:
             return KernelResult(out, torch.empty(out.shape, dtype=torch.int32), 0, rq)
         lo, hi = _aminmax(x_q)
         sat = self._saturates(rq, saturate, isa) and self._can_saturate(max(abs(lo), hi), za)
-        folded = None if detailed or sat else self._fold_bias(x_q, za, rq)
+        folded = None if detailed or sat else self._fold_bias(x_q, za, rq, (lo, hi))
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=dtype,
                               channel_axis=axis, bound=folded[1], consume=True)
@@ -178,7 +178,7 @@ class _Packed:
             return out
         return KernelResult(out, acc.to(torch.int32), pairs, rq)
 
-    def _fold_bias(self, x_q, za, rq: Requant):
+    def _fold_bias(self, x_q, za, rq: Requant, x_range: tuple[int, int]):
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
         if rq.backend not in ("fbgemm", "qnnpack", "ort"):  # ort adds its int32 bias like qnnpack
             return None
@@ -190,7 +190,7 @@ class _Packed:
                 return None
         else:
             return None
-        return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]))
+        return self.accumulator.with_bias(x_q, za, term.expand(self.w_q.shape[0]), x_range)
 
     def _saturates(self, rq: Requant, saturate: bool | None, isa) -> bool:
         """Whether this layer's kernel adds int16 pairs with saturation (FBGEMM's or MLAS's U8S8)."""

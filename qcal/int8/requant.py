@@ -102,7 +102,6 @@ def _f32_vector(v: torch.Tensor | float, name: str) -> torch.Tensor:
     return t
 
 
-@torch.no_grad()
 def _check_requant_scale(scale: torch.Tensor, backend: str) -> None:
     # torch's qnnpack ops refuse a float32 requantization scale that is not a normal
     # positive number (generate_requantization_scales). fbgemm answers an infinite one, but
@@ -118,6 +117,7 @@ def _check_requant_scale(scale: torch.Tensor, backend: str) -> None:
         )
 
 
+@torch.no_grad()
 def requant_multipliers(
     x_scale: float | torch.Tensor,
     w_scale: float | torch.Tensor,
