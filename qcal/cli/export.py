@@ -50,7 +50,7 @@ def export_command(args: argparse.Namespace) -> int:
     with _assumed_cpu(args.cpu):  # --cpu: qcal predicts onnxruntime on that CPU, this machine runs the file
         result = verify_onnx(path, qm, x)
     write(f"verify: {result}")
-    unreproduced = [n for n, kind in ort_fp32_layers(qm.graph).items() if kind == "float Conv"]
+    unreproduced = [n for n, kind in ort_fp32_layers(qm.graph).items() if kind == "float Conv (not reproduced)"]
     if result.differing and unreproduced:
         print(f"qcal: the differing values come after the float Conv layers {', '.join(unreproduced)} "
               "(onnxruntime's own float kernels, not reproduced bit for bit)", file=sys.stderr)

@@ -45,19 +45,19 @@ class Verification:
 
 def export_zoo(model_name: str, scheme: str | Any, path: str | Path) -> tuple[Any, Path]:
     """Calibrate zoo model ``model_name`` under ``scheme`` (a preset name, Scheme or Recipe;
-    ort flavour) and write it as ONNX.
+    ort flavour) as the stored runs and the dashboard calibrate it (same data, same batches,
+    so the same file as the Compare page's download) and write it as ONNX.
 
     Returns:
         (the QuantizedModel, the path written).
     """
     from qcal.calibration.calibrate import calibrate
-    from qcal.zoo import zoo
-    from qcal.zoo.datasets import calib_batches, digits_splits
+    from qcal.zoo.datasets import ZOO_BATCH, calib_batches
+    from qcal.zoo.registry import input_shape_of, load_named
 
-    model = zoo.load(model_name)
-    calib = digits_splits().calib[0]
-    qm = calibrate(model, calib_batches(calib), scheme, "ort")
-    return qm, to_onnx(qm, path, input_shape=zoo.info(model_name).input_shape)
+    named = load_named(model_name)
+    qm = calibrate(named.model, calib_batches(named.calib, batch_size=ZOO_BATCH), scheme, "ort")
+    return qm, to_onnx(qm, path, input_shape=input_shape_of(model_name))
 
 
 def verify_onnx(path: str | Path, qm: Any, x: torch.Tensor, batch_size: int = 256) -> Verification:

@@ -221,7 +221,7 @@ def clip_ranges(histograms: pd.DataFrame, layer: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["scheme", "observer", "clip_min", "clip_max", "clipped_share"])
 
 
-def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = 128,
+def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = datasets.ZOO_BATCH,
                   calib_samples: int | None = None) -> Any:
     """A zoo or registered model calibrated as ``qcal.compare_zoo`` calibrates it (same
     data, same batches: the same qparams as the stored run), for views that need live tensors."""

@@ -31,7 +31,7 @@ def compare_zoo(
     *,
     eval_samples: int | None = None,
     calib_samples: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = datasets.ZOO_BATCH,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> Comparison:

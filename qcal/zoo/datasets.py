@@ -94,6 +94,9 @@ def digits_splits(seed: int = 0) -> DigitsSplits:
     return DigitsSplits(train=train, calib=calib, test=test)
 
 
+ZOO_BATCH = 128  # the batch size zoo comparisons calibrate and evaluate with (moving averages depend on it)
+
+
 def batches(x: Tensor, y: Tensor | None = None, batch_size: int = 64) -> list[tuple[Tensor, Tensor | None]]:
     """Cut inputs (and labels) into evaluation batches, in order.
 

@@ -73,3 +73,17 @@ def test_the_cli_and_the_dashboard_download_write_the_same_file(tmp_path, capsys
     assert main(["export", "--model", "digits_mlp", "--scheme", scheme, "-o", str(out)]) == 0, \
         capsys.readouterr().err
     assert out.read_bytes() == zoo_onnx_bytes("digits_mlp", scheme)
+
+
+def test_export_calibrates_with_the_stored_runs_batches(tmp_path):
+    """A moving-average observer depends on how the calibration data is batched: the CLI's
+    export_zoo and the page's download must batch it alike (they once used 64 vs 128)."""
+    from qcal.export.verify import export_zoo
+    from qcal.reporting.views import zoo_onnx_bytes
+    from qcal.scheme_text import parse_scheme
+    from qcal.zoo.datasets import ZOO_BATCH, digits_splits
+
+    assert len(digits_splits().calib[0]) > ZOO_BATCH  # more than one batch, or batching cannot matter
+    scheme = parse_scheme("name=ma;w=per_channel_symmetric/minmax;a=per_tensor_affine/moving_average")
+    _, path = export_zoo("digits_mlp", scheme, tmp_path / "ma.onnx")
+    assert path.read_bytes() == zoo_onnx_bytes("digits_mlp", scheme)
