@@ -197,7 +197,8 @@ def built_schemes() -> dict[str, str]:
         if not text:
             continue
         try:
-            out[parse_scheme(text).name] = format_scheme(parse_scheme(text))
+            scheme = parse_scheme(text)
+            out[scheme.name] = format_scheme(scheme)
         except (ValueError, TypeError) as err:
             st.error(f"The URL's built scheme {text!r} is refused: {err}")
     return out

@@ -12,12 +12,12 @@ from pages._state import (
     set_param,
     show_table,
 )
+from qcal.recipes import FP32
 from qcal.reporting.sensitivity_figures import fallback_figure, heatmap_figure
 from qcal.schemes import BACKENDS
 
 EVAL_CHOICES = ("50", "100", "200", "300")  # held-out samples: 100 keeps a scan to about a minute on 2 cores
 DEFAULT_SCHEMES = ("per_tensor_affine", "per_channel_symmetric")
-FP32 = "fp32"
 
 
 def _bar(text: str):

@@ -18,7 +18,6 @@ is measured in fresh subprocesses (``bench_memory.py``).
 
 from __future__ import annotations
 
-import importlib.util
 import resource
 import statistics
 import time
@@ -31,7 +30,9 @@ import pandas as pd
 import torch
 
 from qcal.analysis.cluster import run_sweep
+from qcal.analysis.compare import compare
 from qcal.analysis.reference import quantized_engine, torch_reference
+from qcal.analysis.sensitivity import sensitivity
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.int8.cpu import has_vnni
 from qcal.schemes import SCHEMES
@@ -178,15 +179,9 @@ def _inference_row(model, name: str, batch: int, data: list[torch.Tensor], schem
 def _sensitivity_rows(model, name: str, batch: int, data: list[torch.Tensor], repeat: int,
                       clock: str) -> list[BenchRow]:
     """A sensitivity scan against one compare of one scheme (the baseline here is qcal's own
-    compare, not torch). Uses ``qcal.analysis.sensitivity.sensitivity(model, calib_data,
-    eval_data, scheme, backend)``; until that module exists, no row."""
-    if importlib.util.find_spec("qcal.analysis.sensitivity") is None:
-        return []
-    from qcal.analysis import sensitivity as sens
-    from qcal.analysis.compare import compare
-
+    compare, not torch)."""
     evals = [(x, None) for x in data[:1]]
-    q, t = _paired_medians(lambda: sens.sensitivity(model, data, evals, "fbgemm_default", "fbgemm"),
+    q, t = _paired_medians(lambda: sensitivity(model, data, evals, "fbgemm_default", "fbgemm"),
                            lambda: compare(model, data, evals, ["fbgemm_default"], ["fbgemm"]), repeat,
                            clock=clock)
     return [BenchRow(name, batch, "sensitivity_vs_compare", q, t)]

@@ -46,7 +46,7 @@ from qcal.io.user_models import import_module, load_user_model
 from qcal.zoo import datasets, zoo
 
 __all__ = ["ENTRY_POINT_GROUP", "NamedModel", "RegisteredModel", "RegistryProblem", "catalogue", "check", "input_shape_of",
-           "load_named", "model_names", "registered"]
+           "load_named", "registered"]
 
 ENTRY_POINT_GROUP = "qcal.models"
 _REQUIRED = ("factory", "calib", "eval")
@@ -252,11 +252,6 @@ class NamedModel:
     eval_y: Tensor | None
     description: str
     source: str
-
-
-def model_names() -> list[str]:
-    """Zoo names, then registered ones (unusable registry entries are left out)."""
-    return [*zoo.names(), *registered()[0]]
 
 
 def input_shape_of(name: str) -> tuple[int, ...] | None:
