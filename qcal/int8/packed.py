@@ -31,10 +31,11 @@ from qcal.int8.layer_checks import (
     out_dtype,
     scalar,
 )
+from qcal.int8.native import NativeConv, native_conv
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
 from qcal.int8.pair_sites import PairPlan, pair_plan
-from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
+from qcal.int8.requant import Requant, fused_epilogue, output_range, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
     fbgemm_conv_path,
@@ -85,6 +86,7 @@ class _Packed:
     accumulator: Accumulator
     _requants: dict = field(default_factory=dict, repr=False)
     _pair_plans: dict = field(default_factory=dict, repr=False)
+    _natives: dict = field(default_factory=dict, repr=False)
 
     def pair_plan(self) -> PairPlan:
         """The weight side of the pair-saturation emulation (``pair_sites.py``), built once."""
@@ -160,12 +162,24 @@ class _Packed:
             if not detailed:
                 return out
             return KernelResult(out, torch.empty(out.shape, dtype=torch.int32), 0, rq)
+        if not detailed:
+            out = self._native_whatever_the_codes(x_q, za, zo, relu, dtype, rq, saturate, isa)
+            if out is not None:
+                return out
         lo, hi = _aminmax(x_q)
         sat = self._saturates(rq, saturate, isa) and self._can_saturate(max(abs(lo), hi), za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq, (lo, hi))
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=dtype,
                               channel_axis=axis, bound=folded[1], consume=True)
+        native = None if detailed else self._native_plan(x_q, za, (lo, hi), sat, rq)
+        if native is not None:  # FBGEMM's own arithmetic (or the exact sum) in one native pass
+            packed, zw, bound = native
+            epilogue = self._epilogue(rq, zo, relu, dtype)
+            if epilogue is not None and bound <= epilogue.max_bound:  # and the requantization fused into its store
+                return self._native_call(packed, x_q, za, zw, False, epilogue)
+            acc = self._native_call(packed, x_q, za, zw, bound <= F32_EXACT)
+            return requantize(acc, rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=bound, consume=True)
         acc, bound = self.accumulator(x_q, za, (lo, hi))
         pairs = 0
         if sat:
@@ -177,6 +191,53 @@ class _Packed:
         if not detailed:
             return out
         return KernelResult(out, acc.to(torch.int32), pairs, rq)
+
+    def native(self) -> NativeConv | None:
+        """The weights packed for the native kernel (``native.py``), once; None where it cannot run."""
+        if None not in self._natives:
+            self._natives[None] = native_conv(self.w_q, getattr(self, "geometry", None))
+        return self._natives[None]
+
+    def _epilogue(self, rq: Requant, zo: int, relu: bool, dtype: torch.dtype):
+        key = ("epilogue", rq, zo, relu, dtype)  # rq: cached per scales, compared by identity
+        if key not in self._natives:
+            self._natives[key] = fused_epilogue(rq, zo, relu, dtype, self.w_q.shape[0])
+        return self._natives[key]
+
+    def _native_whatever_the_codes(self, x_q, za, zo, relu, dtype, rq: Requant, saturate, isa):
+        """The output, when neither the engine nor the store needs the activations' range: under
+        fbgemm on a CPU whose kernel saturates, the native kernel is FBGEMM's arithmetic whatever
+        the codes, and the fused store holds for the bound of the dtype's full range (no pass
+        over the input). None otherwise."""
+        if (rq.backend != "fbgemm" or x_q.dtype != torch.uint8 or self.accumulator.method != "auto"
+                or not self._saturates(rq, saturate, isa)):
+            return None
+        packed, epilogue = self.native(), self._epilogue(rq, zo, relu, dtype)
+        if packed is None or epilogue is None:
+            return None
+        if self.accumulator.bound(max(255 - za, za)) + packed.kp // 2 * 32768 > epilogue.max_bound:
+            return None
+        return self._native_call(packed, x_q, za, None if self.accumulator.zw_zero else self.w_zero_point, False,
+                                 epilogue)
+
+    def _native_plan(self, x_q, za, x_range: tuple[int, int], sat: bool, rq: Requant):
+        """(packed weights, zero points or None, bound on |acc|) for the native kernel, or None
+        where it does not compute what runs here.
+
+        Its pairs saturate as FBGEMM's do (``saturation.py``'s order), so it serves a layer that
+        saturates under fbgemm, and any backend where no pair can saturate (the exact sum).
+        MLAS (``ort``) pairs differently, and an explicit accumulator ``method`` is honoured.
+        """
+        if self.accumulator.method != "auto" or x_q.dtype != torch.uint8:
+            return None
+        if (rq.backend != "fbgemm") if sat else self._can_saturate(max(abs(x_range[0]), x_range[1]), za):
+            return None
+        packed = self.native()
+        if packed is None:
+            return None
+        amax = max(x_range[1] - za, za - x_range[0], 0)
+        bound = self.accumulator.bound(amax) + (packed.kp // 2 * 32768 if sat else 0)
+        return packed, None if self.accumulator.zw_zero else self.w_zero_point, bound
 
     def _fold_bias(self, x_q, za, rq: Requant, x_range: tuple[int, int]):
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
@@ -258,6 +319,12 @@ class PackedConv2d(_Packed):
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry)
 
+    def _native_call(self, packed: NativeConv, x_q, za, zw, as_float: bool, epilogue=None) -> torch.Tensor:
+        out_hw = tuple(self._out_shape(x_q)[2:])
+        acc = packed(x_q.permute(0, 2, 3, 1).contiguous(), za, zw, as_float=as_float, out_hw=out_hw,
+                     epilogue=epilogue)
+        return acc.permute(0, 3, 1, 2)  # (N, O, H', W') channels_last, as the float engine's
+
 
 @dataclass(frozen=True, eq=False)
 class PackedLinear(_Packed):
@@ -275,6 +342,11 @@ class PackedLinear(_Packed):
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
         return (*x_q.shape[:-1], self.w_q.shape[0])
+
+    def _native_call(self, packed: NativeConv, x_q, za, zw, as_float: bool, epilogue=None) -> torch.Tensor:
+        rows = x_q.reshape(-1, 1, 1, x_q.shape[-1]).contiguous()
+        acc = packed(rows, za, zw, as_float=as_float, out_hw=(1, 1), epilogue=epilogue)
+        return acc.reshape(self._out_shape(x_q))
 
 
 @torch.no_grad()

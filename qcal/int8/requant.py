@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from qcal.int8.exact_f32 import fma_f32, sum_f32
+from qcal.int8.exact_f32 import F32_EXACT, fma_f32, sum_f32
+from qcal.int8.native import Epilogue
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
 from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
@@ -49,6 +50,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "Requant",
+    "fused_epilogue",
     "output_range",
     "requant_multipliers",
     "requantize",
@@ -332,3 +334,41 @@ def requantize(
         # first keeps every value exact in float32
         out[i:i + step].copy_(v.clamp_(lo - out_zero_point, hi - out_zero_point).add_(out_zero_point))
     return out
+
+
+def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torch.dtype,
+                   out_channels: int) -> Epilogue | None:
+    """This requantization as the native kernel's fused store (``native.py``), or None where that
+    store cannot reproduce it (flavours other than fbgemm/qnnpack/ort, a per-tensor bias scale
+    that is not one number). The result holds for accumulators up to its ``max_bound``: fbgemm's
+    per-tensor float bias needs the exact accumulator as a float32 (``2^24``), an int32 bias its
+    sum with the accumulator inside int32.
+    """
+    if rq.backend not in ("fbgemm", "qnnpack", "ort"):
+        return None
+    lo, hi = output_range(out_dtype, out_zero_point, relu)
+    fb, ib, rcp, mode, max_bound = None, None, 0.0, 0, float("inf")
+    if rq.backend == "fbgemm" and rq.bias_float is not None:
+        if rq.per_channel:
+            fb, mode = rq.bias_float / rq.act_times_w_scale, 1  # as _fbgemm: _mm256_div_ps, then add
+        else:
+            rcps = (1.0 / rq.act_times_w_scale.double()).float()
+            if bool((rcps != rcps[0]).any()):
+                return None
+            fb, rcp, mode, max_bound = rq.bias_float, float(rcps[0]), 2, float(F32_EXACT)
+    elif rq.bias_int32 is not None:
+        ib, mode, max_bound = rq.bias_int32, 3, 2.0**31 - 1 - float(rq.bias_int32.abs().max())
+    elif rq.bias_float is not None:
+        return None
+
+    padded = -(-out_channels // 32) * 32  # the kernels read whole blocks of 32 channels
+
+    def vector(v: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        if v is None:
+            return None
+        out = torch.zeros(padded, dtype=dtype)
+        out[:out_channels] = v.to(dtype).reshape(-1).expand(out_channels)
+        return out
+
+    return Epilogue(vector(rq.multiplier, torch.float32), mode, vector(fb, torch.float32), vector(ib, torch.int32),
+                    rcp, int(out_zero_point), lo, hi, out_dtype, rq.backend != "ort", max_bound)

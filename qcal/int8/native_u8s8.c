@@ -1,0 +1,374 @@
+/* qcal's native u8 x s8 convolution: FBGEMM's AVX2 arithmetic, bit for bit, at its speed.
+ *
+ * Each output is  sum_p sat16(a_2p * w_2p + a_2p+1 * w_2p+1)  over the raw codes of its window
+ * in im2col (kh, kw, c) order within a group, K padded with zeros to a multiple of 4, padded
+ * pixels holding the activation zero point: vpmaddubsw (u8 x s8, adjacent pairs added in int16
+ * with saturation), vpmaddwd by ones (two pairs into int32, exact), vpaddd. That is the kernel
+ * FBGEMM runs without VNNI; when no pair can leave int16 it is the exact integer sum.
+ * The store adds the exact zero-point terms:  acc = raw + off_j - zw_j * sum_k a_k.
+ * Integer arithmetic only: no compiler flag can change a result.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MB 32 /* rows of the im2col block each thread fills, then multiplies by every column panel */
+
+/* w: [G][kg][K] int8 -> bp: [G][ceil(kg/16)][Kp/4][16 columns][4 bytes], zeros beyond kg and K */
+void qcal_pack(const int8_t *w, int groups, int kg, int k, int kp, int8_t *bp) {
+    int k4 = kp / 4, nb = (kg + 15) / 16;
+    memset(bp, 0, (size_t)groups * nb * k4 * 64);
+    for (int g = 0; g < groups; g++)
+        for (int n = 0; n < kg; n++)
+            for (int i = 0; i < k; i++)
+                bp[(((size_t)g * nb + n / 16) * k4 + i / 4) * 64 + (n % 16) * 4 + i % 4] =
+                    w[((size_t)g * kg + n) * k + i];
+}
+
+typedef struct {
+    int n, h, w, c, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, za, kg, k, kp;
+} geom;
+
+/* Short copies and fills with 32-byte vector moves. A move may run past the end of its piece:
+ * the pieces of a row are written left to right (the next piece overwrites the overrun) and
+ * every buffer has SLACK spare bytes; a source read stops at `end`. */
+#define SLACK 64
+static inline void put_bytes(uint8_t *dst, const uint8_t *src, int n, const uint8_t *end) {
+    int i = 0;
+    for (; i + 32 <= n || (i < n && src + i + 32 <= end); i += 32)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_loadu_si256((const __m256i *)(src + i)));
+    if (i < n) memcpy(dst + i, src + i, n - i);
+}
+
+static inline void fill_bytes(uint8_t *dst, __m256i v, int n) {
+    for (int i = 0; i < n; i += 32) _mm256_storeu_si256((__m256i *)(dst + i), v);
+}
+
+static void im2col_rows(const uint8_t *x, const geom *q, int g, int64_t m0, int rows, uint8_t *a,
+                        int32_t *rowsum) {
+    /* one input row's kw taps are adjacent pixels when dilation is 1 and the group is the whole
+     * pixel: one copy of kw*c bytes per kernel row, pads around it */
+    int runs = q->dw == 1 && q->groups == 1;
+    const uint8_t *end = x + (size_t)q->n * q->h * q->w * q->c;
+    __m256i pad = _mm256_set1_epi8((char)q->za), zero = _mm256_setzero_si256();
+    for (int r = 0; r < rows; r++) {
+        int64_t m = m0 + r;
+        int ox = (int)(m % q->ow), oy = (int)((m / q->ow) % q->oh), b = (int)(m / ((int64_t)q->ow * q->oh));
+        uint8_t *row = a + (size_t)r * q->kp;
+        int i = 0;
+        for (int ky = 0; ky < q->kh; ky++) {
+            int iy = oy * q->sh - q->ph + ky * q->dh;
+            if (iy < 0 || iy >= q->h) {
+                fill_bytes(row + i, pad, q->kw * q->cg);
+                i += q->kw * q->cg;
+                continue;
+            }
+            const uint8_t *line = x + ((size_t)b * q->h + iy) * q->w * q->c + (size_t)g * q->cg;
+            int ix0 = ox * q->sw - q->pw;
+            if (runs) {
+                int k0 = ix0 < 0 ? -ix0 : 0, k1 = q->w - ix0 < q->kw ? q->w - ix0 : q->kw;
+                if (k1 < k0) k1 = k0;
+                fill_bytes(row + i, pad, k0 * q->c);
+                put_bytes(row + i + k0 * q->c, line + (size_t)(ix0 + k0) * q->c, (k1 - k0) * q->c, end);
+                fill_bytes(row + i + k1 * q->c, pad, (q->kw - k1) * q->c);
+                i += q->kw * q->c;
+                continue;
+            }
+            for (int kx = 0; kx < q->kw; kx++) {
+                int ix = ix0 + kx * q->dw;
+                if (ix < 0 || ix >= q->w) fill_bytes(row + i, pad, q->cg);
+                else put_bytes(row + i, line + (size_t)ix * q->c, q->cg, end);
+                i += q->cg;
+            }
+        }
+        fill_bytes(row + i, zero, q->kp - i);
+        if (rowsum) {
+            int32_t s = 0;
+            for (int t = 0; t < q->k; t++) s += row[t];
+            rowsum[r] = s;
+        }
+    }
+    for (int r = rows; r < MB; r++) fill_bytes(a + (size_t)r * q->kp, zero, q->kp);
+}
+
+/* 4 rows x 16 columns of raw sums over the whole K */
+__attribute__((noinline)) static void kern4(const uint8_t *a, int kp, const int8_t *bp, __m256i acc[4][2]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int i = 0; i < kp / 4; i++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + (size_t)i * 64));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + (size_t)i * 64 + 32));
+#define QCAL_ROW(r)                                                                                   \
+    {                                                                                                 \
+        int32_t v;                                                                                    \
+        memcpy(&v, a + (size_t)(r) * kp + (size_t)i * 4, 4);                                         \
+        __m256i av = _mm256_set1_epi32(v);                                                            \
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones)); \
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones)); \
+    }
+        QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3)
+#undef QCAL_ROW
+    }
+}
+
+/* The requantization fused into the store (fbgemm, qnnpack and ort flavours), per output j:
+ *   mode 0: y = f32(acc)                     (no bias)
+ *   mode 1: y = f32(f32(acc) + fb_j)          (fbgemm, per-channel float bias: fb_j = f32(b_j / ats_j))
+ *   mode 2: y = fma(fb_j, rcp, f32(acc))      (fbgemm, per-tensor float bias; caller: |acc| <= 2^24)
+ *   mode 3: y = f32(acc + ib_j)               (int32 bias; caller: |acc + ib_j| < 2^31)
+ *   r = rint(f32(y * m_j)); r >= 2^31 -> `big` (the int32 conversion's INT_MIN, clamped: fbgemm,
+ *   qnnpack; or the top: ort); out = clamp(r, lo - zo, hi - zo) + zo, stored as uint8 or int8.
+ * Each line is one IEEE operation (round to nearest even); -ffp-contract=off keeps mul and add apart. */
+typedef struct {
+    const float *m, *fb;
+    const int32_t *ib;
+    float rcp;
+    int32_t mode, zo, lo, hi, big_is_low, is_signed;
+} epilogue;
+
+static inline __m256 epi_y(const epilogue *e, __m256i v, int col) {
+    switch (e->mode) {
+    case 1: return _mm256_add_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(e->fb + col));
+    case 2: return _mm256_fmadd_ps(_mm256_loadu_ps(e->fb + col), _mm256_set1_ps(e->rcp), _mm256_cvtepi32_ps(v));
+    case 3: return _mm256_cvtepi32_ps(_mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(e->ib + col))));
+    default: return _mm256_cvtepi32_ps(v);
+    }
+}
+
+static inline __m256i epi_codes(const epilogue *e, __m256i v, int col) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(epi_y(e, v, col), _mm256_loadu_ps(e->m + col)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 lo = _mm256_set1_ps((float)(e->lo - e->zo)), hi = _mm256_set1_ps((float)(e->hi - e->zo));
+    __m256 big = _mm256_cmp_ps(r, _mm256_set1_ps(2147483648.0f), _CMP_GE_OQ);
+    __m256 c = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+    c = _mm256_blendv_ps(c, e->big_is_low ? lo : hi, big);
+    return _mm256_add_epi32(_mm256_cvtps_epi32(c), _mm256_set1_epi32(e->zo));
+}
+
+/* 16 outputs (already inside the 8-bit range, so the packs do not saturate) as 16 bytes */
+static inline void epi_store16(const epilogue *e, __m256i v0, __m256i v1, int col, uint8_t *dst) {
+    __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(epi_codes(e, v0, col), epi_codes(e, v1, col + 8)), 0xD8);
+    __m256i b8 = e->is_signed ? _mm256_packs_epi16(w16, w16) : _mm256_packus_epi16(w16, w16);
+    _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(_mm256_permute4x64_epi64(b8, 0x08)));
+}
+
+static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
+    float y;
+    switch (e->mode) {
+    case 1: y = (float)v + e->fb[col]; break;
+    case 2: y = fmaf(e->fb[col], e->rcp, (float)v); break;
+    case 3: y = (float)(v + e->ib[col]); break;
+    default: y = (float)v;
+    }
+    float r = nearbyintf(y * e->m[col]);
+    float lo = (float)(e->lo - e->zo), hi = (float)(e->hi - e->zo);
+    float c = r >= 2147483648.0f ? (e->big_is_low ? lo : hi) : fminf(fmaxf(r, lo), hi);
+    int32_t q = (int32_t)c + e->zo;
+    return e->is_signed ? (uint8_t)(int8_t)q : (uint8_t)q;
+}
+
+/* x: (N, H, W, C) uint8; off: (G*kg) int32; zw: (G*kg) int32 or NULL (all zero).
+ * out: (N*OH*OW, G*kg): int32 (kind 0), float32 (kind 1) or 8-bit codes through `e` (kind 2).
+ * Returns 0, or -1 when out of memory. */
+int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int32_t *off, const int32_t *zw,
+              void *out, int kind, const epilogue *e, int threads) {
+    geom q = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
+              dims[10], dims[11], dims[12], dims[13], dims[14], dims[15], dims[16], dims[17], dims[18], dims[19]};
+    int64_t m_all = (int64_t)q.n * q.oh * q.ow;
+    int nb = (q.kg + 15) / 16, o = q.groups * q.kg, k4 = q.kp / 4;
+    int64_t blocks = (m_all + MB - 1) / MB;
+    int failed = 0;
+    int direct = q.kh == 1 && q.kw == 1 && q.sh == 1 && q.sw == 1 && q.ph == 0 && q.pw == 0 && q.groups == 1 &&
+                 q.k == q.kp;
+#pragma omp parallel num_threads(threads)
+    {
+        uint8_t *a = aligned_alloc(64, ((size_t)MB * q.kp + SLACK + 63) / 64 * 64);
+        int32_t rowsum[MB];
+        if (!a) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            if (!a) continue;
+            int64_t m0 = blk * MB;
+            int rows = m_all - m0 < MB ? (int)(m_all - m0) : MB;
+            for (int g = 0; g < q.groups; g++) {
+                const uint8_t *ablk = a;
+                if (direct && rows == MB) { /* a 1x1 conv's rows are the input pixels themselves */
+                    ablk = x + (size_t)m0 * q.kp;
+                    for (int r = 0; zw && r < rows; r++) {
+                        int32_t s = 0;
+                        for (int t = 0; t < q.k; t++) s += ablk[(size_t)r * q.kp + t];
+                        rowsum[r] = s;
+                    }
+                } else {
+                    im2col_rows(x, &q, g, m0, rows, a, zw ? rowsum : NULL);
+                }
+                for (int j = 0; j < nb; j++) {
+                    const int8_t *panel = bp + ((size_t)g * nb + j) * k4 * 64;
+                    int col0 = g * q.kg + j * 16, ncols = q.kg - j * 16 < 16 ? q.kg - j * 16 : 16;
+                    __m256i off0 = _mm256_setzero_si256(), off1 = off0, zw0 = off0, zw1 = off0;
+                    if (ncols == 16) {
+                        off0 = _mm256_loadu_si256((const __m256i *)(off + col0));
+                        off1 = _mm256_loadu_si256((const __m256i *)(off + col0 + 8));
+                        if (zw) {
+                            zw0 = _mm256_loadu_si256((const __m256i *)(zw + col0));
+                            zw1 = _mm256_loadu_si256((const __m256i *)(zw + col0 + 8));
+                        }
+                    }
+                    for (int r0 = 0; r0 < rows; r0 += 4) {
+                        __m256i acc[4][2];
+                        kern4(ablk + (size_t)r0 * q.kp, q.kp, panel, acc);
+                        for (int r = 0; r < 4 && r0 + r < rows; r++) {
+                            size_t at = (size_t)(m0 + r0 + r) * o + col0;
+                            int32_t s = zw ? rowsum[r0 + r] : 0;
+                            if (ncols == 16) {
+                                __m256i srow = _mm256_set1_epi32(s);
+                                __m256i v0 = _mm256_sub_epi32(_mm256_add_epi32(acc[r][0], off0), _mm256_mullo_epi32(zw0, srow));
+                                __m256i v1 = _mm256_sub_epi32(_mm256_add_epi32(acc[r][1], off1), _mm256_mullo_epi32(zw1, srow));
+                                if (kind == 0) {
+                                    _mm256_storeu_si256((__m256i *)((int32_t *)out + at), v0);
+                                    _mm256_storeu_si256((__m256i *)((int32_t *)out + at + 8), v1);
+                                } else if (kind == 1) {
+                                    _mm256_storeu_ps((float *)out + at, _mm256_cvtepi32_ps(v0));
+                                    _mm256_storeu_ps((float *)out + at + 8, _mm256_cvtepi32_ps(v1));
+                                } else {
+                                    epi_store16(e, v0, v1, col0, (uint8_t *)out + at);
+                                }
+                                continue;
+                            }
+                            int32_t v[16];
+                            _mm256_storeu_si256((__m256i *)v, acc[r][0]);
+                            _mm256_storeu_si256((__m256i *)(v + 8), acc[r][1]);
+                            for (int t = 0; t < ncols; t++) {
+                                int32_t y = v[t] + off[col0 + t] - (zw ? zw[col0 + t] * s : 0);
+                                if (kind == 0) ((int32_t *)out)[at + t] = y;
+                                else if (kind == 1) ((float *)out)[at + t] = (float)y;
+                                else ((uint8_t *)out)[at + t] = epi_one(e, y, col0 + t);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        free(a);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---- depthwise (one input channel per group, one output channel per group) ----
+ * FBGEMM's depthwise kernel pairs the taps of one channel: (t0, t1), (t2, t3), ..., the last
+ * with a zero when the tap count is odd; each pair sum saturates to int16. Here four taps at a
+ * time: their bytes interleaved per channel, vpmaddubsw (two saturated pairs per channel), then
+ * vpmaddwd by ones (the two pairs into int32, exact). Weights: wp[quad][block of 32 channels]
+ * [4 vectors of 32 bytes]; vector v holds channels 4v..4v+3 (lane 0) and 16+4v..16+4v+3
+ * (lane 1), four taps each: the order _mm256_unpack{lo,hi}_epi8 then _epi16 leave bytes in. */
+static inline int dw_byte(int ch, int s) { /* channel within a block of 32, tap within a quad */
+    int lane = ch / 16, w = ch % 16;
+    return (w / 4) * 32 + lane * 16 + (w % 4) * 4 + s;
+}
+
+void qcal_pack_dw(const int8_t *w, int c, int taps, int8_t *wp) {
+    int quads = (taps + 3) / 4, blocks = (c + 31) / 32;
+    memset(wp, 0, (size_t)quads * blocks * 128);
+    for (int qd = 0; qd < quads; qd++)
+        for (int ch = 0; ch < c; ch++)
+            for (int s = 0; s < 4; s++) {
+                int t = 4 * qd + s;
+                if (t < taps) wp[((size_t)qd * blocks + ch / 32) * 128 + dw_byte(ch % 32, s)] = w[(size_t)ch * taps + t];
+            }
+}
+
+static inline __m256i dw_load(const uint8_t *src, int n) {
+    if (n >= 32) return _mm256_loadu_si256((const __m256i *)src);
+    uint8_t buf[32] = {0};
+    memcpy(buf, src, n);
+    return _mm256_loadu_si256((const __m256i *)buf);
+}
+
+/* x: (N, H, W, C) uint8; dims: n h w c kh kw sh sw ph pw dh dw oh ow za; out: (N*OH*OW, C) */
+int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t *off, const int32_t *zw,
+            void *out, int kind, const epilogue *e, int threads) {
+    int n = d[0], h = d[1], w = d[2], c = d[3], kh = d[4], kw = d[5], sh = d[6], sw = d[7], ph = d[8], pw = d[9];
+    int dh = d[10], dw = d[11], oh = d[12], ow = d[13], za = d[14];
+    int taps = kh * kw, quads = (taps + 3) / 4, blocks = (c + 31) / 32;
+    if (taps > 64) return -2;
+    size_t cpad = (size_t)blocks * 32;
+    uint8_t *pads = aligned_alloc(64, 2 * cpad); /* za for padded pixels, then zeros for missing taps */
+    if (!pads) return -1;
+    memset(pads, za, cpad);
+    memset(pads + cpad, 0, cpad);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    int ty[64 + 4], tx[64 + 4]; /* each tap's offset in the window */
+    for (int t = 0; t < 4 * quads; t++) {
+        ty[t] = (t / kw) * dh;
+        tx[t] = (t % kw) * dw;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < (int64_t)n * oh; row++) {
+        int b = (int)(row / oh), oy = (int)(row % oh);
+        const uint8_t *tap[64 + 4];
+        int real[64 + 4]; /* a pixel of x (tail loads must not run past its end), not a pad buffer */
+        for (int ox = 0; ox < ow; ox++) {
+            for (int t = 0; t < 4 * quads; t++) {
+                int iy = oy * sh - ph + ty[t], ix = ox * sw - pw + tx[t];
+                real[t] = t < taps && iy >= 0 && iy < h && ix >= 0 && ix < w;
+                tap[t] = t >= taps ? pads + cpad : real[t] ? x + (((size_t)b * h + iy) * w + ix) * c : pads;
+            }
+            size_t at = (((size_t)b * oh + oy) * ow + ox) * c;
+            for (int blk = 0; blk < blocks; blk++) {
+                int c0 = blk * 32, nc = c - c0 < 32 ? c - c0 : 32;
+                __m256i acc[4], sum[4];
+                for (int i = 0; i < 4; i++) acc[i] = sum[i] = _mm256_setzero_si256();
+                for (int qd = 0; qd < quads; qd++) {
+                    __m256i a[4];
+                    for (int s = 0; s < 4; s++) {
+                        int t = 4 * qd + s;
+                        a[s] = (nc == 32 || !real[t]) ? _mm256_loadu_si256((const __m256i *)(tap[t] + c0))
+                                                      : dw_load(tap[t] + c0, nc);
+                    }
+                    __m256i l01 = _mm256_unpacklo_epi8(a[0], a[1]), h01 = _mm256_unpackhi_epi8(a[0], a[1]);
+                    __m256i l23 = _mm256_unpacklo_epi8(a[2], a[3]), h23 = _mm256_unpackhi_epi8(a[2], a[3]);
+                    __m256i v[4] = {_mm256_unpacklo_epi16(l01, l23), _mm256_unpackhi_epi16(l01, l23),
+                                    _mm256_unpacklo_epi16(h01, h23), _mm256_unpackhi_epi16(h01, h23)};
+                    const int8_t *wb = wp + ((size_t)qd * blocks + blk) * 128;
+                    for (int i = 0; i < 4; i++) {
+                        __m256i pairs = _mm256_maddubs_epi16(v[i], _mm256_loadu_si256((const __m256i *)(wb + 32 * i)));
+                        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(pairs, ones16));
+                        if (zw) sum[i] = _mm256_add_epi32(sum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v[i], ones8), ones16));
+                    }
+                }
+                /* acc[i]: channels 4i..4i+3 | 16+4i..16+4i+3 -> y[j]: channels 8j..8j+7 */
+                __m256i y[4] = {_mm256_permute2x128_si256(acc[0], acc[1], 0x20), _mm256_permute2x128_si256(acc[2], acc[3], 0x20),
+                                _mm256_permute2x128_si256(acc[0], acc[1], 0x31), _mm256_permute2x128_si256(acc[2], acc[3], 0x31)};
+                __m256i sm[4] = {_mm256_permute2x128_si256(sum[0], sum[1], 0x20), _mm256_permute2x128_si256(sum[2], sum[3], 0x20),
+                                 _mm256_permute2x128_si256(sum[0], sum[1], 0x31), _mm256_permute2x128_si256(sum[2], sum[3], 0x31)};
+                /* off and zw are read 32 wide: the caller pads both to a multiple of 32 channels */
+                for (int i = 0; i < 4; i++) {
+                    y[i] = _mm256_add_epi32(y[i], _mm256_loadu_si256((const __m256i *)(off + c0 + 8 * i)));
+                    if (zw)
+                        y[i] = _mm256_sub_epi32(y[i], _mm256_mullo_epi32(sm[i], _mm256_loadu_si256((const __m256i *)(zw + c0 + 8 * i))));
+                }
+                if (kind == 2) {
+                    uint8_t codes[32];
+                    uint8_t *dst = nc == 32 ? (uint8_t *)out + at + c0 : codes;
+                    epi_store16(e, y[0], y[1], c0, dst);
+                    epi_store16(e, y[2], y[3], c0 + 16, dst + 16);
+                    if (nc < 32) memcpy((uint8_t *)out + at + c0, codes, nc);
+                } else {
+                    int32_t v[32];
+                    for (int i = 0; i < 4; i++) _mm256_storeu_si256((__m256i *)(v + 8 * i), y[i]);
+                    for (int t = 0; t < nc; t++) {
+                        if (kind == 0) ((int32_t *)out)[at + c0 + t] = v[t];
+                        else ((float *)out)[at + c0 + t] = (float)v[t];
+                    }
+                }
+            }
+        }
+    }
+    free(pads);
+    return 0;
+}
