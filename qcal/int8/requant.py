@@ -6,8 +6,9 @@ zero point; ``acc`` the exact int32 accumulator ``sum_k (a_k - za)(w_jk - zw_j)`
 
 ==========  =====================================================================================
 fbgemm      ``ats_j = f32(sa*sw_j)``, ``M_j = f32(ats_j/so)``; float bias stays float:
-            per channel ``y = f32(acc + f32(b_j/ats_j))``, per tensor
-            ``y = fma(b_j, f32(1/ats), acc)`` (one rounding), no bias ``y = f32(acc)``;
+            per channel ``y = f32(f32(acc) + f32(b_j/ats_j))``, per tensor
+            ``y = fma(b_j, f32(1/ats), f32(acc))`` (one rounding after the conversion, which
+            rounds accumulators above 2^24), no bias ``y = f32(acc)``;
             ``out = clamp(rint(f32(y*M_j)) + zo, relu ? zo : qmin, qmax)`` (zp after rounding).
 qnnpack     ``bq_j = rint(f32(b_j * f32(1/f32(sw_j*sa))))`` (torch's quantize to qint32),
             ``R_j = f32(f32(sw_j*sa) * f32(1/so))``,
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qcal.int8.exact_f32 import F32_EXACT, fma_f32, sum_f32
+from qcal.int8.exact_f32 import fma_f32, sum_f32
 from qcal.int8.native import Epilogue
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
@@ -226,7 +227,8 @@ def _fbgemm(acc, rq, view, bound, consume=False):
         y = acc.float() + view(rq.bias_float / rq.act_times_w_scale)  # _mm256_div_ps, then add
     elif rq.bias_float is not None:
         rcp = (1.0 / rq.act_times_w_scale.double()).float()  # _mm256_set1_ps(1.0 / ats)
-        y = fma_f32(acc, view(rq.bias_float), view(rcp))  # mul+add contracted to one fma
+        # mul+add contracted to one fma, on _mm256_cvtepi32_ps(acc): rounded above 2^24
+        y = fma_f32(acc if acc.dtype == torch.float32 else acc.float(), view(rq.bias_float), view(rcp))
     elif rq.bias_int32 is not None:
         y = sum_f32(acc, view(rq.bias_int32), bound)
     else:
@@ -340,9 +342,8 @@ def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torc
                    out_channels: int) -> Epilogue | None:
     """This requantization as the native kernel's fused store (``native.py``), or None where that
     store cannot reproduce it (flavours other than fbgemm/qnnpack/ort, a per-tensor bias scale
-    that is not one number). The result holds for accumulators up to its ``max_bound``: fbgemm's
-    per-tensor float bias needs the exact accumulator as a float32 (``2^24``), an int32 bias its
-    sum with the accumulator inside int32.
+    that is not one number). The result holds for accumulators up to its ``max_bound``: an int32
+    bias needs its sum with the accumulator inside int32.
     """
     if rq.backend not in ("fbgemm", "qnnpack", "ort"):
         return None
@@ -355,7 +356,7 @@ def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torc
             rcps = (1.0 / rq.act_times_w_scale.double()).float()
             if bool((rcps != rcps[0]).any()):
                 return None
-            fb, rcp, mode, max_bound = rq.bias_float, float(rcps[0]), 2, float(F32_EXACT)
+            fb, rcp, mode = rq.bias_float, float(rcps[0]), 2
     elif rq.bias_int32 is not None:
         ib, mode, max_bound = rq.bias_int32, 3, 2.0**31 - 1 - float(rq.bias_int32.abs().max())
     elif rq.bias_float is not None:

@@ -166,3 +166,22 @@ def test_requantizing_in_slices_gives_the_same_codes(backend, monkeypatch):
     monkeypatch.setattr("qcal.int8.requant._SLICE", 40)  # one batch row per slice
     assert torch.equal(qi.requantize(acc, _RQ[backend], 11, channel_axis=1), whole)
     assert torch.equal(qi.requantize(acc, _RQ[backend], 11, channel_axis=1, consume=True), whole)
+
+
+@pytest.mark.parametrize("method", ["auto", "float"])  # the native fused store, and the float engine
+def test_fbgemm_per_tensor_float_bias_rounds_accumulators_above_2_24_first(method):
+    # fbgemm: y = fma(b, rcp, _mm256_cvtepi32_ps(acc)). acc = 17741773 is not a float32 (spacing 2
+    # above 2^24): f32(acc) = 17741772, and output scales put y * M on either side of a .5
+    torch.backends.quantized.engine = "fbgemm"
+    k = 1100
+    x = torch.full((1, k), 127, dtype=torch.uint8)
+    x[0, 0] = 126
+    w = torch.full((1, k), 127, dtype=torch.int8)
+    sw, b = 2.0**-20, torch.tensor([0.3 * 2.0**-20])
+    assert int((x.long() * w.long()).sum()) == 17741773
+    xq = torch._make_per_tensor_quantized_tensor(x, 1.0, 0)
+    packed_ref = torch.ops.quantized.linear_prepack(torch._make_per_tensor_quantized_tensor(w, sw, 0), b)
+    ours = qi.pack_linear(w, sw, 0, b, method=method)
+    for so in [17741772.75 * sw / (c + 0.5) for c in range(100, 140)]:
+        ref = torch.ops.quantized.linear(xq, packed_ref, so, 0).int_repr()
+        assert torch.equal(ours(x, 1.0, 0, so, 0), ref), so
