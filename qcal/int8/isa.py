@@ -39,6 +39,7 @@ variants follow from FBGEMM's source only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import sys
@@ -84,6 +85,7 @@ _LOWER_TO = {
     "avx512_vnni_ymm": set(INSTRUCTION_SETS),
 }
 _GEMM_FAMILIES = frozenset({"gemm", "pointwise", "im2col"})
+_FAMILIES = frozenset(get_args(KernelFamily))
 
 
 def instruction_set_from_flags(flags: Iterable[str], *, avx512_256: bool = False) -> InstructionSet:
@@ -111,6 +113,12 @@ def _check(isa: str, where: str) -> InstructionSet:
     if name not in INSTRUCTION_SETS:
         raise ValueError(f"{where} {isa!r} is not an instruction set; expected one of: {', '.join(INSTRUCTION_SETS)}")
     return name  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=8)
+def _from_cpuinfo(flags: frozenset[str], avx512_256: bool) -> InstructionSet:
+    # once per flag set: every layer call asks (a frozenset keeps its hash, so the key is cheap)
+    return instruction_set_from_flags(flags, avx512_256=avx512_256)
 
 
 def _linux_x86() -> bool:
@@ -181,7 +189,7 @@ def assumed_cpu(isa: str | None = None) -> AssumedCpu:
     elif env:
         hw, source = _check(env, ENV_VAR), "QCAL_CPU"
     elif _linux_x86() and cpu_flags():
-        hw, source = instruction_set_from_flags(cpu_flags(), avx512_256=_avx512_256_enabled()), "/proc/cpuinfo"
+        hw, source = _from_cpuinfo(cpu_flags(), _avx512_256_enabled()), "/proc/cpuinfo"
     else:
         hw, source = "avx2", "default"
     forced = _FORCE_NAMES.get(os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper())
@@ -227,7 +235,7 @@ def saturates(family: KernelFamily, isa: str | AssumedCpu | None = None) -> bool
         >>> saturates("gemm", "avx512_vnni"), saturates("depthwise", "avx512_vnni")
         (False, True)
     """
-    if family not in get_args(KernelFamily):
+    if family not in _FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; expected one of: {', '.join(get_args(KernelFamily))}")
     cpu = isa if isinstance(isa, AssumedCpu) else assumed_cpu(isa)
     if family == "depthwise":

@@ -102,9 +102,10 @@ def conv_geometry(w_q: torch.Tensor, stride, padding, dilation, groups: int) -> 
 def conv_out_shape(x_shape, w_shape, geometry: Geometry, *, truncate: bool = False) -> tuple[int, ...]:
     """(N, O, H', W'); ``truncate``: torch's C division, which rounds a negative
     numerator toward zero (a kernel overhanging the image by less than a stride)."""
+    stride, padding, dilation = geometry[0], geometry[1], geometry[2]
     out = [x_shape[0], w_shape[0]]
     for i in range(2):
-        (s, p, d), k = (g[i] for g in geometry[:3]), w_shape[2 + i]
+        s, p, d, k = stride[i], padding[i], dilation[i], w_shape[2 + i]
         num = x_shape[2 + i] + 2 * p - d * (k - 1) - 1
         out.append(max((int(num / s) if truncate else num // s) + 1, 0))
     return tuple(out)

@@ -8,6 +8,8 @@ engine's rounding (which also depends on the input's memory format, as torch's k
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,12 @@ def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dty
 
     Example: 6.0 at scale 0.05, zero point 10 -> 10 + rint(120.0) = 130.
     """
+    return _quantize_value(float(value), float(scale), int(zero_point), dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype) -> int:
+    # cached: the clamp bounds of every ReLU6 are coded again on each call otherwise
     inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
     t = torch.tensor(value, dtype=torch.float32) * inv
     qmin, qmax = QRANGES["quint8" if dtype == torch.uint8 else "qint8"]

@@ -199,9 +199,12 @@ def adaptive_avg_pool2d(
         return out.contiguous(memory_format=torch.channels_last) if nhwc else out.contiguous()
     hb, wb = _adaptive_bounds(h, oh), _adaptive_bounds(w, ow)  # (oh, 2), (ow, 2) start/end
     # window sums of the raw codes from an integral image: exact in int64
-    integral = F.pad(x_q.to(torch.int64).cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # (N, C, H+1, W+1)
     h0, h1, w0, w1 = hb[:, 0, None], hb[:, 1, None], wb[None, :, 0], wb[None, :, 1]
-    total = integral[..., h1, w1] - integral[..., h0, w1] - integral[..., h1, w0] + integral[..., h0, w0]
+    if (oh, ow) == (1, 1):  # a global pool: one window, the plain sum
+        total = x_q.sum((-2, -1), keepdim=True, dtype=torch.int64)
+    else:
+        integral = F.pad(x_q.to(torch.int64).cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # (N, C, H+1, W+1)
+        total = integral[..., h1, w1] - integral[..., h0, w1] - integral[..., h1, w0] + integral[..., h0, w0]
     kh, kw = (h1 - h0).float(), (w1 - w0).float()  # (oh, 1), (1, ow)
     if nhwc:
         c, lanes = x_q.shape[-3], _lanes("adaptive")
