@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from qcal.int8.native import histc
 from qcal.observers.histogram import check_finite
 from qcal.observers.observers import make_observers
 from qcal.schemes import QSpec
@@ -52,7 +53,7 @@ class ValueHistogram:
             self.counts[self.bins // 4: 3 * self.bins // 4] = merged
             self.half *= 2
         step = -(-n // self.sample)  # ceil: at most ``sample`` values go to histc
-        counted = torch.histc(x[::step].float(), self.bins, -self.half, self.half).double()
+        counted = histc(x.float().contiguous(), self.bins, -self.half, self.half, step=step).double()
         self.counts += counted * (n / -(-n // step)) if step > 1 else counted
 
     def trimmed(self, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:

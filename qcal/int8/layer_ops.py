@@ -9,7 +9,6 @@ engine's rounding (which also depends on the input's memory format, as torch's k
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Callable
 from typing import Any
 

@@ -36,7 +36,7 @@ import torch
 from qcal.int8.cpu import cpu_flags
 from qcal.paths import data_dir
 
-__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "native_conv", "why_unavailable"]
+__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "native_conv", "why_unavailable"]
 
 ENV_VAR = "QCAL_NATIVE"
 _SOURCE = Path(__file__).with_name("native_u8s8.c")
@@ -101,6 +101,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.qcal_pack_dw.restype = None
     lib.qcal_dw.argtypes = [p, p, p, p, p, p, ctypes.c_int, p, ctypes.c_int]
     lib.qcal_dw.restype = ctypes.c_int
+    lib.qcal_histc.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_float, p]
+    lib.qcal_histc.restype = None
     return lib, ""
 
 
@@ -270,3 +272,27 @@ def native_conv(w_q: torch.Tensor, geometry: tuple | None) -> NativeConv | None:
     panels = _aligned(groups * ((kg + 15) // 16) * (kp // 4) * 64, torch.int8)
     _load()[0].qcal_pack(w.data_ptr(), groups, kg, k, kp, panels.data_ptr())
     return NativeConv(panels, col_sums, geometry, (kh, kw), cg, o, k, kp)
+
+
+#: torch.histc counts in float32: below this many values every count is exact, as in int32.
+HISTC_EXACT = 2**24
+
+
+def histc(x: torch.Tensor, bins: int, lo: float, hi: float, step: int = 1) -> torch.Tensor:
+    """``torch.histc(x[::step], bins, lo, hi)`` for a flat float32 tensor, bit for bit, about 10x
+    faster here (ATen's loop takes ~12 ns a value on this CPU); torch.histc itself where the
+    native kernel is unavailable, ``lo < hi`` fails (torch widens a single value's range), or
+    so many values are counted that torch's float32 counts could stop being exact.
+
+    Args:
+        x: 1-D float32, contiguous.
+        lo, hi: float32 values (as Python floats): the outer bin edges.
+    """
+    n = -(-x.numel() // step)
+    lib = _load()[0]
+    if (lib is None or not lo < hi or n >= HISTC_EXACT or x.dtype != torch.float32 or x.dim() != 1
+            or not x.is_contiguous()):
+        return torch.histc(x[::step] if step > 1 else x, bins, min=lo, max=hi)
+    counts = torch.empty(bins, dtype=torch.int32)
+    lib.qcal_histc(x.data_ptr(), n, step, bins, lo, hi, counts.data_ptr())
+    return counts.float()

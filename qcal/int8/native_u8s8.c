@@ -372,3 +372,41 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
     free(pads);
     return 0;
 }
+
+/* ---- torch.histc, the same bins for every value ----
+ * ATen's histc (LINEAR_INTERPOLATION): an element e in [lo, hi] goes to bin
+ * (int64)(((e - lo) * bins) / (hi - lo)), in float32, one rounding per operation (no reciprocal,
+ * no fma), and the top edge to the last bin; NaN and values outside are skipped. Counted here
+ * in int32 (the caller keeps n < 2^24, where torch's float32 counts are exact too). x is read
+ * with a stride (every step-th value). Four sub-histograms keep repeated bins from stalling. */
+void qcal_histc(const float *x, int64_t n, int64_t step, int bins, float lo, float hi, int32_t *counts) {
+    int32_t *sub = calloc((size_t)4 * bins, sizeof(int32_t));
+    const float width = hi - lo, fbins = (float)bins;
+    int64_t i = 0;
+    if (step == 1) {
+        const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), vb = _mm256_set1_ps(fbins),
+                     vw = _mm256_set1_ps(width);
+        for (; i + 8 <= n; i += 8) {
+            __m256 e = _mm256_loadu_ps(x + i);
+            __m256 in = _mm256_and_ps(_mm256_cmp_ps(e, vlo, _CMP_GE_OQ), _mm256_cmp_ps(e, vhi, _CMP_LE_OQ));
+            __m256i pos = _mm256_cvttps_epi32(_mm256_div_ps(_mm256_mul_ps(_mm256_sub_ps(e, vlo), vb), vw));
+            int32_t p[8];
+            _mm256_storeu_si256((__m256i *)p, pos);
+            int mask = _mm256_movemask_ps(in);
+            for (int t = 0; t < 8; t++) {
+                if (!((mask >> t) & 1)) continue;
+                int b = p[t] == bins ? bins - 1 : p[t];
+                sub[(t & 3) * bins + b]++;
+            }
+        }
+    }
+    for (; i < n; i++) {
+        float e = x[i * step];
+        if (!(e >= lo && e <= hi)) continue;
+        int64_t b = (int64_t)(((e - lo) * fbins) / width);
+        if (b == bins) b = bins - 1;
+        sub[b]++;
+    }
+    for (int b = 0; b < bins; b++) counts[b] = sub[b] + sub[bins + b] + sub[2 * bins + b] + sub[3 * bins + b];
+    free(sub);
+}

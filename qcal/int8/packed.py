@@ -31,11 +31,12 @@ from qcal.int8.layer_checks import (
     out_dtype,
     scalar,
 )
-from qcal.int8.native import NativeConv, native_conv
+from qcal.int8.native import NativeConv
+from qcal.int8.native_route import NativeRoute
 from qcal.int8.onednn import x86_uses_onednn
 from qcal.int8.ort import ort_saturates
 from qcal.int8.pair_sites import PairPlan, pair_plan
-from qcal.int8.requant import Requant, fused_epilogue, output_range, requant_multipliers, requantize
+from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
 from qcal.int8.saturation import (
     ConvPath,
     fbgemm_conv_path,
@@ -75,7 +76,7 @@ def _aminmax(x: torch.Tensor) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, eq=False)
-class _Packed:
+class _Packed(NativeRoute):
     """Weight-side state shared by conv2d and linear (see ``pack_conv2d``)."""
 
     backend: str
@@ -191,53 +192,6 @@ class _Packed:
         if not detailed:
             return out
         return KernelResult(out, acc.to(torch.int32), pairs, rq)
-
-    def native(self) -> NativeConv | None:
-        """The weights packed for the native kernel (``native.py``), once; None where it cannot run."""
-        if None not in self._natives:
-            self._natives[None] = native_conv(self.w_q, getattr(self, "geometry", None))
-        return self._natives[None]
-
-    def _epilogue(self, rq: Requant, zo: int, relu: bool, dtype: torch.dtype):
-        key = ("epilogue", rq, zo, relu, dtype)  # rq: cached per scales, compared by identity
-        if key not in self._natives:
-            self._natives[key] = fused_epilogue(rq, zo, relu, dtype, self.w_q.shape[0])
-        return self._natives[key]
-
-    def _native_whatever_the_codes(self, x_q, za, zo, relu, dtype, rq: Requant, saturate, isa):
-        """The output, when neither the engine nor the store needs the activations' range: under
-        fbgemm on a CPU whose kernel saturates, the native kernel is FBGEMM's arithmetic whatever
-        the codes, and the fused store holds for the bound of the dtype's full range (no pass
-        over the input). None otherwise."""
-        if (rq.backend != "fbgemm" or x_q.dtype != torch.uint8 or self.accumulator.method != "auto"
-                or not self._saturates(rq, saturate, isa)):
-            return None
-        packed, epilogue = self.native(), self._epilogue(rq, zo, relu, dtype)
-        if packed is None or epilogue is None:
-            return None
-        if self.accumulator.bound(max(255 - za, za)) + packed.kp // 2 * 32768 > epilogue.max_bound:
-            return None
-        return self._native_call(packed, x_q, za, None if self.accumulator.zw_zero else self.w_zero_point, False,
-                                 epilogue)
-
-    def _native_plan(self, x_q, za, x_range: tuple[int, int], sat: bool, rq: Requant):
-        """(packed weights, zero points or None, bound on |acc|) for the native kernel, or None
-        where it does not compute what runs here.
-
-        Its pairs saturate as FBGEMM's do (``saturation.py``'s order), so it serves a layer that
-        saturates under fbgemm, and any backend where no pair can saturate (the exact sum).
-        MLAS (``ort``) pairs differently, and an explicit accumulator ``method`` is honoured.
-        """
-        if self.accumulator.method != "auto" or x_q.dtype != torch.uint8:
-            return None
-        if (rq.backend != "fbgemm") if sat else self._can_saturate(max(abs(x_range[0]), x_range[1]), za):
-            return None
-        packed = self.native()
-        if packed is None:
-            return None
-        amax = max(x_range[1] - za, za - x_range[0], 0)
-        bound = self.accumulator.bound(amax) + (packed.kp // 2 * 32768 if sat else 0)
-        return packed, None if self.accumulator.zw_zero else self.w_zero_point, bound
 
     def _fold_bias(self, x_q, za, rq: Requant, x_range: tuple[int, int]):
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""

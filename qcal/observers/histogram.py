@@ -14,6 +14,8 @@ import weakref
 
 import torch
 
+from qcal.int8.native import histc  # torch.histc's bins, bit for bit, without its slow loop
+
 __all__ = ["RunningHistogram", "check_finite"]
 
 
@@ -87,13 +89,14 @@ class RunningHistogram:
             x_min, x_max = torch.aminmax(x)
         check_finite(x, x_min, x_max)
         self.updates += 1
+        flat = x.reshape(-1)
         if self.empty:
             self.min_val, self.max_val = x_min, x_max
-            self.counts = torch.histc(x, self.bins, min=x_min.item(), max=x_max.item())
+            self.counts = histc(flat, self.bins, x_min.item(), x_max.item())
             return
         new_min = torch.min(self.min_val, x_min)
         new_max = torch.max(self.max_val, x_max)
-        fresh = torch.histc(x, self.bins, min=new_min.item(), max=new_max.item())
+        fresh = histc(flat, self.bins, new_min.item(), new_max.item())
         if new_min == self.min_val and new_max == self.max_val:
             self.counts = self.counts + fresh
             return

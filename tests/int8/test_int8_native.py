@@ -253,3 +253,36 @@ def test_no_compiler_or_switched_off_means_the_float_engine_with_the_reason(tmp_
     broken = _probe({"QCAL_DATA_DIR": str(tmp_path), "CC": str(tmp_path / "no-such-cc")})
     assert broken.startswith("False | build failed")
     assert _probe({"QCAL_NATIVE": "0"}) == "False | QCAL_NATIVE=0"
+
+
+@needs_native
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5000), bins=st.sampled_from([1, 3, 8, 512, 2048]),
+       step=st.sampled_from([1, 1, 2, 7]), kind=st.sampled_from(["normal", "relu", "grid", "inside", "edges"]))
+def test_histc_bins_every_value_as_torch_does(seed, n, bins, step, kind):
+    # values on a grid, or on the bin edges and one float either side, are where a rounding
+    # differs; "inside" leaves values outside [lo, hi] (skipped)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen) * float(torch.rand((), generator=gen) * 50 + 1e-3)
+    if kind == "edges":
+        edges = torch.linspace(float(x.min()) - 0.1, float(x.max()) + 0.1, 7 * bins + 1)
+        x = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
+    if kind == "relu":
+        x = x.relu()
+    if kind == "grid":
+        x = torch.round(x * 4) / 4
+    lo, hi = float(x.min()), float(x.max())
+    if kind == "inside":
+        lo, hi = lo * 0.5, hi * 0.6
+    if not lo < hi:
+        return
+    got = native.histc(x, bins, lo, hi, step=step)
+    want = torch.histc(x[::step], bins, min=lo, max=hi)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_histc_leaves_torchs_own_cases_to_torch():
+    # one value: torch widens the range to [v - 1, v + 1]; qcal's histc hands such calls over
+    x = torch.full((10,), 3.0)
+    assert torch.equal(native.histc(x, 4, 3.0, 3.0), torch.histc(x, 4, min=3.0, max=3.0))
+    assert float(native.histc(x, 4, 3.0, 3.0).sum()) == 10
