@@ -30,6 +30,7 @@ The result depends only on the pair of codes, so it is tabulated for all 65,536 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -99,11 +100,8 @@ def add(
         return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
     info = torch.iinfo(a_q.dtype)
     lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
-    sa, sb, so = f32(a_scale), f32(b_scale), f32(out_scale)
-    codes = torch.arange(info.min, info.max + 1)
-    ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
-    za, zb, zo = a_zero_point, b_zero_point, out_zero_point
-    table = _ADD_TABLES.get(backend, _fbgemm_table)(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi).to(a_q.dtype)
+    table, tail_table = _tables(backend, a_q.dtype, a_zero_point, float(f32(a_scale)), b_zero_point,
+                                float(f32(b_scale)), float(f32(out_scale)), out_zero_point, relu, lo, hi)
     if a_q.shape != b_q.shape:  # onnx / q31 broadcast
         a_q, b_q = torch.broadcast_tensors(a_q, b_q)
         a_q, b_q = a_q.contiguous(), b_q.contiguous()
@@ -118,12 +116,27 @@ def add(
     if backend in ("fbgemm", "x86"):  # the x86 engine runs the same ATen kernel
         pos = _scalar_tail(out.numel())
         if pos.numel():
-            tail = _fbgemm_add(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi, tail=True).to(a_q.dtype)
-            out[pos] = tail[idx[pos]]
+            out[pos] = tail_table[idx[pos]]
     if nhwc:
         n, c, h, w = a_q.shape
         return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view
     return out.view(a_q.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _tables(backend: str, dtype: torch.dtype, za: int, sa: float, zb: int, sb: float, so: float, zo: int,
+            relu: bool, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The backend's output for every (a, b) code pair, and fbgemm's scalar-tail one: once per
+    (qparams, ReLU), not per call (a network adds with the same numbers at every inference).
+    Callers only read them."""
+    info = torch.iinfo(dtype)
+    codes = torch.arange(info.min, info.max + 1)
+    ta, tb = codes.repeat_interleave(256), codes.repeat(256)  # every (a, b) pair, a major
+    sa_t, sb_t, so_t = (torch.tensor(v, dtype=torch.float32) for v in (sa, sb, so))
+    args = (ta, za, sa_t, tb, zb, sb_t, so_t, zo, relu, lo, hi)
+    table = _ADD_TABLES.get(backend, _fbgemm_table)(*args).to(dtype)
+    tail = _fbgemm_add(*args, tail=True).to(dtype) if backend in ("fbgemm", "x86") else None
+    return table, tail
 
 
 def _qnnpack_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
