@@ -36,7 +36,7 @@ import torch
 from qcal.int8.cpu import cpu_flags
 from qcal.paths import data_dir
 
-__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "native_conv", "why_unavailable"]
+__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "max_pool2d", "native_conv", "pair_lookup", "why_unavailable"]
 
 ENV_VAR = "QCAL_NATIVE"
 _SOURCE = Path(__file__).with_name("native_u8s8.c")
@@ -103,6 +103,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.qcal_dw.restype = ctypes.c_int
     lib.qcal_histc.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_float, p]
     lib.qcal_histc.restype = None
+    lib.qcal_maxpool.argtypes = [p, p, p, ctypes.c_int]
+    lib.qcal_maxpool.restype = ctypes.c_int
+    lib.qcal_pair_lookup.argtypes = [p, p, ctypes.c_int64, p, ctypes.c_int, p, ctypes.c_int]
+    lib.qcal_pair_lookup.restype = None
     return lib, ""
 
 
@@ -296,3 +300,36 @@ def histc(x: torch.Tensor, bins: int, lo: float, hi: float, step: int = 1) -> to
     counts = torch.empty(bins, dtype=torch.int32)
     lib.qcal_histc(x.data_ptr(), n, step, bins, lo, hi, counts.data_ptr())
     return counts.float()
+
+
+def max_pool2d(x_q: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor | None:
+    """The window maximum of (N, C, H, W) uint8/int8 codes over the pixels inside the image
+    (padding ignored, as torch's quantized max_pool2d), channels_last; None where the native
+    library is unavailable. ``out_hw``: the output size (the caller's, ceil_mode included)."""
+    lib = _load()[0]
+    if lib is None or x_q.dim() != 4 or x_q.dtype not in (torch.uint8, torch.int8):
+        return None
+    n, c, h, w = x_q.shape
+    oh, ow = out_hw
+    nhwc = x_q.permute(0, 2, 3, 1).contiguous()
+    dims = torch.tensor([n, h, w, c, *kernel, *stride, *padding, *dilation, oh, ow, int(x_q.dtype == torch.int8)],
+                        dtype=torch.int32)
+    out = torch.empty((n, oh, ow, c), dtype=x_q.dtype)
+    if lib.qcal_maxpool(nhwc.data_ptr(), dims.data_ptr(), out.data_ptr(), torch.get_num_threads()) != 0:
+        return None
+    return out.permute(0, 3, 1, 2)
+
+
+def pair_lookup(a: torch.Tensor, b: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
+    """``table[a * 256 + b]`` for flat, contiguous uint8 (or int8: codes offset to 0..255) code
+    tensors of one length and a 65,536-entry table of their dtype, in one pass; None where the
+    native library is unavailable."""
+    lib = _load()[0]
+    if lib is None or not (a.dtype == b.dtype == table.dtype) or a.dtype not in (torch.uint8, torch.int8):
+        return None
+    out = torch.empty(a.numel(), dtype=a.dtype)
+    flip = 0x80 if a.dtype == torch.int8 else 0
+    lib.qcal_pair_lookup(a.data_ptr(), b.data_ptr(), a.numel(), table.data_ptr(), flip, out.data_ptr(),
+                         torch.get_num_threads())
+    return out

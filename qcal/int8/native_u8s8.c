@@ -410,3 +410,57 @@ void qcal_histc(const float *x, int64_t n, int64_t step, int bins, float lo, flo
     for (int b = 0; b < bins; b++) counts[b] = sub[b] + sub[bins + b] + sub[2 * bins + b] + sub[3 * bins + b];
     free(sub);
 }
+
+/* ---- max pooling of codes, NHWC ----
+ * The window maximum over the pixels inside the image (padding is ignored, as torch's
+ * quantized max_pool2d does); dims: n h w c kh kw sh sw ph pw dh dw oh ow, is_signed. */
+int qcal_maxpool(const uint8_t *x, const int32_t *d, uint8_t *out, int threads) {
+    int n = d[0], h = d[1], w = d[2], c = d[3], kh = d[4], kw = d[5], sh = d[6], sw = d[7], ph = d[8], pw = d[9];
+    int dh = d[10], dw = d[11], oh = d[12], ow = d[13], is_signed = d[14];
+    int full = c / 32 * 32, empty = 0;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < (int64_t)n * oh; row++) {
+        int b = (int)(row / oh), oy = (int)(row % oh);
+        for (int ox = 0; ox < ow; ox++) {
+            uint8_t *dst = out + (((size_t)b * oh + oy) * ow + ox) * c;
+            int first = 1;
+            for (int ky = 0; ky < kh; ky++) {
+                int iy = oy * sh - ph + ky * dh;
+                if (iy < 0 || iy >= h) continue;
+                for (int kx = 0; kx < kw; kx++) {
+                    int ix = ox * sw - pw + kx * dw;
+                    if (ix < 0 || ix >= w) continue;
+                    const uint8_t *src = x + (((size_t)b * h + iy) * w + ix) * c;
+                    if (first) {
+                        memcpy(dst, src, c);
+                        first = 0;
+                        continue;
+                    }
+                    int i = 0;
+                    for (; i < full; i += 32) {
+                        __m256i a = _mm256_loadu_si256((const __m256i *)(dst + i));
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(src + i));
+                        _mm256_storeu_si256((__m256i *)(dst + i), is_signed ? _mm256_max_epi8(a, v) : _mm256_max_epu8(a, v));
+                    }
+                    for (; i < c; i++) {
+                        if (is_signed) { if ((int8_t)src[i] > (int8_t)dst[i]) dst[i] = src[i]; }
+                        else if (src[i] > dst[i]) dst[i] = src[i];
+                    }
+                }
+            }
+            if (first) { /* a window with no pixel: the caller's shapes prevent it */
+#pragma omp atomic write
+                empty = 1;
+            }
+        }
+    }
+    return empty ? -1 : 0;
+}
+
+/* ---- a table over code pairs: out[i] = table[(a[i] ^ flip) * 256 + (b[i] ^ flip)] ----
+ * flip = 0x80 maps int8 codes -128..127 onto 0..255 in order (the table's a-major layout). */
+void qcal_pair_lookup(const uint8_t *a, const uint8_t *b, int64_t n, const uint8_t *table, int flip, uint8_t *out,
+                      int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; i++) out[i] = table[(size_t)(a[i] ^ flip) * 256 + (b[i] ^ flip)];
+}

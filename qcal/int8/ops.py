@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qcal.int8 import native
 from qcal.int8.ort import ort_avg_pool2d, ort_global_avg_pool
 from qcal.schemes import check_backend
 
@@ -91,7 +92,14 @@ def max_pool2d(
         raise TypeError(f"x_q must hold uint8 or int8 codes, got {x_q.dtype}")
     k = _pair(kernel_size, "kernel_size")
     s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
-    out = F.max_pool2d(x_q.float(), k, s, _pair(padding, "padding"), _pair(dilation, "dilation"), ceil_mode)
+    p, d = _pair(padding, "padding"), _pair(dilation, "dilation")
+    # torch's checks and output size, on a shape-only tensor
+    shape = F.max_pool2d(torch.empty(x_q.shape, device="meta"), k, s, p, d, ceil_mode).shape
+    if x_q.dim() == 4 and x_q.numel() and is_nhwc(x_q):
+        out = native.max_pool2d(x_q, k, s, p, d, tuple(shape[-2:]))  # one pass, no float copies
+        if out is not None:
+            return out
+    out = F.max_pool2d(x_q.float(), k, s, p, d, ceil_mode)
     return out.to(x_q.dtype)
 
 

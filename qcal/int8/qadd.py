@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 
+from qcal.int8 import native
 from qcal.int8.ops import check_codes, f32, is_nhwc
 from qcal.int8.ort import ort_add
 
@@ -111,12 +112,14 @@ def add(
     # pair index in memory order: a * 256 + b (offset to 0..65535 for int8 codes)
     a_flat = a_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else a_q.reshape(-1)
     b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
-    idx = a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min)
-    out = table.index_select(0, idx)
+    a_flat, b_flat = a_flat.contiguous(), b_flat.contiguous()
+    out = native.pair_lookup(a_flat, b_flat, table)  # one pass; else torch's index_select
+    if out is None:
+        out = table.index_select(0, a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min))
     if backend in ("fbgemm", "x86"):  # the x86 engine runs the same ATen kernel
         pos = _scalar_tail(out.numel())
         if pos.numel():
-            out[pos] = tail_table[idx[pos]]
+            out[pos] = tail_table[a_flat[pos].to(torch.int32) * 256 + b_flat[pos] - 257 * info.min]
     if nhwc:
         n, c, h, w = a_q.shape
         return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view

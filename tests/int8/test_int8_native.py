@@ -286,3 +286,38 @@ def test_histc_leaves_torchs_own_cases_to_torch():
     x = torch.full((10,), 3.0)
     assert torch.equal(native.histc(x, 4, 3.0, 3.0), torch.histc(x, 4, min=3.0, max=3.0))
     assert float(native.histc(x, 4, 3.0, 3.0).sum()) == 10
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), c=st.integers(1, 70), kernel=st.integers(1, 4), stride=st.integers(1, 3),
+       dilation=st.integers(1, 2), ceil_mode=st.booleans(), signed=st.booleans(), data=st.data())
+def test_max_pool_takes_the_window_maximum_over_real_pixels(seed, c, kernel, stride, dilation, ceil_mode, signed,
+                                                            data):
+    from qcal.int8.ops import max_pool2d
+
+    pad = data.draw(st.integers(0, kernel // 2))
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = (-128, 128) if signed else (0, 256)
+    x = torch.randint(lo, hi, (2, c, 9, 8), generator=gen, dtype=torch.int8 if signed else torch.uint8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    try:
+        want = F.max_pool2d(x.float(), kernel, stride, pad, dilation, ceil_mode).to(x.dtype)
+    except RuntimeError:
+        return  # a shape torch refuses
+    got = max_pool2d(x, kernel, stride, pad, dilation, ceil_mode)
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want)
+    q = torch._make_per_tensor_quantized_tensor(x, 0.1, 0)  # and torch's quantized kernel
+    assert torch.equal(F.max_pool2d(q, kernel, stride, pad, dilation, ceil_mode).int_repr(), got)
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3000), signed=st.booleans())
+def test_pair_lookup_reads_the_table_a_major(seed, n, signed):
+    gen = torch.Generator().manual_seed(seed)
+    dtype, lo = (torch.int8, -128) if signed else (torch.uint8, 0)
+    a, b = (torch.randint(lo, lo + 256, (n,), generator=gen, dtype=dtype) for _ in range(2))
+    table = torch.randint(lo, lo + 256, (65536,), generator=gen, dtype=dtype)
+    want = table[(a.long() - lo) * 256 + (b.long() - lo)]
+    assert torch.equal(native.pair_lookup(a, b, table), want)
