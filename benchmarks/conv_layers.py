@@ -63,7 +63,7 @@ def layer(c, o, size, k, stride, groups, batch, repeat, clock) -> tuple[float, f
     x = x.contiguous(memory_format=torch.channels_last)  # as a previous quantized layer leaves it
     w = torch.randint(-127, 128, (o, c // groups, k, k), generator=gen, dtype=torch.int8)
     sw, bias = torch.rand(o, generator=gen) * 0.01 + 1e-3, torch.randn(o, generator=gen)
-    so = 0.05 * c // groups * k
+    so = 0.05 * (c // groups) * k
     ours = pack_conv2d(w, sw, 0, bias, stride=stride, padding=k // 2, groups=groups)
     qx = torch._make_per_tensor_quantized_tensor(x, 0.02, 3)
     qw = torch._make_per_channel_quantized_tensor(w, sw.double(), torch.zeros(o, dtype=torch.long), 0)
