@@ -34,6 +34,7 @@ from qcal.analysis.compare import compare
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.analysis.sensitivity import sensitivity
 from qcal.calibration.calibrate import calibrate, calibrate_many
+from qcal.int8 import native
 from qcal.int8.cpu import has_vnni
 from qcal.schemes import SCHEMES
 from qcal.zoo import datasets, zoo
@@ -43,6 +44,14 @@ __all__ = ["TASKS", "BenchRow", "bench", "format_bench", "instruction_set"]
 DEFAULT_MODELS = ("digits_cnn", "digits_mobilenet", "resnet18_like", "mobilenet_v2_like")
 TASKS = ("calib_minmax", "calib_histogram", "int8_inference", "six_presets", "schemes", "sensitivity")
 DEFAULT_TASKS = TASKS[:4]
+
+
+def engine_line() -> str:
+    """Which integer engine qcal ran, and what finding or building it cost (kept out of the medians)."""
+    if not native.available():
+        return f"qcal int8 engine: float engine + saturation emulation (native kernel: {native.why_unavailable()})"
+    return (f"qcal int8 engine: native kernel, found or built and loaded in {native.load_seconds():.2f} s "
+            "before any timing (not in the medians)")
 
 
 def instruction_set() -> str:
@@ -140,6 +149,7 @@ def _bench_cell(loaded: dict[str, torch.nn.Module],
                 cell: tuple[str, int, int, int, tuple[str, ...], str]) -> list[BenchRow]:
     """One (model, batch) cell: every task timed for qcal and torch in this process."""
     name, batch, repeat, calib_batches, tasks, clock = cell
+    native.available()  # the native kernel's build or load happens here, outside every timing
     rows = []
     model = loaded[name]
     data = _inputs(name, batch, calib_batches)
@@ -196,7 +206,7 @@ def format_bench(rows: Sequence[BenchRow], memory: Sequence[Any] = (), clock: st
     """A table of the rows, the memory rows (``bench_memory.MemoryRow``), this process's peak
     memory, and, as the last line, the worst ratio."""
     lines = [f"CPU: {instruction_set()}; {torch.get_num_threads()} threads for qcal and torch; {clock} clock, "
-             "interleaved runs, medians"]
+             "interleaved runs, medians", engine_line()]
     if rows:
         df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task,
                             "qcal_s": r.qcal_s, "torch_s": r.torch_s, "ratio": r.ratio} for r in rows])

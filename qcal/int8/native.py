@@ -27,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,14 @@ import torch
 from qcal.int8.cpu import cpu_flags
 from qcal.paths import data_dir
 
-__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "max_pool2d", "native_conv", "pair_lookup", "why_unavailable"]
+__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "pair_lookup", "why_unavailable"]
 
 ENV_VAR = "QCAL_NATIVE"
 _SOURCE = Path(__file__).with_name("native_u8s8.c")
-# -std=c11 and -ffp-contract=off: no multiply and add fused behind the epilogue's back
-_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off")
+# -std=c11 and -ffp-contract=off: no multiply and add fused behind the epilogue's back;
+# -fwrapv: the zero-point terms may pass int32 on the way to a result that fits (as the vector
+# adds do, modulo 2^32), which C leaves undefined for the scalar tails otherwise
+_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fwrapv")
 #: Largest K (window length) whose raw sum and zero-point terms stay inside int32.
 MAX_K = 16384
 _ALIGN = 64
@@ -78,6 +81,23 @@ def _build(compiler: str) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[ctypes.CDLL | None, str]:
+    started = time.perf_counter()
+    try:
+        return _load_now()
+    finally:
+        _LOADED["seconds"] = time.perf_counter() - started
+
+
+_LOADED: dict[str, float] = {}
+
+
+def load_seconds() -> float | None:
+    """How long finding (or building) and loading the library took in this process, None
+    before the first use (a build is about a second; a cached library milliseconds)."""
+    return _LOADED.get("seconds")
+
+
+def _load_now() -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get(ENV_VAR, "1") == "0":
         return None, f"{ENV_VAR}=0"
     if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in cpu_flags():

@@ -24,6 +24,18 @@ def test_the_table_names_isa_threads_clock_and_memory_growth():
     assert "VNNI" in instruction_set()
     assert "8 calibration batches" in text and "64 calibration batches" in text and "+5.0%" in text
     assert "worst ratio (qcal/torch): 3.00" in text
+    engine = text.splitlines()[1]  # which integer engine ran, and its build kept out of the medians
+    assert engine.startswith("qcal int8 engine: ")
+    assert ("native kernel" in engine and "not in the medians" in engine) or "float engine" in engine
+
+
+def test_the_engine_line_says_why_without_the_native_kernel(monkeypatch):
+    from qcal.analysis import bench as bench_mod
+    from qcal.int8 import native
+
+    monkeypatch.setattr(native, "_load", lambda: (None, "no C compiler (set CC, or install gcc)"))
+    assert bench_mod.engine_line() == ("qcal int8 engine: float engine + saturation emulation "
+                                       "(native kernel: no C compiler (set CC, or install gcc))")
 
 
 def test_paired_medians_interleave_the_two_sides():
