@@ -37,7 +37,7 @@ import torch
 from qcal.int8.cpu import cpu_flags
 from qcal.paths import data_dir
 
-__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "pair_lookup", "why_unavailable"]
+__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "padded32", "pair_lookup", "why_unavailable"]
 
 ENV_VAR = "QCAL_NATIVE"
 _SOURCE = Path(__file__).with_name("native_u8s8.c")
@@ -184,7 +184,7 @@ def _aligned(nbytes: int, dtype: torch.dtype) -> torch.Tensor:
     return raw[shift:shift + nbytes].view(dtype)
 
 
-def _padded32(v: torch.Tensor) -> torch.Tensor:
+def padded32(v: torch.Tensor) -> torch.Tensor:
     """``v`` with zeros up to a multiple of 32 entries: the kernels read whole blocks of channels."""
     out = torch.zeros(-(-v.numel() // 32) * 32, dtype=v.dtype)
     out[:v.numel()] = v
@@ -219,9 +219,15 @@ class NativeConv:
     depthwise: bool = False
     _calls: dict = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def pair_shift(self) -> int:
+        """How far FBGEMM's saturation can move an output: each of its (at most kp/2) int16
+        pairs by at most 32768."""
+        return self.kp // 2 * 32768
+
     def _call_args(self, shape: tuple[int, ...], za: int, zw: torch.Tensor | None, out_hw: tuple[int, int]):
-        """(dims, off, zw32) for one input shape and zero points, built once (a few small tensors
-        per call were a tenth of a batch-1 digits inference)."""
+        """(dims, off, zw32) for one input shape and zero points, built once rather than as a few
+        small tensors on every layer call."""
         key = (shape, za, out_hw, None if zw is None else zw.data_ptr(), None if zw is None else zw._version)
         found = self._calls.get(key)
         if found is not None and (zw is None or found[3] is zw):
@@ -238,8 +244,8 @@ class NativeConv:
         zw32 = None
         if zw is not None:
             off = off + self.k * za * zw
-            zw32 = _padded32(zw.to(torch.int32))
-        off = _padded32(off.to(torch.int32))
+            zw32 = padded32(zw.to(torch.int32))
+        off = padded32(off.to(torch.int32))
         if len(self._calls) > 64:
             self._calls.clear()
         self._calls[key] = (dims, off, zw32, zw)
@@ -348,6 +354,7 @@ def pair_lookup(a: torch.Tensor, b: torch.Tensor, table: torch.Tensor) -> torch.
     lib = _load()[0]
     if lib is None or not (a.dtype == b.dtype == table.dtype) or a.dtype not in (torch.uint8, torch.int8):
         return None
+    a, b, table = a.contiguous(), b.contiguous(), table.contiguous()  # read through raw pointers
     out = torch.empty(a.numel(), dtype=a.dtype)
     flip = 0x80 if a.dtype == torch.int8 else 0
     lib.qcal_pair_lookup(a.data_ptr(), b.data_ptr(), a.numel(), table.data_ptr(), flip, out.data_ptr(),

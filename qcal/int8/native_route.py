@@ -44,10 +44,9 @@ class NativeRoute:
         packed, epilogue = self.native(), self._epilogue(rq, zo, relu, dtype)
         if packed is None or epilogue is None:
             return None
-        if self.accumulator.bound(max(255 - za, za)) + packed.kp // 2 * 32768 > epilogue.max_bound:
+        if self.accumulator.bound(max(255 - za, za)) + packed.pair_shift > epilogue.max_bound:
             return None
-        return self._native_call(packed, x_q, za, None if self.accumulator.zw_zero else self.w_zero_point, False,
-                                 epilogue)
+        return self._native_call(packed, x_q, za, self._native_zw(), False, epilogue)
 
     def _native_plan(self, x_q, za, x_range: tuple[int, int], sat: bool, rq: Requant):
         """(packed weights, zero points or None, bound on |acc|) for the native kernel, or None
@@ -65,5 +64,9 @@ class NativeRoute:
         if packed is None:
             return None
         amax = max(x_range[1] - za, za - x_range[0], 0)
-        bound = self.accumulator.bound(amax) + (packed.kp // 2 * 32768 if sat else 0)
-        return packed, None if self.accumulator.zw_zero else self.w_zero_point, bound
+        bound = self.accumulator.bound(amax) + (packed.pair_shift if sat else 0)
+        return packed, self._native_zw(), bound
+
+    def _native_zw(self) -> torch.Tensor | None:
+        """The weight zero points the kernel subtracts, or None when all are 0 (no window sums)."""
+        return None if self.accumulator.zw_zero else self.w_zero_point

@@ -93,9 +93,9 @@ def max_pool2d(
     k = _pair(kernel_size, "kernel_size")
     s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
     p, d = _pair(padding, "padding"), _pair(dilation, "dilation")
-    # torch's checks and output size, on a shape-only tensor
-    shape = F.max_pool2d(torch.empty(x_q.shape, device="meta"), k, s, p, d, ceil_mode).shape
     if x_q.dim() == 4 and x_q.numel() and is_nhwc(x_q):
+        # torch's checks and output size, on a shape-only tensor
+        shape = F.max_pool2d(torch.empty(x_q.shape, device="meta"), k, s, p, d, ceil_mode).shape
         out = native.max_pool2d(x_q, k, s, p, d, tuple(shape[-2:]))  # one pass, no float copies
         if out is not None:
             return out

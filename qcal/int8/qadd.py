@@ -112,7 +112,6 @@ def add(
     # pair index in memory order: a * 256 + b (offset to 0..65535 for int8 codes)
     a_flat = a_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else a_q.reshape(-1)
     b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
-    a_flat, b_flat = a_flat.contiguous(), b_flat.contiguous()
     out = native.pair_lookup(a_flat, b_flat, table)  # one pass; else torch's index_select
     if out is None:
         out = table.index_select(0, a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min))

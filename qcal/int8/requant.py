@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from qcal.int8.exact_f32 import fma_f32, sum_f32
-from qcal.int8.native import Epilogue
+from qcal.int8.native import Epilogue, padded32
 from qcal.int8.onednn import onednn_scales, requantize_onednn
 from qcal.int8.q31 import q31_requantize, quantize_multiplier
 from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
@@ -221,12 +221,21 @@ def output_range(out_dtype: torch.dtype, zero_point: int, relu: bool) -> tuple[i
     return (max(lo, zero_point) if relu else lo), hi
 
 
+def _fbgemm_bias_terms(rq: Requant) -> torch.Tensor:
+    """fbgemm's float-bias operand: per channel ``f32(b_j / ats_j)`` (``_mm256_div_ps``, then
+    added), per tensor the reciprocal ``f32(1 / ats)`` (``_mm256_set1_ps(1.0 / ats)``, fused
+    into an fma with ``b``). Shared by the two-pass engine and the native fused store."""
+    if rq.per_channel:
+        return rq.bias_float / rq.act_times_w_scale
+    return (1.0 / rq.act_times_w_scale.double()).float()
+
+
 def _fbgemm(acc, rq, view, bound, consume=False):
     m = view(rq.multiplier)
     if rq.bias_float is not None and rq.per_channel:
-        y = acc.float() + view(rq.bias_float / rq.act_times_w_scale)  # _mm256_div_ps, then add
+        y = acc.float() + view(_fbgemm_bias_terms(rq))
     elif rq.bias_float is not None:
-        rcp = (1.0 / rq.act_times_w_scale.double()).float()  # _mm256_set1_ps(1.0 / ats)
+        rcp = _fbgemm_bias_terms(rq)
         # mul+add contracted to one fma, on _mm256_cvtepi32_ps(acc): rounded above 2^24
         y = fma_f32(acc if acc.dtype == torch.float32 else acc.float(), view(rq.bias_float), view(rcp))
     elif rq.bias_int32 is not None:
@@ -351,9 +360,9 @@ def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torc
     fb, ib, rcp, mode, max_bound = None, None, 0.0, 0, float("inf")
     if rq.backend == "fbgemm" and rq.bias_float is not None:
         if rq.per_channel:
-            fb, mode = rq.bias_float / rq.act_times_w_scale, 1  # as _fbgemm: _mm256_div_ps, then add
+            fb, mode = _fbgemm_bias_terms(rq), 1
         else:
-            rcps = (1.0 / rq.act_times_w_scale.double()).float()
+            rcps = _fbgemm_bias_terms(rq)
             if bool((rcps != rcps[0]).any()):
                 return None
             fb, rcp, mode = rq.bias_float, float(rcps[0]), 2
@@ -362,14 +371,9 @@ def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torc
     elif rq.bias_float is not None:
         return None
 
-    padded = -(-out_channels // 32) * 32  # the kernels read whole blocks of 32 channels
-
     def vector(v: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        if v is None:
-            return None
-        out = torch.zeros(padded, dtype=dtype)
-        out[:out_channels] = v.to(dtype).reshape(-1).expand(out_channels)
-        return out
+        # one entry per output channel, zero-padded: the kernels read whole blocks of 32
+        return None if v is None else padded32(v.to(dtype).reshape(-1).expand(out_channels))
 
     return Epilogue(vector(rq.multiplier, torch.float32), mode, vector(fb, torch.float32), vector(ib, torch.int32),
                     rcp, int(out_zero_point), lo, hi, out_dtype, rq.backend != "ort", max_bound)
