@@ -1,10 +1,22 @@
-"""Shared test setup: deterministic seeds, torch's quantization warnings silenced, and the
-quantized engine restored after every test."""
+"""Shared test setup: deterministic seeds, torch's quantization warnings silenced, the
+quantized engine restored after every test, and the CPU matrix (``cpu_set``, cpu_matrix.py)."""
 
 import pytest
 import torch
+from cpu_matrix import (
+    checked_line,
+    cpu_set,
+    pytest_collection_modifyitems,
+    pytest_generate_tests,
+    pytest_pyfunc_call,
+    pytest_runtest_logreport,
+)
 
 from qcal import _torch_warnings
+
+# the CPU matrix's fixture and hooks
+__all__ = ["cpu_set", "pytest_collection_modifyitems", "pytest_generate_tests", "pytest_pyfunc_call",
+           "pytest_runtest_logreport"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +47,12 @@ def one_thread():
 
 
 def pytest_terminal_summary(terminalreporter):
-    """List the slow tests that ran (the exactness sweeps), so CI's log shows them."""
+    """List the slow tests that ran (the exactness sweeps), so CI's log shows them, and say
+    which instruction sets the CPU matrix checked against the real kernels."""
+    matrix = [r for outcome in ("passed", "failed", "skipped") for r in terminalreporter.stats.get(outcome, [])
+              if "cpu_set" in dict(getattr(r, "user_properties", ()))]
+    if matrix:
+        terminalreporter.write_line(checked_line(matrix))
     reports = [r for outcome in ("passed", "failed", "error") for r in terminalreporter.stats.get(outcome, [])
                if getattr(r, "when", None) == "call" and "slow" in r.keywords]
     if not reports:

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+import qcal.cli.cpu
 import qcal.cli.decide
 import qcal.cli.explain
 import qcal.cli.export

@@ -48,7 +48,7 @@ def test_outputs_are_identical_to_torchs_converted_model(arch, scheme, data):
 @pytest.mark.parametrize("arch", [*ISSUE_ARCHS, "mlp"])
 @pytest.mark.parametrize("scheme", list(MATCHING_ENGINE))
 @pytest.mark.parametrize("backend", ["fbgemm", "qnnpack", "x86"])
-def test_outputs_are_identical_to_torch_on_both_engines(arch, scheme, backend, data):
+def test_outputs_are_identical_to_torch_on_both_engines(cpu_set, arch, scheme, backend, data):
     calib, x = data
     model = make_model(arch, seed=1)
     qm = calibrate(model, calib, scheme, backend)
@@ -56,8 +56,8 @@ def test_outputs_are_identical_to_torch_on_both_engines(arch, scheme, backend, d
     assert _mismatches(qm(x), expected) == 0
 
 
-def test_x86_flavour_matches_torchs_default_engine(data):
-    # torch's default engine on x86; on a CPU without AVX512-VNNI it runs FBGEMM throughout
+def test_x86_flavour_matches_torchs_default_engine(cpu_set, data):
+    # torch's default engine on x86: FBGEMM throughout without AVX512-VNNI, oneDNN convs with it
     calib, x = data
     model = make_model("mobilenet", seed=2)
     qm = calibrate(model, calib, "fbgemm_default", "fbgemm").with_backend("x86")

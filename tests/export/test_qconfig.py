@@ -186,12 +186,20 @@ def test_rule_e_fp32_layers_get_channels_last_dequantized_inputs(monkeypatch):
     assert seen["channels_last"]
     qm = _assert_parity(model, calib, x, recipe)
     assert torch.equal(_fp32_layer_output(qm, x, "c1"), seen["out"])
-    # on a contiguous input the same fp32 conv rounds differently in the last bits
-    monkeypatch.setattr(qcal.graph.program, "torch_memory_format", lambda value, channels_last: value.contiguous())
-    contiguous = _fp32_layer_output(qcal.calibrate(model, calib, recipe, "fbgemm"), x, "c1")
-    differing = int((contiguous != seen["out"]).sum())
-    print(f"fp32 conv outputs differing on a contiguous input: {differing} of {contiguous.numel()}")
-    assert differing > 0
+    # qcal hands c1 the same channels_last input: what its float conv sees is torch's layout,
+    # whether or not this CPU's float kernels round a contiguous input differently
+    formats = []
+    original = qcal.graph.program.torch_memory_format
+
+    def spy(value, channels_last):
+        out = original(value, channels_last)
+        formats.append((tuple(out.shape), out.is_contiguous(memory_format=torch.channels_last)))
+        return out
+
+    monkeypatch.setattr(qcal.graph.program, "torch_memory_format", spy)
+    _fp32_layer_output(qm, x, "c1")
+    c1_input = [channels_last for shape, channels_last in formats if len(shape) == 4 and shape[1] == converted.c1.in_channels]
+    assert c1_input and all(c1_input)
 
 
 def test_rule_f_one_pass_serves_every_scheme_and_recipe_with_order_dependent_observers():
