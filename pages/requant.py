@@ -7,6 +7,7 @@ import streamlit as st
 from pages._onnx import onnx_download, onnx_file
 from pages._shared import current_run, layer_trace, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
+from qcal.int8.cpu_report import format_cpu_report
 from qcal.reporting import worked_example as we
 
 
@@ -120,6 +121,8 @@ def _draw_saturation(r: we.ElementReport) -> None:
         f"order; {s['element_pairs_can_saturate']} of {s['element_pairs']} could saturate with "
         "inputs at 255 where both weights share a sign.")
     st.dataframe(r.pairs, hide_index=True, key="pairs_table", height=260)
+    with st.expander("This machine, what qcal emulates for each backend, and what was checked (`qcal cpu`)"):
+        st.code(format_cpu_report(), language=None)
 
 
 def _draw_beside(qm, layer_name: str, trace, index) -> None:

@@ -195,6 +195,14 @@ def test_requant_steps_follow_the_backend():
     assert "add bias (float)" in set(steps["step"])  # fbgemm keeps a per-channel float bias
 
 
+def test_requant_shows_the_cpu_report_qcal_cpu_prints():
+    from qcal.int8.cpu_report import format_cpu_report
+
+    at = app("requant")
+    assert_clean(at)
+    assert [c.value for c in at.code if c.value.startswith("this machine: ")] == [format_cpu_report()]
+
+
 def test_explain_table_is_qcal_explain_of_the_picked_example():
     import qcal
     from qcal.checkpoint.explain import example_checkpoint
