@@ -120,41 +120,82 @@ def check_linear_input(x_q: torch.Tensor, w_q: torch.Tensor, backend: str) -> No
         raise ValueError(f"x_q has {x_q.shape[-1]} features, weights expect {w_q.shape[1]}")
 
 
-def fit_image(x_q: torch.Tensor, x_zero_point, w_q: torch.Tensor, geometry: Geometry, backend: str) -> torch.Tensor:
-    """``x_q`` as the backend reads it, or ValueError where the backend refuses it.
+def _c_out_hw(x_shape, w_shape, geometry: Geometry) -> list[int]:
+    """(H', W') as torch sizes them: C's truncating division, unclamped (may be negative)."""
+    stride, padding, dilation = geometry[0], geometry[1], geometry[2]
+    num = [x_shape[2 + i] + 2 * padding[i] - dilation[i] * (w_shape[2 + i] - 1) - 1 for i in range(2)]
+    return [int(num[i] / stride[i]) + 1 for i in range(2)]
 
-    torch's engines answer an empty batch (N = 0) with an empty output and refuse an
-    empty image or an output with no rows or columns. FBGEMM sizes the output with C's
-    truncating division, so a kernel that overhangs the last row or column by less than
-    a stride still gives an output, read from pixels past the image that its im2col
-    fills with the zero point; QNNPACK crashes the process there (segfault), qcal refuses.
+
+def _negative_dimension(x_q, w_q, out_hw: list[int], backend: str, route: str) -> ValueError:
+    """torch's refusal of a negative output size (``at::empty``'s words)."""
+    shape = [x_q.shape[0], w_q.shape[0], *out_hw]
+    return ValueError(
+        f"backend {backend!r}{route} refuses this conv2d: trying to create tensor with negative "
+        f"dimension {min(out_hw)}: {shape} (torch sizes the output with C's truncating division; "
+        f"the kernel is longer than the padded input {tuple(x_q.shape[2:])} by more than a stride)"
+    )
+
+
+def _overhang(x_q, w_q, geometry: Geometry, out_hw: list[int], backend: str, route: str) -> ValueError:
+    """The refusal of a kernel whose last window runs past the padded input (see ``fit_image``)."""
+    (sh, sw), (ph, pw), (dh, dw), _ = geometry
+    kh, kw = w_q.shape[2:]
+    past = [(out_hw[0] - 1) * sh + dh * (kh - 1) + 1 - x_q.shape[2] - 2 * ph,
+            (out_hw[1] - 1) * sw + dw * (kw - 1) + 1 - x_q.shape[3] - 2 * pw]
+    where = " and ".join(f"{n} {name}{'s' if n > 1 else ''}" for n, name in zip(past, ("row", "column"), strict=True)
+                         if n > 0)
+    return ValueError(
+        f"backend {backend!r}{route} refuses this conv2d: its last kernel window overhangs the padded "
+        f"input by {where} (input {tuple(x_q.shape[2:])}, padding {(ph, pw)}, kernel {(kh, kw)}, "
+        f"stride {(sh, sw)}, dilation {(dh, dw)}): torch sizes the output {tuple(out_hw)} with C's "
+        f"truncating division and computes that window from pixels past the image, which differ by "
+        f"backend and CPU (FBGEMM on AVX2 reads the zero point there, on an AVX-512-VNNI Xeon it gave "
+        f"values the zero point does not explain, QNNPACK reads memory outside the tensor and "
+        f"crashes); qcal refuses it on every backend"
+    )
+
+
+def fit_image(x_q: torch.Tensor, w_q: torch.Tensor, geometry: Geometry, backend: str, *,
+              onednn: bool = False) -> torch.Tensor:
+    """``x_q`` as the backend reads it, or ValueError where qcal or the backend refuses it.
+
+    torch sizes the output with C's truncating division (``conv_output_size``, FBGEMM's
+    ``conv_param_t``). Every engine answers an empty batch (N = 0) with an empty output and
+    refuses a negative output size. With N > 0, ``onednn`` (torch's x86 engine handing the
+    conv to oneDNN, ``onednn.py``) answers an output with a zero size with an empty tensor
+    (``if (output.numel() == 0) return output``); FBGEMM and QNNPACK refuse it ("each
+    dimension of output tensor should be greater than 0"). A kernel whose last window
+    overhangs the padded input (by less than a stride, so the size truncates to >= 1) makes
+    the backend compute from memory past the image: qcal refuses it everywhere. qcal also
+    refuses an empty image on every backend (QNNPACK's check).
     """
     if x_q.dim() != 4 or x_q.shape[1] != w_q.shape[1] * geometry[3]:
         raise ValueError(
             f"x_q shape {tuple(x_q.shape)} does not fit weights {tuple(w_q.shape)} with groups={geometry[3]}"
         )
-    if x_q.shape[0] == 0:
+    out_hw = _c_out_hw(x_q.shape, w_q.shape, geometry)
+    route = " (oneDNN on this CPU)" if onednn else ""
+    if x_q.shape[0] == 0:  # nothing is read: answered with an empty output, unless a size is negative
+        if min(out_hw) < 0:
+            raise _negative_dimension(x_q, w_q, out_hw, backend, route)
         return x_q
     if x_q.shape[2] == 0 or x_q.shape[3] == 0:
         raise ValueError(
             f"x_q has an empty image {tuple(x_q.shape[2:])}: input dimensions must be non-zero "
             f"(QNNPACK's check; qcal refuses it on every backend)"
         )
-    floor = conv_out_shape(x_q.shape, w_q.shape, geometry)
-    trunc = conv_out_shape(x_q.shape, w_q.shape, geometry, truncate=True)
-    if min(floor[2:]) > 0:
-        return x_q
-    (sh, sw), (ph, pw), (dh, dw), _ = geometry
-    kh, kw = w_q.shape[2:]
-    if backend == "fbgemm" and min(trunc[2:]) > 0:
-        need_h = (trunc[2] - 1) * sh + dh * (kh - 1) + 1 - x_q.shape[2] - 2 * ph
-        need_w = (trunc[3] - 1) * sw + dw * (kw - 1) + 1 - x_q.shape[3] - 2 * pw
-        za = scalar(x_zero_point, "x_zero_point", int)
-        return torch.nn.functional.pad(x_q, (0, max(need_w, 0), 0, max(need_h, 0)), value=za)
-    crash = " (torch's qnnpack crashes on this layer)" if min(trunc[2:]) > 0 else ""
-    raise ValueError(
-        f"backend {backend!r} refuses this conv2d: each dimension of output tensor "
-        f"should be greater than 0 (input {tuple(x_q.shape[2:])}, padding {(ph, pw)}, "
-        f"kernel {(kh, kw)}, dilation {(dh, dw)}: the kernel does not "
-        f"fit the padded input){crash}"
-    )
+    if min(conv_out_shape(x_q.shape, w_q.shape, geometry)[2:]) > 0:
+        return x_q  # every window inside the padded input
+    if onednn and min(out_hw) < 0:
+        raise _negative_dimension(x_q, w_q, out_hw, backend, route)
+    if onednn and min(out_hw) == 0:
+        return x_q  # an empty output: oneDNN returns before computing anything
+    if min(out_hw) <= 0:
+        (ph, pw), (dh, dw), (kh, kw) = geometry[1], geometry[2], tuple(w_q.shape[2:])
+        raise ValueError(
+            f"backend {backend!r} refuses this conv2d: each dimension of output tensor "
+            f"should be greater than 0 (input {tuple(x_q.shape[2:])}, padding {(ph, pw)}, "
+            f"kernel {(kh, kw)}, dilation {(dh, dw)}: the kernel does not fit the padded input)"
+        )
+    raise _overhang(x_q, w_q, geometry, out_hw, backend, route)

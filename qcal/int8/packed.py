@@ -129,7 +129,7 @@ class _Packed(NativeRoute):
         conv2d: (N, C, H, W) -> (N, O, H', W') channels_last codes; linear: (..., K) -> (..., O).
         ``isa`` names the x86 CPU whose FBGEMM kernels to emulate (None: ``assumed_cpu()``).
         """
-        x_q = self._fit(x_q, x_zero_point)
+        x_q = self._fit(x_q, isa)
         res = self._run(x_q, x_scale, x_zero_point, out_scale, out_zero_point, relu, saturate, detailed,
                         self._channel_axis, isa)
         if isinstance(res, KernelResult):
@@ -158,7 +158,7 @@ class _Packed(NativeRoute):
         rq = self.requant(sa, so, self.flavour(isa))
         dtype = out_dtype(out_zero_point)
         output_range(dtype, zo, relu)  # validates zo even when there is nothing to compute
-        if x_q.numel() == 0:  # an empty batch: torch's engines return an empty output too
+        if x_q.numel() == 0 or 0 in self._out_shape(x_q):  # torch returns an empty output too
             out = torch.empty(self._out_shape(x_q), dtype=dtype)
             if not detailed:
                 return out
@@ -250,8 +250,8 @@ class PackedConv2d(_Packed):
 
     _channel_axis = 1  # (N, O, H', W')
 
-    def _fit(self, x_q: torch.Tensor, x_zero_point) -> torch.Tensor:
-        return fit_image(x_q, x_zero_point, self.w_q, self.geometry, self.backend)
+    def _fit(self, x_q: torch.Tensor, isa: InstructionSet | None = None) -> torch.Tensor:
+        return fit_image(x_q, self.w_q, self.geometry, self.backend, onednn=self.flavour(isa) == "onednn")
 
     @staticmethod
     def _finish(out: torch.Tensor) -> torch.Tensor:
@@ -271,7 +271,8 @@ class PackedConv2d(_Packed):
         return pair_saturation_conv(x_q, za, self.w_q, self.geometry, self.pair_plan(), out=acc)
 
     def _out_shape(self, x_q: torch.Tensor) -> tuple[int, ...]:
-        return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry)
+        # torch's sizes (C's truncating division); fit_image refused the shapes where they part from floor's
+        return conv_out_shape(x_q.shape, self.w_q.shape, self.geometry, truncate=True)
 
     def _native_call(self, packed: NativeConv, x_q, za, zw, as_float: bool, epilogue=None) -> torch.Tensor:
         out_hw = tuple(self._out_shape(x_q)[2:])
@@ -286,7 +287,7 @@ class PackedLinear(_Packed):
 
     path: ConvPath = "gemm"
 
-    def _fit(self, x_q: torch.Tensor, x_zero_point) -> torch.Tensor:
+    def _fit(self, x_q: torch.Tensor, isa: InstructionSet | None = None) -> torch.Tensor:
         check_linear_input(x_q, self.w_q, self.backend)
         return x_q
 

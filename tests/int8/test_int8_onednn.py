@@ -93,3 +93,64 @@ def test_onednn_requant_matches_torchs_onednn_engine_bit_for_bit():
           f" FBGEMM's rounding would differ in {ties}")
     assert differing == 0
     assert ties > 0  # the cases do reach the values where the two requantizations part
+
+
+# (N, image, kernel, stride, dilation): sizes (H + 2p - d(k-1) - 1) / s + 1 in C's truncating division
+ZERO_SIZED = [(1, (4, 10), 3, 1, 2), (2, (1, 4), 3, 2, 1), (3, (9, 1), 3, 2, 1), (2, (2, 2), 3, 1, 1)]
+NEGATIVE = [(1, (1, 1), 3, 1, 1), (2, (1, 4), 5, 1, 1), (0, (1, 1), 3, 1, 1)]
+
+
+def _torch_conv(engine, n, hw, k, stride, dilation):
+    """(x codes, w codes, torch's output codes or its refusal's first line)."""
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randint(0, 256, (n, 8, *hw), generator=g, dtype=torch.uint8)
+    w = torch.randint(-127, 128, (8, 8, k, k), generator=g, dtype=torch.int8)
+    torch.backends.quantized.engine = engine
+    wq = torch._make_per_tensor_quantized_tensor(w, 0.01, 0)
+    packed = torch.ops.quantized.conv2d_prepack(wq, None, [stride] * 2, [0, 0], [dilation] * 2, 1)
+    try:
+        out = torch.ops.quantized.conv2d(torch._make_per_tensor_quantized_tensor(x, 0.05, 3), packed, 0.5, 7)
+    except RuntimeError as err:
+        return x, w, str(err).splitlines()[0]
+    return x, w, out
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="torch built without oneDNN")
+@pytest.mark.parametrize(("n", "hw", "k", "stride", "dilation"), ZERO_SIZED)
+def test_x86_via_onednn_answers_an_output_with_a_zero_size_with_an_empty_tensor(monkeypatch, n, hw, k, stride, dilation):
+    # torch's oneDNN apply_impl: conv_output_size (C division), then `if (output.numel() == 0)
+    # return output;`; FBGEMM checks "each dimension of output tensor should be greater than 0"
+    _, _, fbgemm = _torch_conv("fbgemm", n, hw, k, stride, dilation)
+    x, w, ref = _torch_conv("onednn", n, hw, k, stride, dilation)  # the same apply_impl as x86 on VNNI
+    assert isinstance(fbgemm, str) and ref.numel() == 0
+    monkeypatch.setenv("QCAL_CPU", "avx512_vnni")
+    out = qi.conv2d(x, 0.05, 3, w, 0.01, 0, None, 0.5, 7, stride=stride, dilation=dilation, backend="x86")
+    assert out.shape == ref.shape and out.dtype == ref.int_repr().dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("QCAL_CPU", "avx2")  # FBGEMM's route: refused, as torch's fbgemm does
+    with pytest.raises(ValueError, match="each dimension of output tensor should be greater than 0"):
+        qi.conv2d(x, 0.05, 3, w, 0.01, 0, None, 0.5, 7, stride=stride, dilation=dilation, backend="x86")
+    with pytest.raises(ValueError, match="each dimension"):  # asymmetric weights: FBGEMM even on VNNI
+        qi.conv2d(x, 0.05, 3, w, 0.01, 1, None, 0.5, 7, stride=stride, dilation=dilation, backend="x86",
+                  isa="avx512_vnni")
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="torch built without oneDNN")
+@pytest.mark.parametrize(("n", "hw", "k", "stride", "dilation"), NEGATIVE)
+@pytest.mark.parametrize("cpu", ["avx2", "avx512_vnni"])
+def test_a_negative_output_size_is_refused_with_torchs_words(monkeypatch, cpu, n, hw, k, stride, dilation):
+    x, w, ref = _torch_conv("onednn", n, hw, k, stride, dilation)
+    assert isinstance(ref, str) and "negative dimension" in ref
+    monkeypatch.setenv("QCAL_CPU", cpu)
+    words = "negative dimension" if cpu == "avx512_vnni" or n == 0 else "each dimension"
+    with pytest.raises(ValueError, match=words):
+        qi.conv2d(x, 0.05, 3, w, 0.01, 0, None, 0.5, 7, stride=stride, dilation=dilation, backend="x86")
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "qnnpack", "x86"])
+def test_an_empty_batch_gets_torchs_truncated_output_size(engine):
+    # (2 - 3) / 2 + 1 = 1 in C, where floor division gives 0: every engine answers (0, 8, 1, 1)
+    for hw, stride in (((2, 2), 2), ((11, 2), 2), ((2, 5), 1)):
+        x, w, ref = _torch_conv(engine, 0, hw, 3, stride, 1)
+        out = qi.conv2d(x, 0.05, 3, w, 0.01, 0, None, 0.5, 7, stride=stride, backend=engine)
+        assert out.shape == ref.shape, (hw, stride)
