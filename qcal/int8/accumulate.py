@@ -107,6 +107,28 @@ def _onednn_conv(x, za, w, geometry):
     )
 
 
+def _onednn_padded_conv(x, za, packed, o, bias, geometry):
+    """oneDNN's ``float(sum (a - za) w)`` (+ ``bias``) on ``x`` padded here with ``za``, never by oneDNN.
+
+    oneDNN's own padding runs CPU-dependent code: on AVX-512 VNNI / AMX CPUs its brgemm
+    convolutions (not the AVX2 kernels) have read stale bytes in padded columns and mis-applied
+    the zero-point padding compensation (oneDNN issue #5080: small-IC NHWC convolutions with
+    width padding), the likely cause of wrong border accumulators seen only on such a CPU.
+    Explicit zero-point pixels contribute ``(za - za) w = 0`` whatever kernel runs; ``packed``
+    must be packed with padding 0 (``Accumulator._packed``).
+    """
+    stride, (ph, pw), dilation, groups = geometry
+    if ph or pw:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        x = F.pad(x, (pw, pw, ph, ph), value=int(za))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    return torch.ops.onednn.qconv2d_pointwise(
+        x, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), bias,
+        list(stride), [0, 0], list(dilation), groups, 1.0, 0, torch.float32, "none", [], "",
+    )
+
+
 def _onednn_conv_pack(w, geometry):
     stride, padding, dilation, groups = geometry
     return torch.ops.onednn.qconv_prepack(
@@ -228,8 +250,9 @@ class Accumulator:
             w = self.w_q[:, chunk[0]:chunk[1]].contiguous()
             if self.geometry is None:
                 self._cache[key] = torch.ops.onednn.qlinear_prepack(w, None)
-            else:
-                self._cache[key] = _onednn_conv_pack(w, self.geometry)
+            else:  # packed for the unpadded problem ``_onednn_padded_conv`` hands oneDNN
+                stride, _, dilation, groups = self.geometry
+                self._cache[key] = _onednn_conv_pack(w, (stride, (0, 0), dilation, groups))
         return self._cache[key]
 
     def _channels(self, x, chunk, channel_axis):
@@ -264,13 +287,7 @@ class Accumulator:
             if lin:
                 shape = xs.shape
                 return _onednn_linear(xs.reshape(-1, shape[-1]), za, w, packed, bias).reshape(*shape[:-1], -1)
-            stride, padding, dilation, groups = self.geometry
-            o = w.shape[0]
-            return torch.ops.onednn.qconv2d_pointwise(
-                xs, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), bias,
-                list(stride), list(padding), list(dilation), groups, 1.0, 0, torch.float32,
-                "none", [], "",
-            )
+            return _onednn_padded_conv(xs, za, packed, w.shape[0], bias, self.geometry)
         wc = self.w_centred if whole else self.w_centred[:, chunk[0]:chunk[1]]
         xc = xs.to(torch.float32).sub_(za)  # centred activations: padding zeros == za
         if lin:

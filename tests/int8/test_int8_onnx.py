@@ -12,6 +12,18 @@ gives INT32_MIN), so 3e9 quantizes to 0 (uint8) or -128 (int8) instead of satura
 255 / 127 as the spec's ``saturate`` says; qcal saturates. The per-channel QLinearConv scale,
 which an older reference broadcast along the width axis, is now applied along the output
 channel axis (axis 1 of NCHW), as the spec says: per-channel cases need no exclusion.
+
+Every CPU compares the same thing. The reference's QLinearConv / QLinearMatMul accumulators
+are numpy *integer* products (int32 ``@`` / ``np.matmul``: numpy hands only float and complex
+matmuls to BLAS, so no OpenBLAS kernel choice, summation order or FMA reaches them) and its
+requantization is elementwise float32/float64 arithmetic, correctly rounded at every SIMD
+width: its answer is CPU-independent. Each sweep also checks it against an exact oracle
+written here (accumulator in float64 / int64, exact far beyond these sums, then the spec's
+formula) and prints both counts, so a CPU where either side drifts says which. qcal's side
+*is* CPU-dependent: on AVX512-VNNI CPUs its accumulator for int8 weights is oneDNN's int8
+convolution / matmul, elsewhere the float engine (``qcal/int8/accumulate.py``); so the conv
+and matmul sweeps run a second time on the oneDNN engine on every CPU (forced, with weights
+|w| <= 64 so that AVX2's oneDNN, which adds int16 pairs with saturation, is exact too).
 """
 
 from __future__ import annotations
@@ -21,10 +33,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import qcal.int8 as qi
+import qcal.int8.accumulate as accumulate
+from qcal.int8 import pack_cache
+from qcal.int8.native_route import NativeRoute
 
 CASES = 240  # random cases per op (the issue asks for >= 200)
 _TORCH_DTYPES = {np.uint8: torch.uint8, np.int8: torch.int8}
@@ -162,61 +178,179 @@ def conv_case(rng):
     return inputs, attrs
 
 
-def test_qlinear_conv_matches_the_reference():
+def exact_requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> tuple[np.ndarray, int]:
+    """The spec's requantization, written as the reference writes it: ``acc * f32(f32(sa*sw)/so)``
+    in float64, plus the zero point, clipped, rounded half to even; and how many values sit
+    exactly on .5 (where a one-ulp change anywhere flips the result)."""
+    r = acc.astype(np.float64) * multiplier.astype(np.float64) + float(y_zero_point)
+    info = np.iinfo(y_zero_point.dtype)
+    r = np.clip(r, info.min, info.max)
+    return np.rint(r).astype(y_zero_point.dtype), int((np.abs(r - np.trunc(r)) == 0.5).sum())
+
+
+def exact_qlinear_conv(inputs: dict, attrs: dict) -> tuple[np.ndarray, int]:
+    """QLinearConv with an accumulator that is exact on every CPU: the centred integers in
+    float64 (every partial sum is an integer far below 2^53, so any order, blocking or FMA
+    gives it exactly), then ``exact_requantize``."""
+    zw = np.asarray(inputs["w_zero_point"], np.float64).reshape(-1, 1, 1, 1)
+    x = torch.from_numpy(inputs["x"].astype(np.float64) - float(inputs["x_zero_point"]))
+    w = torch.from_numpy(inputs["w"].astype(np.float64) - zw)
+    ph, pw = attrs["pads"][:2]
+    x = F.pad(x, (pw, attrs["pads"][3], ph, attrs["pads"][2]))  # centred: padding is the zero point
+    acc = F.conv2d(x, w, None, attrs["strides"], 0, attrs["dilations"], attrs["group"]).numpy()
+    if "B" in inputs:
+        acc = acc + inputs["B"].reshape(1, -1, 1, 1)
+    ws = inputs["w_scale"].reshape(1, -1, 1, 1) if inputs["w_scale"].ndim else inputs["w_scale"]
+    return exact_requantize(acc, inputs["x_scale"] * ws / inputs["y_scale"], inputs["y_zero_point"])
+
+
+def qcal_conv(inputs: dict, attrs: dict) -> np.ndarray:
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    ws = t["w_scale"].double() if inputs["w_scale"].ndim else float(inputs["w_scale"])
+    return qi.conv2d(
+        t["x"], float(inputs["x_scale"]), int(inputs["x_zero_point"]), t["w"], ws,
+        t["w_zero_point"].long(), t.get("B"), float(inputs["y_scale"]),
+        torch.tensor(int(inputs["y_zero_point"]), dtype=_TORCH_DTYPES[inputs["y_zero_point"].dtype.type]),
+        stride=tuple(attrs["strides"]), padding=tuple(attrs["pads"][:2]),
+        dilation=tuple(attrs["dilations"]), groups=attrs["group"], backend="onnx",
+    ).numpy()
+
+
+def _halved(inputs: dict, weights: str) -> dict:
+    """int8 weights and zero points halved (|w| <= 64): 2 * 255 * 64 <= 32767, so no int16 pair
+    of oneDNN's AVX2 kernels can saturate and its accumulator is exact on any x86 CPU."""
+    if inputs[weights].dtype != np.int8:
+        return inputs
+    zp = f"{weights}_zero_point"
+    return dict(inputs, **{weights: inputs[weights] // 2, zp: np.asarray(inputs[zp] // 2).astype(np.int8)})
+
+
+def conv_sweep(onednn: bool) -> dict[str, int]:
     rng = np.random.default_rng(2)
-    differing = values = per_channel = 0
+    n = {"values": 0, "differing": 0, "reference_vs_exact": 0, "ties": 0, "per_channel": 0}
     for _ in range(CASES):
         inputs, attrs = conv_case(rng)
+        if onednn:
+            inputs = _halved(inputs, "w")
         ref = reference("QLinearConv", inputs, **attrs)
-        t = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
-        ws = t["w_scale"].double() if inputs["w_scale"].ndim else float(inputs["w_scale"])
-        out = qi.conv2d(
-            t["x"], float(inputs["x_scale"]), int(inputs["x_zero_point"]), t["w"], ws,
-            t["w_zero_point"].long(), t.get("B"), float(inputs["y_scale"]),
-            torch.tensor(int(inputs["y_zero_point"]), dtype=_TORCH_DTYPES[inputs["y_zero_point"].dtype.type]),
-            stride=tuple(attrs["strides"]), padding=tuple(attrs["pads"][:2]),
-            dilation=tuple(attrs["dilations"]), groups=attrs["group"], backend="onnx",
-        ).numpy()
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        differing += int((out != ref).sum())
-        values += ref.size
-        per_channel += inputs["w_scale"].ndim
-    print(f"QLinearConv: {CASES} cases ({per_channel} per channel), {values} values, {differing} differing")
-    assert differing == 0 and per_channel > CASES // 3
+        exact, ties = exact_qlinear_conv(inputs, attrs)
+        out = qcal_conv(inputs, attrs)
+        assert out.shape == ref.shape == exact.shape and out.dtype == ref.dtype == exact.dtype
+        n["differing"] += int((out != exact).sum())
+        n["reference_vs_exact"] += int((ref != exact).sum())
+        n["ties"] += ties
+        n["values"] += ref.size
+        n["per_channel"] += inputs["w_scale"].ndim
+    return n
+
+
+def _report(op: str, n: dict[str, int]) -> None:
+    print(f"{op}: {CASES} cases, {n}")
+    assert n["reference_vs_exact"] == 0  # the reference is exact here: it compares what the spec says
+    assert n["differing"] == 0
+    assert n["ties"] > 10  # values exactly half-way (in range): a one-ulp error flips them
+
+
+def test_qlinear_conv_matches_the_reference():
+    n = conv_sweep(onednn=False)
+    _report("QLinearConv", n)
+    assert n["per_channel"] > CASES // 3
+
+
+@pytest.fixture
+def onednn_engine(monkeypatch):
+    """qcal's accumulator on oneDNN's int8 kernels, as AVX512-VNNI CPUs run it, on any CPU
+    (the native kernel, which would take the uint8 activations here, off); yields a counter
+    of the layers that took it."""
+    if not hasattr(torch.ops.onednn, "qconv2d_pointwise"):
+        pytest.skip("this torch build has no oneDNN int8 ops")
+    monkeypatch.setattr(accumulate, "onednn_exact", lambda: True)
+    monkeypatch.setattr(NativeRoute, "native", lambda self: None)
+    taken = {"layers": 0}
+    real = accumulate.Accumulator._zero_point_corrected
+
+    def counted(self, *args):
+        found = real(self, *args)
+        taken["layers"] += found is not None
+        return found
+
+    monkeypatch.setattr(accumulate.Accumulator, "_zero_point_corrected", counted)
+    pack_cache.clear()  # no pack built for the other engine
+    yield taken
+    pack_cache.clear()
+
+
+def test_qlinear_conv_on_the_onednn_engine_matches_the_reference(onednn_engine):
+    n = conv_sweep(onednn=True)
+    print(f"oneDNN engine: {onednn_engine['layers']} layers")
+    _report("QLinearConv (oneDNN engine)", n)
+    assert onednn_engine["layers"] > CASES // 3  # int8 weights: half the cases
+
+
+def matmul_case(rng) -> tuple[dict, bool]:
+    batch = tuple(int(d) for d in rng.integers(1, 4, int(rng.integers(0, 2))))
+    m, k, n = (int(v) for v in rng.integers(1, 40, 3))
+    a_dtype, b_dtype, y_dtype = _dtype(rng), _dtype(rng), _dtype(rng)
+    ties, per_column = rng.random() < 0.5, rng.random() < 0.5
+    inputs = {
+        "a": _codes(rng, a_dtype, (*batch, m, k)),
+        "a_scale": _scales(rng, 1, ties)[0].reshape(()),
+        "a_zero_point": _codes(rng, a_dtype, ()),
+        "b": _codes(rng, b_dtype, (k, n)),
+        "b_scale": _per_axis(rng, _scales(rng, n, ties), per_column),
+        "b_zero_point": _per_axis(rng, _codes(rng, b_dtype, n), per_column),
+        "y_scale": _scales(rng, 1, ties, -4, 3)[0].reshape(()),
+        "y_zero_point": _codes(rng, y_dtype, ()),
+    }
+    return inputs, per_column
+
+
+def exact_qlinear_matmul(inputs: dict) -> tuple[np.ndarray, int]:
+    """QLinearMatMul with an int64 accumulator (numpy integer matmul: no BLAS, exact)."""
+    a = inputs["a"].astype(np.int64) - int(inputs["a_zero_point"])
+    b = inputs["b"].astype(np.int64) - np.asarray(inputs["b_zero_point"], np.int64)
+    m = inputs["a_scale"] * inputs["b_scale"] / inputs["y_scale"]
+    return exact_requantize(np.matmul(a, b), m, inputs["y_zero_point"])
+
+
+def qcal_matmul(inputs: dict, per_column: bool) -> np.ndarray:
+    bs = torch.from_numpy(inputs["b_scale"]).double() if per_column else float(inputs["b_scale"])
+    zy = inputs["y_zero_point"]
+    return qi.linear(
+        torch.from_numpy(inputs["a"]), float(inputs["a_scale"]), int(inputs["a_zero_point"]),
+        torch.from_numpy(np.ascontiguousarray(inputs["b"].T)), bs,
+        torch.from_numpy(np.asarray(inputs["b_zero_point"]).astype(np.int64)), None,
+        float(inputs["y_scale"]), torch.tensor(int(zy), dtype=_TORCH_DTYPES[zy.dtype.type]), backend="onnx",
+    ).numpy()
+
+
+def matmul_sweep(onednn: bool) -> dict[str, int]:
+    rng = np.random.default_rng(3)
+    n = {"values": 0, "differing": 0, "reference_vs_exact": 0, "ties": 0}
+    for _ in range(CASES):
+        inputs, per_column = matmul_case(rng)
+        if onednn:
+            inputs = _halved(inputs, "b")
+        ref = reference("QLinearMatMul", inputs)
+        exact, ties = exact_qlinear_matmul(inputs)
+        out = qcal_matmul(inputs, per_column)
+        assert out.shape == ref.shape == exact.shape and out.dtype == ref.dtype == exact.dtype
+        n["differing"] += int((out != exact).sum())
+        n["reference_vs_exact"] += int((ref != exact).sum())
+        n["ties"] += ties
+        n["values"] += ref.size
+    return n
 
 
 def test_qlinear_matmul_matches_the_reference():
-    rng = np.random.default_rng(3)
-    differing = values = 0
-    for _ in range(CASES):
-        batch = tuple(int(d) for d in rng.integers(1, 4, int(rng.integers(0, 2))))
-        m, k, n = (int(v) for v in rng.integers(1, 40, 3))
-        a_dtype, b_dtype, y_dtype = _dtype(rng), _dtype(rng), _dtype(rng)
-        ties, per_column = rng.random() < 0.5, rng.random() < 0.5
-        inputs = {
-            "a": _codes(rng, a_dtype, (*batch, m, k)),
-            "a_scale": _scales(rng, 1, ties)[0].reshape(()),
-            "a_zero_point": _codes(rng, a_dtype, ()),
-            "b": _codes(rng, b_dtype, (k, n)),
-            "b_scale": _per_axis(rng, _scales(rng, n, ties), per_column),
-            "b_zero_point": _per_axis(rng, _codes(rng, b_dtype, n), per_column),
-            "y_scale": _scales(rng, 1, ties, -4, 3)[0].reshape(()),
-            "y_zero_point": _codes(rng, y_dtype, ()),
-        }
-        ref = reference("QLinearMatMul", inputs)
-        bs = torch.from_numpy(inputs["b_scale"]).double() if per_column else float(inputs["b_scale"])
-        out = qi.linear(
-            torch.from_numpy(inputs["a"]), float(inputs["a_scale"]), int(inputs["a_zero_point"]),
-            torch.from_numpy(np.ascontiguousarray(inputs["b"].T)), bs,
-            torch.from_numpy(np.asarray(inputs["b_zero_point"]).astype(np.int64)), None,
-            float(inputs["y_scale"]),
-            torch.tensor(int(inputs["y_zero_point"]), dtype=_TORCH_DTYPES[y_dtype]), backend="onnx",
-        ).numpy()
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        differing += int((out != ref).sum())
-        values += ref.size
-    print(f"QLinearMatMul: {CASES} cases, {values} values, {differing} differing")
-    assert differing == 0
+    _report("QLinearMatMul", matmul_sweep(onednn=False))
+
+
+def test_qlinear_matmul_on_the_onednn_engine_matches_the_reference(onednn_engine):
+    n = matmul_sweep(onednn=True)
+    print(f"oneDNN engine: {onednn_engine['layers']} layers")
+    _report("QLinearMatMul (oneDNN engine)", n)
+    assert onednn_engine["layers"] > CASES // 3  # int8 weights: half the cases
 
 
 def test_hand_checked_ties_round_after_adding_the_zero_point():
