@@ -7,9 +7,31 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from qcal.int8.ort_dispatch import ort_machine_dispatch
+
 ort.set_default_logger_severity(3)
+_FLOAT_KERNELS = {"FMA3": "AVX2 dispatch (FMA3 float kernels)",
+                  "AVX512F": "AVX-512F dispatch (AVX512F float kernels, 16-channel NCHWc blocks)"}
+
+
+def this_machines_dispatch():
+    """This machine's MLAS dispatch, for a test comparing against its onnxruntime (the test
+    unsets QCAL_ORT_CPU and QCAL_CPU itself); skips where qcal knows none (not Linux x86 with
+    AVX2+FMA3)."""
+    d = ort_machine_dispatch()
+    if d is None:
+        pytest.skip("needs a Linux x86 CPU with AVX2+FMA3 (MLAS's dispatch read from /proc/cpuinfo)")
+    return d
+
+
+def needs_float_kernels(dispatch, kernels: str) -> None:
+    """Skip unless ``dispatch`` (this machine's) runs MLAS's ``kernels`` float kernels, naming both."""
+    if dispatch.float_kernels != kernels:
+        pytest.skip(f"needs MLAS {_FLOAT_KERNELS[kernels]}: this CPU dispatches {dispatch.float_kernels} "
+                    f"({dispatch.name})")
 
 
 def model(nodes, inputs, outputs, inits):

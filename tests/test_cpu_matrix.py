@@ -36,8 +36,9 @@ def test_lowered_sets_run_in_one_child_each_and_report_under_the_parents_ids(pyt
     monkeypatch.setattr(cpu_matrix, "machine_set", lambda: "avx512_vnni")
     monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
     monkeypatch.delenv(cpu_matrix.CHILD, raising=False)
-    tests_dir = str(Path(cpu_matrix.__file__).parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+    tests_dir = Path(cpu_matrix.__file__).parent  # the children import cpu_matrix and this checkout's qcal
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests_dir), str(tests_dir.parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
     pytester.makeconftest("from cpu_matrix import cpu_set, pytest_generate_tests, pytest_pyfunc_call, "
                           "pytest_runtest_logreport  # noqa: F401")
     log = pytester.path / "pids.txt"

@@ -148,11 +148,14 @@ class AssumedCpu:
             ``FBGEMM_ENABLE_INSTRUCTIONS`` lowers it.
         source: where ``isa`` came from: "argument", "QCAL_CPU", "/proc/cpuinfo" or "default"
             (not Linux x86: the emulated default, avx2).
+        mlas: onnxruntime's MLAS dispatch for the ort flavour (``QCAL_ORT_CPU``, else read from
+            /proc/cpuinfo, ``qcal.int8.ort_dispatch``); None follows ``isa``.
     """
 
     isa: InstructionSet
     gemm_isa: InstructionSet
     source: Source
+    mlas: str | None = None
 
     @property
     def vnni(self) -> bool:
@@ -178,7 +181,8 @@ def assumed_cpu(isa: str | None = None) -> AssumedCpu:
     Off Linux x86 the default is an ``avx2`` CPU (see the module doc).
 
     Raises:
-        ValueError: ``isa`` or ``QCAL_CPU`` names no instruction set.
+        ValueError: ``isa`` or ``QCAL_CPU`` names no instruction set (or ``QCAL_ORT_CPU`` no
+            MLAS dispatch).
     """
     env = os.environ.get(ENV_VAR)
     emulated = _EMULATED.get()
@@ -194,7 +198,9 @@ def assumed_cpu(isa: str | None = None) -> AssumedCpu:
         hw, source = "avx2", "default"
     forced = _FORCE_NAMES.get(os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper())
     gemm = forced if forced in _LOWER_TO[hw] else hw
-    return AssumedCpu(hw, gemm, source)
+    from qcal.int8.ort_dispatch import ort_dispatch_name  # imports this module
+
+    return AssumedCpu(hw, gemm, source, ort_dispatch_name(source))
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ after rounding; the clamp happens in float, before the conversion, so nothing ov
 ``b_j`` is the int32 bias as written in the file (qcal writes ``rint(f32(b / f32(sa*sw_j)))``,
 onnxruntime's own quantizer's rule).
 
-Kernels (``mlas/lib/platform.cpp``, ``qgemm_kernel_avx2.cpp``, ``convsym.cpp``): uint8
+Kernels (``mlas/lib/platform.cpp``, ``qgemm_kernel_avx2.cpp``, ``convsym.cpp``; which one a
+CPU runs, and ``QCAL_ORT_CPU`` to choose it: ``qcal.int8.ort_dispatch``): uint8
 activations with int8 weights run U8S8 kernels. On AVX2 and on AVX-512 without VNNI they
 multiply raw codes with ``vpmaddubsw``, which adds the products of K positions (2p, 2p+1)
 into int16 **with saturation**: the same pairs as FBGEMM's, in im2col (kh, kw, c) order, K
@@ -51,8 +52,7 @@ from importlib import metadata
 
 import torch
 
-from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import assumed_cpu, instruction_set_from_flags
+from qcal.int8.ort_dispatch import ort_dispatch, ort_instruction_set, ort_saturates
 from qcal.qparams import _fma_f32
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "ort_avg_pool2d",
     "ort_clip",
     "ort_dequantize",
+    "ort_dispatch",
     "ort_environment",
     "ort_global_avg_pool",
     "ort_instruction_set",
@@ -72,56 +73,17 @@ __all__ = [
 ORT_OPTIONS: dict[str, str] = {}
 
 
-def ort_saturates(path: str = "gemm", saturate: bool | None = None) -> bool:
-    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on the
-    CPU qcal assumes (``ort_instruction_set``: ``QCAL_CPU`` / ``--cpu`` if set, else this one).
-
-    Depthwise kernels never do; the GEMM/ConvSym kernels do without VNNI (AVX2, AVX-512F).
-
-    Example:
-        >>> ort_saturates("depthwise"), ort_saturates("gemm", saturate=True)
-        (False, True)
-    """
-    if saturate is not None:
-        return bool(saturate)
-    return path != "depthwise" and ort_instruction_set() in _SATURATING
-
-
-# /proc/cpuinfo flag -> the MLAS kernel family it selects, best first (mlas/lib/platform.cpp)
-_ISA_FLAGS: tuple[tuple[str, str], ...] = (
-    ("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
-    ("avx512bw", "AVX512 (no VNNI)"), ("avx2", "AVX2 (no VNNI)"),
-)
-# QCAL_CPU's names (FBGEMM's instruction sets, ``qcal.int8.isa``) -> MLAS's kernel family
-_FROM_FBGEMM = {"avx2": "AVX2 (no VNNI)", "avx512": "AVX512 (no VNNI)", "avx512_ymm": "AVX512 (no VNNI)",
-                "avx512_vnni": "AVX512-VNNI", "avx512_vnni_ymm": "AVX512-VNNI"}
-_SATURATING = frozenset({"AVX2 (no VNNI)", "AVX512 (no VNNI)"})
-
-
-def ort_instruction_set() -> str:
-    """The instruction set the ort flavour assumes MLAS's int8 kernels use.
-
-    ``QCAL_CPU`` (``--cpu``) names one of FBGEMM's sets (``qcal.int8.isa``): avx2 and
-    avx512(_ymm) map to MLAS's saturating AVX2 / AVX-512 kernels, avx512_vnni(_ymm) to its
-    VNNI kernels. Unset, this machine's /proc/cpuinfo decides (which also knows AVX-VNNI
-    without AVX-512 and AMX, which QCAL_CPU's names cannot say); off Linux x86, AVX2.
-    """
-    cpu, flags = assumed_cpu(), cpu_flags()
-    # QCAL_CPU, --cpu, or another machine's CPU (a Dask job computes with its client's): FBGEMM's name
-    if cpu.source != "/proc/cpuinfo" or instruction_set_from_flags(flags) != cpu.isa.removesuffix("_ymm"):
-        return _FROM_FBGEMM[cpu.isa]
-    return next((name for flag, name in _ISA_FLAGS if flag in flags), "unknown (no AVX2 flag read)")
-
-
 def ort_environment() -> dict[str, str]:
     """What a saved run records about the ort prediction: onnxruntime's version (the
-    installed package, or "not installed") and the instruction set assumed."""
+    installed package, or "not installed"), the MLAS int8 kernels assumed, whether they
+    saturate, and the float kernels (``qcal.int8.ort_dispatch``)."""
     try:
         version = metadata.version("onnxruntime")
     except metadata.PackageNotFoundError:
         version = "not installed"
-    return {"onnxruntime_version": version, "ort_instruction_set": ort_instruction_set(),
-            "ort_u8s8_saturates": str(ort_saturates())}
+    d = ort_dispatch()
+    return {"onnxruntime_version": version, "ort_instruction_set": d.int8, "ort_u8s8_saturates": str(d.saturates),
+            "ort_float_kernels": f"{d.float_kernels} (NCHWc block {d.nchwc_block})"}
 
 
 def _range(dtype: torch.dtype) -> tuple[int, int]:

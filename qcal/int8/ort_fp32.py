@@ -16,10 +16,24 @@ asymmetric per tensor despite the transformer's comment: ``lo = min(min w, 0)``,
 ``z = rint(clamp(f32(-128 - f32(lo / s)), -128, 127))``; weights are then quantized by
 QuantizeLinear (a division) and the bias by ``rint(f32(b / f32(sx * s)))`` (Mul, Div,
 Round, Cast), which is qcal's ``ort`` bias rule. A layer whose input is the model input (no
-DQ) or whose output is the model output (no Q) stays float and runs in MLAS's float kernels:
-``ort_float_gemm`` reproduces MLAS's SGEMM (AVX2/FMA3 kernel) bit for bit; a float Conv
-runs in MLAS's NCHWc kernels, which qcal does not reproduce (torch's conv stands in: their
-accumulation orders differ, so a requantization on a near-tie can land one code apart).
+DQ) or whose output is the model output (no Q) stays float and runs in MLAS's float kernels,
+which depend on the MLAS dispatch (``qcal.int8.ort_dispatch``: ``QCAL_ORT_CPU``, else the CPU):
+
+* ``ort_float_gemm``: MLAS's packed SGEMM; the FMA3 and the AVX512F kernels accumulate alike
+  (one ``fma`` chain per K block of ``SGEMM_STRIDE_K``): checked on hardware with both (an
+  AMD EPYC, AVX2; an Intel Xeon, AVX-512 + AMX).
+* ``ort_float_conv``: MLAS's NCHWc conv (``mlas/lib/snchwc.cpp``; kernels
+  ``x86_64/SconvKernelFma3.S`` / ``SconvKernelAvx512F.S`` from the same macros,
+  ``SconvKernelCommon.h``) in channel blocks of ``MlasNchwcGetBlockSize()``: 8 with FMA3
+  (**checked on hardware**, AMD EPYC), 16 with AVX-512F (**source only**: the same
+  ``vfmadd231ps`` chain over (kh, kw, channel in block), ``vaddps`` onto the output, then the
+  bias; on AVX-512 hardware one case only agrees, a Xeon's 8 -> 8 1x1 conv on the NCHW-input
+  kernel, tests/int8/test_int8_ort_fp32.py). ``ort_float_conv_reproduced`` claims bit-exactness
+  only where the model was checked on hardware (the FMA3 dispatches avx2 and avx_vnni); on
+  the AVX-512F dispatches a float Conv is named "not reproduced" (``export --verify`` then
+  attributes differences to it) while ``ort_float_layer`` still predicts it with the source
+  model. Elsewhere (groups, channel counts outside the blocks) torch's conv stands in: their
+  accumulation orders differ, so a requantization on a near-tie can land one code apart.
 """
 
 from __future__ import annotations
@@ -31,17 +45,21 @@ import torch
 from torch import nn
 
 from qcal.int8.ort import ort_dequantize, ort_quantize
+from qcal.int8.ort_dispatch import MlasDispatch, ort_dispatch
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import _fma_f32
 
-__all__ = ["NCHWC_BLOCK", "POINTWISE_CHANNELS", "SGEMM_STRIDE_K", "ort_float_conv", "ort_float_conv_reproduced", "ort_float_gemm", "ort_float_layer", "ort_fp32_kernel", "ort_fp32_kernels", "ort_fp32_layers", "ort_fp32_notes",
-           "ort_quantized_fp32_layers", "ort_weight_qparams"]
+__all__ = ["NCHWC_BLOCK", "POINTWISE_CHANNELS", "SGEMM_STRIDE_K", "ort_float_conv", "ort_float_conv_modelled",
+           "ort_float_conv_reproduced", "ort_float_gemm", "ort_float_layer", "ort_fp32_kernel", "ort_fp32_kernels",
+           "ort_fp32_layers", "ort_fp32_notes", "ort_quantized_fp32_layers", "ort_weight_qparams"]
 
 #: MLAS's SGEMM splits K into blocks of this many (``mlas/lib/sgemm.cpp``, MLAS_SGEMM_STRIDEK)
 SGEMM_STRIDE_K = 256
-#: MLAS's NCHWc channel block on AVX2 (``MlasNchwcGetBlockSize``; 16 with AVX-512F)
+#: MLAS's NCHWc channel block on AVX2 (``MlasNchwcGetBlockSize``; ``MlasDispatch.nchwc_block``:
+#: 16 with AVX-512F)
 NCHWC_BLOCK = 8
-#: input channels one call of MLAS's NCHWc pointwise (1x1, unpadded) kernel sums (measured)
+#: input channels one call of MLAS's NCHWc pointwise (1x1, unpadded) kernel sums (measured; in
+#: snchwc.cpp ``MaximumInputChannelBatch = 128`` channels, whatever the block)
 POINTWISE_CHANNELS = 128
 
 
@@ -88,8 +106,9 @@ def ort_quantized_fp32_layers(graph: Any) -> dict[str, tuple[int, int]]:
 
 def ort_fp32_layers(graph: Any) -> dict[str, str]:
     """How onnxruntime runs each fp32 layer of a recipe: {layer: "int8" (quantized by
-    WeightBiasQuantization, reproduced), "float Gemm" (MLAS SGEMM, reproduced) or "float Conv"
-    (MLAS's NCHWc kernels, not reproduced bit for bit)}."""
+    WeightBiasQuantization, reproduced), "float Gemm" (MLAS SGEMM, reproduced), "float Conv"
+    (MLAS's NCHWc kernels, reproduced on the assumed dispatch: ``ort_float_conv_reproduced``)
+    or "float Conv (not reproduced)" (other shapes, or an AVX-512F dispatch)}."""
     quantized = ort_quantized_fp32_layers(graph)
     out = {}
     for step in graph.steps:
@@ -117,8 +136,11 @@ def ort_fp32_notes(graph: Any) -> list[str]:
     if by["float Conv"]:
         out.append(f"{', '.join(by['float Conv'])} run as float Conv in onnxruntime (MLAS NCHWc kernels, reproduced)")
     if by["float Conv (not reproduced)"]:
+        d = ort_dispatch()
+        why = "" if d.float_conv_checked else (f" (MLAS dispatch {d.name}: {d.float_kernels} kernels, blocks of "
+                                                f"{d.nchwc_block}, modelled from MLAS's source only)")
         out.append(f"{', '.join(by['float Conv (not reproduced)'])} run as float Conv in onnxruntime with a kernel the "
-                   "ort flavour does not reproduce bit for bit: expect a few differing values after them")
+                   f"ort flavour does not reproduce bit for bit{why}: expect a few differing values after them")
     return out
 
 
@@ -147,13 +169,14 @@ def ort_fp32_kernel(module: nn.Module, x_qparams: tuple[float, int], y_qparams: 
 
 @torch.no_grad()
 def ort_float_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """onnxruntime's float ``Gemm(x, weight, bias, transB=1)`` on x86 with FMA (MLAS SGEMM).
+    """onnxruntime's float ``Gemm(x, weight, bias, transB=1)`` on x86 with FMA (MLAS packed SGEMM).
 
     Each K block of ``SGEMM_STRIDE_K`` accumulates ``fma(x_k, w_k, acc)`` from 0 in k order;
     the blocks are then added to C one by one, C starting at the broadcast bias (Gemm copies
     it into the output first) or at the first block. Checked against onnxruntime on random
-    shapes (tests/int8/test_int8_ort_fp32.py); torch's ``linear`` sums in another order and
-    differs in the last bit on most outputs.
+    shapes (tests/int8/test_int8_ort_fp32.py) with the FMA3 kernel (AMD EPYC) and the AVX512F
+    one (Intel Xeon): every MLAS dispatch qcal knows; torch's ``linear`` sums in another order
+    and differs in the last bit on most outputs.
     """
     if x.dim() != 2:
         raise ValueError(f"Gemm takes a 2-D input (batch, features), got shape {tuple(x.shape)}")
@@ -168,32 +191,53 @@ def ort_float_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return c
 
 
-def ort_float_conv_reproduced(conv: nn.Conv2d) -> bool:
-    """Whether ``ort_float_conv`` reproduces onnxruntime's float Conv of this layer: NCHWc
-    kernels (groups 1, output channels a multiple of ``NCHWC_BLOCK``) on an input with fewer
-    channels than a block (the NCHW-input kernel) or a multiple of it (NCHWc input)."""
-    c, o = conv.in_channels, conv.out_channels
-    return (conv.groups == 1 and o % NCHWC_BLOCK == 0 and (c < NCHWC_BLOCK or c % NCHWC_BLOCK == 0)
+def _dispatch(dispatch: MlasDispatch | str | None) -> MlasDispatch:
+    return dispatch if isinstance(dispatch, MlasDispatch) else ort_dispatch(dispatch)
+
+
+def ort_float_conv_modelled(conv: nn.Conv2d, dispatch: MlasDispatch | str | None = None) -> bool:
+    """Whether ``ort_float_conv`` models onnxruntime's float Conv of this layer on ``dispatch``
+    (None: ``ort_dispatch()``): NCHWc kernels (groups 1, output channels a multiple of the
+    dispatch's block) on an input with fewer channels than a block (the NCHW-input kernel) or
+    a multiple of it (NCHWc input)."""
+    block, c, o = _dispatch(dispatch).nchwc_block, conv.in_channels, conv.out_channels
+    return (conv.groups == 1 and o % block == 0 and (c < block or c % block == 0)
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
+def ort_float_conv_reproduced(conv: nn.Conv2d, dispatch: MlasDispatch | str | None = None) -> bool:
+    """Whether ``ort_float_conv`` reproduces this float Conv bit for bit, checked on hardware:
+    modelled (``ort_float_conv_modelled``) on a dispatch whose NCHWc model was checked on a
+    real CPU (``MlasDispatch.float_conv_checked``: the FMA3 kernels, block 8). False on the
+    AVX-512F dispatches, whose model comes from MLAS's source only.
+
+    Example:
+        >>> conv = nn.Conv2d(16, 16, 3)
+        >>> ort_float_conv_reproduced(conv, "avx2"), ort_float_conv_reproduced(conv, "avx512")
+        (True, False)
+    """
+    d = _dispatch(dispatch)
+    return d.float_conv_checked and ort_float_conv_modelled(conv, d)
+
+
 @torch.no_grad()
-def ort_float_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """onnxruntime's float Conv on x86 AVX2 (MLAS NCHWc kernels) where ``ort_float_conv_reproduced``.
+def ort_float_conv(x: torch.Tensor, conv: nn.Conv2d, dispatch: MlasDispatch | str | None = None) -> torch.Tensor:
+    """onnxruntime's float Conv on x86 (MLAS NCHWc kernels) where ``ort_float_conv_modelled``.
 
     Per channel group (each input channel when there are fewer than a block, else each block
-    of ``NCHWC_BLOCK``, or ``POINTWISE_CHANNELS`` for an unpadded 1x1 conv) a partial sum is an
-    ``fma`` chain from 0 over (kh, kw, channel in the group); the partials are added in
-    channel order, then the bias (measured against onnxruntime:
-    tests/int8/test_int8_ort_fp32.py).
+    of the dispatch's ``nchwc_block``, or ``POINTWISE_CHANNELS`` for an unpadded 1x1 conv) a
+    partial sum is an ``fma`` chain from 0 over (kh, kw, channel in the group); the partials
+    are added in channel order, then the bias (block 8: measured against onnxruntime,
+    tests/int8/test_int8_ort_fp32.py; block 16: read from MLAS's AVX-512F kernel only).
     """
+    block = _dispatch(dispatch).nchwc_block
     (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
     w = conv.weight.detach().float()
     o, c, kh, kw = w.shape
     xp = torch.nn.functional.pad(x.float(), [pw, pw, ph, ph])
     ho, wo = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
     pointwise = (kh, kw) == (1, 1) and (ph, pw) == (0, 0)
-    group = 1 if c < NCHWC_BLOCK else (POINTWISE_CHANNELS if pointwise else NCHWC_BLOCK)
+    group = 1 if c < block else (POINTWISE_CHANNELS if pointwise else block)
     out = None
     for c0 in range(0, c, group):
         acc = torch.zeros(x.shape[0], o, ho, wo)
@@ -207,14 +251,16 @@ def ort_float_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 def ort_float_layer(module: nn.Module, x: Any) -> torch.Tensor | None:
-    """An fp32 layer as onnxruntime's own float kernels compute it, or None where qcal does
-    not reproduce them (the caller runs torch's op instead)."""
+    """An fp32 layer as onnxruntime's own float kernels compute it on the assumed dispatch
+    (for an AVX-512F conv: the source-only model, see the module doc), or None where qcal has
+    no model of them (the caller runs torch's op instead)."""
     if not isinstance(x, torch.Tensor):
         return None
     if type(module) is nn.Linear and x.dim() == 2:
         return ort_float_gemm(x, module.weight, module.bias)
-    if type(module) is nn.Conv2d and x.dim() == 4 and ort_float_conv_reproduced(module):
-        return ort_float_conv(x, module)
+    d = ort_dispatch()
+    if type(module) is nn.Conv2d and x.dim() == 4 and ort_float_conv_modelled(module, d):
+        return ort_float_conv(x, module, d)
     return None
 
 

@@ -7,17 +7,19 @@ never passes on onnxruntime's float fallback by accident.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from ort_cases import fused_ops, model, qdq_layer, run
+from ort_cases import fused_ops, model, qdq_layer, run, this_machines_dispatch
 
 import qcal.int8 as qi
 from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import AssumedCpu, emulating
+from qcal.int8.isa import AssumedCpu, assumed_cpu, emulating
 from qcal.int8.ort import (
     ort_add,
     ort_clip,
@@ -27,10 +29,31 @@ from qcal.int8.ort import (
     ort_quantize,
     ort_saturates,
 )
+from qcal.int8.ort_dispatch import (
+    DISPATCHES,
+    ORT_ENV_VAR,
+    mlas_dispatch_from_flags,
+    ort_dispatch_report,
+)
 from qcal.qparams import quantize
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "_no_cpu_env")
 F32 = np.float32
+
+
+@pytest.fixture(scope="module")
+def _no_cpu_env():
+    """Every test starts from this machine's CPU: no QCAL_ORT_CPU, no QCAL_CPU."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(ORT_ENV_VAR, raising=False)
+        mp.delenv("QCAL_CPU", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def machine_dispatch():
+    """This machine's MLAS dispatch (the test compares against its onnxruntime)."""
+    return this_machines_dispatch()
 
 
 def _layer_case(rng, kind, c, o, k, groups, per_channel, wzp, hi):
@@ -59,7 +82,7 @@ def _ort_layer(kind, x, w, w_scale, w_zp, bias, xs, xz, ys, yz, tmp_path, **attr
 @given(seed=st.integers(0, 2**31), c=st.sampled_from([1, 3, 4, 8, 16]), o=st.sampled_from([8, 16, 32]),
        k=st.sampled_from([1, 3]), depthwise=st.booleans(), per_channel=st.booleans(), wzp=st.integers(-3, 3),
        stride=st.sampled_from([1, 2]), hi=st.sampled_from([127, 255]))
-def test_conv_matches_onnxruntime(tmp_path_factory, seed, c, o, k, depthwise, per_channel, wzp, stride, hi):
+def test_conv_matches_onnxruntime(machine_dispatch, tmp_path_factory, seed, c, o, k, depthwise, per_channel, wzp, stride, hi):
     rng = np.random.default_rng(seed)
     groups = c if depthwise else 1
     o = c if depthwise else o
@@ -78,7 +101,7 @@ def test_conv_matches_onnxruntime(tmp_path_factory, seed, c, o, k, depthwise, pe
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), c=st.sampled_from([7, 16, 64, 129]), o=st.sampled_from([3, 10, 64]),
        per_channel=st.booleans(), wzp=st.integers(-3, 3), hi=st.sampled_from([127, 255]))
-def test_gemm_matches_onnxruntime(tmp_path_factory, seed, c, o, per_channel, wzp, hi):
+def test_gemm_matches_onnxruntime(machine_dispatch, tmp_path_factory, seed, c, o, per_channel, wzp, hi):
     rng = np.random.default_rng(seed)
     x, w, w_scale, w_zp, bias, xs, xz = _layer_case(rng, "linear", c, o, 1, 1, per_channel, wzp, hi)
     ys, yz = F32(rng.random() * 0.5 + 0.05), int(rng.integers(0, 256))
@@ -90,10 +113,11 @@ def test_gemm_matches_onnxruntime(tmp_path_factory, seed, c, o, per_channel, wzp
     assert int((mine.numpy() != y).sum()) == 0
 
 
-def test_u8s8_saturates_here_and_not_with_x64quantprecision(tmp_path):
-    """Activations up to 255 with +-128 weights: the int16 pair sums overflow. On this CPU (no
-    VNNI) onnxruntime's default kernel saturates them exactly as the pair model says; with
-    ``session.x64quantprecision=1`` it computes the exact accumulator."""
+def test_u8s8_saturates_as_the_dispatch_says_and_not_with_x64quantprecision(machine_dispatch, tmp_path):
+    """Activations up to 255 with +-128 weights: the int16 pair sums overflow. onnxruntime's
+    default kernel saturates them exactly as the pair model says where this machine's MLAS
+    dispatch saturates (AVX2, AVX-512 without VNNI) and computes the exact accumulator where it
+    does not (VNNI, AMX); with ``session.x64quantprecision=1`` it is exact everywhere."""
     rng = np.random.default_rng(1)
     x = rng.integers(200, 256, (2, 16, 6, 6)).astype(np.uint8)
     w = np.where(rng.random((16, 16, 3, 3)) < 0.5, 127, -128).astype(np.int8)
@@ -106,9 +130,58 @@ def test_u8s8_saturates_here_and_not_with_x64quantprecision(tmp_path):
     assert int((saturating != exact_out).sum()) > 100  # the case does saturate
     (default,) = run(m, {"x": x})
     (precise,) = run(m, {"x": x}, options={"session.x64quantprecision": "1"})
-    assert int((default != (saturating if ort_saturates() else exact_out)).sum()) == 0
+    assert ort_saturates() is machine_dispatch.saturates
+    assert int((default != (saturating if machine_dispatch.saturates else exact_out)).sum()) == 0
     assert int((precise != exact_out).sum()) == 0
 
+
+
+def _predicts_saturation(saturates: bool) -> None:
+    """The ort conv prediction on a case whose int16 pairs overflow follows ``saturates``."""
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(200, 256, (2, 16, 6, 6)).astype(np.uint8))
+    w = torch.from_numpy(np.where(rng.random((16, 16, 3, 3)) < 0.5, 127, -128).astype(np.int8))
+    args = (x, 1.0, 3, w, 1.0, 0, None, 40.0, 128)
+    predicted = qi.conv2d(*args, padding=1, backend="ort")
+    assert torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=saturates))
+    assert not torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=not saturates))
+
+
+@pytest.mark.parametrize(("value", "isa", "saturates", "block"), [
+    ("amx", "AMX", False, 16), ("AVX512_VNNI", "AVX512-VNNI", False, 16), ("avx512f", "AVX512 (no VNNI)", True, 16),
+    (" avx512 ", "AVX512 (no VNNI)", True, 16), ("avx-vnni", "AVX-VNNI", False, 8), ("avx2", "AVX2 (no VNNI)", True, 8)])
+def test_qcal_ort_cpu_names_mlas_dispatch(monkeypatch, value, isa, saturates, block):
+    """QCAL_ORT_CPU picks MLAS's dispatch on any machine (AMX and AVX-VNNI too, which QCAL_CPU
+    cannot say) and changes the ort flavour only: FBGEMM's assumed set stays this machine's."""
+    fbgemm = assumed_cpu().isa
+    monkeypatch.setenv(ORT_ENV_VAR, value)
+    assert ort_instruction_set() == isa and ort_saturates() is saturates and ort_saturates("depthwise") is False
+    env = ort_environment()
+    assert env["ort_instruction_set"] == isa and env["ort_float_kernels"].endswith(f"(NCHWc block {block})")
+    assert assumed_cpu().isa == fbgemm
+    _predicts_saturation(saturates)
+
+
+@pytest.mark.parametrize("value", ["sse4", "avx512_bf16", "AVX2 (no VNNI)"])
+def test_qcal_ort_cpu_rejects_unknown_names(monkeypatch, value):
+    monkeypatch.setenv(ORT_ENV_VAR, value)
+    message = f"QCAL_ORT_CPU {value!r} is not an MLAS dispatch; expected one of: amx, avx512_vnni, avx512"
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ort_instruction_set()
+    with pytest.raises(ValueError, match="QCAL_ORT_CPU"):
+        assumed_cpu()  # checked where the CPU is read, before any job is sent
+
+
+def test_qcal_ort_cpu_comes_before_qcal_cpu(monkeypatch):
+    monkeypatch.setenv("QCAL_CPU", "avx512_vnni")
+    monkeypatch.setenv(ORT_ENV_VAR, "avx2")
+    assert ort_instruction_set() == "AVX2 (no VNNI)" and ort_saturates()
+    assert assumed_cpu().isa == "avx512_vnni"  # FBGEMM keeps QCAL_CPU's set
+    monkeypatch.setenv("QCAL_CPU", "avx2")
+    monkeypatch.setenv(ORT_ENV_VAR, "amx")
+    assert ort_instruction_set() == "AMX" and not ort_saturates()
+    monkeypatch.delenv(ORT_ENV_VAR)
+    assert ort_instruction_set() == "AVX2 (no VNNI)"  # unset: QCAL_CPU's FBGEMM name decides
 
 
 @pytest.mark.parametrize(("cpu", "isa", "saturates"), [
@@ -121,32 +194,69 @@ def test_qcal_cpu_decides_the_ort_prediction(monkeypatch, cpu, isa, saturates):
     assert ort_instruction_set() == isa and ort_saturates() is saturates
     assert ort_saturates("depthwise") is False  # MLAS's depthwise kernels widen first everywhere
     assert ort_environment()["ort_instruction_set"] == isa
-    rng = np.random.default_rng(1)
-    x = torch.from_numpy(rng.integers(200, 256, (2, 16, 6, 6)).astype(np.uint8))
-    w = torch.from_numpy(np.where(rng.random((16, 16, 3, 3)) < 0.5, 127, -128).astype(np.int8))
-    args = (x, 1.0, 3, w, 1.0, 0, None, 40.0, 128)
-    predicted = qi.conv2d(*args, padding=1, backend="ort")
-    assert torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=saturates))
-    assert not torch.equal(predicted, qi.conv2d(*args, padding=1, backend="ort", saturate=not saturates))
+    _predicts_saturation(saturates)
 
 
 def test_a_dask_clients_cpu_decides_on_the_worker(monkeypatch):
-    """A job run under ``emulating`` (a client's CPU read from its /proc/cpuinfo) predicts that
-    CPU's MLAS kernels, not the worker's."""
-    monkeypatch.delenv("QCAL_CPU", raising=False)
+    """A job run under ``emulating`` (a client's CPU read from its /proc/cpuinfo, from before
+    AssumedCpu carried MLAS's dispatch) predicts that CPU's MLAS kernels, not the worker's
+    hardware or QCAL_ORT_CPU."""
+    monkeypatch.setenv(ORT_ENV_VAR, "amx")
     client = AssumedCpu("avx512_vnni", "avx512_vnni", "/proc/cpuinfo")
     with emulating(client):
         assert ort_instruction_set() == "AVX512-VNNI" and not ort_saturates()
 
-def test_this_machine_without_qcal_cpu(monkeypatch):
-    """Unset, /proc/cpuinfo decides: this CI machine is AVX2 without VNNI (AVX-VNNI or AMX
-    would select MLAS's non-saturating kernels, which QCAL_CPU's FBGEMM names cannot say)."""
-    monkeypatch.delenv("QCAL_CPU", raising=False)
-    flags = cpu_flags()
-    if not flags or flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512bw"}:
-        pytest.skip("not an AVX2-only Linux x86 machine")
-    assert ort_instruction_set() == "AVX2 (no VNNI)" and ort_saturates()
 
+@pytest.mark.parametrize(("client_env", "isa"), [("amx", "AMX"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX512 (no VNNI)")])
+def test_the_clients_mlas_dispatch_travels_with_its_job(monkeypatch, client_env, isa):
+    """The client's QCAL_ORT_CPU is read into its ``assumed_cpu()``, which a Dask job carries
+    (pickled) and runs under; the worker's own QCAL_ORT_CPU and QCAL_CPU do not count."""
+    from qcal.analysis.cluster import _run_job
+
+    monkeypatch.setenv(ORT_ENV_VAR, client_env)
+    job_cpu = pickle.loads(pickle.dumps(assumed_cpu()))
+    monkeypatch.setenv(ORT_ENV_VAR, "avx2")  # the worker's environment
+    monkeypatch.setenv("QCAL_CPU", "avx512_vnni")
+    assert _run_job(lambda shared, payload: (ort_instruction_set(), ort_saturates()), None, None, job_cpu) == (
+        isa, DISPATCHES[job_cpu.mlas].saturates)
+    assert ort_instruction_set() == "AVX2 (no VNNI)"  # outside the job, the worker's
+
+
+@pytest.mark.parametrize(("flags", "dispatch"), [
+    ({"avx2", "fma"}, "avx2"),
+    ({"avx2", "fma", "avx_vnni"}, "avx_vnni"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"}, "avx512"),
+    ({"avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512dq", "avx512vl"}, "avx512"),  # Avx512Core overrides
+    ({"avx2", "fma", "avx512f"}, "avx512"),  # AVX-512F alone: AVX512F float kernels, saturating int8
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}, "avx512_vnni"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "amx_int8"}, "avx512_vnni"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8",
+      "amx_tile", "avx512_bf16", "avx512_fp16"}, "amx"),
+    ({"avx", "sse4_2"}, None)])
+def test_mlas_dispatch_from_cpuinfo_flags(flags, dispatch):
+    """platform.cpp's order, on flag sets of real CPUs (EPYC, Alder Lake, Skylake-SP, Xeon Phi,
+    Cascade Lake, Sapphire Rapids) and one without AVX2 (not modelled)."""
+    assert mlas_dispatch_from_flags(flags) == dispatch
+
+
+def test_this_machine_without_qcal_cpu(machine_dispatch):
+    """Unset, /proc/cpuinfo decides MLAS's dispatch, whatever FBGEMM's set (AVX-VNNI or AMX
+    select MLAS's non-saturating kernels, which QCAL_CPU's FBGEMM names cannot say)."""
+    assert mlas_dispatch_from_flags(cpu_flags()) == machine_dispatch.name == assumed_cpu().mlas
+    assert ort_instruction_set() == machine_dispatch.int8 and ort_saturates() is machine_dispatch.saturates
+
+
+def test_dispatch_report_says_how_each_dispatch_was_checked(monkeypatch):
+    rows = ort_dispatch_report()
+    assert [r[0] for r in rows] == ["avx2", "avx_vnni", "avx512", "avx512_vnni", "amx"]
+    for name, _kernels, saturates, floats, checked in rows:
+        monkeypatch.setenv(ORT_ENV_VAR, name)
+        assert ort_saturates() is saturates and ort_instruction_set() == DISPATCHES[name].int8
+        assert checked.startswith(("hardware (", "source only", "int8 source only"))
+        conv_checked = DISPATCHES[name].float_conv_checked
+        assert ("block 16" in floats) == ("AVX512F" in floats) == (not conv_checked)
+        assert conv_checked or "source only" in checked  # an AVX-512F conv model is never said to be checked
+    assert rows[0][4] == "hardware (AMD EPYC AVX2)" and rows[4][4].startswith("hardware (Xeon AMX")
 
 
 @settings(max_examples=40, deadline=None)
