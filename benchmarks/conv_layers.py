@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from qcal.int8 import native
-from qcal.int8.cpu import has_vnni
+from qcal.int8.cpu.flags import has_vnni
 from qcal.int8.packed import pack_conv2d
 
 warnings.filterwarnings("ignore", category=UserWarning)

@@ -26,7 +26,7 @@ import torch
 from qcal.analysis.sensitivity import sensitivity_recipes
 from qcal.analysis.sweep import SharedEval, score_jobs
 from qcal.calibration.calibrate import Calibrated
-from qcal.int8.isa import assumed_cpu
+from qcal.int8.cpu.isa import assumed_cpu
 from qcal.schemes import SCHEMES
 from qcal.zoo import zoo
 

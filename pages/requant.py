@@ -7,7 +7,7 @@ import streamlit as st
 from pages._onnx import onnx_download, onnx_file
 from pages._shared import current_run, layer_trace, quantized_model, run_caption
 from pages._state import fail, require_router, select_param
-from qcal.int8.cpu_report import format_cpu_report
+from qcal.int8.cpu.report import format_cpu_report
 from qcal.reporting import worked_example as we
 
 

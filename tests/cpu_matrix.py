@@ -18,7 +18,7 @@ reads the same variable. So for each set in ``SETS``:
 
 What is not lowered stays the machine's own in every column (FBGEMM's groupwise kernel and the
 ``x86`` engine's oneDNN route follow cpuinfo, depthwise is AVX2 code everywhere): a test asks
-``qcal.int8.isa.saturates(family)`` what to expect rather than assuming it from the column.
+``qcal.int8.cpu.isa.saturates(family)`` what to expect rather than assuming it from the column.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import _FORCE_NAMES, _LOWER_TO, instruction_set_from_flags
+from qcal.int8.cpu.flags import cpu_flags
+from qcal.int8.cpu.isa import _FORCE_NAMES, _LOWER_TO, instruction_set_from_flags
 
 #: FBGEMM's full-width x86 sets, weakest first (the ``_ymm`` variants need a Xeon D or one socket
 #: and FBGEMM_ENABLE_AVX512_256; they are not part of the matrix).
@@ -151,7 +151,7 @@ def pytest_collection_modifyitems(items):
 
 def checked_line(reports) -> str:
     """The one line CI prints: which sets ran against the real kernels, and which could not."""
-    from qcal.int8.ort import ort_instruction_set
+    from qcal.int8.cpu.mlas import ort_machine_dispatch
 
     passed: dict[str, int] = {}
     for r in reports:
@@ -162,7 +162,8 @@ def checked_line(reports) -> str:
     ran = [f"{isa} ({'native' if isa == own else 'FBGEMM_ENABLE_INSTRUCTIONS=' + ENV_NAME[isa]}, "
            f"{passed[isa]} tests)" for isa in SETS if isa in passed]
     missing = [isa for isa in SETS if isa not in passed]
-    mlas = ort_instruction_set() if not os.environ.get("QCAL_CPU") else "as QCAL_CPU"
+    dispatch = ort_machine_dispatch()  # what this machine's onnxruntime runs, whatever QCAL_* emulate
+    mlas = dispatch.name if dispatch else "none (not Linux x86 with AVX2)"
     line = f"checked against the real kernels: torch fbgemm/x86 {', '.join(ran) or 'none'}; onnxruntime MLAS {mlas} (native)"
     if missing:
         line += f"; not run: {', '.join(missing)} (this CPU has {ENV_NAME[machine_set()]})"

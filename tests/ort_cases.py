@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcal.int8.ort_dispatch import ort_machine_dispatch
+from qcal.int8.cpu.mlas import ort_machine_dispatch
 
 ort.set_default_logger_severity(3)
 _FLOAT_KERNELS = {"FMA3": "AVX2 dispatch (FMA3 float kernels)",

@@ -196,7 +196,7 @@ def test_requant_steps_follow_the_backend():
 
 
 def test_requant_shows_the_cpu_report_qcal_cpu_prints():
-    from qcal.int8.cpu_report import format_cpu_report
+    from qcal.int8.cpu.report import format_cpu_report
 
     at = app("requant")
     assert_clean(at)

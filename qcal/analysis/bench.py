@@ -35,7 +35,7 @@ from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.analysis.sensitivity import sensitivity
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.int8 import native
-from qcal.int8.cpu import has_vnni
+from qcal.int8.cpu.flags import has_vnni
 from qcal.schemes import SCHEMES
 from qcal.zoo import datasets, zoo
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from qcal.int8.isa import AssumedCpu, assumed_cpu, emulating
+from qcal.int8.cpu.isa import AssumedCpu, assumed_cpu, emulating
 
 __all__ = ["ENV_VAR", "Sweep", "SweepStats", "connect", "dask_executor", "env_executor",
            "is_distributed", "run_sweep"]

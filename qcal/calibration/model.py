@@ -22,8 +22,8 @@ from qcal.graph.layouts import torch_layouts
 from qcal.graph.modules import SwappedModel
 from qcal.graph.program import IntegerProgram, run_float
 from qcal.int8 import requant_multipliers
+from qcal.int8.backends.ort_fp32 import ort_fp32_notes
 from qcal.int8.layer_ops import make_kernel
-from qcal.int8.ort_fp32 import ort_fp32_notes
 from qcal.qparams import dequantize
 from qcal.schemes import Scheme, check_backends
 
@@ -259,13 +259,13 @@ class QuantizedModel:
 
         ``qcal.int8.assumed_cpu()``: ``QCAL_CPU`` if set, else this machine's (avx2 off Linux x86).
         """
-        from qcal.int8.isa import assumed_cpu
+        from qcal.int8.cpu.isa import assumed_cpu
 
         return assumed_cpu().isa if self.backend in ("fbgemm", "x86") else None
 
     def _cpu_notes(self) -> list[str]:
-        from qcal.int8.isa import assumed_cpu
-        from qcal.int8.onednn import x86_uses_onednn
+        from qcal.int8.backends.onednn import x86_uses_onednn
+        from qcal.int8.cpu.isa import assumed_cpu
 
         if self.backend not in ("fbgemm", "x86"):
             return []

@@ -1,5 +1,5 @@
 """CLI subcommand ``cpu``: this machine's instruction sets, what qcal emulates for each backend,
-and how each CPU family was checked against the real kernels (``qcal.int8.cpu_report``)."""
+and how each CPU family was checked against the real kernels (``qcal.int8.cpu.report``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ __all__ = ["cpu_command"]
     arg("--cpu", default=None, help="report as QCAL_CPU=NAME would (avx2, avx512, avx512_vnni, ...)"),
 )
 def cpu_command(args: argparse.Namespace) -> int:
-    from qcal.int8.cpu_report import format_cpu_report
-    from qcal.int8.isa import AssumedCpu, assumed_cpu, emulating
+    from qcal.int8.cpu.isa import AssumedCpu, assumed_cpu, emulating
+    from qcal.int8.cpu.report import format_cpu_report
 
     if args.cpu is None:
         write(format_cpu_report())

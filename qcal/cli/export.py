@@ -26,7 +26,7 @@ __all__ = ["export_command"]
 )
 def export_command(args: argparse.Namespace) -> int:
     from qcal.export.verify import export_zoo, verify_onnx
-    from qcal.int8.ort_fp32 import ort_fp32_layers, ort_fp32_notes
+    from qcal.int8.backends.ort_fp32 import ort_fp32_layers, ort_fp32_notes
     from qcal.io.recipe_files import read_recipe
     from qcal.schemes import SCHEMES
     from qcal.zoo import zoo

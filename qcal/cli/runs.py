@@ -30,7 +30,7 @@ _CPU_ARG = arg("--cpu", default=None, metavar="ISA",
 @contextmanager
 def _assumed_cpu(isa: str | None) -> Iterator[str]:
     """``--cpu`` as QCAL_CPU for the command (restored after); yields the line naming the CPU."""
-    from qcal.int8.isa import ENV_VAR, assumed_cpu
+    from qcal.int8.cpu.isa import ENV_VAR, assumed_cpu
 
     before = os.environ.get(ENV_VAR)
     if isa:

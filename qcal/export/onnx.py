@@ -14,7 +14,7 @@ Each program step becomes (qparams ``(s, z)`` of the step's output observation p
   ``DQ -> op -> Q`` with the same ``(s, z)``; float steps (``nn.Flatten`` after a dequantize)
   run on floats.
 
-onnxruntime fuses these groups (see ``qcal.int8.ort``); ``qm.with_backend("ort")`` computes
+onnxruntime fuses these groups (see ``qcal.int8.backends.ort``); ``qm.with_backend("ort")`` computes
 what it computes. Module-swap models are refused: their fp32 parts are arbitrary Python
 (``forward`` code qcal never traced), which only ``torch.onnx.export`` of the float model
 could write; export them by making the model fx-traceable (graph mode) instead.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from qcal.export.onnx import to_onnx
-from qcal.int8.ort import ort_environment
+from qcal.int8.backends.ort import ort_environment
 
 __all__ = ["Verification", "export_zoo", "verify_onnx"]
 

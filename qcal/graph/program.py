@@ -20,6 +20,8 @@ from torch import fx
 
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
 from qcal.graph.layouts import torch_layouts, torch_memory_format
+from qcal.int8.backends.ort import ort_clip
+from qcal.int8.backends.ort_fp32 import ort_float_layer, ort_fp32_kernels
 from qcal.int8.layer_ops import (
     adaptive_avg_pool2d,
     add,
@@ -28,8 +30,6 @@ from qcal.int8.layer_ops import (
     max_pool2d,
     quantize_codes,
 )
-from qcal.int8.ort import ort_clip
-from qcal.int8.ort_fp32 import ort_float_layer, ort_fp32_kernels
 from qcal.qparams import dequantize
 
 __all__ = ["IntegerProgram", "bind_inputs", "pool_params", "release_plan", "run_float"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qcal.int8.isa import InstructionSet
+from qcal.int8.cpu.isa import InstructionSet
 from qcal.int8.pack_cache import cached_pack
 from qcal.int8.packed import KernelResult, pack_conv2d, pack_linear
 from qcal.schemes import Backend

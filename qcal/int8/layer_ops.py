@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from qcal.int8 import ops, qadd
-from qcal.int8.ort import ort_quantize
+from qcal.int8.backends.ort import ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import INT_DTYPES, QRANGES, quantize
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from qcal.int8 import native
-from qcal.int8.ort import ort_avg_pool2d, ort_global_avg_pool
+from qcal.int8.backends.ort import ort_avg_pool2d, ort_global_avg_pool
 from qcal.schemes import check_backend
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "flatten", "max_pool2d"]

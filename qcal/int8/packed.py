@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qcal.int8.accumulate import F32_EXACT, Accumulator, Method
-from qcal.int8.isa import InstructionSet
-from qcal.int8.layer_checks import (
+from qcal.int8.backends.onednn import x86_uses_onednn
+from qcal.int8.backends.ort import ort_saturates
+from qcal.int8.common.accumulate import F32_EXACT, Accumulator, Method
+from qcal.int8.common.layer_checks import (
     check_activations,
     check_linear_input,
     checked_weights,
@@ -31,19 +32,18 @@ from qcal.int8.layer_checks import (
     out_dtype,
     scalar,
 )
-from qcal.int8.native import NativeConv
-from qcal.int8.native_route import NativeRoute
-from qcal.int8.onednn import x86_uses_onednn
-from qcal.int8.ort import ort_saturates
-from qcal.int8.pair_sites import PairPlan, pair_plan
-from qcal.int8.requant import Requant, output_range, requant_multipliers, requantize
-from qcal.int8.saturation import (
+from qcal.int8.common.pair_sites import PairPlan, pair_plan
+from qcal.int8.common.requant import Requant, output_range, requant_multipliers, requantize
+from qcal.int8.common.saturation import (
     ConvPath,
     fbgemm_conv_path,
     fbgemm_saturates,
     pair_saturation_conv,
     pair_saturation_linear,
 )
+from qcal.int8.cpu.isa import InstructionSet
+from qcal.int8.native import NativeConv
+from qcal.int8.native.route import NativeRoute
 from qcal.schemes import Backend, check_backend
 
 __all__ = ["KernelResult", "PackedConv2d", "PackedLinear", "pack_conv2d", "pack_linear"]

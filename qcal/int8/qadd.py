@@ -21,7 +21,7 @@ qnnpack (same shapes)
     rounding half away from zero; ``out = clamp(acc + zo)``. Scale ratios must lie in
     [2^-14, 2^8) (QNNPACK refuses others).
 ort
-    onnxruntime's QLinearAdd (``qcal.int8.ort``); a fused ReLU clamps at ``zo``.
+    onnxruntime's QLinearAdd (``qcal.int8.backends.ort``); a fused ReLU clamps at ``zo``.
 onnx / q31
     the real-valued ``(sa(a-za) + sb(b-zb))/so + zo`` in float64, then rint
     (onnxruntime's QLinearAdd; no torch kernel to match).
@@ -36,8 +36,8 @@ from collections.abc import Callable
 import torch
 
 from qcal.int8 import native
+from qcal.int8.backends.ort import ort_add
 from qcal.int8.ops import check_codes, f32, is_nhwc
-from qcal.int8.ort import ort_add
 
 __all__ = ["add"]
 

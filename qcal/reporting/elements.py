@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from qcal.int8.requant import Requant, requant_multipliers
+from qcal.int8.common.requant import Requant, requant_multipliers
 from qcal.schemes import BACKENDS
 
 __all__ = ["channel_of", "channel_requant", "element_grid", "element_index", "layer_requant", "pick",

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.saturation import pair_saturation_conv, pair_saturation_linear
+from qcal.int8.common.saturation import pair_saturation_conv, pair_saturation_linear
 from qcal.qparams import dequantize, qparams_from_range, qrange, quantize
 from qcal.reporting.elements import channel_of
 

@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from qcal.int8.exact_f32 import fma_f32
-from qcal.int8.onednn import onednn_steps, x86_uses_onednn
-from qcal.int8.requant import Requant, output_range, q31_requantize, requantize
+from qcal.int8.backends.onednn import onednn_steps, x86_uses_onednn
+from qcal.int8.common.exact_f32 import fma_f32
+from qcal.int8.common.requant import Requant, output_range, q31_requantize, requantize
 from qcal.reporting.elements import channel_of, layer_requant, pick
 from qcal.schemes import check_backend
 

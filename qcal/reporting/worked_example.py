@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from qcal.int8.isa import assumed_cpu
+from qcal.int8.cpu.isa import assumed_cpu
 from qcal.reporting.elements import (
     channel_of,
     channel_requant,

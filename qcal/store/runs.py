@@ -70,7 +70,7 @@ def _environment() -> tuple[tuple[str, Any], ...]:
     # torch imported here, not at the top: `qcal runs list` and the store pages need no torch
     import torch
 
-    from qcal.int8.ort import ort_environment
+    from qcal.int8.backends.ort import ort_environment
 
     flags = _cpu_flags()
     return (
@@ -95,7 +95,7 @@ def environment() -> dict[str, Any]:
         detected), ``qcal_version``, ``python_version``, ``machine``, and for the ort
         flavour ``onnxruntime_version``, ``ort_instruction_set`` and ``ort_u8s8_saturates``.
     """
-    from qcal.int8.isa import instruction_set  # here, like torch above: readers need no torch
+    from qcal.int8.cpu.isa import instruction_set  # here, like torch above: readers need no torch
 
     return {**dict(_environment()), "instruction_set": instruction_set()}
 

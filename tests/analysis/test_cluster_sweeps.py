@@ -14,7 +14,7 @@ from dask_cluster import assert_all_stopped, running_cluster, suspicious, worker
 
 import qcal
 from qcal.analysis.cluster import SweepStats, dask_executor
-from qcal.int8.isa import assumed_cpu
+from qcal.int8.cpu.isa import assumed_cpu
 from qcal.zoo import datasets, zoo
 
 distributed = pytest.importorskip("distributed")

@@ -11,7 +11,7 @@ from wholemodel_cases import MATCHING_ENGINE, digits_data, make_model
 import qcal
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.calibration.calibrate import calibrate, calibrate_many
-from qcal.int8.isa import saturates as isa_saturates
+from qcal.int8.cpu.isa import saturates as isa_saturates
 
 ISSUE_ARCHS = ["cnn", "mobilenet", "resnet"]
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from qcal.cli.main import main
-from qcal.int8.ort import ort_saturates
+from qcal.int8.backends.ort import ort_saturates
 from qcal.io.recipe_files import write_recipe
 from qcal.recipes import Recipe
 

@@ -94,7 +94,7 @@ def test_qnnpack_default_saturates_and_is_still_exact(calibrated, splits):
     traces = qms["qnnpack_default"].trace(splits.test[0][:64])
     pairs = sum(t.saturated_pairs for t in traces.values())
     print("saturated pairs (qnnpack_default):", pairs)
-    if not qcal.int8.ort.ort_saturates():
+    if not qcal.int8.backends.ort.ort_saturates():
         assert pairs == 0
 
 

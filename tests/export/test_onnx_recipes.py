@@ -20,7 +20,7 @@ import pytest
 
 import qcal
 from qcal import zoo
-from qcal.int8.ort_fp32 import ort_fp32_layers
+from qcal.int8.backends.ort_fp32 import ort_fp32_layers
 from qcal.recipes import Recipe
 from qcal.zoo.datasets import calib_batches, digits_splits
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qcal.int8.accumulate import (
+from qcal.int8.common.accumulate import (
     F32_EXACT,
     PAIR_LIMIT,
     Accumulator,

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcal.int8.exact_f32 import fma_f32
+from qcal.int8.common.exact_f32 import fma_f32
 
 
 def _round_f32(exact: Fraction) -> np.float32:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import qcal.int8 as qi
-from qcal.int8 import isa as isa_mod
-from qcal.int8.isa import assumed_cpu, instruction_set_from_flags, saturates
-from qcal.int8.saturation import fbgemm_conv_path
+from qcal.int8.common.saturation import fbgemm_conv_path
+from qcal.int8.cpu import isa as isa_mod
+from qcal.int8.cpu.isa import assumed_cpu, instruction_set_from_flags, saturates
 
 AVX2 = {"avx", "avx2", "fma"}
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}

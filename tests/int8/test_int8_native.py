@@ -1,4 +1,4 @@
-"""The native u8 x s8 kernel (``qcal/int8/native.py``): its raw sums against a brute force over
+"""The native u8 x s8 kernel (``qcal/int8/native/__init__.py``): its raw sums against a brute force over
 every int16 pair, its fused requantization against the two-pass engine, whole layers against
 torch's fbgemm kernels where pairs saturate, and the fallback when it cannot be built."""
 
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcal.int8 import native
-from qcal.int8.isa import assumed_cpu, saturates
+from qcal.int8.common.saturation import fbgemm_conv_path
+from qcal.int8.cpu.isa import assumed_cpu, saturates
 from qcal.int8.packed import pack_conv2d, pack_linear
-from qcal.int8.saturation import fbgemm_conv_path
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernel here: {native.why_unavailable()}")
 ROOT = Path(__file__).resolve().parents[2]

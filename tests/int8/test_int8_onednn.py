@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import qcal.int8 as qi
-from qcal.int8.onednn import x86_uses_onednn
+from qcal.int8.backends.onednn import x86_uses_onednn
 
 
 def test_x86_sends_symmetric_convs_with_few_groups_to_onednn_on_avx512_vnni_only():

@@ -21,7 +21,7 @@ width: its answer is CPU-independent. Each sweep also checks it against an exact
 written here (accumulator in float64 / int64, exact far beyond these sums, then the spec's
 formula) and prints both counts, so a CPU where either side drifts says which. qcal's side
 *is* CPU-dependent: on AVX512-VNNI CPUs its accumulator for int8 weights is oneDNN's int8
-convolution / matmul, elsewhere the float engine (``qcal/int8/accumulate.py``); so the conv
+convolution / matmul, elsewhere the float engine (``qcal/int8/common/accumulate.py``); so the conv
 and matmul sweeps run a second time on the oneDNN engine on every CPU (forced, with weights
 |w| <= 64 so that AVX2's oneDNN, which adds int16 pairs with saturation, is exact too).
 """
@@ -38,9 +38,9 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import qcal.int8 as qi
-import qcal.int8.accumulate as accumulate
+import qcal.int8.common.accumulate as accumulate
 from qcal.int8 import pack_cache
-from qcal.int8.native_route import NativeRoute
+from qcal.int8.native.route import NativeRoute
 
 CASES = 240  # random cases per op (the issue asks for >= 200)
 _TORCH_DTYPES = {np.uint8: torch.uint8, np.int8: torch.int8}

@@ -18,9 +18,7 @@ from onnx import TensorProto, helper
 from ort_cases import fused_ops, model, qdq_layer, run, this_machines_dispatch
 
 import qcal.int8 as qi
-from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import AssumedCpu, assumed_cpu, emulating
-from qcal.int8.ort import (
+from qcal.int8.backends.ort import (
     ort_add,
     ort_clip,
     ort_environment,
@@ -29,7 +27,9 @@ from qcal.int8.ort import (
     ort_quantize,
     ort_saturates,
 )
-from qcal.int8.ort_dispatch import (
+from qcal.int8.cpu.flags import cpu_flags
+from qcal.int8.cpu.isa import AssumedCpu, assumed_cpu, emulating
+from qcal.int8.cpu.mlas import (
     DISPATCHES,
     ORT_ENV_VAR,
     mlas_dispatch_from_flags,

@@ -19,9 +19,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from ort_cases import model, needs_float_kernels, run, this_machines_dispatch
 
-from qcal.int8.ort import ort_quantize
-from qcal.int8.ort_dispatch import DISPATCHES, ORT_ENV_VAR
-from qcal.int8.ort_fp32 import (
+from qcal.int8.backends.ort import ort_quantize
+from qcal.int8.backends.ort_fp32 import (
     NCHWC_BLOCK,
     POINTWISE_CHANNELS,
     SGEMM_STRIDE_K,
@@ -35,6 +34,7 @@ from qcal.int8.ort_fp32 import (
     ort_fp32_notes,
     ort_weight_qparams,
 )
+from qcal.int8.cpu.mlas import DISPATCHES, ORT_ENV_VAR
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_no_cpu_env")
 F32 = np.float32

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qcal.int8 as qi
-from qcal.int8.pair_sites import pair_plan
-from qcal.int8.saturation import pair_saturation_conv, pair_saturation_linear
+from qcal.int8.common.pair_sites import pair_plan
+from qcal.int8.common.saturation import pair_saturation_conv, pair_saturation_linear
 
 
 def _brute_pairs(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qcal.int8 as qi
-from qcal.int8.q31 import q31_requantize
+from qcal.int8.common.q31 import q31_requantize
 
 
 def one_by_one(x: int, w: int):
@@ -163,7 +163,7 @@ def test_requantizing_in_slices_gives_the_same_codes(backend, monkeypatch):
     g = torch.Generator().manual_seed(4)
     acc = torch.randint(-(2**20), 2**20, (7, 2, 33), generator=g).float().contiguous()
     whole = qi.requantize(acc, _RQ[backend], 11, channel_axis=1)
-    monkeypatch.setattr("qcal.int8.requant._SLICE", 40)  # one batch row per slice
+    monkeypatch.setattr("qcal.int8.common.requant._SLICE", 40)  # one batch row per slice
     assert torch.equal(qi.requantize(acc, _RQ[backend], 11, channel_axis=1), whole)
     assert torch.equal(qi.requantize(acc, _RQ[backend], 11, channel_axis=1, consume=True), whole)
 

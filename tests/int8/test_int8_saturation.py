@@ -8,7 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qcal.int8 as qi
-from qcal.int8.saturation import fbgemm_conv_path, pair_saturation_conv, pair_saturation_linear
+from qcal.int8.common.saturation import (
+    fbgemm_conv_path,
+    pair_saturation_conv,
+    pair_saturation_linear,
+)
 
 
 def test_one_linear_pair_saturates_to_int16_max():

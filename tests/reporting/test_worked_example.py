@@ -28,7 +28,7 @@ def _trace(acc: int):
 
 
 def test_fbgemm_adds_the_zero_point_after_rounding_and_onnx_before():
-    # the worked number of qcal.int8.requant's docstring: M = 0.5 * 0.25 / 1.0 = 0.125; acc 20 -> 2.5
+    # the worked number of qcal.int8.common.requant's docstring: M = 0.5 * 0.25 / 1.0 = 0.125; acc 20 -> 2.5
     layer = _linear_layer([[1]])
     fbgemm = we.requant_steps(layer, _trace(20), (0, 0), "fbgemm")
     onnx = we.requant_steps(layer, _trace(20), (0, 0), "onnx")

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import torch
 
-from qcal.int8.isa import AssumedCpu, KernelFamily, assumed_cpu, saturates
-from qcal.int8.pair_sites import (
+from qcal.int8.common.pair_sites import (
     PairPlan,
     conv_pair_delta,
     depthwise_pair_delta,
     linear_pair_delta,
     pair_plan,
 )
+from qcal.int8.cpu.isa import AssumedCpu, KernelFamily, assumed_cpu, saturates
 
 __all__ = [
     "ConvPath",

@@ -4,7 +4,7 @@ FBGEMM (and ATen's ``is_cpu_support_vnni``) ask cpuinfo for **AVX512-VNNI** only
 without AVX-512 (``avx_vnni``) runs FBGEMM's AVX2 kernels, which saturate int16 pairs.
 ``torch.backends.cpu.get_cpu_capability()`` does not reveal VNNI, so the flags are read from
 ``/proc/cpuinfo`` (Linux). The instruction set qcal *assumes* (which ``QCAL_CPU`` can
-override) is ``qcal.int8.isa.assumed_cpu``.
+override) is ``qcal.int8.cpu.isa.assumed_cpu``.
 """
 
 from __future__ import annotations

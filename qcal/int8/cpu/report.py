@@ -6,10 +6,10 @@ Three choices decide the integer arithmetic of a layer on x86, and qcal models e
 * **FBGEMM** (torch's ``fbgemm`` engine, and the ``x86`` engine's FBGEMM route), per kernel
   family: the GEMM family (linear, pointwise, im2col) follows ``fbgemmInstructionSet()``,
   which ``FBGEMM_ENABLE_INSTRUCTIONS`` can lower; groupwise follows cpuinfo; depthwise is AVX2
-  code everywhere (``qcal.int8.isa``). ``QCAL_CPU`` emulates another CPU.
+  code everywhere (``qcal.int8.cpu.isa``). ``QCAL_CPU`` emulates another CPU.
 * **torch's x86 engine**: a convolution goes to oneDNN on an AVX512-VNNI CPU (groups <= 100,
-  symmetric weights), else to FBGEMM (``qcal.int8.onednn``).
-* **onnxruntime's MLAS**: its own dispatch from cpuinfo (``qcal.int8.ort``).
+  symmetric weights), else to FBGEMM (``qcal.int8.backends.onednn``).
+* **onnxruntime's MLAS**: its own dispatch from cpuinfo (``qcal.int8.backends.ort``).
 
 ``CHECKED`` is the record of which families the test suite has run against the real kernels
 (the suite's CPU matrix runs torch under each ``FBGEMM_ENABLE_INSTRUCTIONS`` set the machine can
@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
-from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import (
+from qcal.int8.backends.onednn import x86_uses_onednn
+from qcal.int8.backends.ort import ort_dispatch, ort_saturates
+from qcal.int8.cpu.flags import cpu_flags
+from qcal.int8.cpu.isa import (
     _LOWER_TO,
     KernelFamily,
     assumed_cpu,
     instruction_set_from_flags,
     saturates,
 )
-from qcal.int8.onednn import x86_uses_onednn
-from qcal.int8.ort import ort_instruction_set, ort_saturates
+from qcal.int8.cpu.mlas import ort_dispatch_report
 
 __all__ = ["CHECKED", "FamilyRow", "cpu_report", "format_cpu_report", "lowerable_sets"]
 
@@ -43,9 +44,6 @@ CHECKED: dict[tuple[str, str], str] = {
     ("FBGEMM", "avx512_ymm, avx512_vnni_ymm"): "source only (FBGEMM_ENABLE_AVX512_256, one socket or Xeon D)",
     ("x86 engine", "FBGEMM route"): "as FBGEMM",
     ("x86 engine", "oneDNN route (VNNI, AMX)"): "hardware: Intel Xeon (AMX); zero-size outputs from torch's source",
-    ("MLAS", "AVX2 (no VNNI)"): "hardware: AMD EPYC (AVX2), int8 and float kernels",
-    ("MLAS", "AMX"): "hardware: Intel Xeon (AMX), int8 kernels",
-    ("MLAS", "AVX512 (no VNNI), AVX512-VNNI, AVX-VNNI"): "source only",
 }
 _FAMILIES: tuple[KernelFamily, ...] = ("gemm", "pointwise", "im2col", "groupwise", "depthwise")
 _INTERESTING = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8",
@@ -81,10 +79,11 @@ def cpu_report() -> dict:
         "fbgemm": cpu.describe(),
         "families": rows,
         "x86_conv_route": "oneDNN" if x86_uses_onednn(0, 1, cpu) else "FBGEMM",
-        "mlas": ort_instruction_set(),
+        "mlas": f"{ort_dispatch().name} ({ort_dispatch().int8})",
         "mlas_u8s8_saturates": ort_saturates(),
         "checkable_here": lowerable_sets(),
-        "checked": CHECKED,
+        "checked": {**CHECKED, **{("MLAS", f"{name} ({'saturating' if sat else 'exact'} int8)"): how
+                                  for name, _, sat, _, how in ort_dispatch_report()}},
     }
 
 
@@ -105,6 +104,6 @@ def format_cpu_report(report: dict | None = None) -> str:
     lines += [f"  {backend:10s} {family:40s} {how}" for (backend, family), how in r["checked"].items()]
     lines.append("the test suite's CPU matrix checks FBGEMM against torch here at: " + ", ".join(r["checkable_here"])
                  + " (FBGEMM_ENABLE_INSTRUCTIONS lowers the GEMM family; higher sets need a newer CPU)")
-    lines.append("emulate another machine: QCAL_CPU=avx2|avx512|avx512_vnni (FBGEMM, x86) "
-                 "or --cpu on the CLI commands that take it")
+    lines.append("emulate another machine: QCAL_CPU=avx2|avx512|avx512_vnni (FBGEMM, x86; --cpu on the "
+                 "CLI commands that take it), QCAL_ORT_CPU=avx2|avx_vnni|avx512|avx512_vnni|amx (onnxruntime)")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ OnednnUtils.h, called by the conv prepack under ``engine="x86"``): a **convoluti
 oneDNN when the machine runs Linux, the CPU has AVX512-VNNI (``cpuinfo_has_x86_avx512vnni``),
 ``groups <= 100``, every weight zero point is 0 and there is no output padding; every other
 conv, and every **linear** (``qlinear_prepack`` packs FBGEMM weights for x86), runs FBGEMM.
-The CPU is ``qcal.int8.isa.assumed_cpu()`` (``QCAL_CPU`` emulates a Linux x86 machine).
+The CPU is ``qcal.int8.cpu.isa.assumed_cpu()`` (``QCAL_CPU`` emulates a Linux x86 machine).
 
 oneDNN's arithmetic (exact int32 accumulator: ``vpdpbusd`` does not saturate), with the scales
 as torch hands them over (``1/sa`` and ``1/so`` as float32, inverted again on the way in)::
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from qcal.int8.isa import AssumedCpu, assumed_cpu
+from qcal.int8.cpu.isa import AssumedCpu, assumed_cpu
 
 __all__ = ["ONEDNN_MAX_GROUPS", "onednn_scales", "onednn_steps", "requantize_onednn", "x86_uses_onednn"]
 

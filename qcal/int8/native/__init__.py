@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from qcal.int8.cpu import cpu_flags
+from qcal.int8.cpu.flags import cpu_flags
 from qcal.paths import data_dir
 
 __all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "padded32", "pair_lookup", "why_unavailable"]

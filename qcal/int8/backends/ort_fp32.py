@@ -17,7 +17,7 @@ asymmetric per tensor despite the transformer's comment: ``lo = min(min w, 0)``,
 QuantizeLinear (a division) and the bias by ``rint(f32(b / f32(sx * s)))`` (Mul, Div,
 Round, Cast), which is qcal's ``ort`` bias rule. A layer whose input is the model input (no
 DQ) or whose output is the model output (no Q) stays float and runs in MLAS's float kernels,
-which depend on the MLAS dispatch (``qcal.int8.ort_dispatch``: ``QCAL_ORT_CPU``, else the CPU):
+which depend on the MLAS dispatch (``qcal.int8.cpu.mlas``: ``QCAL_ORT_CPU``, else the CPU):
 
 * ``ort_float_gemm``: MLAS's packed SGEMM; the FMA3 and the AVX512F kernels accumulate alike
   (one ``fma`` chain per K block of ``SGEMM_STRIDE_K``): checked on hardware with both (an
@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcal.int8.ort import ort_dequantize, ort_quantize
-from qcal.int8.ort_dispatch import MlasDispatch, ort_dispatch
+from qcal.int8.backends.ort import ort_dequantize, ort_dispatch, ort_quantize
+from qcal.int8.cpu.mlas import MlasDispatch
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import _fma_f32
 

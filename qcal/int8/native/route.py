@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from qcal.int8.common.requant import Requant, fused_epilogue
 from qcal.int8.native import Epilogue, NativeConv, native_conv
-from qcal.int8.requant import Requant, fused_epilogue
 
 __all__ = ["NativeRoute"]
 

@@ -46,12 +46,10 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from qcal.int8.cpu import cpu_flags
-from qcal.int8.isa import AssumedCpu, assumed_cpu
+from qcal.int8.cpu.flags import cpu_flags
 
-__all__ = ["DISPATCHES", "ORT_ENV_VAR", "MlasDispatch", "mlas_dispatch_from_flags", "ort_dispatch",
-           "ort_dispatch_name", "ort_dispatch_report", "ort_instruction_set", "ort_machine_dispatch",
-           "ort_saturates", "parse_ort_cpu"]
+__all__ = ["DISPATCHES", "FROM_FBGEMM", "ORT_ENV_VAR", "MlasDispatch", "mlas_dispatch_from_flags",
+           "ort_dispatch_name", "ort_dispatch_report", "ort_machine_dispatch", "parse_ort_cpu"]
 
 #: The environment variable naming the MLAS dispatch the ort flavour predicts.
 ORT_ENV_VAR = "QCAL_ORT_CPU"
@@ -96,8 +94,8 @@ DISPATCHES: dict[str, MlasDispatch] = {d.name: d for d in (
 )}
 _ALIASES = {"avx512f": "avx512", "avx512_core": "avx512", "avxvnni": "avx_vnni", "avx512vnni": "avx512_vnni",
             "amx_int8": "amx"}
-# QCAL_CPU's names (FBGEMM's instruction sets, ``qcal.int8.isa``) -> MLAS's dispatch
-_FROM_FBGEMM = {"avx2": "avx2", "avx512": "avx512", "avx512_ymm": "avx512",
+# QCAL_CPU's names (FBGEMM's instruction sets, ``qcal.int8.cpu.isa``) -> MLAS's dispatch
+FROM_FBGEMM = {"avx2": "avx2", "avx512": "avx512", "avx512_ymm": "avx512",
                 "avx512_vnni": "avx512_vnni", "avx512_vnni_ymm": "avx512_vnni"}
 _AVX512_CORE = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl"})  # cpuid 7 ebx & 0xC0020000
 
@@ -148,44 +146,11 @@ def ort_dispatch_name(source: str) -> str | None:
     return mlas_dispatch_from_flags(cpu_flags()) if source == "/proc/cpuinfo" else None
 
 
-def ort_dispatch(cpu: AssumedCpu | str | None = None) -> MlasDispatch:
-    """The MLAS dispatch the ort flavour predicts: a dispatch name, an ``AssumedCpu``, or None
-    (``assumed_cpu()``: the emulated client's CPU, else ``QCAL_ORT_CPU``, ...; see the module doc).
-
-    Example:
-        >>> ort_dispatch("avx512f").nchwc_block
-        16
-    """
-    if isinstance(cpu, str):
-        return DISPATCHES[parse_ort_cpu(cpu, "dispatch")]
-    c = assumed_cpu() if cpu is None else cpu
-    name = getattr(c, "mlas", None)  # an AssumedCpu pickled before the field existed has none
-    return DISPATCHES[parse_ort_cpu(name, "AssumedCpu.mlas") if name else _FROM_FBGEMM[c.isa]]
-
-
 def ort_machine_dispatch() -> MlasDispatch | None:
     """The dispatch this machine's onnxruntime really runs (its flags, whatever the environment
     says), or None off Linux x86 or without AVX2+FMA3."""
     name = mlas_dispatch_from_flags(cpu_flags())
     return None if name is None else DISPATCHES[name]
-
-
-def ort_instruction_set() -> str:
-    """The MLAS int8 kernel family the ort flavour assumes, e.g. "AVX2 (no VNNI)", "AMX"."""
-    return ort_dispatch().int8
-
-
-def ort_saturates(path: str = "gemm", saturate: bool | None = None) -> bool:
-    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on the
-    dispatch qcal assumes (``ort_dispatch``). Depthwise kernels never do.
-
-    Example:
-        >>> ort_saturates("depthwise"), ort_saturates("gemm", saturate=True)
-        (False, True)
-    """
-    if saturate is not None:
-        return bool(saturate)
-    return path != "depthwise" and ort_dispatch().saturates
 
 
 def ort_dispatch_report() -> list[tuple[str, str, bool, str, str]]:

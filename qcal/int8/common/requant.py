@@ -26,7 +26,7 @@ q31         gemmlowp / TFLite fixed point: ``M = sa*sw_j/so`` in float64 becomes
             ``q * 2^(shift-31)`` with ``q`` in [2^30, 2^31); ``out = clamp(
             RoundingDivideByPOT(SaturatingRoundingDoublingHighMul((acc + b_j) << max(shift,0),
             q), max(-shift,0)) + zo)``; bias quantized as for onnx.
-ort         onnxruntime's MLAS (``qcal.int8.ort``): ``M = f32(f32(sa*sw_j)/so)``, bias as for
+ort         onnxruntime's MLAS (``qcal.int8.backends.ort``): ``M = f32(f32(sa*sw_j)/so)``, bias as for
             onnx, ``out = clamp(rint(f32(f32(acc + b_j) * M)), -zo, 255-zo) + zo`` (zp after).
 ==========  =====================================================================================
 
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 import torch
 
-from qcal.int8.exact_f32 import fma_f32, sum_f32
+from qcal.int8.backends.onednn import onednn_scales, requantize_onednn
+from qcal.int8.common.exact_f32 import fma_f32, sum_f32
+from qcal.int8.common.q31 import q31_requantize, quantize_multiplier
 from qcal.int8.native import Epilogue, padded32
-from qcal.int8.onednn import onednn_scales, requantize_onednn
-from qcal.int8.q31 import q31_requantize, quantize_multiplier
 from qcal.schemes import BACKENDS, Backend, check_backend  # re-exported: qcal.int8.BACKENDS
 
 __all__ = [

@@ -26,11 +26,11 @@ after rounding; the clamp happens in float, before the conversion, so nothing ov
 onnxruntime's own quantizer's rule).
 
 Kernels (``mlas/lib/platform.cpp``, ``qgemm_kernel_avx2.cpp``, ``convsym.cpp``; which one a
-CPU runs, and ``QCAL_ORT_CPU`` to choose it: ``qcal.int8.ort_dispatch``): uint8
+CPU runs, and ``QCAL_ORT_CPU`` to choose it: ``qcal.int8.cpu.mlas``): uint8
 activations with int8 weights run U8S8 kernels. On AVX2 and on AVX-512 without VNNI they
 multiply raw codes with ``vpmaddubsw``, which adds the products of K positions (2p, 2p+1)
 into int16 **with saturation**: the same pairs as FBGEMM's, in im2col (kh, kw, c) order, K
-padded with zeros (``qcal.int8.saturation``), for the im2col GEMM and the symmetric-weight
+padded with zeros (``qcal.int8.common.saturation``), for the im2col GEMM and the symmetric-weight
 ConvSym kernel alike. Depthwise kernels (``MlasConvDepthwise``, ``MlasConvSymDepthwise``)
 widen to int16 before multiplying: exact. With AVX-VNNI / AVX512-VNNI (``vpdpbusd``) or
 AMX nothing saturates; ``session.x64quantprecision = "1"`` also selects exact kernels.
@@ -52,7 +52,8 @@ from importlib import metadata
 
 import torch
 
-from qcal.int8.ort_dispatch import ort_dispatch, ort_instruction_set, ort_saturates
+from qcal.int8.cpu.isa import AssumedCpu, assumed_cpu
+from qcal.int8.cpu.mlas import DISPATCHES, FROM_FBGEMM, MlasDispatch, parse_ort_cpu
 from qcal.qparams import _fma_f32
 
 __all__ = [
@@ -73,10 +74,44 @@ __all__ = [
 ORT_OPTIONS: dict[str, str] = {}
 
 
+
+def ort_dispatch(cpu: AssumedCpu | str | None = None) -> MlasDispatch:
+    """The MLAS dispatch the ort flavour predicts: a dispatch name, an ``AssumedCpu``, or None
+    (``assumed_cpu()``: the emulated client's CPU, else ``QCAL_ORT_CPU``, ...; see the module doc).
+
+    Example:
+        >>> ort_dispatch("avx512f").nchwc_block
+        16
+    """
+    if isinstance(cpu, str):
+        return DISPATCHES[parse_ort_cpu(cpu, "dispatch")]
+    c = assumed_cpu() if cpu is None else cpu
+    name = getattr(c, "mlas", None)  # an AssumedCpu pickled before the field existed has none
+    return DISPATCHES[parse_ort_cpu(name, "AssumedCpu.mlas") if name else FROM_FBGEMM[c.isa]]
+
+
+def ort_instruction_set() -> str:
+    """The MLAS int8 kernel family the ort flavour assumes, e.g. "AVX2 (no VNNI)", "AMX"."""
+    return ort_dispatch().int8
+
+
+def ort_saturates(path: str = "gemm", saturate: bool | None = None) -> bool:
+    """Whether MLAS's U8S8 kernel saturates int16 pairs: ``saturate`` if given, else as on the
+    dispatch qcal assumes (``ort_dispatch``). Depthwise kernels never do.
+
+    Example:
+        >>> ort_saturates("depthwise"), ort_saturates("gemm", saturate=True)
+        (False, True)
+    """
+    if saturate is not None:
+        return bool(saturate)
+    return path != "depthwise" and ort_dispatch().saturates
+
+
 def ort_environment() -> dict[str, str]:
     """What a saved run records about the ort prediction: onnxruntime's version (the
     installed package, or "not installed"), the MLAS int8 kernels assumed, whether they
-    saturate, and the float kernels (``qcal.int8.ort_dispatch``)."""
+    saturate, and the float kernels (``qcal.int8.cpu.mlas``)."""
     try:
         version = metadata.version("onnxruntime")
     except metadata.PackageNotFoundError:

@@ -49,7 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from qcal.int8.cpu import cpu_flags
+from qcal.int8.cpu.flags import cpu_flags
+from qcal.int8.cpu.mlas import ort_dispatch_name
 
 __all__ = [
     "ENV_VAR",
@@ -149,7 +150,7 @@ class AssumedCpu:
         source: where ``isa`` came from: "argument", "QCAL_CPU", "/proc/cpuinfo" or "default"
             (not Linux x86: the emulated default, avx2).
         mlas: onnxruntime's MLAS dispatch for the ort flavour (``QCAL_ORT_CPU``, else read from
-            /proc/cpuinfo, ``qcal.int8.ort_dispatch``); None follows ``isa``.
+            /proc/cpuinfo, ``qcal.int8.cpu.mlas``); None follows ``isa``.
     """
 
     isa: InstructionSet
@@ -198,8 +199,6 @@ def assumed_cpu(isa: str | None = None) -> AssumedCpu:
         hw, source = "avx2", "default"
     forced = _FORCE_NAMES.get(os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper())
     gemm = forced if forced in _LOWER_TO[hw] else hw
-    from qcal.int8.ort_dispatch import ort_dispatch_name  # imports this module
-
     return AssumedCpu(hw, gemm, source, ort_dispatch_name(source))
 
 
