@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from qcal.schemes import (
-    check_backend,  # schemes imports nothing from qcal: the one backend validator
+from qcal.schemes import (  # schemes imports nothing from qcal: the one backend and range validators
+    DTYPE_RANGES,
+    check_backend,
+    code_range,
 )
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 #: The integer range of each 8-bit dtype; reduce_range halves it.
-QRANGES: dict[str, tuple[int, int]] = {"quint8": (0, 255), "qint8": (-128, 127)}
+QRANGES: dict[str, tuple[int, int]] = DTYPE_RANGES
 #: The plain integer tensor dtype that holds each quantized dtype's codes.
 INT_DTYPES: dict[str, torch.dtype] = {"quint8": torch.uint8, "qint8": torch.int8}
 #: torch's smallest scale, ``finfo(float32).eps``.
@@ -39,8 +41,10 @@ EPS = torch.finfo(torch.float32).eps
 # quantize's conventions: torch's (its engines') and ONNX QuantizeLinear's
 
 
-def qrange(dtype: str, reduce_range: bool = False) -> tuple[int, int]:
-    """(qmin, qmax) for ``dtype``, halved by ``reduce_range`` as torch does.
+def qrange(dtype: str, reduce_range: bool = False, quant_min: int | None = None,
+           quant_max: int | None = None) -> tuple[int, int]:
+    """(qmin, qmax) for ``dtype``, halved by ``reduce_range`` as torch does; a given
+    ``quant_min``/``quant_max`` replaces the dtype's range (``qcal.schemes.code_range``).
 
     Example:
         >>> qrange("quint8", reduce_range=True)
@@ -48,10 +52,7 @@ def qrange(dtype: str, reduce_range: bool = False) -> tuple[int, int]:
     """
     if dtype not in QRANGES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of: {', '.join(QRANGES)}")
-    qmin, qmax = QRANGES[dtype]
-    if reduce_range:
-        return qmin // 2, qmax // 2
-    return qmin, qmax
+    return code_range(dtype, reduce_range, quant_min, quant_max)
 
 
 @torch.no_grad()
@@ -62,19 +63,23 @@ def qparams_from_range(
     dtype: str = "quint8",
     symmetric: bool = False,
     reduce_range: bool = False,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for an observed range, exactly as torch's observers compute them.
 
     Affine: ``scale = (max(max,0) - min(min,0)) / (qmax - qmin)``,
     ``zp = clamp(qmin - rint(min(min,0) / scale), qmin, qmax)``.
     Symmetric: ``scale = max(|min|, |max|) / ((qmax - qmin) / 2)``, zp 0 (qint8) or 128
-    (quint8, even with reduce_range, as torch does). Scales never fall below ``EPS``.
+    (quint8, even with reduce_range, as torch does; with quant_min/quant_max given, torch's
+    ``(qmin + qmax) // 2``). Scales never fall below ``EPS``.
     A range never observed (min=+inf, max=-inf) gives (1.0, 0), like torch.
 
     Example: min -1.0, max 3.0, quint8 affine -> scale 4/255 = 0.015686, zp 64.
 
     Args:
         min_val, max_val: scalars or 1-D tensors (one entry per channel).
+        quant_min, quant_max: the codes' range instead of the dtype's (``qrange``).
     Returns:
         (scale float32, zero_point int64), each 1-D with one entry per channel (1 per tensor).
     """
@@ -84,7 +89,7 @@ def qparams_from_range(
         return torch.tensor([1.0]), torch.tensor([0], dtype=torch.int64)
     if torch.any(min_val > max_val):
         raise ValueError(f"min {min_val.tolist()} exceeds max {max_val.tolist()}")
-    qmin, qmax = qrange(dtype, reduce_range)
+    qmin, qmax = qrange(dtype, reduce_range, quant_min, quant_max)
     eps = torch.tensor([EPS], dtype=torch.float32)
     min_neg = torch.min(min_val, torch.zeros_like(min_val))
     max_pos = torch.max(max_val, torch.zeros_like(max_val))
@@ -92,7 +97,8 @@ def qparams_from_range(
         # The same float32 ops as torch's _calculate_qparams, so the bits agree.
         absmax = torch.max(-min_neg, max_pos)
         scale = torch.max(absmax / (float(qmax - qmin) / 2), eps)
-        zp = torch.full_like(min_val, 128 if dtype == "quint8" else 0, dtype=torch.int64)
+        mid = ((qmin + qmax) // 2 if quant_min is not None else 128) if dtype == "quint8" else 0
+        zp = torch.full_like(min_val, mid, dtype=torch.int64)
     else:
         scale = torch.max((max_pos - min_neg) / float(qmax - qmin), eps)
         zp = qmin - torch.round(min_neg / scale).to(torch.int)
@@ -133,6 +139,8 @@ def quantize(
     *,
     axis: int | None = None,
     backend: str = "fbgemm",
+    quant_min: int | None = None,
+    quant_max: int | None = None,
 ) -> torch.Tensor:
     """Quantize float values to integer codes, bit for bit as torch (or ONNX) does.
 
@@ -148,6 +156,9 @@ def quantize(
         backend: "fbgemm", "qnnpack", "x86", "q31": torch's quantize_per_tensor/_per_channel
             (the torch engines quantize inputs with it); "onnx": QuantizeLinear,
             ``saturate(rint(f32(x / scale)) + zp)`` (division, half to even, then the zero point).
+        quant_min, quant_max: clamp the codes to this range instead of the dtype's (the
+            weights of a spec that gives one; activations' codes span the whole dtype, as in
+            torch, whatever range shaped their scale).
     Returns:
         A uint8 or int8 tensor shaped like ``x``.
 
@@ -155,7 +166,7 @@ def quantize(
     -> 43; onnx x / 0.3 = 42.5 exactly -> rint 42 (ties to even).
     """
     check_backend(backend)
-    qmin, qmax = qrange(dtype)
+    qmin, qmax = qrange(dtype, False, quant_min, quant_max)
     x = torch.as_tensor(x, dtype=torch.float32)
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
     zp = torch.as_tensor(zero_point).reshape(-1).to(torch.float32)

@@ -36,6 +36,9 @@ def _scheme_to_data(scheme: Scheme | None) -> str | dict[str, Any]:
     out = asdict(scheme)
     for part in ("weight", "activation"):
         out[part]["options"] = dict(out[part]["options"])
+        for key in ("quant_min", "quant_max"):  # unset ranges stay out: names and stored data unchanged
+            if out[part][key] is None:
+                del out[part][key]
     return out
 
 

@@ -7,11 +7,14 @@ Grammar (whitespace around tokens is ignored; field order is free)::
     spec     := qscheme "/" observer [":" P] ("/" modifier)*
     modifier := "dtype=" ("qint8" | "quint8") | "reduce_range=" ("true" | "false")
               | "bins=" INT | "ch_axis=" INT | "averaging_constant=" FLOAT
+              | "quant_min=" SIGNED_INT | "quant_max=" SIGNED_INT
 
 ``w=`` (weights) and ``a=`` (activations) are both required. ``:P`` is the percentile
-observer's p (default 99.99) and is refused on other observers. Defaults, which
-``format_scheme`` leaves out: weights qint8, reduce_range=false, ch_axis=0; activations
-quint8, reduce_range=true (the presets' activations, safe on FBGEMM's int16 pair sums).
+observer's p (default 99.99) and is refused on other observers. ``quant_min`` and
+``quant_max`` (together) set the codes' range, e.g. ``/quant_min=-127/quant_max=127``.
+Defaults, which ``format_scheme`` leaves out: weights qint8, reduce_range=false, ch_axis=0;
+activations quint8, reduce_range=true (the presets' activations, safe on FBGEMM's int16 pair
+sums); no quant_min/quant_max (the dtype's range).
 Without ``name=`` the scheme is named by its own text. Example::
 
     name=p9999;w=per_channel_symmetric/minmax;a=per_tensor_affine/percentile:99.99
@@ -54,6 +57,15 @@ def _int(field: str, low: int) -> Callable[[str], int]:
     return parse
 
 
+def _signed(field: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise _fail(field, text, "a whole number, e.g. -127") from None
+    return parse
+
+
 def _float(field: str, low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -79,6 +91,8 @@ _MODIFIERS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None]] = {
     "dtype": (_choice("dtype", DTYPES), None),
     "reduce_range": (_choice("reduce_range", _BOOLS), None),
     "ch_axis": (_int("ch_axis", 0), None),
+    "quant_min": (_signed("quant_min"), None),
+    "quant_max": (_signed("quant_max"), None),
     "bins": (_int("bins", 2), ("histogram", "percentile", "entropy", "mse")),
     "averaging_constant": (_float("averaging_constant", 0.0, 1.0), ("moving_average",)),
 }
@@ -199,6 +213,8 @@ def format_spec(spec: QSpec, role: str = "a") -> str:
         value = getattr(spec, key)
         if value != defaults[key]:
             parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    if spec.custom_range:
+        parts += [f"quant_min={spec.quant_min}", f"quant_max={spec.quant_max}"]
     parts.extend(f"{k}={v!r}" for k, v in sorted(options.items()))
     return "/".join(parts)
 
@@ -247,7 +263,8 @@ def build_scheme(name: str, weight: dict[str, Any], activation: dict[str, Any],
 
     Args:
         name: the scheme's name ("" names it by its text).
-        weight, activation: "qscheme", "observer" and optionally "dtype", "reduce_range".
+        weight, activation: "qscheme", "observer" and optionally "dtype", "reduce_range",
+            "quant_min" and "quant_max" (None: the dtype's range).
         percentile: p for a percentile observer.
         bins: histogram bins for the observers that take them (None: their default).
     """
@@ -257,6 +274,7 @@ def build_scheme(name: str, weight: dict[str, Any], activation: dict[str, Any],
         for key in ("dtype", "reduce_range"):
             if key in fields and fields[key] != _ROLE_DEFAULTS[role][key]:
                 parts.append(f"{key}={str(fields[key]).lower()}")
+        parts += [f"{key}={fields[key]}" for key in ("quant_min", "quant_max") if fields.get(key) is not None]
         if bins is not None and fields["observer"] in _MODIFIERS["bins"][1]:
             parts.append(f"bins={bins}")
         return "/".join(parts)

@@ -1,7 +1,8 @@
 """Quantization schemes: how one tensor is quantized (QSpec), a model (Scheme).
 
-A ``QSpec`` names the integer dtype, the qscheme (per tensor or per channel, affine or
-symmetric), the range estimator ("observer") and its options. A ``Scheme`` pairs a weight
+A ``QSpec`` names the integer dtype (optionally a narrower range of codes, torch's
+quant_min/quant_max), the qscheme (per tensor or per channel, affine or symmetric), the
+range estimator ("observer") and its options. A ``Scheme`` pairs a weight
 spec with an activation spec. ``SCHEMES`` holds the presets. The closed choices (backend,
 mode, dtype, qscheme, observer) are Literals here, each with its one validator. A scheme per
 layer is a ``Recipe`` (``recipes.py``).
@@ -9,6 +10,7 @@ layer is a ``Recipe`` (``recipes.py``).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -29,6 +31,7 @@ __all__ = [
     "check_choice",
     "check_mode",
     "check_runnable",
+    "code_range",
     "resolve_scheme",
 ]
 
@@ -45,6 +48,8 @@ QSCHEMES: tuple[str, ...] = get_args(QScheme)
 OBSERVERS: tuple[str, ...] = get_args(Observer)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 MODES: tuple[str, ...] = get_args(Mode)
+#: The integer range of each 8-bit dtype (``qcal.qparams.QRANGES``); reduce_range halves it.
+DTYPE_RANGES: dict[str, tuple[int, int]] = {"quint8": (0, 255), "qint8": (-128, 127)}
 
 
 def check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -72,6 +77,51 @@ def check_backends(backends: Iterable[Any]) -> list[Backend]:
     return [check_backend(b) for b in backends]
 
 
+def _whole(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be a whole number or None, got {value!r}")
+    return operator.index(value)
+
+
+def code_range(dtype: str, reduce_range: bool = False, quant_min: int | None = None,
+               quant_max: int | None = None) -> tuple[int, int]:
+    """The (qmin, qmax) of the codes, as torch's observers compute it (``calculate_qmin_qmax``).
+
+    None, None: the dtype's range, halved by ``reduce_range`` (quint8 0..127, qint8 -64..63).
+    A given range must lie within the dtype's and include 0 (torch asserts it); reduce_range
+    then halves it too, ``(quant_min // 2, quant_max // 2)``, exactly as torch does.
+
+    Example:
+        >>> code_range("qint8", quant_min=-127, quant_max=127)
+        (-127, 127)
+
+    Raises:
+        ValueError: an unknown dtype, one bound without the other, or a range that is outside
+            the dtype's, excludes 0, or is empty (also after reduce_range's halving).
+        TypeError: a bound that is not a whole number.
+    """
+    check_choice("dtype", dtype, DTYPES)
+    lo, hi = DTYPE_RANGES[dtype]
+    if quant_min is None and quant_max is None:
+        return (lo // 2, hi // 2) if reduce_range else (lo, hi)
+    if quant_min is None or quant_max is None:
+        raise ValueError(f"quant_min and quant_max go together (torch ignores one alone); got quant_min="
+                         f"{quant_min!r}, quant_max={quant_max!r}: give both, or neither for {dtype}'s range")
+    qmin, qmax = _whole("quant_min", quant_min), _whole("quant_max", quant_max)
+    if not lo <= qmin < qmax <= hi:
+        raise ValueError(f"quant_min..quant_max {qmin}..{qmax} must be a non-empty range within {dtype}'s "
+                         f"{lo}..{hi} (quant_min < quant_max)")
+    if not qmin <= 0 <= qmax:
+        raise ValueError(f"quant_min..quant_max {qmin}..{qmax} must include 0 (torch's observers assert it: "
+                         "0.0 must map to a code)")
+    if reduce_range:
+        if qmin // 2 >= qmax // 2:
+            raise ValueError(f"reduce_range halves quant_min..quant_max {qmin}..{qmax} to {qmin // 2}..{qmax // 2}, "
+                             "an empty range; give the range you want without reduce_range")
+        return qmin // 2, qmax // 2
+    return qmin, qmax
+
+
 def check_mode(mode: Any) -> Mode:
     """The one calibration-mode validator: returns ``mode`` when it is one of ``MODES``.
 
@@ -97,6 +147,12 @@ class QSpec:
         ch_axis: the channel axis for per-channel schemes (0: output channels of a weight).
         options: observer options as a sorted tuple of (name, value) pairs, e.g.
             ``(("percentile", 99.99),)``; a dict is accepted and normalised.
+        quant_min, quant_max: the integer range of the codes (torch's observer arguments),
+            e.g. -127, 127 for XNNPACK's symmetric int8 weights or -8, 7 for 4-bit weights
+            stored in qint8: the scale spreads the range over it, weights' codes are clamped
+            to it. Both or neither; within the dtype's range and including 0. None: the
+            dtype's range. With reduce_range too, the given range is halved
+            (``quant_min // 2, quant_max // 2``), as torch's observers do (``code_range``).
 
     Example:
         >>> QSpec("qint8", "per_channel_symmetric").per_channel
@@ -109,11 +165,18 @@ class QSpec:
     reduce_range: bool = False
     ch_axis: int = 0
     options: tuple[tuple[str, Any], ...] = field(default=())
+    quant_min: int | None = None
+    quant_max: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("qscheme", self.qscheme, QSCHEMES)
         check_choice("observer", self.observer, OBSERVERS)
+        object.__setattr__(self, "reduce_range", bool(self.reduce_range))
+        code_range(self.dtype, self.reduce_range, self.quant_min, self.quant_max)
+        if self.quant_min is not None:
+            object.__setattr__(self, "quant_min", operator.index(self.quant_min))
+            object.__setattr__(self, "quant_max", operator.index(self.quant_max))
         opts = self.options
         if isinstance(opts, dict):
             opts = tuple(opts.items())
@@ -124,7 +187,6 @@ class QSpec:
                 f"options must be a dict or pairs of (name, value), got {self.options!r}"
             ) from err
         object.__setattr__(self, "options", opts)
-        object.__setattr__(self, "reduce_range", bool(self.reduce_range))
         if self.observer == "histogram" and self.per_channel:
             raise ValueError(
                 "the histogram observer exists per tensor only (as in torch); "
@@ -146,6 +208,15 @@ class QSpec:
         """True for qint8."""
         return self.dtype == "qint8"
 
+    @property
+    def custom_range(self) -> bool:
+        """True when quant_min/quant_max are given (torch's ``has_customized_qrange``)."""
+        return self.quant_min is not None
+
+    def code_range(self) -> tuple[int, int]:
+        """(qmin, qmax) of the codes: ``code_range(dtype, reduce_range, quant_min, quant_max)``."""
+        return code_range(self.dtype, self.reduce_range, self.quant_min, self.quant_max)
+
     def option(self, name: str, default: Any = None) -> Any:
         """The value of observer option ``name``, or ``default``."""
         return dict(self.options).get(name, default)
@@ -153,6 +224,8 @@ class QSpec:
     def label(self) -> str:
         """A short human-readable label, e.g. ``qint8 per_channel_symmetric minmax``."""
         extra = " reduce_range" if self.reduce_range else ""
+        if self.custom_range:
+            extra += f" quant_min={self.quant_min} quant_max={self.quant_max}"
         opts = "".join(f" {k}={v}" for k, v in self.options)
         return f"{self.dtype} {self.qscheme} {self.observer}{extra}{opts}"
 

@@ -190,3 +190,52 @@ def test_round_trip_is_within_half_a_step_inside_the_range(case):
 def test_quantize_rejects_several_scales_without_an_axis():
     with pytest.raises(ValueError, match="pass axis="):
         quantize(torch.zeros(3), torch.ones(3), torch.zeros(3, dtype=torch.int64))
+
+
+@st.composite
+def code_ranges(draw, dtype, reduce_range):
+    """A (quant_min, quant_max) torch accepts for ``dtype`` that reduce_range leaves non-empty."""
+    lo = 0 if dtype == "quint8" else draw(st.sampled_from([-128, -127, -8, -1, 0]))
+    hi = draw(st.integers(2 if reduce_range or lo == 0 else 0, 255 if dtype == "quint8" else 127))
+    return lo, hi
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=range_cases(), data=st.data())
+def test_qparams_from_range_with_quant_min_max_equals_torch(case, data):
+    dtype, symmetric, reduce_range, lo, hi = case
+    qmin, qmax = data.draw(code_ranges(dtype, reduce_range))
+    per_channel = lo.numel() > 1
+    qscheme = getattr(torch, f"per_{'channel' if per_channel else 'tensor'}_{'symmetric' if symmetric else 'affine'}")
+    cls = tobs.PerChannelMinMaxObserver if per_channel else tobs.MinMaxObserver
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obs = cls(dtype=TORCH_DTYPE[dtype], qscheme=qscheme, reduce_range=reduce_range, quant_min=qmin, quant_max=qmax)
+        s2, z2 = obs._calculate_qparams(lo if per_channel else lo[0], hi if per_channel else hi[0])
+    s1, z1 = qparams_from_range(lo, hi, dtype=dtype, symmetric=symmetric, reduce_range=reduce_range,
+                                quant_min=qmin, quant_max=qmax)
+    assert torch.equal(s1.view(torch.int32), s2.view(torch.int32)) and torch.equal(z1, z2.long())
+
+
+@FAST
+@given(case=per_tensor_cases(), data=st.data())
+def test_quantize_clamps_codes_to_quant_min_max(case, data):
+    """torch's codes, then clamped to the range (what torch's quantize ops with quant_min /
+    quant_max, e.g. PT2E's quantize_per_tensor, compute); ONNX's rounding likewise."""
+    dtype, scale, zp, x = case
+    qmin, qmax = data.draw(code_ranges(dtype, False))
+    assume(qmin <= zp <= qmax)
+    ours = quantize(x, scale, zp, dtype, quant_min=qmin, quant_max=qmax)
+    theirs = torch.quantize_per_tensor(x, scale, zp, TORCH_DTYPE[dtype]).int_repr().clamp(qmin, qmax)
+    assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+    onnx = quantize(x, scale, zp, dtype, backend="onnx", quant_min=qmin, quant_max=qmax)
+    assert torch.equal(onnx, quantize(x, scale, zp, dtype, backend="onnx").clamp(qmin, qmax))
+
+
+def test_quantize_clamps_per_channel_int4_codes():
+    w = torch.tensor([[-1.0, 0.2, 1.0], [-0.1, 0.0, 0.3]])
+    scale, zp = torch.tensor([0.1, 0.01]), torch.tensor([0, 0])
+    q = quantize(w, scale, zp, "qint8", axis=0, quant_min=-8, quant_max=7)
+    assert q.tolist() == [[-8, 2, 7], [-8, 0, 7]]
+    with pytest.raises(ValueError, match=r"within qint8's -128\.\.127"):
+        quantize(w, scale, zp, "qint8", axis=0, quant_min=-200, quant_max=7)

@@ -1,5 +1,6 @@
 """qcal.Recipe: a per-layer choice of scheme, frozen, hashable, round-tripping through data."""
 
+import dataclasses
 import json
 
 import pytest
@@ -62,3 +63,15 @@ def test_check_layers_lists_valid_names_and_says_why_for_batchnorm():
 def test_from_data_refuses_unknown_fields():
     with pytest.raises(ValueError, match="unknown recipe fields"):
         Recipe.from_data({"default": "per_tensor_affine", "layer": {}})
+
+
+def test_unset_code_ranges_stay_out_of_a_recipes_data_and_name():
+    base = SCHEMES["per_tensor_affine"]
+    custom = dataclasses.replace(base, name="c", weight=dataclasses.replace(base.weight, observer="moving_average"))
+    data = Recipe("fbgemm_default", {"conv1": custom}).to_data()["layers"]["conv1"]
+    assert "quant_min" not in data["weight"] and "quant_max" not in data["activation"]
+    ranged = dataclasses.replace(custom, weight=dataclasses.replace(custom.weight, quant_min=-127, quant_max=127))
+    with_range = Recipe("fbgemm_default", {"conv1": ranged})
+    assert with_range.to_data()["layers"]["conv1"]["weight"]["quant_min"] == -127
+    assert with_range.name != Recipe("fbgemm_default", {"conv1": custom}).name
+    assert Recipe.from_data(with_range.to_data()) == with_range

@@ -30,8 +30,10 @@ def specs(draw, per_tensor_only: bool = False) -> QSpec:
     observer = draw(st.sampled_from([o for o in OBSERVERS if not ("channel" in qscheme and o == "histogram")]))
     dtype = draw(st.sampled_from(DTYPES))
     reduce_range = draw(st.booleans()) and not (qscheme.endswith("symmetric") and dtype == "quint8")
+    lo, hi = draw(st.sampled_from([(None, None), (0, 15), (0, 200)] if dtype == "quint8" else
+                                  [(None, None), (-127, 127), (-8, 7), (-3, 0)]))
     return QSpec(dtype, qscheme, observer, reduce_range=reduce_range,
-                 ch_axis=draw(st.integers(0, 3)), options=draw(_OPTIONS[observer]))
+                 ch_axis=draw(st.integers(0, 3)), options=draw(_OPTIONS[observer]), quant_min=lo, quant_max=hi)
 
 
 # names: any text without the separators; surrounding spaces are not part of a name
@@ -86,6 +88,11 @@ def test_a_preset_name_and_its_text_are_the_preset() -> None:
     ("w=per_channel_symmetric/minmax;a=per_tensor_affine/minmax;b=x", "bad field 'b=x'; accepted: name=NAME"),
     ("w=per_channel_symmetric/minmax;w=per_tensor_affine/minmax;a=per_tensor_affine/minmax", "each of name, w, a once"),
     ("name=a/b;w=per_channel_symmetric/minmax;a=per_tensor_affine/minmax", "bad name 'a/b'"),
+    ("w=per_channel_symmetric/minmax/quant_min=-127;a=per_tensor_affine/minmax", "quant_min and quant_max go together"),
+    ("w=per_channel_symmetric/minmax/quant_min=x/quant_max=7;a=per_tensor_affine/minmax", "bad quant_min 'x'; accepted: a whole number"),
+    ("w=per_channel_symmetric/minmax/quant_min=-300/quant_max=7;a=per_tensor_affine/minmax",
+     "weight spec 'per_channel_symmetric/minmax/quant_min=-300/quant_max=7': quant_min..quant_max -300..7 must be"),
+    ("w=per_channel_symmetric/minmax;a=per_tensor_affine/minmax/quant_min=1/quant_max=100", "must include 0"),
 ])
 def test_every_bad_field_is_named_with_its_value_and_the_accepted_ones(text: str, named: str) -> None:
     with pytest.raises(ValueError, match=None) as info:
@@ -132,3 +139,22 @@ def test_build_scheme_from_form_choices_equals_the_text():
     with pytest.raises(ValueError, match=r"bad activation percentile p '20\.0'"):
         build_scheme("", {"qscheme": "per_tensor_affine", "observer": "minmax"},
                      {"qscheme": "per_tensor_affine", "observer": "percentile"}, percentile=20.0)
+
+
+def test_quant_range_text_and_recipe_files(tmp_path) -> None:
+    """quant_min/quant_max as modifiers (after ch_axis, before the options); left out when
+    unset, so texts and recipe files of specs without one read as before."""
+    from qcal.io.recipe_files import read_recipe, recipe_text, write_recipe
+    from qcal.recipes import Recipe
+
+    text = "w=per_channel_symmetric/minmax/quant_min=-127/quant_max=127;a=per_tensor_affine/minmax"
+    xnn = parse_scheme(text)
+    assert xnn.weight == QSpec("qint8", "per_channel_symmetric", quant_min=-127, quant_max=127)
+    assert format_scheme(xnn) == text
+    plain = parse_scheme("name=plain;w=per_channel_symmetric/minmax;a=per_tensor_affine/minmax")
+    assert "quant" not in format_scheme(plain)
+    recipe = Recipe(plain, {"fc": Scheme("xnn", xnn.weight, xnn.activation)}, name="r")
+    toml = recipe_text(recipe)
+    assert toml.count("quant_min") == 1 and "null" not in toml and "quant" not in recipe_text(Recipe(plain))
+    for suffix in (".toml", ".json"):
+        assert read_recipe(write_recipe(recipe, tmp_path / f"r{suffix}")) == recipe

@@ -1,8 +1,10 @@
+import warnings
 from typing import get_args
 
 import pytest
 import torch
 from torch import nn
+from torch.ao.quantization.observer import MinMaxObserver
 
 import qcal
 from qcal.schemes import BACKENDS, MODES, Backend, Mode, QSpec, Scheme, check_backend, check_mode
@@ -81,3 +83,45 @@ def test_every_entry_point_refuses_an_unknown_backend_with_the_same_message(call
     # requant_multipliers also takes the "onednn" flavour that x86 dispatches to
     with pytest.raises(ValueError, match=r"^unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31, x86, ort(, onednn)?$"):
         call()
+
+
+def test_quant_range_defaults_to_none_and_keeps_every_preset_unchanged():
+    spec = QSpec("qint8", "per_channel_symmetric")
+    assert (spec.quant_min, spec.quant_max, spec.custom_range) == (None, None, False)
+    assert spec.code_range() == (-128, 127)
+    assert QSpec("quint8", reduce_range=True).code_range() == (0, 127)
+    assert all(not s.weight.custom_range and not s.activation.custom_range for s in qcal.SCHEMES.values())
+    xnn = QSpec("qint8", "per_channel_symmetric", quant_min=-127, quant_max=127)
+    assert xnn != spec and xnn == QSpec("qint8", "per_channel_symmetric", quant_min=-127, quant_max=127)
+    assert xnn.code_range() == (-127, 127) and "quant_min=-127 quant_max=127" in xnn.label()
+    assert "quant" not in spec.label()
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"quant_min": -127}, ValueError, "quant_min and quant_max go together"),
+    ({"quant_max": 7}, ValueError, "quant_min and quant_max go together"),
+    ({"quant_min": -129, "quant_max": 127}, ValueError, r"-129..127 must be a non-empty range within qint8's -128..127"),
+    ({"dtype": "quint8", "quant_min": 0, "quant_max": 256}, ValueError, "within quint8's 0..255"),
+    ({"quant_min": 5, "quant_max": 5}, ValueError, "quant_min < quant_max"),
+    ({"quant_min": 7, "quant_max": -8}, ValueError, "non-empty range"),
+    ({"dtype": "quint8", "quant_min": 10, "quant_max": 100}, ValueError, "must include 0"),
+    ({"quant_min": 0, "quant_max": 1, "reduce_range": True}, ValueError, "reduce_range halves .* to 0..0"),
+    ({"quant_min": -8.0, "quant_max": 7}, TypeError, "quant_min must be a whole number"),
+    ({"quant_min": -8, "quant_max": True}, TypeError, "quant_max must be a whole number"),
+])
+def test_bad_quant_range_says_what_is_wrong(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        QSpec(**{"dtype": "qint8", **kwargs})
+
+
+@pytest.mark.parametrize(("dtype", "qmin", "qmax"), [
+    ("qint8", -127, 127), ("qint8", -8, 7), ("qint8", -128, 0), ("qint8", -3, 100), ("quint8", 0, 15), ("quint8", 0, 255),
+])
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_code_range_is_torchs_calculate_qmin_qmax(dtype, qmin, qmax, reduce_range):
+    """torch keeps a given range and then halves it under reduce_range (it does not ignore it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's reduce_range deprecation
+        theirs = MinMaxObserver(dtype=getattr(torch, dtype), reduce_range=reduce_range, quant_min=qmin, quant_max=qmax)
+    spec = QSpec(dtype, reduce_range=reduce_range, quant_min=qmin, quant_max=qmax)
+    assert spec.code_range() == (theirs.quant_min, theirs.quant_max)

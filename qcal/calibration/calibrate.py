@@ -22,8 +22,8 @@ from qcal.batching import count_nonfinite
 from qcal.calibration.model import ActivationInfo, QuantizedModel, QuantLayer
 from qcal.calibration.observation import ObservationPoint
 from qcal.calibration.observed import Observed, as_recipe, warn_at_caller
-from qcal.int8.layer_ops import quantize_codes
 from qcal.observers.observers import make_observer
+from qcal.qparams import quantize
 from qcal.recipes import Recipe, resolve_scheme_or_recipe
 from qcal.schemes import (
     BACKENDS,
@@ -86,7 +86,8 @@ def _quantized_weight(w: torch.Tensor, spec: QSpec) -> dict[str, Any]:
     o.update(w)
     scale, zp = o.qparams()
     axis = spec.ch_axis if spec.per_channel else None
-    q = quantize_codes(w, scale, zp, spec.dtype, axis=axis)
+    qmin, qmax = spec.code_range() if spec.custom_range else (None, None)  # codes within quant_min..quant_max
+    q = quantize(w, scale, zp, spec.dtype, axis=axis, quant_min=qmin, quant_max=qmax)
     flat = w.detach().transpose(0, spec.ch_axis).reshape(w.shape[spec.ch_axis], -1)  # (O, ...) -> (O, K)
     lo, hi = torch.aminmax(flat, dim=1)
     return {"weight_q": q, "weight_scale": scale.float(), "weight_zero_point": zp.long(),

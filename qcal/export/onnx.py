@@ -2,7 +2,8 @@
 
 Written with ``onnx.helper`` from qcal's own integer program (``qcal.program``), so every
 number in the file is one qcal computed: QuantizeLinear / DequantizeLinear around float
-ops, int8 weights (per channel along axis 0 where the scheme says so), int32 biases at
+ops, int8 weights (per channel along axis 0 where the scheme says so; codes already within
+a spec's quant_min..quant_max, activations saturating to their dtype as in torch), int32 biases at
 scale ``f32(x_scale * w_scale_j)`` (``rint(f32(b / scale))``, onnxruntime's quantizer's rule),
 one float32 input ``input`` with a dynamic batch dimension and one float32 output ``output``.
 
@@ -304,15 +305,47 @@ def build_model(qm: Any, input_shape: tuple[int, ...] | None = None, *, debug: b
     if result is None or not hasattr(result, "name") or result.name in w.quantized:
         raise UnsupportedExport("to_onnx needs a model with one float tensor output")
     w.node("Identity", [w.names[result.name]], "output")
-    dims = ["batch", *(input_shape or [])] if input_shape is not None else None
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)]
     if debug:
         outputs += [helper.make_tensor_value_info(n, w.dtype, None) for n in w.debug]
-    g = helper.make_graph(w.nodes, "qcal", inputs, outputs, list(w.inits.values()))
+    g = helper.make_graph(w.nodes, "qcal", [_input_info(["batch", *input_shape] if input_shape else None)],
+                          outputs, list(w.inits.values()))
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qcal")
     model.ir_version = 10
+    if input_shape is None:
+        model.graph.input[0].CopyFrom(_input_info(_dynamic_dims(model)))
     return _typed_outputs(model)
+
+
+def _input_info(dims: list[Any] | None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)
+
+
+def _dynamic_dims(model: onnx.ModelProto, ranks: range = range(1, 7)) -> list[str]:
+    """Symbolic dims ``batch, dim_1, ...`` for an input of unspecified shape.
+
+    ONNX's checker wants a rank for every graph input, so the rank is the one the graph's
+    ops accept (strict shape inference with every dimension symbolic): 4 for a 2-D conv.
+
+    Raises:
+        UnsupportedExport: the graph takes inputs of several ranks (e.g. Flatten first) or none.
+    """
+    fits = []
+    for rank in ranks:
+        dims = ["batch", *(f"dim_{i}" for i in range(1, rank))]
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        trial.graph.input[0].CopyFrom(_input_info(dims))
+        try:
+            onnx.shape_inference.infer_shapes(trial, check_type=True, strict_mode=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            continue
+        fits.append(dims)
+    if len(fits) != 1:
+        took = f"inputs of rank {', '.join(str(len(d)) for d in fits)}" if fits else "no input rank up to 6"
+        raise UnsupportedExport(f"to_onnx: the graph's first ops take {took}, and an ONNX input needs one rank; "
+                                "pass input_shape= (the shape of one sample, without the batch dimension)")
+    return fits[0]
 
 
 def _typed_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -333,13 +366,16 @@ def to_onnx(qm: Any, path: str | Path, *, input_shape: tuple[int, ...] | None = 
         qm: a graph-mode QuantizedModel (any scheme).
         path: the ``.onnx`` file to write.
         input_shape: the input's shape without the batch dimension (e.g. ``(1, 8, 8)``);
-            None leaves the input's shape unspecified.
+            None leaves the input's shape unspecified: every dimension dynamic (symbolic
+            ``batch, dim_1, ...``), the rank being the one the graph's ops accept (4 for a
+            2-D conv; a graph that takes several ranks, e.g. Flatten first, needs input_shape).
         debug: also output every quantized value's codes (``<program step>_q``);
             onnxruntime then fuses differently, so never ship this file.
     Returns:
         The path written.
     Raises:
-        UnsupportedExport: module-swap models and ops with no ONNX form here (named).
+        UnsupportedExport: module-swap models, ops with no ONNX form here (named), and
+            ``input_shape=None`` on a graph that takes inputs of several ranks.
 
     Example::
 

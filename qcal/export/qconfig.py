@@ -44,7 +44,8 @@ _TORCH_DTYPES = {"activation": "quint8", "weight": "qint8"}
 
 
 def torch_observer(spec: QSpec) -> Any:
-    """torch's observer constructor (``with_args``) equivalent to ``spec``.
+    """torch's observer constructor (``with_args``) equivalent to ``spec`` (its quant_min and
+    quant_max passed on when given).
 
     Raises:
         ValueError: for percentile / entropy / mse, which torch does not have.
@@ -56,6 +57,8 @@ def torch_observer(spec: QSpec) -> Any:
                           "reduce_range": spec.reduce_range}
     if spec.per_channel:
         kw["ch_axis"] = spec.ch_axis
+    if spec.custom_range:  # torch halves them too under reduce_range, as qcal does
+        kw["quant_min"], kw["quant_max"] = spec.quant_min, spec.quant_max
     if spec.observer in _OBSERVER_OPTIONS:
         option, default = _OBSERVER_OPTIONS[spec.observer]
         kw[option] = spec.option(option, default)
@@ -159,6 +162,8 @@ def _observer_code(spec: QSpec) -> str:
     kw = [f"dtype=torch.{spec.dtype}", f"qscheme=torch.{spec.qscheme}", f"reduce_range={spec.reduce_range}"]
     if spec.per_channel:
         kw.append(f"ch_axis={spec.ch_axis}")
+    if spec.custom_range:
+        kw += [f"quant_min={spec.quant_min}", f"quant_max={spec.quant_max}"]
     if spec.observer in _OBSERVER_OPTIONS:
         option, default = _OBSERVER_OPTIONS[spec.observer]
         kw.append(f"{option}={spec.option(option, default)!r}")

@@ -58,9 +58,24 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # strings and numbers: JSON's spelling is valid TOML
 
 
+_RANGE_FIELDS = ("quant_min", "quant_max")
+
+
+def _unset_ranges_dropped(value: Any) -> Any:
+    """A custom scheme's data without quant_min/quant_max left at None (the dtype's range):
+    TOML has no null, and files without a range stay as they were before the fields existed."""
+    if not isinstance(value, dict):
+        return value
+    parts = {p: {k: v for k, v in value[p].items() if not (k in _RANGE_FIELDS and v is None)}
+             for p in ("weight", "activation")}
+    return {**value, **parts}
+
+
 def recipe_text(recipe: Recipe, fmt: str = "toml") -> str:
-    """The recipe as TOML or JSON text."""
+    """The recipe as TOML or JSON text (a spec's quant_min/quant_max only when given)."""
     data = recipe.to_data()
+    data["default"] = _unset_ranges_dropped(data["default"])
+    data["layers"] = {k: _unset_ranges_dropped(v) for k, v in data["layers"].items()}
     if fmt == "json":
         return json.dumps(data, indent=1) + "\n"
     lines = [f"name = {_toml_value(data['name'])}", f"default = {_toml_value(data['default'])}", "", "[layers]"]

@@ -8,6 +8,8 @@ All functions take ``y`` (C, N) float32 (one row per channel) and return (lo, hi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -36,12 +38,11 @@ def channel_percentile_range(
     return lo.float(), hi.float()
 
 
-def _quant_mse(
-    y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, dtype: str, symmetric: bool, reduce_range: bool
-) -> torch.Tensor:
-    """Mean squared quantize-dequantize error of each channel under range (lo, hi), (C,)."""
-    scale, zp = qparams_from_range(lo, hi, dtype=dtype, symmetric=symmetric, reduce_range=reduce_range)
-    qmin, qmax = qrange(dtype, reduce_range)
+def _quant_mse(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """Mean squared quantize-dequantize error of each channel under range (lo, hi), (C,);
+    ``kw``: ``qparams_from_range``'s dtype, symmetric, reduce_range, quant_min, quant_max."""
+    scale, zp = qparams_from_range(lo, hi, **kw)
+    qmin, qmax = qrange(kw["dtype"], kw["reduce_range"], kw["quant_min"], kw["quant_max"])
     s, z = scale[:, None], zp[:, None].float()
     q = torch.clamp(torch.round(y / s) + z, qmin, qmax)  # (C, N)
     return ((q - z) * s - y).double().pow(2).mean(1)
@@ -52,15 +53,18 @@ _SHRINK = torch.tensor(2.0 ** (-np.arange(0, 81) / 16), dtype=torch.float32)  # 
 
 @torch.no_grad()
 def channel_mse_range(
-    y: torch.Tensor, *, dtype: str = "qint8", symmetric: bool = True, reduce_range: bool = False
+    y: torch.Tensor, *, dtype: str = "qint8", symmetric: bool = True, reduce_range: bool = False,
+    quant_min: int | None = None, quant_max: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each channel's range of least actual quantization MSE.
+    """Each channel's range of least actual quantization MSE (codes in ``qrange(dtype,
+    reduce_range, quant_min, quant_max)``).
 
     Candidates shrink each channel's min/max by factors f from 1 (min/max, always a
     candidate) down to 1/32 in steps of 2**(1/16); affine specs search lo and hi factors by
     coordinate descent.
     """
-    kw = {"dtype": dtype, "symmetric": symmetric, "reduce_range": reduce_range}
+    kw = {"dtype": dtype, "symmetric": symmetric, "reduce_range": reduce_range, "quant_min": quant_min,
+          "quant_max": quant_max}
     data_lo, data_hi = lo0, hi0 = torch.aminmax(y, dim=1)
     # Shrink the range as qparams see it (widened to include 0), so lo <= 0 <= hi stays true.
     lo0, hi0 = torch.clamp(lo0, max=0.0), torch.clamp(hi0, min=0.0)

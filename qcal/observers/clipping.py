@@ -192,21 +192,24 @@ def expected_mse(
     dtype: str = "quint8",
     symmetric: bool = False,
     reduce_range: bool = False,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
 ) -> np.ndarray:
     """Expected squared quantization error per value for each candidate range (lo[k], hi[k]).
 
     Uses the exact qparams the spec would get (``qparams_from_range``); values (bin centres)
     beyond the representable levels cost their squared distance to the end level, values
-    inside cost step**2 / 12 (rounding error uniform over a step). Returns (K,) float64.
+    inside cost step**2 / 12 (rounding error uniform over a step); ``quant_min``/``quant_max``
+    replace the dtype's range (``qrange``). Returns (K,) float64.
     """
     e, c = _np(edges), _np(counts)
     centers = (e[:-1] + e[1:]) / 2
     scale, zp = qparams_from_range(
         torch.as_tensor(lo, dtype=torch.float32),
         torch.as_tensor(hi, dtype=torch.float32),
-        dtype=dtype, symmetric=symmetric, reduce_range=reduce_range,
+        dtype=dtype, symmetric=symmetric, reduce_range=reduce_range, quant_min=quant_min, quant_max=quant_max,
     )
-    qmin, qmax = qrange(dtype, reduce_range)
+    qmin, qmax = qrange(dtype, reduce_range, quant_min, quant_max)
     s, z = scale.double().numpy()[:, None], zp.double().numpy()[:, None]
     top, bottom = (qmax - z) * s, (qmin - z) * s  # (K, 1) the end levels
     over = np.clip(centers[None, :] - top, 0.0, None)
@@ -225,6 +228,8 @@ def mse_range(
     dtype: str = "quint8",
     symmetric: bool = False,
     reduce_range: bool = False,
+    quant_min: int | None = None,
+    quant_max: int | None = None,
 ) -> tuple[float, float]:
     """The (lo, hi) of least expected quantization MSE (``expected_mse``).
 
@@ -235,7 +240,8 @@ def mse_range(
     """
     e = _np(edges)
     lo0, hi0 = min(float(e[0]), 0.0), max(float(e[-1]), 0.0)  # the range qparams see
-    kw = {"dtype": dtype, "symmetric": symmetric, "reduce_range": reduce_range}
+    kw = {"dtype": dtype, "symmetric": symmetric, "reduce_range": reduce_range, "quant_min": quant_min,
+          "quant_max": quant_max}
     if symmetric:
         t = max(abs(lo0), abs(hi0)) * _SHRINK
         best = float(t[int(np.argmin(expected_mse(edges, counts, -t, t, **kw)))])

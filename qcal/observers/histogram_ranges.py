@@ -6,22 +6,31 @@ torch's L2 search ("histogram"), "percentile", "entropy" and "mse" (and "minmax"
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from qcal.observers.clipping import entropy_threshold, mse_range, percentile_range
 from qcal.observers.histogram import RunningHistogram
 from qcal.observers.l2search import l2_range_search
-from qcal.qparams import qparams_from_range, qrange
+from qcal.qparams import qparams_from_range
 from qcal.schemes import QSpec
 
-__all__ = ["levels_for", "qparams_from_histogram", "range_from_histogram"]
+__all__ = ["levels_for", "qparams_from_histogram", "range_from_histogram", "range_kwargs"]
 
 Range = tuple[torch.Tensor, torch.Tensor]
 
 
+def range_kwargs(spec: QSpec) -> dict[str, Any]:
+    """The spec's code range as the keyword arguments of ``qparams_from_range`` (dtype,
+    symmetric, reduce_range, quant_min, quant_max), which the MSE estimators take too."""
+    return {"dtype": spec.dtype, "symmetric": spec.symmetric, "reduce_range": spec.reduce_range,
+            "quant_min": spec.quant_min, "quant_max": spec.quant_max}
+
+
 def levels_for(spec: QSpec, nonnegative: bool) -> int:
     """Quantized levels available to |x|: all of them for non-negative affine data, else half."""
-    qmin, qmax = qrange(spec.dtype, spec.reduce_range)
+    qmin, qmax = spec.code_range()
     n = qmax - qmin + 1
     return n if nonnegative and not spec.symmetric else n // 2
 
@@ -42,8 +51,7 @@ def _entropy(spec: QSpec, hist: RunningHistogram) -> tuple[float, float]:
 
 
 def _mse(spec: QSpec, hist: RunningHistogram) -> tuple[float, float]:
-    return mse_range(hist.edges(), hist.counts, dtype=spec.dtype, symmetric=spec.symmetric,
-                     reduce_range=spec.reduce_range)
+    return mse_range(hist.edges(), hist.counts, **range_kwargs(spec))
 
 
 def _minmax(spec: QSpec, hist: RunningHistogram) -> Range:
@@ -76,5 +84,4 @@ def range_from_histogram(spec: QSpec, hist: RunningHistogram) -> Range:
 @torch.no_grad()
 def qparams_from_histogram(spec: QSpec, hist: RunningHistogram) -> Range:
     """(scale, zero_point) of ``spec`` from a shared histogram (see ``range_from_histogram``)."""
-    return qparams_from_range(*range_from_histogram(spec, hist), dtype=spec.dtype,
-                              symmetric=spec.symmetric, reduce_range=spec.reduce_range)
+    return qparams_from_range(*range_from_histogram(spec, hist), **range_kwargs(spec))

@@ -29,7 +29,12 @@ from qcal.observers.channel_clipping import (
     channel_percentile_range,
 )
 from qcal.observers.histogram import RunningHistogram, check_finite
-from qcal.observers.histogram_ranges import levels_for, qparams_from_histogram, range_from_histogram
+from qcal.observers.histogram_ranges import (
+    levels_for,
+    qparams_from_histogram,
+    range_from_histogram,
+    range_kwargs,
+)
 from qcal.qparams import EPS, qparams_from_range
 from qcal.schemes import QSpec
 
@@ -136,8 +141,7 @@ class Observer:
             warnings.warn(f"{spec.observer} observer saw only zeros in {int(zero.sum())} of "
                           f"{zero.numel()} channel(s): their scale is eps = {EPS:.3g}, as in torch",
                           stacklevel=2)
-        scale, zp = qparams_from_range(lo, hi, dtype=spec.dtype, symmetric=spec.symmetric,
-                                       reduce_range=spec.reduce_range)
+        scale, zp = qparams_from_range(lo, hi, **range_kwargs(spec))
         if not bool(torch.isfinite(scale).all()):
             raise ValueError(f"range ({lo.min().item()}, {hi.max().item()}) is too wide for a "
                              "float32 scale; inputs must span less than 3.4e38")
@@ -237,8 +241,7 @@ class ChannelValuesObserver(Observer):
             return channel_percentile_range(y, float(spec.option("percentile", 99.99)),
                                             symmetric=spec.symmetric)
         if spec.observer == "mse":
-            return channel_mse_range(y, dtype=spec.dtype, symmetric=spec.symmetric,
-                                     reduce_range=spec.reduce_range)
+            return channel_mse_range(y, **range_kwargs(spec))
         nonneg = bool(y.min() >= 0)
         return channel_entropy_range(y, levels_for(spec, nonneg), symmetric=spec.symmetric)
 

@@ -202,3 +202,35 @@ def test_fast_quantize_equals_torchs_rounding_including_ties(axis, zero_point):
     assert torch.equal(fast, torch_q.int_repr())
     act = torch.rand(4096) * 6 - 1
     assert torch.equal(quantize_codes(act, 0.0471, 21), torch.quantize_per_tensor(act, 0.0471, 21, torch.quint8).int_repr())
+
+
+@pytest.mark.parametrize(("weight", "bounds"), [
+    (QSpec("qint8", "per_channel_symmetric", "minmax", quant_min=-127, quant_max=127), (-127, 127)),
+    (QSpec("qint8", "per_channel_affine", "mse", quant_min=-8, quant_max=7), (-8, 7)),
+    (QSpec("qint8", "per_tensor_symmetric", "percentile", options={"percentile": 99.0}, quant_min=-8, quant_max=7),
+     (-8, 7)),
+])
+def test_weight_codes_lie_in_quant_min_max(weight, bounds, data):
+    """Weights are quantized with the spec's qparams and clamped to its range; a clipping
+    estimator's clipped weights land on the ends (unclamped they would fall outside)."""
+    from qcal.observers.observers import make_observer
+    from qcal.qparams import quantize
+
+    calib, x = data
+    scheme = Scheme("ranged", weight, qcal.SCHEMES["per_tensor_affine"].activation)
+    qm = calibrate(make_model("cnn"), calib, scheme, "fbgemm")
+    lo, hi = bounds
+    at_ends = 0
+    for layer in qm.quant_layers.values():
+        q = layer.weight_q
+        assert q.dtype == torch.int8 and lo <= int(q.min()) and int(q.max()) <= hi
+        at_ends += int(((q == lo) | (q == hi)).sum())
+        w = qm.float_model.get_submodule(layer.name).weight.detach()
+        o = make_observer(weight)
+        o.update(w)
+        scale, zp = o.qparams()
+        assert torch.equal(layer.weight_scale, scale) and torch.equal(layer.weight_zero_point, zp)
+        axis = 0 if weight.per_channel else None
+        assert torch.equal(q, quantize(w, scale, zp, "qint8", axis=axis).clamp(lo, hi))
+    assert at_ends > 0
+    assert bool(torch.isfinite(qm(x)).all())

@@ -135,3 +135,50 @@ def test_ort_flavour_differs_from_fbgemm(calibrated, splits):
     assert sum(counts.values()) > 0
     qm = qms["per_channel_symmetric"]
     torch.testing.assert_close(qm(x), qm.with_backend("fbgemm")(x), atol=1.0, rtol=0.2)
+
+
+@pytest.mark.parametrize("scheme", ["per_tensor_affine", "fbgemm_default"])
+def test_default_call_leaves_the_input_shape_dynamic(scheme, splits, tmp_path):
+    """``to_onnx(qm, path)`` without input_shape (it raised onnx's ValidationError: a graph
+    input without a shape): every input dimension symbolic, the rank 4 the convs take; the
+    file checks, runs at any batch size and equals the ort flavour."""
+    qm = qcal.calibrate(zoo.load("digits_cnn"), calib_batches(splits.calib[0]), scheme, "ort")
+    path = qcal.to_onnx(qm, tmp_path / "model.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "dim_1", "dim_2", "dim_3"]
+    assert not any(d.HasField("dim_value") for d in dims)
+    session = _session(path)
+    for x in (splits.test[0][:64], splits.test[0][64:71]):
+        (y,) = session.run(None, {"input": x.numpy()})
+        assert y.shape == (len(x), 10)
+        assert int((qm(x).numpy() != y).sum()) == 0
+
+
+def test_default_call_refuses_a_graph_of_several_input_ranks(splits, tmp_path):
+    """digits_mlp flattens first, so its graph takes inputs of rank 2 and up: no rank to
+    declare, and the message says to pass input_shape (which then works)."""
+    qm = qcal.calibrate(zoo.load("digits_mlp"), calib_batches(splits.calib[0]), "per_tensor_affine", "ort")
+    with pytest.raises(UnsupportedExport, match=r"rank 2, 3, 4, 5, 6.*pass input_shape="):
+        qcal.to_onnx(qm, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    onnx.checker.check_model(onnx.load(qcal.to_onnx(qm, tmp_path / "m.onnx", input_shape=(1, 8, 8))))
+
+
+@pytest.mark.parametrize(("weight", "bounds"), [
+    (qcal.QSpec("qint8", "per_channel_symmetric", "minmax", quant_min=-127, quant_max=127), (-127, 127)),
+    (qcal.QSpec("qint8", "per_channel_affine", "mse", quant_min=-8, quant_max=7), (-8, 7)),
+])
+def test_quant_min_max_schemes_export_exactly(weight, bounds, splits, tmp_path):
+    """The weights' codes are already within the range (int8 initializers), activations'
+    QuantizeLinear saturates to the dtype as the ort flavour does: 0 differing values."""
+    act = qcal.QSpec("quint8", "per_tensor_affine", "minmax", quant_min=0, quant_max=200)
+    qm = qcal.calibrate(zoo.load("digits_cnn"), calib_batches(splits.calib[0]), qcal.Scheme("r", weight, act), "ort")
+    path = qcal.to_onnx(qm, tmp_path / "model.onnx")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+    codes = np.concatenate([inits[f"{name}.weight_q"].ravel() for name in qm.quant_layers])
+    assert bounds[0] <= codes.min() and codes.max() <= bounds[1]
+    x = splits.test[0][:64]
+    (y,) = _session(path).run(None, {"input": x.numpy()})
+    assert int((qm(x).numpy() != y).sum()) == 0

@@ -3,6 +3,7 @@ the outputs of qcal.calibrate(model, data, recipe, backend), value for value; an
 boundary rule torch applies (checked on torch itself, then on qcal)."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -253,3 +254,38 @@ def test_generated_torch_only_code_builds_the_same_mapping(backend):
             p(b)
         out = convert_fx(p)(x)
     assert int((out != qcal.calibrate(model, calib, recipe, backend)(x)).sum()) == 0
+
+
+_XNN = {"quant_min": -127, "quant_max": 127}
+_RANGED = {
+    "xnnpack_weights": (QSpec("qint8", "per_channel_symmetric", "minmax", **_XNN),
+                        QSpec("quint8", "per_tensor_affine", "minmax", quant_min=0, quant_max=127)),
+    "tensor_symmetric_histogram": (QSpec("qint8", "per_tensor_symmetric", "minmax", **_XNN),
+                                   QSpec("quint8", "per_tensor_affine", "histogram", True, quant_min=0, quant_max=200)),
+    "int4_weights": (QSpec("qint8", "per_channel_affine", "moving_average", quant_min=-8, quant_max=7), _act()),
+}
+
+
+@pytest.mark.parametrize("case", list(_RANGED))
+def test_quant_min_max_reach_torchs_observers_and_convert_fx_reproduces_qcal(case):
+    """torch's observers get the range (reduce_range halving it there too), and the converted
+    model holds qcal's qparams and codes and computes qcal's outputs."""
+    weight, act = _RANGED[case]
+    model, calib, x = _fork()
+    scheme = Scheme(case, weight, act)
+    qconfig = to_qconfig_mapping(scheme, "fbgemm").global_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's reduce_range deprecation
+        assert (qconfig.weight().quant_min, qconfig.weight().quant_max) == weight.code_range()
+        assert (qconfig.activation().quant_min, qconfig.activation().quant_max) == act.code_range()
+    qm = _assert_parity(model, calib, x, scheme)
+    with quantized_engine("fbgemm"):
+        converted = convert_fx(_prepared(model, scheme, calib))
+    for name, layer in qm.quant_layers.items():
+        mod = converted.get_submodule(name)
+        wq = mod.weight()
+        scales = wq.q_per_channel_scales() if weight.per_channel else torch.tensor([wq.q_scale()])
+        assert torch.equal(scales.float(), layer.weight_scale) and torch.equal(wq.int_repr(), layer.weight_q)
+        assert (mod.scale, mod.zero_point) == (layer.output_scale, layer.output_zero_point)
+    code = qconfig_mapping_code(scheme)
+    assert f"quant_min={weight.quant_min}, quant_max={weight.quant_max}" in code
