@@ -6,6 +6,11 @@
  * with saturation), vpmaddwd by ones (two pairs into int32, exact), vpaddd. That is the kernel
  * FBGEMM runs without VNNI; when no pair can leave int16 it is the exact integer sum.
  * The store adds the exact zero-point terms:  acc = raw + off_j - zw_j * sum_k a_k.
+ * The exact variant (`exact` = 1, for every kernel that does not saturate: FBGEMM with VNNI,
+ * qnnpack, MLAS's exact kernels, oneDNN with VNNI) reads the same packed weights and im2col
+ * rows, splits each group of four bytes into its even and odd bytes widened to int16
+ * ((a0, a2), (a1, a3); weights likewise) and multiplies them with vpmaddwd: every product
+ * fits int16 x int16 -> int32 and a pair of them cannot leave int32, so the sum is exact.
  * Integer arithmetic only: no compiler flag can change a result.
  */
 #include <immintrin.h>
@@ -113,6 +118,31 @@ __attribute__((noinline)) static void kern4(const uint8_t *a, int kp, const int8
     }
 }
 
+/* The same 4 x 16 raw sums without saturation: the bytes of each group of four split into
+ * (0, 2) and (1, 3) int16 pairs (u8 activations zero-extended, s8 weights sign-extended), each
+ * vpmaddwd pair sum exact in int32; the two partial sums of a column added into its lane. */
+__attribute__((noinline)) static void kern4_exact(const uint8_t *a, int kp, const int8_t *bp, __m256i acc[4][2]) {
+    const __m256i low = _mm256_set1_epi16(0x00FF);
+    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int i = 0; i < kp / 4; i++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + (size_t)i * 64));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + (size_t)i * 64 + 32));
+        __m256i e0 = _mm256_srai_epi16(_mm256_slli_epi16(b0, 8), 8), o0 = _mm256_srai_epi16(b0, 8);
+        __m256i e1 = _mm256_srai_epi16(_mm256_slli_epi16(b1, 8), 8), o1 = _mm256_srai_epi16(b1, 8);
+#define QCAL_ROW(r)                                                                                   \
+    {                                                                                                 \
+        int32_t v;                                                                                    \
+        memcpy(&v, a + (size_t)(r) * kp + (size_t)i * 4, 4);                                         \
+        __m256i av = _mm256_set1_epi32(v);                                                            \
+        __m256i ae = _mm256_and_si256(av, low), ao = _mm256_srli_epi16(av, 8);                        \
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_add_epi32(_mm256_madd_epi16(ae, e0), _mm256_madd_epi16(ao, o0))); \
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_add_epi32(_mm256_madd_epi16(ae, e1), _mm256_madd_epi16(ao, o1))); \
+    }
+        QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3)
+#undef QCAL_ROW
+    }
+}
+
 /* The requantization fused into the store (fbgemm, qnnpack and ort flavours), per output j:
  *   mode 0: y = f32(acc)                     (no bias)
  *   mode 1: y = f32(f32(acc) + fb_j)          (fbgemm, per-channel float bias: fb_j = f32(b_j / ats_j))
@@ -171,9 +201,11 @@ static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
 
 /* x: (N, H, W, C) uint8; off: (G*kg) int32; zw: (G*kg) int32 or NULL (all zero).
  * out: (N*OH*OW, G*kg): int32 (kind 0), float32 (kind 1) or 8-bit codes through `e` (kind 2).
+ * exact: 0 FBGEMM's saturating pairs (kern4), 1 the exact sum (kern4_exact).
  * Returns 0, or -1 when out of memory. */
 int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int32_t *off, const int32_t *zw,
-              void *out, int kind, const epilogue *e, int threads) {
+              void *out, int kind, const epilogue *e, int threads, int exact) {
+    void (*kern)(const uint8_t *, int, const int8_t *, __m256i[4][2]) = exact ? kern4_exact : kern4;
     geom q = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
               dims[10], dims[11], dims[12], dims[13], dims[14], dims[15], dims[16], dims[17], dims[18], dims[19]};
     int64_t m_all = (int64_t)q.n * q.oh * q.ow;
@@ -221,7 +253,7 @@ int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int
                     }
                     for (int r0 = 0; r0 < rows; r0 += 4) {
                         __m256i acc[4][2];
-                        kern4(ablk + (size_t)r0 * q.kp, q.kp, panel, acc);
+                        kern(ablk + (size_t)r0 * q.kp, q.kp, panel, acc);
                         for (int r = 0; r < 4 && r0 + r < rows; r++) {
                             size_t at = (size_t)(m0 + r0 + r) * o + col0;
                             int32_t s = zw ? rowsum[r0 + r] : 0;
@@ -265,7 +297,9 @@ int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int
  * time: their bytes interleaved per channel, vpmaddubsw (two saturated pairs per channel), then
  * vpmaddwd by ones (the two pairs into int32, exact). Weights: wp[quad][block of 32 channels]
  * [4 vectors of 32 bytes]; vector v holds channels 4v..4v+3 (lane 0) and 16+4v..16+4v+3
- * (lane 1), four taps each: the order _mm256_unpack{lo,hi}_epi8 then _epi16 leave bytes in. */
+ * (lane 1), four taps each: the order _mm256_unpack{lo,hi}_epi8 then _epi16 leave bytes in.
+ * The exact variant splits each channel's four taps into (t0, t2) and (t1, t3) int16 pairs
+ * and sums them with vpmaddwd, as kern4_exact does: the exact sum of every tap. */
 static inline int dw_byte(int ch, int s) { /* channel within a block of 32, tap within a quad */
     int lane = ch / 16, w = ch % 16;
     return (w / 4) * 32 + lane * 16 + (w % 4) * 4 + s;
@@ -289,9 +323,10 @@ static inline __m256i dw_load(const uint8_t *src, int n) {
     return _mm256_loadu_si256((const __m256i *)buf);
 }
 
-/* x: (N, H, W, C) uint8; dims: n h w c kh kw sh sw ph pw dh dw oh ow za; out: (N*OH*OW, C) */
+/* x: (N, H, W, C) uint8; dims: n h w c kh kw sh sw ph pw dh dw oh ow za; out: (N*OH*OW, C);
+ * exact: 0 FBGEMM's saturating tap pairs, 1 the exact sum */
 int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t *off, const int32_t *zw,
-            void *out, int kind, const epilogue *e, int threads) {
+            void *out, int kind, const epilogue *e, int threads, int exact) {
     int n = d[0], h = d[1], w = d[2], c = d[3], kh = d[4], kw = d[5], sh = d[6], sw = d[7], ph = d[8], pw = d[9];
     int dh = d[10], dw = d[11], oh = d[12], ow = d[13], za = d[14];
     int taps = kh * kw, quads = (taps + 3) / 4, blocks = (c + 31) / 32;
@@ -301,7 +336,7 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
     if (!pads) return -1;
     memset(pads, za, cpad);
     memset(pads + cpad, 0, cpad);
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1), low = _mm256_set1_epi16(0x00FF);
     int ty[64 + 4], tx[64 + 4]; /* each tap's offset in the window */
     for (int t = 0; t < 4 * quads; t++) {
         ty[t] = (t / kw) * dh;
@@ -336,8 +371,14 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
                                     _mm256_unpacklo_epi16(h01, h23), _mm256_unpackhi_epi16(h01, h23)};
                     const int8_t *wb = wp + ((size_t)qd * blocks + blk) * 128;
                     for (int i = 0; i < 4; i++) {
-                        __m256i pairs = _mm256_maddubs_epi16(v[i], _mm256_loadu_si256((const __m256i *)(wb + 32 * i)));
-                        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(pairs, ones16));
+                        __m256i wv = _mm256_loadu_si256((const __m256i *)(wb + 32 * i));
+                        if (exact) { /* (t0, t2) and (t1, t3) as int16 pairs: exact products and sums */
+                            __m256i we = _mm256_srai_epi16(_mm256_slli_epi16(wv, 8), 8), wo = _mm256_srai_epi16(wv, 8);
+                            __m256i ae = _mm256_and_si256(v[i], low), ao = _mm256_srli_epi16(v[i], 8);
+                            acc[i] = _mm256_add_epi32(acc[i], _mm256_add_epi32(_mm256_madd_epi16(ae, we), _mm256_madd_epi16(ao, wo)));
+                        } else {
+                            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v[i], wv), ones16));
+                        }
                         if (zw) sum[i] = _mm256_add_epi32(sum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v[i], ones8), ones16));
                     }
                 }

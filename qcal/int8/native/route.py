@@ -1,8 +1,9 @@
 """When a packed layer runs on the native kernel (``native.py``), and how.
 
-The native kernel computes FBGEMM's accumulator (pairs saturating in its order) and, where no
-pair can saturate, the exact sum every backend needs; its fused store is the fbgemm, qnnpack
-and ort requantization (``requant.fused_epilogue``). ``NativeRoute`` is the part of a packed
+The native kernel computes FBGEMM's accumulator (pairs saturating in its order; the exact sum
+where no pair can saturate) or, in its exact variant, the exact sum whatever the codes, which
+every kernel that does not saturate computes; its fused store is the fbgemm, qnnpack and ort
+requantization (``requant.fused_epilogue``). ``NativeRoute`` is the part of a packed
 layer (``packed.py``) that decides: the weights packed once, the fused store built once per
 (requantization, output zero point, ReLU, dtype), and the two ways in.
 """
@@ -37,7 +38,9 @@ class NativeRoute:
         """The output, when neither the engine nor the store needs the activations' range: under
         fbgemm on a CPU whose kernel saturates, the native kernel is FBGEMM's arithmetic whatever
         the codes, and the fused store holds for the bound of the dtype's full range (no pass
-        over the input). None otherwise."""
+        over the input). None otherwise. (Where the kernel does not saturate, the exact kernel
+        would hold whatever the codes too, but the range pass costs less than its extra time
+        over the saturating kernel wherever the codes keep every pair inside int16.)"""
         if (rq.backend != "fbgemm" or x_q.dtype != torch.uint8 or self.accumulator.method != "auto"
                 or not self._saturates(rq, saturate, isa)):
             return None
@@ -49,23 +52,40 @@ class NativeRoute:
         return self._native_call(packed, x_q, za, self._native_zw(), False, epilogue)
 
     def _native_plan(self, x_q, za, x_range: tuple[int, int], sat: bool, rq: Requant):
-        """(packed weights, zero points or None, bound on |acc|) for the native kernel, or None
-        where it does not compute what runs here.
+        """(kernel, zero points or None, bound on |acc|) for the native kernel, or None where it
+        does not compute what runs here. The kernel: the packed weights (FBGEMM's saturating
+        pairs) or their ``exact`` method (the exact sum).
 
-        Its pairs saturate as FBGEMM's do (``saturation.py``'s order), so it serves a layer that
-        saturates under fbgemm, and any backend where no pair can saturate (the exact sum).
-        MLAS (``ort``) pairs differently, and an explicit accumulator ``method`` is honoured.
+        Its pairs saturate as FBGEMM's do (``saturation.py``'s order), so the saturating kernel
+        serves a layer that saturates under fbgemm, and any layer whose pairs cannot saturate;
+        the exact kernel every other layer that does not saturate, where it beats the float
+        engine (``_exact_pays``). MLAS (``ort``) where it
+        saturates pairs differently, and an explicit accumulator ``method`` is honoured.
         """
         if self.accumulator.method != "auto" or x_q.dtype != torch.uint8:
             return None
-        if (rq.backend != "fbgemm") if sat else self._can_saturate(max(abs(x_range[0]), x_range[1]), za):
+        exact = not sat and self._can_saturate(max(abs(x_range[0]), x_range[1]), za)
+        if (rq.backend != "fbgemm") if sat else exact and self._onednn_sums(x_range[1], za):
             return None
         packed = self.native()
-        if packed is None:
+        if packed is None or (exact and not self._exact_pays(packed)):
             return None
         amax = max(x_range[1] - za, za - x_range[0], 0)
         bound = self.accumulator.bound(amax) + (packed.pair_shift if sat else 0)
-        return packed, self._native_zw(), bound
+        return packed.exact if exact else packed, self._native_zw(), bound
+
+    @staticmethod
+    def _exact_pays(packed: NativeConv) -> bool:
+        """Whether the exact kernel beats the float engine on this layer: depthwise and 1x1 (and
+        linear) layers, 1.4-1.6x faster on the AVX2 CI machine; a 3x3 im2col layer took 1.3-1.7x
+        the float engine's time there (its float32 convolution is as fast as the saturating kernel
+        on those shapes, the exact kernel 1.25x slower), so those keep the float engine."""
+        return packed.depthwise or packed.kernel == (1, 1)
+
+    def _onednn_sums(self, hi: int, za: int) -> bool:
+        """Whether the accumulator takes oneDNN's exact int32 sums (a VNNI CPU here): left to it
+        rather than to the exact native kernel, which is AVX2 only."""
+        return self.accumulator.onednn_here(hi, za)
 
     def _native_zw(self) -> torch.Tensor | None:
         """The weight zero points the kernel subtracts, or None when all are 0 (no window sums)."""

@@ -1,0 +1,251 @@
+"""The native kernel's exact variant (``NativeConv.exact``): its raw sums against a brute-force
+exact integer sum (and the saturating variant's, which provably differs at the extreme), whole
+layers under every backend flavour against the float engine, and the routing: which layers take
+it, on this AVX2 CPU and on the VNNI CPU qcal emulates with ``QCAL_CPU=avx512_vnni``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcal.int8 import native
+from qcal.int8.backends.ort import ort_saturates
+from qcal.int8.cpu.isa import saturates
+from qcal.int8.packed import pack_conv2d, pack_linear
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernel here: {native.why_unavailable()}")
+
+
+def _sums(x, za, w, geometry, zw, saturate):
+    """The accumulator per output as int64, (N, H'*W', O): pairs in (kh, kw, c) order per group,
+    pads holding za; ``saturate``: each pair sum clamped to int16 first (FBGEMM's), else exact."""
+    (sh, sw), (ph, pw), (dh, dw), g = geometry
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    cols = F.unfold(F.pad(x.double(), (pw, pw, ph, ph), value=za), (kh, kw), dilation=(dh, dw), stride=(sh, sw))
+    length = cols.shape[-1]
+    cols = cols.reshape(n, g, cg, kh * kw, length).permute(0, 1, 4, 3, 2).reshape(n, g, length, -1).long()
+    wk = w.permute(0, 2, 3, 1).reshape(g, o // g, -1).long()
+    k = wk.shape[-1]
+    if k % 2:
+        cols, wk = F.pad(cols, (0, 1)), F.pad(wk, (0, 1))
+    prods = cols[:, :, :, None, :] * wk[None, :, None, :, :]  # (N, G, L, O/G, K), exact in int64
+    pairs = prods.reshape(*prods.shape[:-1], -1, 2).sum(-1)
+    raw = (pairs.clamp(-32768, 32767) if saturate else pairs).sum(-1)
+    raw = raw.permute(0, 2, 1, 3).reshape(n, length, o)
+    rowsum = cols.sum(-1).permute(0, 2, 1).repeat_interleave(o // g, dim=2)  # (N, L, O)
+    colsum = w.permute(0, 2, 3, 1).reshape(o, -1).long().sum(1)
+    return raw - za * colsum + zw.long() * (k * za - rowsum)
+
+
+def _codes(gen, shape, extreme, o):
+    """(x, w): random codes, or at the extreme 255 and each output channel all +127 or all -128,
+    where every pair of two real taps leaves int16."""
+    x = torch.randint(0, 256, shape[0], generator=gen, dtype=torch.uint8)
+    w = torch.randint(-128, 128, shape[1], generator=gen, dtype=torch.int8)
+    if extreme:
+        x.fill_(255)
+        sign = torch.rand(o, 1, 1, 1, generator=gen) < 0.5
+        w = torch.where(sign, 127, -128).to(torch.int8).expand_as(w).contiguous()
+    return x, w
+
+
+def _check_both(x, za, w, geometry, zw, zero_points, out_hw, extreme):
+    packed = native.native_conv(w, geometry)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    zarg = zw if zero_points else None
+    exact = packed.exact(nhwc, za, zarg, as_float=False, out_hw=out_hw).reshape(x.shape[0], -1, w.shape[0])
+    sat = packed(nhwc, za, zarg, as_float=False, out_hw=out_hw).reshape(x.shape[0], -1, w.shape[0])
+    want, want_sat = _sums(x, za, w, geometry, zw, False), _sums(x, za, w, geometry, zw, True)
+    assert int((exact.long() != want).sum()) == 0
+    assert int((sat.long() != want_sat).sum()) == 0
+    if extreme and w[0].numel() >= 2:  # a window inside the image holds a pair of two 255s: it saturates
+        assert not torch.equal(want, want_sat) and not torch.equal(exact, sat)
+    return packed
+
+
+@needs_native
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), groups=st.integers(1, 3), cg=st.integers(1, 9), og=st.integers(1, 20),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2), pad=st.integers(0, 2),
+       dilation=st.integers(1, 2), extreme=st.booleans(), zero_points=st.booleans())
+def test_exact_raw_sums_equal_the_exact_integer_sum(seed, groups, cg, og, kernel, stride, pad, dilation, extreme,
+                                                     zero_points):
+    gen = torch.Generator().manual_seed(seed)
+    o = groups * og
+    x, w = _codes(gen, ((2, groups * cg, 6, 7), (o, cg, *kernel)), extreme, o)
+    za = int(torch.randint(0, 256, (), generator=gen))
+    zw = torch.randint(-30, 30, (o,), generator=gen) if zero_points else torch.zeros(o, dtype=torch.long)
+    geometry = ((stride, stride), (pad, pad), (dilation, 1), groups)
+    oh = (6 + 2 * pad - dilation * (kernel[0] - 1) - 1) // stride + 1
+    ow = (7 + 2 * pad - (kernel[1] - 1) - 1) // stride + 1
+    if oh < 1 or ow < 1:
+        return
+    packed = _check_both(x, za, w, geometry, zw, zero_points, (oh, ow), extreme)
+    assert not packed.depthwise or groups > 1
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), c=st.integers(2, 70), kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       stride=st.integers(1, 2), pad=st.integers(0, 2), dilation=st.integers(1, 2), extreme=st.booleans(),
+       zero_points=st.booleans())
+def test_exact_depthwise_sums_every_tap_exactly(seed, c, kernel, stride, pad, dilation, extreme, zero_points):
+    # the depthwise kernel (qcal_dw): channels in blocks of 32, so c runs past one block and leaves tails
+    gen = torch.Generator().manual_seed(seed)
+    x, w = _codes(gen, ((2, c, 7, 6), (c, 1, *kernel)), extreme, c)
+    za = int(torch.randint(0, 256, (), generator=gen))
+    zw = torch.randint(-30, 30, (c,), generator=gen) if zero_points else torch.zeros(c, dtype=torch.long)
+    geometry = ((stride, stride), (pad, pad), (dilation, dilation), c)
+    oh = (7 + 2 * pad - dilation * (kernel[0] - 1) - 1) // stride + 1
+    ow = (6 + 2 * pad - dilation * (kernel[1] - 1) - 1) // stride + 1
+    if oh < 1 or ow < 1:
+        return
+    assert _check_both(x, za, w, geometry, zw, zero_points, (oh, ow), extreme).depthwise
+
+
+class _Spy:
+    """Counts the native kernel's calls: saturating (``__call__``) and exact (``exact``)."""
+
+    def __init__(self, monkeypatch):
+        self.saturating = self.exact = 0
+        call, exact = native.NativeConv.__call__, native.NativeConv.exact
+
+        def spy_call(this, *args, **kwargs):
+            self.saturating += 1
+            return call(this, *args, **kwargs)
+
+        def spy_exact(this, *args, **kwargs):
+            self.exact += 1
+            return exact(this, *args, **kwargs)
+
+        monkeypatch.setattr(native.NativeConv, "__call__", spy_call)
+        monkeypatch.setattr(native.NativeConv, "exact", spy_exact)
+
+
+# (channels, outputs, kernel, stride, groups); o == c == groups: depthwise
+_LAYERS = [(3, 32, 7, 2, 1), (32, 48, 3, 1, 1), (64, 32, 1, 1, 1), (64, 32, 1, 2, 1), (32, 32, 3, 1, 8),
+           (32, 32, 3, 2, 32), (40, 40, 5, 1, 40), ("linear", 40, 301, 1, 1)]
+_FLAVOURS = [("fbgemm", False), ("fbgemm", None), ("qnnpack", None), ("ort", None), ("ort", False), ("onnx", None),
+             ("q31", None), ("x86", None), ("x86", False)]
+
+
+def _layer(layer, backend, gen, bias_kind):
+    """(fast, slow, x, family): a packed layer with full-range weights, its float-engine twin, and
+    full-range activations (pairs can saturate)."""
+    c, o, k, stride, groups = layer
+    per_tensor = backend == "qnnpack"  # torch's qnnpack weights: per tensor, zero point 0 here
+    sw = 0.004 if per_tensor else torch.rand(o, generator=gen) * 0.01 + 1e-3
+    zw = 0 if per_tensor else torch.randint(-4, 5, (o,), generator=gen)
+    bias = {"float": torch.randn(o, generator=gen) * 3, "int32": torch.randint(-2**12, 2**12, (o,), generator=gen,
+            dtype=torch.int32), "none": None}[bias_kind]
+    if c == "linear":
+        w = torch.randint(-128, 128, (o, k), generator=gen, dtype=torch.int8)
+        x = torch.randint(0, 256, (7, k), generator=gen, dtype=torch.uint8)
+        fast, slow = (pack_linear(w, sw, zw, bias, backend=backend, method=m) for m in ("auto", "float"))
+        return fast, slow, x, "gemm"
+    w = torch.randint(-128, 128, (o, c // groups, k, k), generator=gen, dtype=torch.int8)
+    x = torch.randint(0, 256, (2, c, 15, 15), generator=gen, dtype=torch.uint8)
+    kw = dict(stride=stride, padding=k // 2, groups=groups, backend=backend)
+    fast, slow = (pack_conv2d(w, sw, zw, bias, **kw, method=m) for m in ("auto", "float"))
+    return fast, slow, x.contiguous(memory_format=torch.channels_last), fast.path
+
+
+def _run_both(fast, slow, x, saturate, signed_out):
+    zo = torch.tensor(-3, dtype=torch.int8) if signed_out else 60
+    so = 0.5 if x.dim() == 2 else 0.05
+    try:
+        want = slow(x, 0.03, 11, so, zo, saturate=saturate)
+    except (ValueError, TypeError):  # a layer or scale the backend refuses: refused alike
+        with pytest.raises((ValueError, TypeError)):
+            fast(x, 0.03, 11, so, zo, saturate=saturate)
+        return None
+    return fast(x, 0.03, 11, so, zo, saturate=saturate), want
+
+
+def _expected(fast, backend, saturate, family):
+    """Which kernel should run the layer: "saturating", "exact" or "float" (the float engine),
+    from the backends' rules (``saturates``, ``ort_saturates``), not from the router."""
+    flavour = fast.flavour()
+    if fast.accumulator.onednn_here(255, 11):  # a VNNI CPU here: oneDNN's exact sums keep the layer
+        return "float"
+    if flavour == "fbgemm":
+        sat = saturate if saturate is not None else saturates(family)
+    elif flavour == "ort":
+        sat = ort_saturates(fast.ort_path, saturate)
+    else:  # qnnpack, onnx, q31, x86's oneDNN route: the exact sum
+        sat = False
+    if sat:
+        return "saturating" if flavour == "fbgemm" else "float"  # MLAS pairs in its own order
+    if not (family == "depthwise" or fast.w_q.dim() == 2 or fast.w_q.shape[2:] == (1, 1)):
+        return "float"  # a 3x3 im2col layer: the float engine is faster than the exact kernel
+    return "exact"  # full-range codes and weights: a pair could saturate
+
+
+@needs_native
+@pytest.mark.parametrize("cpu", [None, "avx512_vnni"])
+@pytest.mark.parametrize("layer", _LAYERS)
+@pytest.mark.parametrize(("backend", "saturate"), _FLAVOURS)
+def test_layers_match_the_float_engine_on_the_exact_kernel(monkeypatch, cpu, layer, backend, saturate):
+    """Full-range activations and weights under every backend flavour: 0 values apart from the
+    float engine, and the exact kernel ran wherever the wanted sum is exact (under fbgemm on the
+    emulated VNNI CPU every family but depthwise, with AVX2 instructions here)."""
+    if cpu is None:
+        monkeypatch.delenv("QCAL_CPU", raising=False)
+    else:
+        monkeypatch.setenv("QCAL_CPU", cpu)
+    gen = torch.Generator().manual_seed(len(_LAYERS) * _FLAVOURS.index((backend, saturate)) + _LAYERS.index(layer))
+    bias_kind = ("float", "int32", "none")[int(torch.randint(0, 3, (), generator=gen))]
+    fast, slow, x, family = _layer(layer, backend, gen, bias_kind)
+    spy = _Spy(monkeypatch)
+    found = _run_both(fast, slow, x, saturate, signed_out=bool(torch.randint(0, 2, (), generator=gen)))
+    if found is None:
+        return
+    got, want = found
+    assert got.dtype == want.dtype and int((got != want).sum()) == 0
+    expected = _expected(fast, backend, saturate, family)
+    assert (spy.saturating, spy.exact) == {"saturating": (1, 0), "exact": (0, 1), "float": (0, 0)}[expected]
+    if cpu == "avx512_vnni" and backend == "fbgemm" and saturate is None:
+        if family == "depthwise":
+            assert expected == "saturating"  # FBGEMM's depthwise kernel saturates even with VNNI
+        elif layer[2] == 1 or layer[0] == "linear":
+            assert expected == "exact"  # pointwise and linear: the exact kernel, with AVX2 instructions
+
+
+@needs_native
+def test_detailed_results_and_an_explicit_method_keep_the_float_engine(monkeypatch):
+    monkeypatch.setenv("QCAL_CPU", "avx512_vnni")
+    gen = torch.Generator().manual_seed(7)
+    fast, slow, x, _ = _layer((64, 32, 1, 1, 1), "fbgemm", gen, "float")
+    spy = _Spy(monkeypatch)
+    want = slow(x, 0.03, 11, 0.05, 60)
+    detailed = fast(x, 0.03, 11, 0.05, 60, detailed=True)
+    assert (spy.saturating, spy.exact) == (0, 0)
+    assert torch.equal(detailed.out, want)
+    assert torch.equal(fast(x, 0.03, 11, 0.05, 60), want) and spy.exact == 1
+
+
+@needs_native
+def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch):
+    # codes <= 127: no pair can saturate, so the (faster) saturating kernel is the exact sum;
+    # full-range codes: the exact kernel. Under fbgemm on AVX2 full-range pairs saturate, as
+    # its kernel does: the saturating kernel, and the exact sum differs
+    monkeypatch.setenv("QCAL_CPU", "avx2")
+    gen = torch.Generator().manual_seed(8)
+    spy = _Spy(monkeypatch)
+    for backend in ("qnnpack", "onnx"):
+        spy.saturating = spy.exact = 0
+        fast, slow, x, _ = _layer((64, 32, 1, 1, 1), backend, gen, "none")
+        small = (x // 2).contiguous(memory_format=torch.channels_last)
+        for codes, count in zip((small, x), [(1, 0), (1, 1)], strict=True):
+            assert torch.equal(fast(codes, 0.03, 11, 0.05, 60, relu=True), slow(codes, 0.03, 11, 0.05, 60, relu=True))
+            assert (spy.saturating, spy.exact) == count
+    spy.saturating = spy.exact = 0
+    fb, fb_slow, x, _ = _layer((64, 32, 1, 1, 1), "fbgemm", gen, "float")
+    assert torch.equal(fb(x, 0.03, 11, 0.05, 60), fb_slow(x, 0.03, 11, 0.05, 60))
+    assert (spy.saturating, spy.exact) == (1, 0)
+    assert not torch.equal(fb(x, 0.03, 11, 0.05, 60, saturate=False), fb_slow(x, 0.03, 11, 0.05, 60))
+    assert spy.exact == 1
