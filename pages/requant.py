@@ -122,7 +122,7 @@ def _draw_saturation(r: we.ElementReport) -> None:
         "inputs at 255 where both weights share a sign.")
     st.dataframe(r.pairs, hide_index=True, key="pairs_table", height=260)
     with st.expander("This machine, what qcal emulates for each backend, and what was checked (`qcal cpu`)"):
-        st.code(format_cpu_report(), language=None)
+        st.code(format_cpu_report(), language=None, wrap_lines=True)
 
 
 def _draw_beside(qm, layer_name: str, trace, index) -> None:
