@@ -79,3 +79,4 @@ def fused_ops(path: str) -> list[str]:
     import onnx
 
     return [n.op_type for n in onnx.load(path).graph.node]
+

@@ -52,6 +52,7 @@ def test_export_verify_predicts_another_cpu(tmp_path, capsys, monkeypatch):
     and not where they do not (VNNI, AMX): the prediction for a CPU of this machine's kind is
     exact, the one for the other kind differs from what this machine runs."""
     monkeypatch.delenv("QCAL_CPU", raising=False)
+    monkeypatch.delenv("QCAL_ORT_CPU", raising=False)
     same, other = ("avx2", "avx512_vnni") if ort_saturates() else ("avx512_vnni", "avx2")
     out = tmp_path / "mlp.onnx"
     base = ["export", "--model", "digits_mlp", "--scheme", "qnnpack_default", "-o", str(out), "--verify",

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from ort_cases import fused_ops, model, qdq_layer, run, this_machines_dispatch
+from ort_cases import fused_ops, model, qdq_layer, run
 
 import qcal.int8 as qi
 from qcal.int8.backends.ort import (
@@ -37,23 +37,10 @@ from qcal.int8.cpu.mlas import (
 )
 from qcal.qparams import quantize
 
-pytestmark = pytest.mark.usefixtures("one_thread", "_no_cpu_env")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_cpu_env")
 F32 = np.float32
 
 
-@pytest.fixture(scope="module")
-def _no_cpu_env():
-    """Every test starts from this machine's CPU: no QCAL_ORT_CPU, no QCAL_CPU."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(ORT_ENV_VAR, raising=False)
-        mp.delenv("QCAL_CPU", raising=False)
-        yield
-
-
-@pytest.fixture(scope="module")
-def machine_dispatch():
-    """This machine's MLAS dispatch (the test compares against its onnxruntime)."""
-    return this_machines_dispatch()
 
 
 def _layer_case(rng, kind, c, o, k, groups, per_channel, wzp, hi):

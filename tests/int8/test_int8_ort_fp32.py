@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from ort_cases import model, needs_float_kernels, run, this_machines_dispatch
+from ort_cases import model, needs_float_kernels, run
 
 from qcal.int8.backends.ort import ort_quantize
 from qcal.int8.backends.ort_fp32 import (
@@ -36,24 +36,11 @@ from qcal.int8.backends.ort_fp32 import (
 )
 from qcal.int8.cpu.mlas import DISPATCHES, ORT_ENV_VAR
 
-pytestmark = pytest.mark.usefixtures("one_thread", "_no_cpu_env")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_cpu_env")
 F32 = np.float32
 BLOCK16 = DISPATCHES["avx512"].nchwc_block
 
 
-@pytest.fixture(scope="module")
-def _no_cpu_env():
-    """Every test starts from this machine's CPU: no QCAL_ORT_CPU, no QCAL_CPU."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(ORT_ENV_VAR, raising=False)
-        mp.delenv("QCAL_CPU", raising=False)
-        yield
-
-
-@pytest.fixture(scope="module")
-def machine_dispatch():
-    """This machine's MLAS dispatch (the test compares against its onnxruntime)."""
-    return this_machines_dispatch()
 
 
 @pytest.fixture(scope="module")
