@@ -1,18 +1,25 @@
 """The native kernel's exact variant (``NativeConv.exact``): its raw sums against a brute-force
 exact integer sum (and the saturating variant's, which provably differs at the extreme), whole
 layers under every backend flavour against the float engine, and the routing: which layers take
-it, on this AVX2 CPU and on the VNNI CPU qcal emulates with ``QCAL_CPU=avx512_vnni``."""
+it, on the CPU qcal finds and on the VNNI CPU it emulates with ``QCAL_CPU=avx512_vnni``.
+
+The routing depends on one property of the hardware: on a VNNI CPU oneDNN's int32 sums are exact
+and serve the layers the exact kernel would (``onednn_exact``). Each routing test runs twice:
+with oneDNN's sums switched off (the native kernels' routing, on any CPU) and with the machine's
+own (skipped, naming VNNI, where the CPU has none)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cpu_matrix import skip_reason
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcal.int8 import native
 from qcal.int8.backends.ort import ort_saturates
+from qcal.int8.common import accumulate
 from qcal.int8.cpu.isa import saturates
 from qcal.int8.packed import pack_conv2d, pack_linear
 
@@ -166,12 +173,21 @@ def _run_both(fast, slow, x, saturate, signed_out):
     return fast(x, 0.03, 11, so, zo, saturate=saturate), want
 
 
+@pytest.fixture(params=["native", "onednn"], ids=["no-onednn", "machine-onednn"])
+def sums(request, monkeypatch):
+    """Who computes the exact sums besides the native kernel: nobody ("native": oneDNN's
+    sums off, as on a CPU without VNNI) or oneDNN where this CPU has VNNI ("onednn")."""
+    if request.param == "native":
+        monkeypatch.setattr(accumulate, "onednn_exact", lambda: False)
+    elif not accumulate.onednn_exact():
+        pytest.skip(skip_reason("avx512_vnni") + " (oneDNN's exact sums need VNNI)")
+    return request.param
+
+
 def _expected(fast, backend, saturate, family):
     """Which kernel should run the layer: "saturating", "exact" or "float" (the float engine),
     from the backends' rules (``saturates``, ``ort_saturates``), not from the router."""
     flavour = fast.flavour()
-    if fast.accumulator.onednn_here(255, 11):  # a VNNI CPU here: oneDNN's exact sums keep the layer
-        return "float"
     if flavour == "fbgemm":
         sat = saturate if saturate is not None else saturates(family)
     elif flavour == "ort":
@@ -180,6 +196,8 @@ def _expected(fast, backend, saturate, family):
         sat = False
     if sat:
         return "saturating" if flavour == "fbgemm" else "float"  # MLAS pairs in its own order
+    if fast.accumulator.onednn_here(255, 11):  # a VNNI CPU: oneDNN's exact sums serve the layer
+        return "float"
     if not (family == "depthwise" or fast.w_q.dim() == 2 or fast.w_q.shape[2:] == (1, 1)):
         return "float"  # a 3x3 im2col layer: the float engine is faster than the exact kernel
     return "exact"  # full-range codes and weights: a pair could saturate
@@ -189,7 +207,7 @@ def _expected(fast, backend, saturate, family):
 @pytest.mark.parametrize("cpu", [None, "avx512_vnni"])
 @pytest.mark.parametrize("layer", _LAYERS)
 @pytest.mark.parametrize(("backend", "saturate"), _FLAVOURS)
-def test_layers_match_the_float_engine_on_the_exact_kernel(monkeypatch, cpu, layer, backend, saturate):
+def test_layers_match_the_float_engine_on_the_exact_kernel(monkeypatch, sums, cpu, layer, backend, saturate):
     """Full-range activations and weights under every backend flavour: 0 values apart from the
     float engine, and the exact kernel ran wherever the wanted sum is exact (under fbgemm on the
     emulated VNNI CPU every family but depthwise, with AVX2 instructions here)."""
@@ -211,12 +229,12 @@ def test_layers_match_the_float_engine_on_the_exact_kernel(monkeypatch, cpu, lay
     if cpu == "avx512_vnni" and backend == "fbgemm" and saturate is None:
         if family == "depthwise":
             assert expected == "saturating"  # FBGEMM's depthwise kernel saturates even with VNNI
-        elif layer[2] == 1 or layer[0] == "linear":
-            assert expected == "exact"  # pointwise and linear: the exact kernel, with AVX2 instructions
+        elif layer[2] == 1 or layer[0] == "linear":  # pointwise and linear: the exact sum, by the AVX2
+            assert expected == {"native": "exact", "onednn": "float"}[sums]  # exact kernel or by oneDNN
 
 
 @needs_native
-def test_detailed_results_and_an_explicit_method_keep_the_float_engine(monkeypatch):
+def test_detailed_results_and_an_explicit_method_keep_the_float_engine(monkeypatch, sums):
     monkeypatch.setenv("QCAL_CPU", "avx512_vnni")
     gen = torch.Generator().manual_seed(7)
     fast, slow, x, _ = _layer((64, 32, 1, 1, 1), "fbgemm", gen, "float")
@@ -225,11 +243,11 @@ def test_detailed_results_and_an_explicit_method_keep_the_float_engine(monkeypat
     detailed = fast(x, 0.03, 11, 0.05, 60, detailed=True)
     assert (spy.saturating, spy.exact) == (0, 0)
     assert torch.equal(detailed.out, want)
-    assert torch.equal(fast(x, 0.03, 11, 0.05, 60), want) and spy.exact == 1
+    assert torch.equal(fast(x, 0.03, 11, 0.05, 60), want) and spy.exact == {"native": 1, "onednn": 0}[sums]
 
 
 @needs_native
-def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch):
+def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch, sums):
     # codes <= 127: no pair can saturate, so the (faster) saturating kernel is the exact sum;
     # full-range codes: the exact kernel. Under fbgemm on AVX2 full-range pairs saturate, as
     # its kernel does: the saturating kernel, and the exact sum differs
@@ -240,7 +258,8 @@ def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch):
         spy.saturating = spy.exact = 0
         fast, slow, x, _ = _layer((64, 32, 1, 1, 1), backend, gen, "none")
         small = (x // 2).contiguous(memory_format=torch.channels_last)
-        for codes, count in zip((small, x), [(1, 0), (1, 1)], strict=True):
+        full = {"native": (1, 1), "onednn": (1, 0)}[sums]  # full range: the exact kernel, or oneDNN
+        for codes, count in zip((small, x), [(1, 0), full], strict=True):
             assert torch.equal(fast(codes, 0.03, 11, 0.05, 60, relu=True), slow(codes, 0.03, 11, 0.05, 60, relu=True))
             assert (spy.saturating, spy.exact) == count
     spy.saturating = spy.exact = 0
@@ -248,4 +267,4 @@ def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch):
     assert torch.equal(fb(x, 0.03, 11, 0.05, 60), fb_slow(x, 0.03, 11, 0.05, 60))
     assert (spy.saturating, spy.exact) == (1, 0)
     assert not torch.equal(fb(x, 0.03, 11, 0.05, 60, saturate=False), fb_slow(x, 0.03, 11, 0.05, 60))
-    assert spy.exact == 1
+    assert spy.exact == {"native": 1, "onednn": 0}[sums]

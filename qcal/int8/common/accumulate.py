@@ -190,7 +190,7 @@ class Accumulator:
             if lin:
                 shape = xs.shape
                 return _onednn_linear(xs.reshape(-1, shape[-1]), za, w, packed, bias).reshape(*shape[:-1], -1)
-            return _onednn_padded_conv(xs, za, packed, w.shape[0], bias, self.geometry)
+            return _onednn_padded_conv(xs, za, packed, (w.shape[0], *w.shape[2:]), bias, self.geometry)
         wc = self.w_centred if whole else self.w_centred[:, chunk[0]:chunk[1]]
         xc = xs.to(torch.float32).sub_(za)  # centred activations: padding zeros == za
         if lin:

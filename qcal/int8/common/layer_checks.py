@@ -156,6 +156,18 @@ def _overhang(x_q, w_q, geometry: Geometry, out_hw: list[int], backend: str, rou
     )
 
 
+def _one_column(x_q, w_q, geometry: Geometry, out_hw: list[int], backend: str) -> ValueError:
+    """The refusal of a one-column output at a column stride above 1 on oneDNN (``fit_image``)."""
+    return ValueError(
+        f"backend {backend!r} (oneDNN on this CPU) refuses this conv2d: its output {tuple(out_hw)} is one "
+        f"column wide at a column stride of {geometry[0][1]} (input {tuple(x_q.shape[2:])}, kernel "
+        f"{tuple(w_q.shape[2:])}, stride {geometry[0]}): oneDNN's AVX-512 kernels, which torch's x86 engine "
+        f"runs on this CPU, return wrong sums for some such shapes (deterministic; 130 of 981 random ones on "
+        f"an AVX-512-VNNI Xeon, every other shape exact) and qcal cannot tell which; at stride 1 along the "
+        f"width, or with the input cropped to the kernel's columns, the same layer is exact"
+    )
+
+
 def fit_image(x_q: torch.Tensor, w_q: torch.Tensor, geometry: Geometry, backend: str, *,
               onednn: bool = False) -> torch.Tensor:
     """``x_q`` as the backend reads it, or ValueError where qcal or the backend refuses it.
@@ -167,7 +179,9 @@ def fit_image(x_q: torch.Tensor, w_q: torch.Tensor, geometry: Geometry, backend:
     (``if (output.numel() == 0) return output``); FBGEMM and QNNPACK refuse it ("each
     dimension of output tensor should be greater than 0"). A kernel whose last window
     overhangs the padded input (by less than a stride, so the size truncates to >= 1) makes
-    the backend compute from memory past the image: qcal refuses it everywhere. qcal also
+    the backend compute from memory past the image: qcal refuses it everywhere. On oneDNN, an
+    output one column wide (more than one row) at a column stride above 1 is refused too: its
+    AVX-512 kernels get some of those wrong (``_one_column``). qcal also
     refuses an empty image on every backend (QNNPACK's check).
     """
     if x_q.dim() != 4 or x_q.shape[1] != w_q.shape[1] * geometry[3]:
@@ -186,6 +200,8 @@ def fit_image(x_q: torch.Tensor, w_q: torch.Tensor, geometry: Geometry, backend:
             f"(QNNPACK's check; qcal refuses it on every backend)"
         )
     if min(conv_out_shape(x_q.shape, w_q.shape, geometry)[2:]) > 0:
+        if onednn and out_hw[1] == 1 and out_hw[0] > 1 and geometry[0][1] > 1:
+            raise _one_column(x_q, w_q, geometry, out_hw, backend)
         return x_q  # every window inside the padded input
     if onednn and min(out_hw) < 0:
         raise _negative_dimension(x_q, w_q, out_hw, backend, route)

@@ -82,7 +82,7 @@ def _onednn_conv(x, za, w, geometry):
     )
 
 
-def _onednn_padded_conv(x, za, packed, o, bias, geometry):
+def _onednn_padded_conv(x, za, packed, kernel, bias, geometry):
     """oneDNN's ``float(sum (a - za) w)`` (+ ``bias``) on ``x`` padded here with ``za``, never by oneDNN.
 
     oneDNN's own padding runs CPU-dependent code: on AVX-512 VNNI / AMX CPUs its brgemm
@@ -90,18 +90,37 @@ def _onednn_padded_conv(x, za, packed, o, bias, geometry):
     the zero-point padding compensation (oneDNN issue #5080: small-IC NHWC convolutions with
     width padding), the likely cause of wrong border accumulators seen only on such a CPU.
     Explicit zero-point pixels contribute ``(za - za) w = 0`` whatever kernel runs; ``packed``
-    must be packed with padding 0 (``Accumulator._packed``).
+    must be packed with padding 0 (``Accumulator._packed``); ``kernel``: the weights' (O, kh, kw).
     """
+    o = kernel[0]
     stride, (ph, pw), dilation, groups = geometry
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
     if ph or pw:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
         x = F.pad(x, (pw, pw, ph, ph), value=int(za))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    x, stride = _one_wide(x, kernel[1:], stride, dilation)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     return torch.ops.onednn.qconv2d_pointwise(
         x, 1.0, int(za), packed, torch.ones(o), torch.zeros(o, dtype=torch.long), bias,
         list(stride), [0, 0], list(dilation), groups, 1.0, 0, torch.float32, "none", [], "",
     )
+
+
+def _one_wide(x, kernel, stride, dilation):
+    """(x, stride) with every output dimension of size 1 computed at stride 1 from the rows or
+    columns its one window reads: the same sums. oneDNN's AVX-512 kernels got some convolutions
+    with a one-column output, a column stride above 1 and a row stride of 1 wrong (deterministic,
+    shape-dependent: 9 of 15 sums of a 5x3 input, kernel 1x2, stride (1, 2) on an AVX-512-VNNI
+    Xeon); at stride 1 they were exact on every shape tried."""
+    stride = list(stride)
+    for axis in (0, 1):
+        if stride[axis] == 1:
+            continue
+        footprint = dilation[axis] * (kernel[axis] - 1) + 1
+        if (x.shape[2 + axis] - footprint) // stride[axis] == 0:  # one output along this axis
+            x = x.narrow(2 + axis, 0, footprint)
+            stride[axis] = 1
+    return x, stride
 
 
 def _onednn_conv_pack(w, geometry):
