@@ -128,10 +128,10 @@ def test_float_conv_is_mlas_nchwc(fma3_machine, c, o, k, stride, pad, dilation, 
        k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 1), dilation=st.integers(1, 2),
        bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_avx512f_float_conv_model_is_mlas_nchwc(avx512f_machine, c, o, k, stride, pad, dilation, bias, seed):
-    """The AVX512F kernels (blocks of 16), modelled from MLAS's source: this test is what would
-    check the model on such a CPU (the model is not claimed bit-exact until it has)."""
+    """The AVX512F kernels (blocks of 16), modelled from MLAS's source and checked here on
+    hardware (an Intel Xeon, AMX dispatch: its float kernels are every AVX-512F dispatch's)."""
     conv, differing = _float_conv_against_onnxruntime(avx512f_machine, c, o, k, stride, pad, dilation, bias, seed)
-    assert not ort_float_conv_reproduced(conv, avx512f_machine) and differing == 0
+    assert ort_float_conv_reproduced(conv, avx512f_machine) and differing == 0
 
 
 def test_float_conv_outside_the_reproduced_shapes_is_named():
@@ -140,10 +140,11 @@ def test_float_conv_outside_the_reproduced_shapes_is_named():
         assert not ort_float_conv_reproduced(torch.nn.Conv2d(4, 6, 3), fma3)  # output channels not a block multiple
         assert not ort_float_conv_reproduced(torch.nn.Conv2d(12, 16, 3), fma3)  # input channels neither < nor x block
         assert not ort_float_conv_reproduced(torch.nn.Conv2d(8, 8, 3, groups=8), fma3)  # depthwise
-    for avx512f in ("avx512", "avx512f", "avx512_vnni", "amx"):  # blocks of 16, source only: never claimed exact
-        assert ort_float_conv_modelled(torch.nn.Conv2d(12, 16, 3), avx512f)  # 12 < 16: the NCHW-input kernel
+    for avx512f in ("avx512", "avx512f", "avx512_vnni", "amx"):  # blocks of 16
+        assert ort_float_conv_reproduced(torch.nn.Conv2d(12, 16, 3), avx512f)  # 12 < 16: the NCHW-input kernel
         assert not ort_float_conv_modelled(torch.nn.Conv2d(8, 8, 1), avx512f)  # 8 output channels: half a block
-        assert not ort_float_conv_reproduced(torch.nn.Conv2d(16, 16, 3), avx512f)
+        assert ort_float_conv_reproduced(torch.nn.Conv2d(16, 16, 3), avx512f)
+        assert not ort_float_conv_reproduced(torch.nn.Conv2d(16, 16, 3, groups=16), avx512f)  # depthwise
 
 
 def test_block_16_sums_another_way():
@@ -163,7 +164,8 @@ def test_block_16_model_gives_a_xeons_onnxruntime_values():
     """The one AVX-512F measurement qcal has (onnxruntime 1.32 on an Intel Xeon, AVX-512 + AMX:
     Conv 8 -> 8, 1x1, torch seed 0, x = randn(3, 8, 9, 9)): its first and last three outputs,
     and its 954 values differing from the FMA3 model. 8 < 16 input channels run the NCHW-input
-    kernel there, one partial sum per channel; one case, so the model stays "source only"."""
+    kernel there, one partial sum per channel (kept as a record that runs on any CPU; on an
+    AVX-512F machine the hypothesis test above checks the model on random shapes)."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 1, bias=False)
     x = torch.randn(3, 8, 9, 9)
@@ -186,20 +188,22 @@ def _one_conv_graph(conv: torch.nn.Conv2d, fc: torch.nn.Linear):
     return NS(steps=steps, module=module)
 
 
-def test_an_avx512f_dispatch_names_float_convs_unreproduced(monkeypatch):
-    """Under QCAL_ORT_CPU=avx512 (or on such a CPU) a float Conv is "not reproduced" (what
-    ``export --verify`` and the recipe notes report), yet still predicted with the block-16
-    model; the float Gemm stays reproduced."""
+def test_each_dispatch_names_the_float_convs_it_does_not_reproduce(monkeypatch):
+    """Under QCAL_ORT_CPU (or on such a CPU) a float Conv the NCHWc model covers is reproduced
+    with that dispatch's block (8 with FMA3, 16 with AVX-512F: different sums); one it does not
+    cover (depthwise here) is "not reproduced", what ``export --verify`` and the recipe notes
+    report, naming the dispatch; the float Gemm stays reproduced."""
     torch.manual_seed(1)
     conv, x = torch.nn.Conv2d(3, 16, 3), torch.randn(2, 3, 8, 8)
     graph = _one_conv_graph(conv, torch.nn.Linear(4, 2))
-    monkeypatch.setenv(ORT_ENV_VAR, "avx2")
-    assert ort_fp32_layers(graph) == {"c": "float Conv", "fc": "float Gemm"}
-    monkeypatch.setenv(ORT_ENV_VAR, "avx512")
-    assert ort_fp32_layers(graph) == {"c": "float Conv (not reproduced)", "fc": "float Gemm"}
-    (note,) = [n for n in ort_fp32_notes(graph) if "not reproduce" in n]
-    assert "avx512: AVX512F kernels, blocks of 16, modelled from MLAS's source only" in note
-    assert torch.equal(ort_float_layer(conv, x), ort_float_conv(x, conv, "avx512"))
+    depthwise = _one_conv_graph(torch.nn.Conv2d(3, 3, 3, groups=3), torch.nn.Linear(4, 2))
+    for dispatch in ("avx2", "avx512"):
+        monkeypatch.setenv(ORT_ENV_VAR, dispatch)
+        assert ort_fp32_layers(graph) == {"c": "float Conv", "fc": "float Gemm"}
+        assert torch.equal(ort_float_layer(conv, x), ort_float_conv(x, conv, dispatch))
+        assert ort_fp32_layers(depthwise) == {"c": "float Conv (not reproduced)", "fc": "float Gemm"}
+        (note,) = [n for n in ort_fp32_notes(depthwise) if "not reproduce" in n]
+        assert f"MLAS dispatch {dispatch}" in note and "outside the NCHWc model" in note
 
 
 @settings(max_examples=25, deadline=None)

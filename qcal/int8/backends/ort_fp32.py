@@ -25,14 +25,13 @@ which depend on the MLAS dispatch (``qcal.int8.cpu.mlas``: ``QCAL_ORT_CPU``, els
 * ``ort_float_conv``: MLAS's NCHWc conv (``mlas/lib/snchwc.cpp``; kernels
   ``x86_64/SconvKernelFma3.S`` / ``SconvKernelAvx512F.S`` from the same macros,
   ``SconvKernelCommon.h``) in channel blocks of ``MlasNchwcGetBlockSize()``: 8 with FMA3
-  (**checked on hardware**, AMD EPYC), 16 with AVX-512F (**source only**: the same
-  ``vfmadd231ps`` chain over (kh, kw, channel in block), ``vaddps`` onto the output, then the
-  bias; on AVX-512 hardware one case only agrees, a Xeon's 8 -> 8 1x1 conv on the NCHW-input
-  kernel, tests/int8/test_int8_ort_fp32.py). ``ort_float_conv_reproduced`` claims bit-exactness
-  only where the model was checked on hardware (the FMA3 dispatches avx2 and avx_vnni); on
-  the AVX-512F dispatches a float Conv is named "not reproduced" (``export --verify`` then
-  attributes differences to it) while ``ort_float_layer`` still predicts it with the source
-  model. Elsewhere (groups, channel counts outside the blocks) torch's conv stands in: their
+  (**checked on hardware**, AMD EPYC), 16 with AVX-512F (the same ``vfmadd231ps`` chain over
+  (kh, kw, channel in block), ``vaddps`` onto the output, then the bias; **checked on
+  hardware**, an Intel Xeon whose dispatch is AMX: the AVX512F float kernels of every AVX-512F
+  dispatch, 0 differing values on random shapes, tests/int8/test_int8_ort_fp32.py).
+  ``ort_float_conv_reproduced`` claims bit-exactness where the model covers the shape; elsewhere
+  (groups, channel counts outside the blocks) a float Conv is named "not reproduced"
+  (``export --verify`` then attributes differences to it) and torch's conv stands in: their
   accumulation orders differ, so a requantization on a near-tie can land one code apart.
 """
 
@@ -108,7 +107,7 @@ def ort_fp32_layers(graph: Any) -> dict[str, str]:
     """How onnxruntime runs each fp32 layer of a recipe: {layer: "int8" (quantized by
     WeightBiasQuantization, reproduced), "float Gemm" (MLAS SGEMM, reproduced), "float Conv"
     (MLAS's NCHWc kernels, reproduced on the assumed dispatch: ``ort_float_conv_reproduced``)
-    or "float Conv (not reproduced)" (other shapes, or an AVX-512F dispatch)}."""
+    or "float Conv (not reproduced)" (shapes outside the model)}."""
     quantized = ort_quantized_fp32_layers(graph)
     out = {}
     for step in graph.steps:
@@ -137,10 +136,10 @@ def ort_fp32_notes(graph: Any) -> list[str]:
         out.append(f"{', '.join(by['float Conv'])} run as float Conv in onnxruntime (MLAS NCHWc kernels, reproduced)")
     if by["float Conv (not reproduced)"]:
         d = ort_dispatch()
-        why = "" if d.float_conv_checked else (f" (MLAS dispatch {d.name}: {d.float_kernels} kernels, blocks of "
-                                                f"{d.nchwc_block}, modelled from MLAS's source only)")
         out.append(f"{', '.join(by['float Conv (not reproduced)'])} run as float Conv in onnxruntime with a kernel the "
-                   f"ort flavour does not reproduce bit for bit{why}: expect a few differing values after them")
+                   f"ort flavour does not reproduce bit for bit (MLAS dispatch {d.name}: {d.float_kernels} kernels, "
+                   f"blocks of {d.nchwc_block}; this shape is outside the NCHWc model): expect a few differing "
+                   f"values after them")
     return out
 
 
@@ -208,12 +207,12 @@ def ort_float_conv_modelled(conv: nn.Conv2d, dispatch: MlasDispatch | str | None
 def ort_float_conv_reproduced(conv: nn.Conv2d, dispatch: MlasDispatch | str | None = None) -> bool:
     """Whether ``ort_float_conv`` reproduces this float Conv bit for bit, checked on hardware:
     modelled (``ort_float_conv_modelled``) on a dispatch whose NCHWc model was checked on a
-    real CPU (``MlasDispatch.float_conv_checked``: the FMA3 kernels, block 8). False on the
-    AVX-512F dispatches, whose model comes from MLAS's source only.
+    real CPU (``MlasDispatch.float_conv_checked``: the FMA3 kernels, block 8, on an AMD EPYC;
+    the AVX512F kernels, block 16, on an Intel Xeon).
 
     Example:
         >>> conv = nn.Conv2d(16, 16, 3)
-        >>> ort_float_conv_reproduced(conv, "avx2"), ort_float_conv_reproduced(conv, "avx512")
+        >>> ort_float_conv_reproduced(conv, "avx2"), ort_float_conv_reproduced(nn.Conv2d(8, 8, 3, groups=8), "avx2")
         (True, False)
     """
     d = _dispatch(dispatch)

@@ -22,10 +22,9 @@ dispatch     int8 GEMM / ConvSym   sat.   float kernels    checked
 ===========  ====================  =====  ===============  ========================================
 avx2         Avx2 / Avx2           yes    FMA3, block 8    hardware (AMD EPYC AVX2)
 avx_vnni     AvxVnni / AvxVnni     no     FMA3, block 8    int8 source only (float: avx2's kernels)
-avx512       Avx512Core / same     yes    AVX512F, 16      source only
-avx512_vnni  Avx512Vnni / same     no     AVX512F, 16      source only (SGEMM checked on the Xeon)
-amx          Amx / Avx512Vnni      no     AVX512F, 16      hardware (Xeon AMX, int8 and SGEMM);
-                                                           NCHWc conv source only
+avx512       Avx512Core / same     yes    AVX512F, 16      int8 source only (float: checked on the Xeon)
+avx512_vnni  Avx512Vnni / same     no     AVX512F, 16      int8 source only (float: checked on the Xeon)
+amx          Amx / Avx512Vnni      no     AVX512F, 16      hardware (Xeon AMX: int8, SGEMM, NCHWc conv)
 ===========  ====================  =====  ===============  ========================================
 
 ``ort_dispatch_report()`` returns the same rows. A CPU with AVX-512F but without BW (Xeon Phi)
@@ -54,7 +53,9 @@ __all__ = ["DISPATCHES", "FROM_FBGEMM", "ORT_ENV_VAR", "MlasDispatch", "mlas_dis
 #: The environment variable naming the MLAS dispatch the ort flavour predicts.
 ORT_ENV_VAR = "QCAL_ORT_CPU"
 
-_EPYC, _XEON = "hardware (AMD EPYC AVX2)", "hardware (Xeon AMX, int8 and SGEMM); NCHWc conv source only"
+_EPYC, _XEON = "hardware (AMD EPYC AVX2)", "hardware (Xeon AMX: int8, SGEMM and NCHWc conv)"
+# the AVX512F float kernels (SGEMM, NCHWc conv, block 16) are the same on every AVX-512F dispatch
+_AVX512F_FLOAT = "float kernels AVX512F: checked on the Xeon AMX"
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,10 @@ DISPATCHES: dict[str, MlasDispatch] = {d.name: d for d in (
     MlasDispatch("avx_vnni", "AVX-VNNI", "GemmU8S8KernelAvxVnni / ConvSymDispatchAvxVnni", False, "FMA3", 8,
                  "int8 source only; float kernels are avx2's FMA3 ones, checked there", True),
     MlasDispatch("avx512", "AVX512 (no VNNI)", "GemmU8S8KernelAvx512Core / ConvSymDispatchAvx512Core", True,
-                 "AVX512F", 16, "source only", False),
+                 "AVX512F", 16, f"int8 source only; {_AVX512F_FLOAT}", True),
     MlasDispatch("avx512_vnni", "AVX512-VNNI", "GemmU8S8KernelAvx512Vnni / ConvSymDispatchAvx512Vnni", False,
-                 "AVX512F", 16, "source only (SGEMM AVX512F: checked on the Xeon AMX)", False),
-    MlasDispatch("amx", "AMX", "GemmU8S8DispatchAmx / ConvSymDispatchAvx512Vnni", False, "AVX512F", 16, _XEON, False),
+                 "AVX512F", 16, f"int8 source only; {_AVX512F_FLOAT}", True),
+    MlasDispatch("amx", "AMX", "GemmU8S8DispatchAmx / ConvSymDispatchAvx512Vnni", False, "AVX512F", 16, _XEON, True),
 )}
 _ALIASES = {"avx512f": "avx512", "avx512_core": "avx512", "avxvnni": "avx_vnni", "avx512vnni": "avx512_vnni",
             "amx_int8": "amx"}
