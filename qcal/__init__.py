@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "compare_zoo": "store.zoo_runs",
     "report": "reporting.report",
     "to_onnx": "export.onnx",
+    "equalize": "repair.equalize",
+    "Equalization": "repair.equalize",
 }
 # public submodule name -> where it lives
 _SUBMODULES: dict[str, str] = {
@@ -99,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.recipes import Recipe  # noqa: F401
+    from qcal.repair.equalize import Equalization, equalize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401
     from qcal.reporting.report import report  # noqa: F401
     from qcal.scheme_text import format_scheme, parse_scheme  # noqa: F401
