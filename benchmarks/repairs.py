@@ -5,7 +5,9 @@
   and after ``qcal.equalize``, and the largest float output change on the test split;
 - ``digits_mobilenet`` (ReLU6, dead channels) under each relu6 mode;
 - ``mobilenet_v2_like`` (random weights, no labels): top-1 agreement with fp32 and output
-  cosine, before and after (``--quick`` skips it).
+  cosine, before and after (``--quick`` skips it);
+- ``qcal.correct_bias`` (empirical on the 200 calibration images, analytic) on every
+  graph-mode digits model under per_tensor_symmetric, per_channel_symmetric, fbgemm_default.
 
 Run: ``python benchmarks/repairs.py [--quick]``.
 """
@@ -71,14 +73,40 @@ def imagenet_rows() -> None:
               f"{eq.output_magnitude:.2g}): agreement with its fp32 {agree:.1f}%, cosine {cos:.4f}")
 
 
+def bias_rows() -> None:
+    digits = datasets.digits_splits()
+    x, y = digits.test
+    calib = datasets.calib_batches(digits.calib[0])
+    print("correct_bias (accuracy %: plain -> empirical / analytic; fp32 in brackets)")
+    for name in ("digits_cnn", "digits_mobilenet", "digits_resnet", "digits_mlp"):
+        model = zoo.load(name)
+        for scheme in ("per_tensor_symmetric", "per_channel_symmetric", "fbgemm_default"):
+            qm = qcal.calibrate(model, calib, scheme)
+            emp, ana = qcal.correct_bias(qm, calib), qcal.correct_bias(qm)
+            print(f"  {name} [{_acc(model, x, y):.2f}] {scheme}: {_acc(qm, x, y):.2f} -> {_acc(emp, x, y):.2f} / "
+                  f"{_acc(ana, x, y):.2f}")
+    eq = qcal.equalize(zoo.load("digits_mobilenet"), calib, relu6="bounded")
+    qm = qcal.calibrate(eq.model, calib, "per_tensor_symmetric")
+    emp = qcal.correct_bias(qm, calib)
+    ana = qcal.correct_bias(qm, stats=eq.preactivation_stats)
+    print(f"  digits_mobilenet equalize(bounded) per_tensor_symmetric: {_acc(qm, x, y):.2f} -> "
+          f"{_acc(emp, x, y):.2f} / {_acc(ana, x, y):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits models only")
+    parser.add_argument("--only", choices=["equalize", "bias"], help="one repair's numbers")
     args = parser.parse_args()
+    if args.only == "bias":
+        bias_rows()
+        return
     digits_rows("dead-channel ReLU model", trained_relu_mobilenet(), ("keep",))
     digits_rows("digits_mobilenet", zoo.load("digits_mobilenet"), ("keep", "bounded", "replace"))
     if not args.quick:
         imagenet_rows()
+    if args.only is None:
+        bias_rows()
 
 
 if __name__ == "__main__":

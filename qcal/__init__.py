@@ -54,6 +54,9 @@ _EXPORTS: dict[str, str] = {
     "to_onnx": "export.onnx",
     "equalize": "repair.equalize",
     "Equalization": "repair.equalize",
+    "correct_bias": "repair.bias",
+    "bias_correction": "repair.bias",
+    "BiasCorrection": "repair.bias",
 }
 # public submodule name -> where it lives
 _SUBMODULES: dict[str, str] = {
@@ -101,6 +104,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.recipes import Recipe  # noqa: F401
+    from qcal.repair.bias import BiasCorrection, bias_correction, correct_bias  # noqa: F401
     from qcal.repair.equalize import Equalization, equalize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401
     from qcal.reporting.report import report  # noqa: F401

@@ -30,7 +30,7 @@ import torch
 from torch import fx, nn
 
 from qcal.batching import call_model
-from qcal.graph.ir import UnsupportedGraph, only_user
+from qcal.graph.ir import UnsupportedGraph
 from qcal.graph.trace import trace_folded
 from qcal.repair.pairs import Pair, find_pairs, replace_relu6
 from qcal.repair.scaling import (
@@ -41,6 +41,7 @@ from qcal.repair.scaling import (
     pair_scales,
     rescale,
 )
+from qcal.repair.stats import as_batches, bn_statistics, channel_extremes
 
 __all__ = ["RELU6_MODES", "Equalization", "equalize", "log_spread"]
 
@@ -60,7 +61,7 @@ class Equalization:
         folded: BatchNorm modules folded into the layer before them.
         pairs: the equalized pairs, in graph order.
         scales: per pair ("A -> B"), the total scale of each channel (A divided, B multiplied).
-        absorbed: per pair, the largest bias moved from A to B (high-bias absorption).
+        absorbed: per pair, the bias moved from A to B per channel (high-bias absorption).
         replaced_relu6: the ReLU6 nodes turned into ReLU (relu6="replace").
         skipped: layer -> why it starts no pair.
         notes: what does not apply and caveats, in words.
@@ -70,6 +71,9 @@ class Equalization:
         output_magnitude: largest |output| of that float function on ``inputs``.
         replacement_change: largest |output difference| the ReLU6 replacement itself made.
         weight_ranges: per layer and output channel, the folded weight range before and after.
+        preactivation_stats: per layer that had a BatchNorm, (mean, std) of each channel's
+            pre-activation by BN's statistics, in the equalized model's units (what
+            ``qcal.correct_bias``'s analytic mode needs once BN is folded away).
     """
 
     model: nn.Module
@@ -78,7 +82,7 @@ class Equalization:
     folded: list[str] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
     scales: dict[str, torch.Tensor] = field(default_factory=dict)
-    absorbed: dict[str, float] = field(default_factory=dict)
+    absorbed: dict[str, torch.Tensor] = field(default_factory=dict)
     replaced_relu6: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -87,6 +91,7 @@ class Equalization:
     replacement_change: float | None = None
     weight_ranges: pd.DataFrame = field(default_factory=pd.DataFrame)
     sweeps: int = 0
+    preactivation_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         """A few lines for a terminal or a log."""
@@ -111,52 +116,6 @@ class Equalization:
 
 def _fmt(x: float | None) -> str:
     return "(not measured: no inputs)" if x is None else f"{x:.3g}"
-
-
-def _as_batches(inputs: Any) -> list[Any]:
-    if inputs is None:
-        return []
-    if isinstance(inputs, torch.Tensor | dict | tuple):
-        return [inputs]
-    return list(inputs)
-
-
-def _bn_stats(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, str]]:
-    """conv/linear name -> (beta, |gamma|, BN name) of the BatchNorm that follows it: its
-    pre-activation's mean and spread by BN's own statistics."""
-    gm = fx.symbolic_trace(model)
-    modules, out = dict(gm.named_modules()), {}
-    for node in gm.graph.nodes:
-        user = only_user(node) if node.op == "call_module" else None
-        if user is not None and user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm1d | nn.BatchNorm2d):
-            bn = modules[user.target]
-            gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
-            beta = bn.bias.detach() if bn.bias is not None else torch.zeros(bn.num_features)
-            out[node.target] = (beta.double().clone(), gamma.double().abs().clone(), user.target)
-    return out
-
-
-@torch.no_grad()
-def _channel_extremes(gm: nn.Module, names: list[str], batches: list[Any]) -> dict[str, list[torch.Tensor]]:
-    """Per layer name, [min, max] of its output per channel over the batches (float64)."""
-    modules, seen = dict(gm.named_modules()), {}
-
-    def hook(name: str, mod: nn.Module, out: torch.Tensor) -> None:
-        flat = out.detach().double().movedim(1 if isinstance(mod, nn.Conv2d) else -1, 0).reshape(out.shape[
-            1 if isinstance(mod, nn.Conv2d) else -1], -1)
-        lo, hi = flat.amin(1), flat.amax(1)
-        if name in seen:
-            lo, hi = torch.minimum(seen[name][0], lo), torch.maximum(seen[name][1], hi)
-        seen[name] = [lo, hi]
-
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: hook(n, m, o)) for n in names]
-    try:
-        for batch in batches:
-            call_model(gm, batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
 
 
 def _weight_ranges(gm: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -199,7 +158,7 @@ def _sweep(pairs: list[Pair], modules: dict[str, nn.Module], peaks: dict[str, li
     return worst
 
 
-def _absorb(pairs: list[Pair], modules: dict[str, nn.Module], floors: dict[str, torch.Tensor]) -> dict[str, float]:
+def _absorb(pairs: list[Pair], modules: dict[str, nn.Module], floors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """High-bias absorption on direct ReLU pairs whose B reads no zero padding."""
     done = {}
     for p in pairs:
@@ -211,7 +170,7 @@ def _absorb(pairs: list[Pair], modules: dict[str, nn.Module], floors: dict[str, 
         c = floors[p.first].clamp(min=0.0)
         if float(c.max()) > 0:
             absorb_bias(modules[p.first], b, input_index(b, c.numel()), c)
-            done[f"{p.first} -> {p.second}"] = float(c.max())
+            done[f"{p.first} -> {p.second}"] = c
     return done
 
 
@@ -224,6 +183,21 @@ def _floors(pairs: list[Pair], totals: dict[str, torch.Tensor], bn: dict, extrem
         elif p.first in bn:
             beta, gamma, _ = bn[p.first]
             out[p.first] = (beta - 3 * gamma) / totals[f"{p.first} -> {p.second}"]
+    return out
+
+
+def _scaled_stats(bn: dict, result: Equalization) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """BN's (beta, |gamma|) per layer, divided by the scales equalization gave its channels
+    and shifted by the bias it absorbed."""
+    out = {}
+    for name, (beta, gamma, _) in bn.items():
+        key = next((k for k in result.scales if k.split(" -> ")[0] == name), None)
+        s = result.scales[key] if key else torch.ones_like(beta)
+        out[name] = (beta / s, gamma / s)
+    for key, c in result.absorbed.items():
+        name = key.split(" -> ")[0]
+        if name in out:
+            out[name] = (out[name][0] - c, out[name][1])
     return out
 
 
@@ -265,7 +239,7 @@ def _balance(result: Equalization, gm: fx.GraphModule, batches: list[Any], bn: d
     result.pairs, result.skipped = find_pairs(gm, result.relu6)
     before, modules = _weight_ranges(gm), dict(gm.named_modules())
     firsts = [p.first for p in result.pairs]
-    extremes = _channel_extremes(gm, firsts, batches)
+    extremes = channel_extremes(gm, firsts, batches)
     peaks = {p.first: extremes[p.first] for p in result.pairs if p.act == "relu6"}
     result.scales = {f"{p.first} -> {p.second}": torch.ones(modules[p.first].weight.shape[0], dtype=torch.float64)
                      for p in result.pairs}
@@ -273,7 +247,7 @@ def _balance(result: Equalization, gm: fx.GraphModule, batches: list[Any], bn: d
         if _sweep(result.pairs, modules, peaks, result.scales) <= tolerance:
             break
     if absorb:
-        extremes = _channel_extremes(gm, firsts, batches)  # floors of the equalized layers
+        extremes = channel_extremes(gm, firsts, batches)  # floors of the equalized layers
         result.absorbed = _absorb(result.pairs, modules, _floors(result.pairs, result.scales, bn, extremes))
         if not batches and result.absorbed:
             result.notes.append("bias absorbed from BN statistics (beta - 3|gamma|): exact only where a channel "
@@ -308,11 +282,11 @@ def equalize(model: nn.Module, inputs: Any = None, *, relu6: Relu6Mode = "keep",
         print(eq.summary())
         qm = qcal.calibrate(eq.model, calib_batches, "per_tensor_symmetric")
     """
-    batches = _as_batches(inputs)
+    batches = as_batches(inputs)
     _check(model, relu6, batches, sweeps)
     base = copy.deepcopy(model).eval()
     try:
-        bn = _bn_stats(base)
+        bn = bn_statistics(base)
         gm = copy.deepcopy(trace_folded(base))
     except (UnsupportedGraph, Exception) as err:  # fx raises many types
         return _not_traceable(model, relu6, err if isinstance(err, UnsupportedGraph) else UnsupportedGraph(
@@ -328,6 +302,7 @@ def equalize(model: nn.Module, inputs: Any = None, *, relu6: Relu6Mode = "keep",
         result.notes.append("ReLU6 pairs were scaled within the ranges seen in inputs: exact on them, "
                             "an input driving a channel past them may clip where the original did not")
     result.weight_ranges = _ranges_frame(before, _weight_ranges(gm))
+    result.preactivation_stats = _scaled_stats(bn, result)
     result.max_output_change, result.output_magnitude = _largest_change(target, gm, batches)
     return result
 

@@ -1,0 +1,60 @@
+"""What the repairs read off a model: its batches, BatchNorm statistics, per-channel extremes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from qcal.batching import call_model
+from qcal.graph.ir import only_user
+
+__all__ = ["as_batches", "bn_statistics", "channel_extremes"]
+
+
+def as_batches(inputs: Any) -> list[Any]:
+    """Batches as a list: None -> [], one Tensor / tuple / dict -> [it], an iterable -> its items."""
+    if inputs is None:
+        return []
+    if isinstance(inputs, torch.Tensor | dict | tuple):
+        return [inputs]
+    return list(inputs)
+
+
+def bn_statistics(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, str]]:
+    """conv/linear name -> (beta, |gamma|, BN name) of the BatchNorm that follows it: its
+    pre-activation's mean and spread by BN's own statistics."""
+    gm = fx.symbolic_trace(model)
+    modules, out = dict(gm.named_modules()), {}
+    for node in gm.graph.nodes:
+        user = only_user(node) if node.op == "call_module" else None
+        if user is not None and user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm1d | nn.BatchNorm2d):
+            bn = modules[user.target]
+            gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
+            beta = bn.bias.detach() if bn.bias is not None else torch.zeros(bn.num_features)
+            out[node.target] = (beta.double().clone(), gamma.double().abs().clone(), user.target)
+    return out
+
+
+@torch.no_grad()
+def channel_extremes(gm: nn.Module, names: list[str], batches: list[Any]) -> dict[str, list[torch.Tensor]]:
+    """Per layer name, [min, max] of its output per channel over the batches (float64)."""
+    modules, seen = dict(gm.named_modules()), {}
+
+    def hook(name: str, mod: nn.Module, out: torch.Tensor) -> None:
+        flat = out.detach().double().movedim(1 if isinstance(mod, nn.Conv2d) else -1, 0).reshape(out.shape[
+            1 if isinstance(mod, nn.Conv2d) else -1], -1)
+        lo, hi = flat.amin(1), flat.amax(1)
+        if name in seen:
+            lo, hi = torch.minimum(seen[name][0], lo), torch.maximum(seen[name][1], hi)
+        seen[name] = [lo, hi]
+
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: hook(n, m, o)) for n in names]
+    try:
+        for batch in batches:
+            call_model(gm, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
