@@ -50,8 +50,8 @@ def engine_line() -> str:
     """Which integer engine qcal ran, and what finding or building it cost (kept out of the medians)."""
     if not native.available():
         return f"qcal int8 engine: float engine + saturation emulation (native kernel: {native.why_unavailable()})"
-    return (f"qcal int8 engine: native kernel, found or built and loaded in {native.load_seconds():.2f} s "
-            "before any timing (not in the medians)")
+    return (f"qcal int8 engine: native kernel, {native.variant()} build, found or built and loaded in "
+            f"{native.load_seconds():.2f} s before any timing (not in the medians)")
 
 
 def instruction_set() -> str:

@@ -171,7 +171,11 @@ class _Packed(NativeRoute):
         sat = self._saturates(rq, saturate, isa) and self._can_saturate(max(abs(lo), hi), za)
         folded = None if detailed or sat else self._fold_bias(x_q, za, rq, (lo, hi))
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
-            return requantize(folded[0], self._no_bias(rq), zo, relu=relu, out_dtype=dtype,
+            plain = self._no_bias_of(rq)
+            out = self._native_store(folded[0], folded[1], plain, zo, relu, dtype, axis, biased=True)
+            if out is not None:
+                return out
+            return requantize(folded[0], plain, zo, relu=relu, out_dtype=dtype,
                               channel_axis=axis, bound=folded[1], consume=True)
         native = None if detailed else self._native_plan(x_q, za, (lo, hi), sat, rq)
         if native is not None:  # FBGEMM's own arithmetic (or the exact sum) in one native pass
@@ -182,6 +186,10 @@ class _Packed(NativeRoute):
             acc = self._native_call(packed, x_q, za, zw, bound <= F32_EXACT)
             return requantize(acc, rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=bound, consume=True)
         acc, bound = self.accumulator(x_q, za, (lo, hi))
+        if not (detailed or sat):  # exact sums from oneDNN or the float engine: the native store
+            out = self._native_store(acc, bound, rq, zo, relu, dtype, axis)
+            if out is not None:
+                return out
         pairs = 0
         if sat:
             acc, pairs = self._saturated(acc, bound + self._pair_shift(), x_q, za)
@@ -228,6 +236,13 @@ class _Packed(NativeRoute):
     @staticmethod
     def _no_bias(rq: Requant) -> Requant:
         return dataclasses.replace(rq, bias_int32=None, bias_float=None)
+
+    def _no_bias_of(self, rq: Requant) -> Requant:
+        """``_no_bias(rq)``, one object per ``rq`` (the fused store is cached by identity)."""
+        key = ("no bias", rq)
+        if key not in self._natives:
+            self._natives[key] = self._no_bias(rq)
+        return self._natives[key]
 
     def _can_saturate(self, amax: int, za: int) -> bool:
         # |a0*w0 + a1*w1| <= 2 * max |a| * max |w|: below 2^15 no pair can saturate. Padded

@@ -33,7 +33,7 @@ def test_the_engine_line_says_why_without_the_native_kernel(monkeypatch):
     from qcal.analysis import bench as bench_mod
     from qcal.int8 import native
 
-    monkeypatch.setattr(native, "_load", lambda: (None, "no C compiler (set CC, or install gcc)"))
+    monkeypatch.setattr(native.build, "load", lambda: (None, "no C compiler (set CC, or install gcc)"))
     assert bench_mod.engine_line() == ("qcal int8 engine: float engine + saturation emulation "
                                        "(native kernel: no C compiler (set CC, or install gcc))")
 

@@ -232,7 +232,7 @@ def test_without_the_native_kernel_every_layer_runs_the_float_engine_alike(monke
     args = (w, torch.rand(24, generator=gen) * 0.01 + 1e-3, 0, torch.randn(24, generator=gen))
     with_native = pack_conv2d(*args, padding=1)
     first = with_native(x, 0.02, 4, 0.7, 50)
-    monkeypatch.setattr(native, "_load", lambda: (None, "switched off by the test"))
+    monkeypatch.setattr(native.build, "load", lambda: (None, "switched off by the test"))
     without = pack_conv2d(*args, padding=1)
     assert without.native() is None and not native.available()
     assert native.why_unavailable() == "switched off by the test"

@@ -10,19 +10,27 @@ own (skipped, naming VNNI, where the CPU has none)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
-from cpu_matrix import skip_reason
+from cpu_matrix import ENV_NAME, machine_set, skip_reason
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcal.int8 import native
 from qcal.int8.backends.ort import ort_saturates
 from qcal.int8.common import accumulate
+from qcal.int8.cpu.flags import cpu_flags
 from qcal.int8.cpu.isa import saturates
 from qcal.int8.packed import pack_conv2d, pack_linear
 
+ROOT = Path(__file__).resolve().parents[2]
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernel here: {native.why_unavailable()}")
 
 
@@ -198,8 +206,8 @@ def _expected(fast, backend, saturate, family):
         return "saturating" if flavour == "fbgemm" else "float"  # MLAS pairs in its own order
     if fast.accumulator.onednn_here(255, 11):  # a VNNI CPU: oneDNN's exact sums serve the layer
         return "float"
-    if not (family == "depthwise" or fast.w_q.dim() == 2 or fast.w_q.shape[2:] == (1, 1)):
-        return "float"  # a 3x3 im2col layer: the float engine is faster than the exact kernel
+    if not (native.native_vnni() or family == "depthwise" or fast.w_q.dim() == 2 or fast.w_q.shape[2:] == (1, 1)):
+        return "float"  # AVX2 build, 3x3 im2col layer: the float engine is faster than the widened kernel
     return "exact"  # full-range codes and weights: a pair could saturate
 
 
@@ -248,9 +256,11 @@ def test_detailed_results_and_an_explicit_method_keep_the_float_engine(monkeypat
 
 @needs_native
 def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch, sums):
-    # codes <= 127: no pair can saturate, so the (faster) saturating kernel is the exact sum;
-    # full-range codes: the exact kernel. Under fbgemm on AVX2 full-range pairs saturate, as
-    # its kernel does: the saturating kernel, and the exact sum differs
+    # codes <= 127: no pair can saturate, so the saturating kernel is the exact sum, and faster
+    # than the widened one of the AVX2 build (a VNNI build's exact kernel is the faster: it runs
+    # both); full-range codes: the exact kernel; oneDNN's sums where the machine has them.
+    # Under fbgemm on AVX2 full-range pairs saturate, as its kernel does: the saturating
+    # kernel, and the exact sum differs
     monkeypatch.setenv("QCAL_CPU", "avx2")
     gen = torch.Generator().manual_seed(8)
     spy = _Spy(monkeypatch)
@@ -258,8 +268,11 @@ def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch, sums):
         spy.saturating = spy.exact = 0
         fast, slow, x, _ = _layer((64, 32, 1, 1, 1), backend, gen, "none")
         small = (x // 2).contiguous(memory_format=torch.channels_last)
-        full = {"native": (1, 1), "onednn": (1, 0)}[sums]  # full range: the exact kernel, or oneDNN
-        for codes, count in zip((small, x), [(1, 0), full], strict=True):
+        if native.native_vnni():
+            counts = {"native": [(0, 1), (0, 2)], "onednn": [(0, 0), (0, 0)]}[sums]
+        else:
+            counts = {"native": [(1, 0), (1, 1)], "onednn": [(1, 0), (1, 0)]}[sums]
+        for codes, count in zip((small, x), counts, strict=True):
             assert torch.equal(fast(codes, 0.03, 11, 0.05, 60, relu=True), slow(codes, 0.03, 11, 0.05, 60, relu=True))
             assert (spy.saturating, spy.exact) == count
     spy.saturating = spy.exact = 0
@@ -268,3 +281,74 @@ def test_codes_inside_int16_pairs_keep_the_saturating_kernel(monkeypatch, sums):
     assert (spy.saturating, spy.exact) == (1, 0)
     assert not torch.equal(fb(x, 0.03, 11, 0.05, 60, saturate=False), fb_slow(x, 0.03, 11, 0.05, 60))
     assert spy.exact == {"native": 1, "onednn": 0}[sums]
+
+
+@pytest.mark.parametrize("build", sorted(native.VARIANTS))
+def test_every_build_this_cpu_runs_sums_exactly(build):
+    """Each build of the kernel (AVX2's widened vpmaddwd, the VNNI builds' vpdpbusd) loaded in a
+    child process by ``QCAL_NATIVE_ISA``: the raw-sum tests above, against the int64 brute force,
+    and the layer tests against the float engine. Skipped, naming the instructions, on a CPU
+    without them."""
+    missing = sorted(set(native.VARIANTS[build][1]) - cpu_flags())
+    if missing:
+        pytest.skip(f"needs {', '.join(m.upper() for m in missing)}: this CPU has {ENV_NAME[machine_set()]}")
+    env = {**os.environ, native.ISA_VAR: build, "PYTHONPATH": str(ROOT)}
+    code = (f"from qcal.int8 import native; assert native.variant() == {build!r} and native.available(), "
+            "native.why_unavailable()")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-x", __file__,
+         "-k", "raw_sums or depthwise_sums or (float_engine and no-onednn)"],
+        env=env, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", child.stdout)
+    assert passed and int(passed[1]) >= 140 and " failed" not in child.stdout, child.stdout[-500:]
+
+
+def test_a_build_the_cpu_lacks_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(native.ISA_VAR, "avx512_vnni")
+    monkeypatch.setattr(native.build, "cpu_flags", lambda: {"avx2", "fma"})
+    lib, why = native.build._load_now()
+    assert lib is None and why == "QCAL_NATIVE_ISA=avx512_vnni needs avx512_vnni, avx512f, avx512vl: this CPU has not"
+    monkeypatch.setenv(native.ISA_VAR, "sse2")
+    assert native.build._load_now() == (None, "QCAL_NATIVE_ISA=sse2 is not a build: avx2, avx512_vnni, avx_vnni")
+    monkeypatch.delenv(native.ISA_VAR)
+    assert native.variant() == "avx2"  # the best build of an AVX2 CPU
+    monkeypatch.setattr(native.build, "cpu_flags", lambda: {"avx2", "fma", "avx_vnni"})
+    assert native.variant() == "avx_vnni"
+
+
+@needs_native
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), backend=st.sampled_from(["fbgemm", "qnnpack", "ort"]),
+       per_channel=st.booleans(), bias=st.sampled_from(["none", "float", "int32"]), layout=st.sampled_from(["nhwc", "linear"]),
+       as_float=st.booleans(), relu=st.booleans(), signed=st.booleans(), o=st.integers(1, 40))
+def test_the_store_alone_requantizes_as_torch_ops_do(seed, backend, per_channel, bias, layout, as_float, relu, signed, o):
+    """``native.requant`` (sums from oneDNN or the float engine, through the fused store) against
+    ``requantize``: every flavour it covers, int32 and exact-float32 sums, channel tails."""
+    from qcal.int8.common.requant import fused_epilogue, requant_multipliers, requantize
+    gen = torch.Generator().manual_seed(seed)
+    sw = torch.rand(o, generator=gen).double() * 0.01 + 1e-3 if per_channel else 0.004
+    b = {"none": None, "float": torch.randn(o, generator=gen) * 3,
+         "int32": torch.randint(-2**12, 2**12, (o,), generator=gen, dtype=torch.int32)}[bias]
+    if backend == "qnnpack" and bias == "float":
+        b = None
+    rq = requant_multipliers(0.03, sw, 0.05, b, backend=backend)
+    dtype, zo = (torch.int8, -3) if signed else (torch.uint8, 60)
+    epilogue = fused_epilogue(rq, zo, relu, dtype, o)
+    if epilogue is None:
+        return
+    shape, axis = ((2, o, 5, 3), 1) if layout == "nhwc" else ((7, o), -1)
+    acc = torch.randint(-20000, 20000, shape, generator=gen, dtype=torch.int32)
+    if layout == "nhwc":
+        acc = acc.contiguous(memory_format=torch.channels_last)
+    acc = acc.float() if as_float else acc
+    want = requantize(acc.clone(), rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=20000.0)
+    got = native.requant(acc, epilogue, axis)
+    assert got is not None and got.shape == want.shape and got.dtype == want.dtype
+    assert int((got != want).sum()) == 0
+    if bias == "none":  # oneDNN's fold: y = f32(acc + term) already holds the bias, the store adds none
+        y = (acc.float() + torch.randn(o, generator=gen).reshape([-1] + [1] * (acc.dim() - 2 if axis == 1 else 0)) * 3)
+        y = y.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else y
+        want = requantize(y.clone(), rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=20004.0)
+        assert int((native.requant(y, epilogue, axis, biased=True) != want).sum()) == 0

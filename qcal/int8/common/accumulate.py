@@ -227,6 +227,13 @@ class Accumulator:
             return y, ymax
         return None
 
+    def _raw_abs_sum(self) -> float:
+        """``max_j sum_k |w_jk|`` over the raw weight codes (zero points ignored), once."""
+        if "raw_abs_sum" not in self._cache:
+            w = self.w_q.to(torch.int64).abs()
+            self._cache["raw_abs_sum"] = float(w.reshape(w.shape[0], -1).sum(1).max()) if w.numel() else 0.0
+        return self._cache["raw_abs_sum"]
+
     def _window_sums(self, x_q: torch.Tensor, za: int) -> torch.Tensor:
         """``sum_k (a_k - za)`` over each output's window (its group's channels and kernel
         taps), exact in float32 (|sum| <= 255 * K); (..., 1) for linear, (N, G, H', W') for conv."""
@@ -241,15 +248,18 @@ class Accumulator:
         ones = torch.ones(groups, 1, *self.w_q.shape[2:])
         return F.conv2d(centred, ones, None, stride, padding, dilation, groups)
 
-    def _zero_point_corrected(self, x_q: torch.Tensor, za: int, bound: float):
+    def _zero_point_corrected(self, x_q: torch.Tensor, za: int, bound: float, amax: int):
         """(acc, bound) as ``sum_k (a_k - za) w_jk - zw_j * sum_k (a_k - za)``: oneDNN's exact
         int32 sum on the raw weights (exact in its float32 result while that stays under
-        2^24, checked), minus the zero-point term, in float32 while every term and the result
-        stay under 2^24, else in int32. None when oneDNN's result is not provably exact."""
+        2^24: bounded by ``amax * max_j sum_k |w_jk|``, else checked), minus the zero-point
+        term, in float32 while every term and the result stay under 2^24, else in int32. None
+        when oneDNN's result is not provably exact."""
         y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, raw=True)
-        ymax = _absmax(y)
-        if ymax >= F32_EXACT:
-            return None
+        ymax = amax * self._raw_abs_sum()
+        if ymax >= F32_EXACT:  # the static bound cannot tell: look at the sums
+            ymax = _absmax(y)
+            if ymax >= F32_EXACT:
+                return None
         sums = self._window_sums(x_q, za)
         o, groups = self.w_q.shape[0], 1 if self.geometry is None else self.geometry[3]
         zw = self.w_zero_point
@@ -258,7 +268,10 @@ class Accumulator:
         axis_shape = [1] * y.dim()
         axis_shape[-1 if self.geometry is None else 1] = o
         zw = zw.reshape(axis_shape)
-        corr_max = _absmax(sums) * float(zw.abs().max())
+        window = self.w_q[0].numel()  # sum_k |a_k - za| <= amax * K
+        corr_max = amax * window * float(zw.abs().max())
+        if ymax + corr_max >= F32_EXACT:  # too loose to tell: the observed sums
+            corr_max = _absmax(sums) * float(zw.abs().max())
         if ymax + corr_max < F32_EXACT:  # every term an exact float32 integer, and the result
             return y.sub_(sums * zw.float()), ymax + corr_max
         acc = y.to(torch.int32).sub_(sums.to(torch.int32) * zw.to(torch.int32))  # |zw * sum| < 2^31
@@ -282,7 +295,7 @@ class Accumulator:
         here = plan is not None and self.onednn_here(int(hi), za)
         plain = here and self.zw_zero
         if here and not self.zw_zero:
-            found = self._zero_point_corrected(x_q, za, bound)
+            found = self._zero_point_corrected(x_q, za, bound, amax)
             if found is not None:
                 return found
         if plain and len(plan) > 1:

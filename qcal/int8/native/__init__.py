@@ -12,6 +12,15 @@ int16 (``vpmaddwd``: each product and pair sum exact in int32), so it is the exa
 the codes, for every kernel that does not saturate (FBGEMM with VNNI, qnnpack, ...), with AVX2
 instructions only, at 1.1-1.25x the saturating kernel's time.
 
+One build per instruction set, chosen at load (``variant()``; ``QCAL_NATIVE_ISA`` forces one
+the CPU has): ``avx2``; ``avx512_vnni`` (its exact kernel sums 8 rows x 16 columns with 512-bit
+``vpdpbusd``, about 2x the AVX2 build's exact kernel on an AMX Xeon); ``avx_vnni`` (256-bit
+``vpdpbusd``). The instructions follow the hardware, the arithmetic the CPU qcal emulates: a
+VNNI build still runs the saturating kernel where FBGEMM saturates (``QCAL_CPU=avx2``, or the
+depthwise kernel), so every build gives the same numbers. ``requant`` is the fused store alone,
+for exact sums computed elsewhere (oneDNN's AMX/VNNI convolutions, 2.5-4x faster than this
+kernel on such a CPU): one pass instead of torch's elementwise requantization.
+
 Built with the system C compiler (``$CC``, else ``cc``/``gcc``) into ``data/native/`` (or
 qcal's cache folder for an installed copy), once per source and compiler, atomically (several
 processes may build at once). Without a compiler, an x86-64 CPU with AVX2, or with
@@ -25,113 +34,27 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from qcal.int8.cpu.flags import cpu_flags
-from qcal.paths import data_dir
+from qcal.int8.native.build import (
+    ENV_VAR,
+    ISA_VAR,
+    VARIANTS,
+    available,
+    load,
+    load_seconds,
+    native_vnni,
+    variant,
+    why_unavailable,
+)
 
-__all__ = ["ENV_VAR", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "padded32", "pair_lookup", "why_unavailable"]
+__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "native_vnni", "padded32", "pair_lookup", "requant", "variant", "why_unavailable"]
 
-ENV_VAR = "QCAL_NATIVE"
-_SOURCE = Path(__file__).with_name("native_u8s8.c")
-# -std=c11 and -ffp-contract=off: no multiply and add fused behind the epilogue's back;
-# -fwrapv: the zero-point terms may pass int32 on the way to a result that fits (as the vector
-# adds do, modulo 2^32), which C leaves undefined for the scalar tails otherwise
-_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fwrapv")
 #: Largest K (window length) whose raw sum and zero-point terms stay inside int32.
 MAX_K = 16384
 _ALIGN = 64
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _build(compiler: str) -> Path:
-    source = _SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
-    for folder in (data_dir() / "native", Path(tempfile.gettempdir()) / f"qcal-native-{os.getuid()}"):
-        lib = folder / f"qcal_u8s8_{key}.so"
-        if lib.is_file():
-            return lib
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-            os.close(fd)
-        except OSError:
-            continue
-        try:
-            subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
-                           text=True, timeout=120)
-            os.replace(tmp, lib)  # atomic: a concurrent build of the same key writes the same bytes
-            return lib
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise OSError("no writable folder for the native library")
-
-
-@functools.lru_cache(maxsize=1)
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    started = time.perf_counter()
-    try:
-        return _load_now()
-    finally:
-        _LOADED["seconds"] = time.perf_counter() - started
-
-
-_LOADED: dict[str, float] = {}
-
-
-def load_seconds() -> float | None:
-    """How long finding (or building) and loading the library took in this process, None
-    before the first use (a build is about a second; a cached library milliseconds)."""
-    return _LOADED.get("seconds")
-
-
-def _load_now() -> tuple[ctypes.CDLL | None, str]:
-    if os.environ.get(ENV_VAR, "1") == "0":
-        return None, f"{ENV_VAR}=0"
-    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in cpu_flags():
-        return None, "needs an x86-64 CPU with AVX2"
-    compiler = _compiler()
-    if compiler is None:
-        return None, "no C compiler (set CC, or install gcc)"
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        warnings.warn(f"qcal: native int8 kernel not built ({detail.strip()[:300]}); using the float engine",
-                      RuntimeWarning, stacklevel=2)
-        return None, f"build failed: {detail.strip()[:300]}"
-    p = ctypes.c_void_p
-    lib.qcal_pack.argtypes = [p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, p]
-    lib.qcal_pack.restype = None
-    lib.qcal_conv.argtypes = [p, p, p, p, p, p, ctypes.c_int, p, ctypes.c_int, ctypes.c_int]
-    lib.qcal_conv.restype = ctypes.c_int
-    lib.qcal_pack_dw.argtypes = [p, ctypes.c_int, ctypes.c_int, p]
-    lib.qcal_pack_dw.restype = None
-    lib.qcal_dw.argtypes = [p, p, p, p, p, p, ctypes.c_int, p, ctypes.c_int, ctypes.c_int]
-    lib.qcal_dw.restype = ctypes.c_int
-    lib.qcal_histc.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_float, p]
-    lib.qcal_histc.restype = None
-    lib.qcal_maxpool.argtypes = [p, p, p, ctypes.c_int]
-    lib.qcal_maxpool.restype = ctypes.c_int
-    lib.qcal_pair_lookup.argtypes = [p, p, ctypes.c_int64, p, ctypes.c_int, p, ctypes.c_int]
-    lib.qcal_pair_lookup.restype = None
-    return lib, ""
 
 
 class _Epilogue(ctypes.Structure):
@@ -170,16 +93,6 @@ class Epilogue:
         """The C struct (built once: it points into this object's tensors, which it keeps alive)."""
         return _Epilogue(self.multiplier.data_ptr(), _ptr(self.fb), _ptr(self.ib), self.rcp, self.mode, self.zo,
                          self.lo, self.hi, int(self.big_is_low), int(self.out_dtype == torch.int8))
-
-
-def available() -> bool:
-    """True when the native kernel is built and loaded here (see the module doc)."""
-    return _load()[0] is not None
-
-
-def why_unavailable() -> str:
-    """Why ``available()`` is False ("" when it is True)."""
-    return _load()[1]
 
 
 def _aligned(nbytes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -276,7 +189,7 @@ class NativeConv:
         return self._run(x_nhwc, za, zw, as_float, out_hw, epilogue, exact=True)
 
     def _run(self, x_nhwc, za, zw, as_float, out_hw, epilogue, *, exact: bool) -> torch.Tensor:
-        lib = _load()[0]
+        lib = load()[0]
         n = x_nhwc.shape[0]
         oh, ow = out_hw
         dims, off, zw32 = self._call_args(tuple(x_nhwc.shape), za, zw, out_hw)
@@ -290,6 +203,30 @@ class NativeConv:
         if status != 0:
             raise MemoryError("native int8 kernel: out of memory for its working buffers")
         return out
+
+
+def requant(acc: torch.Tensor, epilogue: Epilogue, channel_axis: int, *, biased: bool = False) -> torch.Tensor | None:
+    """``epilogue``'s codes for sums computed elsewhere (``acc``: int32, or float32 holding exact
+    integers, with its channels along ``channel_axis``), in ``acc``'s memory format; None where
+    its memory does not hold the channels innermost (channels-last conv, or linear).
+    ``biased``: ``acc`` is float32 ``y``, the bias already added in float32 (oneDNN's fold), and
+    ``epilogue`` has none (mode 0)."""
+    if acc.dtype not in (torch.int32, torch.float32) or not available():
+        return None
+    if biased and (acc.dtype != torch.float32 or epilogue.mode != 0):
+        raise ValueError("a biased accumulator is float32 y and takes an epilogue without bias (mode 0)")
+    kind = 2 if biased else int(acc.dtype == torch.float32)
+    o = acc.shape[channel_axis]
+    if acc.dim() == 4 and channel_axis == 1 and acc.is_contiguous(memory_format=torch.channels_last):
+        rows = acc.permute(0, 2, 3, 1)
+    elif channel_axis in (-1, acc.dim() - 1) and acc.is_contiguous():
+        rows = acc
+    else:
+        return None
+    out = torch.empty(rows.shape, dtype=epilogue.out_dtype)
+    load()[0].qcal_requant(rows.data_ptr(), kind, rows.numel() // max(o, 1), o,
+                            ctypes.byref(epilogue.struct), out.data_ptr(), torch.get_num_threads())
+    return out.permute(0, 3, 1, 2) if rows is not acc else out
 
 
 def native_conv(w_q: torch.Tensor, geometry: tuple | None) -> NativeConv | None:
@@ -311,10 +248,10 @@ def native_conv(w_q: torch.Tensor, geometry: tuple | None) -> NativeConv | None:
     col_sums = w.reshape(o, k).sum(1, dtype=torch.int64)
     if cg == 1 and kg == 1 and groups > 1 and k <= 64:  # depthwise: taps paired per channel
         panels = _aligned((k + 3) // 4 * ((o + 31) // 32) * 128, torch.int8)
-        _load()[0].qcal_pack_dw(w.data_ptr(), o, k, panels.data_ptr())
+        load()[0].qcal_pack_dw(w.data_ptr(), o, k, panels.data_ptr())
         return NativeConv(panels, col_sums, geometry, (kh, kw), cg, o, k, kp, depthwise=True)
     panels = _aligned(groups * ((kg + 15) // 16) * (kp // 4) * 64, torch.int8)
-    _load()[0].qcal_pack(w.data_ptr(), groups, kg, k, kp, panels.data_ptr())
+    load()[0].qcal_pack(w.data_ptr(), groups, kg, k, kp, panels.data_ptr())
     return NativeConv(panels, col_sums, geometry, (kh, kw), cg, o, k, kp)
 
 
@@ -333,7 +270,7 @@ def histc(x: torch.Tensor, bins: int, lo: float, hi: float, step: int = 1) -> to
         lo, hi: float32 values (as Python floats): the outer bin edges.
     """
     n = -(-x.numel() // step)
-    lib = _load()[0]
+    lib = load()[0]
     if (lib is None or not lo < hi or n >= HISTC_EXACT or x.dtype != torch.float32 or x.dim() != 1
             or not x.is_contiguous()):
         return torch.histc(x[::step] if step > 1 else x, bins, min=lo, max=hi)
@@ -347,7 +284,7 @@ def max_pool2d(x_q: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, in
     """The window maximum of (N, C, H, W) uint8/int8 codes over the pixels inside the image
     (padding ignored, as torch's quantized max_pool2d), channels_last; None where the native
     library is unavailable. ``out_hw``: the output size (the caller's, ceil_mode included)."""
-    lib = _load()[0]
+    lib = load()[0]
     if lib is None or x_q.dim() != 4 or x_q.dtype not in (torch.uint8, torch.int8):
         return None
     n, c, h, w = x_q.shape
@@ -365,7 +302,7 @@ def pair_lookup(a: torch.Tensor, b: torch.Tensor, table: torch.Tensor) -> torch.
     """``table[a * 256 + b]`` for flat, contiguous uint8 (or int8: codes offset to 0..255) code
     tensors of one length and a 65,536-entry table of their dtype, in one pass; None where the
     native library is unavailable."""
-    lib = _load()[0]
+    lib = load()[0]
     if lib is None or not (a.dtype == b.dtype == table.dtype) or a.dtype not in (torch.uint8, torch.int8):
         return None
     a, b, table = a.contiguous(), b.contiguous(), table.contiguous()  # read through raw pointers

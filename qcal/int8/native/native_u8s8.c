@@ -11,6 +11,8 @@
  * rows, splits each group of four bytes into its even and odd bytes widened to int16
  * ((a0, a2), (a1, a3); weights likewise) and multiplies them with vpmaddwd: every product
  * fits int16 x int16 -> int32 and a pair of them cannot leave int32, so the sum is exact.
+ * A build with VNNI (QCAL_VNNI512 or QCAL_AVXVNNI, chosen at load) computes the exact variant
+ * with vpdpbusd instead: the same sums in one instruction.
  * Integer arithmetic only: no compiler flag can change a result.
  */
 #include <immintrin.h>
@@ -20,6 +22,17 @@
 #include <string.h>
 
 #define MB 32 /* rows of the im2col block each thread fills, then multiplies by every column panel */
+
+/* The exact sums on a CPU with VNNI (a build of its own, chosen at load: native/__init__.py):
+ * vpdpbusd adds the four u8 x s8 products of each group of four bytes into int32 with no
+ * intermediate rounding or saturation, the same exact sum as the widened vpmaddwd variant in
+ * one instruction. 256-bit (EVEX with AVX512-VNNI + VL, or VEX with AVX-VNNI), so the packed
+ * weights, the im2col rows and every other line of this file stay as they are. */
+#if defined(QCAL_VNNI512)
+#define QCAL_DPBUSD(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
+#elif defined(QCAL_AVXVNNI)
+#define QCAL_DPBUSD(acc, a, b) _mm256_dpbusd_avx_epi32((acc), (a), (b))
+#endif
 
 /* w: [G][kg][K] int8 -> bp: [G][ceil(kg/16)][Kp/4][16 columns][4 bytes], zeros beyond kg and K */
 void qcal_pack(const int8_t *w, int groups, int kg, int k, int kp, int8_t *bp) {
@@ -99,7 +112,7 @@ static void im2col_rows(const uint8_t *x, const geom *q, int g, int64_t m0, int 
 }
 
 /* 4 rows x 16 columns of raw sums over the whole K */
-__attribute__((noinline)) static void kern4(const uint8_t *a, int kp, const int8_t *bp, __m256i acc[4][2]) {
+__attribute__((noinline)) static void kern4(const uint8_t *a, int kp, const int8_t *bp, __m256i (*acc)[2]) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int i = 0; i < kp / 4; i++) {
@@ -118,30 +131,64 @@ __attribute__((noinline)) static void kern4(const uint8_t *a, int kp, const int8
     }
 }
 
-/* The same 4 x 16 raw sums without saturation: the bytes of each group of four split into
- * (0, 2) and (1, 3) int16 pairs (u8 activations zero-extended, s8 weights sign-extended), each
- * vpmaddwd pair sum exact in int32; the two partial sums of a column added into its lane. */
-__attribute__((noinline)) static void kern4_exact(const uint8_t *a, int kp, const int8_t *bp, __m256i acc[4][2]) {
-    const __m256i low = _mm256_set1_epi16(0x00FF);
+/* The same 4 x 16 raw sums without saturation. A VNNI build: vpdpbusd. Otherwise the bytes of
+ * each group of four split into (0, 2) and (1, 3) int16 pairs (u8 activations zero-extended, s8
+ * weights sign-extended), each vpmaddwd pair sum exact in int32, the two partial sums of a
+ * column added into its lane. */
+__attribute__((noinline)) static void kern4_exact(const uint8_t *a, int kp, const int8_t *bp, __m256i (*acc)[2]) {
     for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+#ifndef QCAL_DPBUSD
+    const __m256i low = _mm256_set1_epi16(0x00FF);
+#endif
     for (int i = 0; i < kp / 4; i++) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + (size_t)i * 64));
         __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + (size_t)i * 64 + 32));
+#ifdef QCAL_DPBUSD /* one vpdpbusd per group of four bytes */
+#define QCAL_SUM(acc, av, b, e, o) QCAL_DPBUSD(acc, av, b)
+#else /* bytes widened: even (0, 2) and odd (1, 3) int16 pairs, one vpmaddwd each */
         __m256i e0 = _mm256_srai_epi16(_mm256_slli_epi16(b0, 8), 8), o0 = _mm256_srai_epi16(b0, 8);
         __m256i e1 = _mm256_srai_epi16(_mm256_slli_epi16(b1, 8), 8), o1 = _mm256_srai_epi16(b1, 8);
+#define QCAL_SUM(acc, av, b, e, o)                                                                    \
+    _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(av, low), e),          \
+                                           _mm256_madd_epi16(_mm256_srli_epi16(av, 8), o)))
+#endif
 #define QCAL_ROW(r)                                                                                   \
     {                                                                                                 \
         int32_t v;                                                                                    \
         memcpy(&v, a + (size_t)(r) * kp + (size_t)i * 4, 4);                                         \
         __m256i av = _mm256_set1_epi32(v);                                                            \
-        __m256i ae = _mm256_and_si256(av, low), ao = _mm256_srli_epi16(av, 8);                        \
-        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_add_epi32(_mm256_madd_epi16(ae, e0), _mm256_madd_epi16(ao, o0))); \
-        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_add_epi32(_mm256_madd_epi16(ae, e1), _mm256_madd_epi16(ao, o1))); \
+        acc[r][0] = QCAL_SUM(acc[r][0], av, b0, e0, o0);                                              \
+        acc[r][1] = QCAL_SUM(acc[r][1], av, b1, e1, o1);                                              \
     }
         QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3)
 #undef QCAL_ROW
+#undef QCAL_SUM
     }
 }
+
+/* With AVX512-VNNI, eight rows x 16 columns at a time in 512-bit registers: one 64-byte load is
+ * a whole panel row (16 columns x 4 bytes), one vpdpbusd per row; the exact sums again. */
+#ifdef QCAL_VNNI512
+#define EXACT_ROWS 8
+__attribute__((noinline)) static void kern8_exact(const uint8_t *a, int kp, const int8_t *bp, __m256i (*acc)[2]) {
+    __m512i s[EXACT_ROWS];
+    for (int r = 0; r < EXACT_ROWS; r++) s[r] = _mm512_setzero_si512();
+    for (int i = 0; i < kp / 4; i++) {
+        __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));
+        for (int r = 0; r < EXACT_ROWS; r++) {
+            int32_t v;
+            memcpy(&v, a + (size_t)r * kp + (size_t)i * 4, 4);
+            s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(v), b);
+        }
+    }
+    for (int r = 0; r < EXACT_ROWS; r++) {
+        acc[r][0] = _mm512_castsi512_si256(s[r]);
+        acc[r][1] = _mm512_extracti64x4_epi64(s[r], 1);
+    }
+}
+#else
+#define EXACT_ROWS 4
+#endif
 
 /* The requantization fused into the store (fbgemm, qnnpack and ort flavours), per output j:
  *   mode 0: y = f32(acc)                     (no bias)
@@ -167,8 +214,8 @@ static inline __m256 epi_y(const epilogue *e, __m256i v, int col) {
     }
 }
 
-static inline __m256i epi_codes(const epilogue *e, __m256i v, int col) {
-    __m256 r = _mm256_round_ps(_mm256_mul_ps(epi_y(e, v, col), _mm256_loadu_ps(e->m + col)),
+static inline __m256i epi_codes_y(const epilogue *e, __m256 y, int col) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(y, _mm256_loadu_ps(e->m + col)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 lo = _mm256_set1_ps((float)(e->lo - e->zo)), hi = _mm256_set1_ps((float)(e->hi - e->zo));
     __m256 big = _mm256_cmp_ps(r, _mm256_set1_ps(2147483648.0f), _CMP_GE_OQ);
@@ -177,11 +224,26 @@ static inline __m256i epi_codes(const epilogue *e, __m256i v, int col) {
     return _mm256_add_epi32(_mm256_cvtps_epi32(c), _mm256_set1_epi32(e->zo));
 }
 
-/* 16 outputs (already inside the 8-bit range, so the packs do not saturate) as 16 bytes */
-static inline void epi_store16(const epilogue *e, __m256i v0, __m256i v1, int col, uint8_t *dst) {
-    __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(epi_codes(e, v0, col), epi_codes(e, v1, col + 8)), 0xD8);
+static inline __m256i epi_codes(const epilogue *e, __m256i v, int col) { return epi_codes_y(e, epi_y(e, v, col), col); }
+
+/* 16 codes (inside the 8-bit range, so the packs do not saturate) as 16 bytes */
+static inline void store16(const epilogue *e, __m256i c0, __m256i c1, uint8_t *dst) {
+    __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(c0, c1), 0xD8);
     __m256i b8 = e->is_signed ? _mm256_packs_epi16(w16, w16) : _mm256_packus_epi16(w16, w16);
     _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(_mm256_permute4x64_epi64(b8, 0x08)));
+}
+
+/* 16 outputs (already inside the 8-bit range, so the packs do not saturate) as 16 bytes */
+static inline void epi_store16(const epilogue *e, __m256i v0, __m256i v1, int col, uint8_t *dst) {
+    store16(e, epi_codes(e, v0, col), epi_codes(e, v1, col + 8), dst);
+}
+
+static inline uint8_t epi_one_y(const epilogue *e, float y, int col) {
+    float r = nearbyintf(y * e->m[col]);
+    float lo = (float)(e->lo - e->zo), hi = (float)(e->hi - e->zo);
+    float c = r >= 2147483648.0f ? (e->big_is_low ? lo : hi) : fminf(fmaxf(r, lo), hi);
+    int32_t q = (int32_t)c + e->zo;
+    return e->is_signed ? (uint8_t)(int8_t)q : (uint8_t)q;
 }
 
 static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
@@ -192,11 +254,45 @@ static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
     case 3: y = (float)(v + e->ib[col]); break;
     default: y = (float)v;
     }
-    float r = nearbyintf(y * e->m[col]);
-    float lo = (float)(e->lo - e->zo), hi = (float)(e->hi - e->zo);
-    float c = r >= 2147483648.0f ? (e->big_is_low ? lo : hi) : fminf(fmaxf(r, lo), hi);
-    int32_t q = (int32_t)c + e->zo;
-    return e->is_signed ? (uint8_t)(int8_t)q : (uint8_t)q;
+    return epi_one_y(e, y, col);
+}
+
+/* The store alone, for sums computed elsewhere (oneDNN's, on VNNI/AMX CPUs): acc is (rows, o)
+ * int32 (kind 0), float32 holding exact integers (kind 1, converted exactly), or float32 values
+ * that are already y, the bias added (kind 2: e's mode must be 0); out: (rows, o) codes. */
+void qcal_requant(const void *acc, int is_float, int64_t rows, int o, const epilogue *e, uint8_t *out, int threads) {
+    if (is_float == 2) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *af = (const float *)acc + (size_t)r * o;
+            uint8_t *dst = out + (size_t)r * o;
+            int j = 0;
+            for (; j + 16 <= o; j += 16)
+                store16(e, epi_codes_y(e, _mm256_loadu_ps(af + j), j), epi_codes_y(e, _mm256_loadu_ps(af + j + 8), j + 8),
+                        dst + j);
+            for (; j < o; j++) dst[j] = epi_one_y(e, af[j], j);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t *ai = (const int32_t *)acc + (size_t)r * o;
+        const float *af = (const float *)acc + (size_t)r * o;
+        uint8_t *dst = out + (size_t)r * o;
+        int j = 0;
+        for (; j + 16 <= o; j += 16) {
+            __m256i v0, v1;
+            if (is_float) {
+                v0 = _mm256_cvtps_epi32(_mm256_loadu_ps(af + j));
+                v1 = _mm256_cvtps_epi32(_mm256_loadu_ps(af + j + 8));
+            } else {
+                v0 = _mm256_loadu_si256((const __m256i *)(ai + j));
+                v1 = _mm256_loadu_si256((const __m256i *)(ai + j + 8));
+            }
+            epi_store16(e, v0, v1, j, dst + j);
+        }
+        for (; j < o; j++) dst[j] = epi_one(e, is_float ? (int32_t)af[j] : ai[j], j);
+    }
 }
 
 /* x: (N, H, W, C) uint8; off: (G*kg) int32; zw: (G*kg) int32 or NULL (all zero).
@@ -205,7 +301,14 @@ static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
  * Returns 0, or -1 when out of memory. */
 int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int32_t *off, const int32_t *zw,
               void *out, int kind, const epilogue *e, int threads, int exact) {
-    void (*kern)(const uint8_t *, int, const int8_t *, __m256i[4][2]) = exact ? kern4_exact : kern4;
+    void (*kern)(const uint8_t *, int, const int8_t *, __m256i(*)[2]) = exact ? kern4_exact : kern4;
+    int step = 4; /* rows per kernel call: 8 with the 512-bit exact kernel (MB is a multiple of both) */
+#ifdef QCAL_VNNI512
+    if (exact) {
+        kern = kern8_exact;
+        step = EXACT_ROWS;
+    }
+#endif
     geom q = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
               dims[10], dims[11], dims[12], dims[13], dims[14], dims[15], dims[16], dims[17], dims[18], dims[19]};
     int64_t m_all = (int64_t)q.n * q.oh * q.ow;
@@ -251,10 +354,10 @@ int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int
                             zw1 = _mm256_loadu_si256((const __m256i *)(zw + col0 + 8));
                         }
                     }
-                    for (int r0 = 0; r0 < rows; r0 += 4) {
-                        __m256i acc[4][2];
+                    for (int r0 = 0; r0 < rows; r0 += step) {
+                        __m256i acc[8][2];
                         kern(ablk + (size_t)r0 * q.kp, q.kp, panel, acc);
-                        for (int r = 0; r < 4 && r0 + r < rows; r++) {
+                        for (int r = 0; r < step && r0 + r < rows; r++) {
                             size_t at = (size_t)(m0 + r0 + r) * o + col0;
                             int32_t s = zw ? rowsum[r0 + r] : 0;
                             if (ncols == 16) {
@@ -372,10 +475,14 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
                     const int8_t *wb = wp + ((size_t)qd * blocks + blk) * 128;
                     for (int i = 0; i < 4; i++) {
                         __m256i wv = _mm256_loadu_si256((const __m256i *)(wb + 32 * i));
-                        if (exact) { /* (t0, t2) and (t1, t3) as int16 pairs: exact products and sums */
+                        if (exact) {
+#ifdef QCAL_DPBUSD
+                            acc[i] = QCAL_DPBUSD(acc[i], v[i], wv); /* the four taps of each channel, exact */
+#else /* (t0, t2) and (t1, t3) as int16 pairs: exact products and sums */
                             __m256i we = _mm256_srai_epi16(_mm256_slli_epi16(wv, 8), 8), wo = _mm256_srai_epi16(wv, 8);
                             __m256i ae = _mm256_and_si256(v[i], low), ao = _mm256_srli_epi16(v[i], 8);
                             acc[i] = _mm256_add_epi32(acc[i], _mm256_add_epi32(_mm256_madd_epi16(ae, we), _mm256_madd_epi16(ao, wo)));
+#endif
                         } else {
                             acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v[i], wv), ones16));
                         }

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from qcal.int8.common.requant import Requant, fused_epilogue
-from qcal.int8.native import Epilogue, NativeConv, native_conv
+from qcal.int8.native import Epilogue, NativeConv, native_conv, native_vnni
+from qcal.int8.native import requant as native_requant
 
 __all__ = ["NativeRoute"]
 
@@ -64,7 +65,8 @@ class NativeRoute:
         """
         if self.accumulator.method != "auto" or x_q.dtype != torch.uint8:
             return None
-        exact = not sat and self._can_saturate(max(abs(x_range[0]), x_range[1]), za)
+        # a VNNI build's exact kernel is the faster one: it serves every layer that does not saturate
+        exact = not sat and (native_vnni() or self._can_saturate(max(abs(x_range[0]), x_range[1]), za))
         if (rq.backend != "fbgemm") if sat else exact and self._onednn_sums(x_range[1], za):
             return None
         packed = self.native()
@@ -74,17 +76,33 @@ class NativeRoute:
         bound = self.accumulator.bound(amax) + (packed.pair_shift if sat else 0)
         return packed.exact if exact else packed, self._native_zw(), bound
 
+    def _native_store(self, acc, bound: float, rq: Requant, zo: int, relu: bool, dtype, axis: int, biased=False):
+        """The codes of exact sums computed elsewhere (oneDNN's on a VNNI CPU, or the float
+        engine's) through the native kernel's fused store: the same requantization as
+        ``requant.requantize`` for the flavours it covers (``fused_epilogue``), in one pass
+        instead of torch's elementwise ops (``biased``: ``acc`` holds oneDNN's float32 sums with
+        the bias added, ``rq`` has none). None where it does not apply."""
+        if self.accumulator.method != "auto":
+            return None
+        epilogue = self._epilogue(rq, zo, relu, dtype)
+        if epilogue is None or bound > epilogue.max_bound:
+            return None
+        return native_requant(acc, epilogue, axis, biased=biased)
+
     @staticmethod
     def _exact_pays(packed: NativeConv) -> bool:
-        """Whether the exact kernel beats the float engine on this layer: depthwise and 1x1 (and
-        linear) layers, 1.4-1.6x faster on the AVX2 CI machine; a 3x3 im2col layer took 1.3-1.7x
-        the float engine's time there (its float32 convolution is as fast as the saturating kernel
-        on those shapes, the exact kernel 1.25x slower), so those keep the float engine."""
-        return packed.depthwise or packed.kernel == (1, 1)
+        """Whether the exact kernel beats the float engine on this layer: every layer with a
+        VNNI build (``vpdpbusd``: the exact kernel at the saturating one's speed); with the AVX2
+        build depthwise and 1x1 (and linear) layers, 1.4-1.6x faster on an AVX2 machine, while a
+        3x3 im2col layer took 1.3-1.7x the float engine's time there (its float32 convolution is
+        as fast as the saturating kernel on those shapes, the widened exact kernel 1.25x
+        slower), so those keep the float engine."""
+        return native_vnni() or packed.depthwise or packed.kernel == (1, 1)
 
     def _onednn_sums(self, hi: int, za: int) -> bool:
-        """Whether the accumulator takes oneDNN's exact int32 sums (a VNNI CPU here): left to it
-        rather than to the exact native kernel, which is AVX2 only."""
+        """Whether the accumulator takes oneDNN's exact int32 sums (a VNNI CPU here) rather than
+        the exact native kernel: oneDNN's AMX/VNNI convolutions ran 2.5-4x faster than the VNNI
+        build's kernel on an AMX Xeon, so wherever they are exact they serve the layer."""
         return self.accumulator.onednn_here(hi, za)
 
     def _native_zw(self) -> torch.Tensor | None:
