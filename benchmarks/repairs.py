@@ -7,7 +7,9 @@
 - ``mobilenet_v2_like`` (random weights, no labels): top-1 agreement with fp32 and output
   cosine, before and after (``--quick`` skips it);
 - ``qcal.correct_bias`` (empirical on the 200 calibration images, analytic) on every
-  graph-mode digits model under per_tensor_symmetric, per_channel_symmetric, fbgemm_default.
+  graph-mode digits model under per_tensor_symmetric, per_channel_symmetric, fbgemm_default;
+- ``qcal.adaround`` (1000 iterations, 256 samples, seed 0) against round-to-nearest at 8 bits
+  and with 4-bit weights (codes in [-8, 7]).
 
 Run: ``python benchmarks/repairs.py [--quick]``.
 """
@@ -93,13 +95,37 @@ def bias_rows() -> None:
           f"{_acc(emp, x, y):.2f} / {_acc(ana, x, y):.2f}")
 
 
+def _four_bit(qscheme: str) -> qcal.Scheme:
+    return qcal.Scheme(f"w4_{qscheme}", qcal.QSpec("qint8", qscheme, quant_min=-8, quant_max=7),
+                       qcal.SCHEMES["per_channel_symmetric"].activation)
+
+
+def adaround_rows() -> None:
+    digits = datasets.digits_splits()
+    x, y = digits.test
+    calib = datasets.calib_batches(digits.calib[0])
+    mobilenet = zoo.load("digits_mobilenet")
+    equalized = qcal.equalize(mobilenet, calib, relu6="bounded").model
+    print("adaround (accuracy %: fp32, round-to-nearest -> adaround)")
+    cases = [(n, zoo.load(n), s) for n in ("digits_cnn", "digits_mobilenet", "digits_resnet", "digits_mlp")
+             for s in ("per_tensor_symmetric", "per_channel_symmetric", _four_bit("per_tensor_symmetric"),
+                       _four_bit("per_channel_symmetric"))]
+    cases += [("digits_mobilenet + equalize(bounded)", equalized, s) for s in
+              ("per_tensor_symmetric", _four_bit("per_tensor_symmetric"), _four_bit("per_channel_symmetric"))]
+    for name, model, scheme in cases:
+        nearest = _acc(qcal.calibrate(model, calib, scheme), x, y)
+        learned = _acc(qcal.adaround(model, calib, scheme), x, y)
+        label = scheme if isinstance(scheme, str) else scheme.name
+        print(f"  {name} {label}: fp32 {_acc(model, x, y):.2f}, {nearest:.2f} -> {learned:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits models only")
-    parser.add_argument("--only", choices=["equalize", "bias"], help="one repair's numbers")
+    parser.add_argument("--only", choices=["equalize", "bias", "adaround"], help="one repair's numbers")
     args = parser.parse_args()
-    if args.only == "bias":
-        bias_rows()
+    if args.only in ("bias", "adaround"):
+        {"bias": bias_rows, "adaround": adaround_rows}[args.only]()
         return
     digits_rows("dead-channel ReLU model", trained_relu_mobilenet(), ("keep",))
     digits_rows("digits_mobilenet", zoo.load("digits_mobilenet"), ("keep", "bounded", "replace"))
@@ -107,6 +133,7 @@ def main() -> None:
         imagenet_rows()
     if args.only is None:
         bias_rows()
+        adaround_rows()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "correct_bias": "repair.bias",
     "bias_correction": "repair.bias",
     "BiasCorrection": "repair.bias",
+    "adaround": "repair.adaround",
 }
 # public submodule name -> where it lives
 _SUBMODULES: dict[str, str] = {
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.recipes import Recipe  # noqa: F401
+    from qcal.repair.adaround import adaround  # noqa: F401
     from qcal.repair.bias import BiasCorrection, bias_correction, correct_bias  # noqa: F401
     from qcal.repair.equalize import Equalization, equalize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401

@@ -30,15 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcal.batching import call_model
 from qcal.calibration.calibrate import calibrate
 from qcal.calibration.model import QuantizedModel
-from qcal.graph.program import run_float
 from qcal.graph.trace import trace_folded
 from qcal.qparams import dequantize
 from qcal.repair.pairs import find_pairs
 from qcal.repair.scaling import input_index
-from qcal.repair.stats import as_batches, bn_statistics
+from qcal.repair.stats import as_batches, bn_statistics, each_layer_output
 
 __all__ = ["BiasCorrection", "bias_correction", "correct_bias"]
 
@@ -88,20 +86,13 @@ def _channel_mean(y: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
 def _float_means(qm: QuantizedModel, batches: list[Any]) -> dict[str, torch.Tensor]:
     """Per layer, the mean of each channel's pre-activation in qm's float model."""
     sums: dict[str, list] = {}
-    root = qm.graph.module if qm.mode == "graph" else qm.float_model
 
     def hook(name: str, out: torch.Tensor) -> None:
         s, n = _channel_mean(out, qm.quant_layers[name].kind)  # before an in-place ReLU
         old = sums.get(name, [0.0, 0])
         sums[name] = [old[0] + s, old[1] + n]
 
-    hooks = [root.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(n, o)) for n in qm.quant_layers]
-    try:
-        for batch in batches:
-            run_float(qm.graph, batch) if qm.mode == "graph" else call_model(qm.float_model, batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    each_layer_output(qm, batches, hook)
     return {name: s / n for name, (s, n) in sums.items()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -9,8 +10,9 @@ from torch import fx, nn
 
 from qcal.batching import call_model
 from qcal.graph.ir import only_user
+from qcal.graph.program import run_float
 
-__all__ = ["as_batches", "bn_statistics", "channel_extremes"]
+__all__ = ["as_batches", "bn_statistics", "channel_extremes", "each_layer_output"]
 
 
 def as_batches(inputs: Any) -> list[Any]:
@@ -58,3 +60,17 @@ def channel_extremes(gm: nn.Module, names: list[str], batches: list[Any]) -> dic
         for h in hooks:
             h.remove()
     return seen
+
+
+@torch.no_grad()
+def each_layer_output(qm: Any, batches: list[Any], seen: Callable[[str, torch.Tensor], None]) -> None:
+    """Run a QuantizedModel's float model over the batches, calling ``seen(layer, output)`` with
+    each int8 layer's float output (before a fused ReLU: copy it to keep it)."""
+    root = qm.graph.module if qm.mode == "graph" else qm.float_model
+    hooks = [root.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen(n, o)) for n in qm.quant_layers]
+    try:
+        for batch in batches:
+            run_float(qm.graph, batch) if qm.mode == "graph" else call_model(qm.float_model, batch)
+    finally:
+        for h in hooks:
+            h.remove()

@@ -45,3 +45,9 @@ class ConvPair(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.pool(self.act(self.bn(self.a(x)))))
+
+
+def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of a float or quantized model, in [0, 1]."""
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())

@@ -10,23 +10,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from repair_cases import accuracy
 
 import qcal
-from qcal import datasets, zoo
+from qcal import zoo
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.repair.bias import _clipped_normal_mean, _float_means, _integer_mean, bias_correction
 from qcal.zoo.architectures import TinyEncoder
 
-
-@pytest.fixture(scope="module")
-def digits():
-    d = datasets.digits_splits()
-    return d, datasets.calib_batches(d.calib[0][:128])
-
-
-def _accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
 
 
 def _mean_gaps(qm, batches, reference=None) -> dict[str, float]:
@@ -64,7 +56,7 @@ def test_analytic_correction_repairs_per_tensor_on_digits_mobilenet(digits):
     qm = qcal.calibrate(zoo.load("digits_mobilenet"), calib, "per_tensor_symmetric")
     report = bias_correction(qm)
     assert report.method == "analytic" and "stem.0" in report.skipped and "fc" in report.skipped
-    assert _accuracy(report.model, x, y) > _accuracy(qm, x, y) + 0.1
+    assert accuracy(report.model, x, y) > accuracy(qm, x, y) + 0.1
     assert report.model.activations is qm.activations and "kept as calibrated" in report.notes[0]
 
 
@@ -75,7 +67,7 @@ def test_analytic_after_equalize_takes_the_statistics_it_reports(digits):
     assert bias_correction(qm).shifts == {}  # BN folded away: nothing to read without the report
     report = bias_correction(qm, stats=eq.preactivation_stats)
     assert len(report.shifts) == 6  # each depthwise and pointwise layer: fed by a folded BN directly
-    assert _accuracy(report.model, *d.test) >= _accuracy(qm, *d.test) - 0.005
+    assert accuracy(report.model, *d.test) >= accuracy(qm, *d.test) - 0.005
 
 
 def test_module_swap_models_get_the_empirical_correction_only():

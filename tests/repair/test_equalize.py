@@ -6,13 +6,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from repair_cases import ConvPair, trained_relu_mobilenet
+from repair_cases import ConvPair, accuracy, trained_relu_mobilenet
 from torch import nn
 
 import qcal
 from qcal import datasets
 from qcal.repair.equalize import equalize, log_spread
 from qcal.zoo.architectures import DigitsMLP, TinyEncoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
 
 
 def _randomize(model: nn.Module, seed: int, spread: float) -> nn.Module:
@@ -108,20 +110,16 @@ def dead_channel_model():
     return trained_relu_mobilenet()
 
 
-def _accuracy(model, x, y) -> float:
-    return float((model(x).argmax(1) == y).float().mean())
-
-
-def test_the_dead_channel_model_recovers_per_tensor_accuracy(dead_channel_model):
+def test_the_dead_channel_model_recovers_per_tensoraccuracy(dead_channel_model):
     digits = datasets.digits_splits()
     x, y = digits.test
     calib = datasets.calib_batches(digits.calib[0])
     eq = qcal.equalize(dead_channel_model, calib)
-    fp32 = _accuracy(dead_channel_model, x, y)
+    fp32 = accuracy(dead_channel_model, x, y)
     assert float((eq.model(x) - dead_channel_model(x)).abs().max()) < 1e-3
     before = qcal.calibrate(dead_channel_model, calib, "per_tensor_symmetric")
     after = qcal.calibrate(eq.model, calib, "per_tensor_symmetric")
-    assert _accuracy(before, x, y) < fp32 - 0.05  # per-tensor fails on the outlier channel
-    assert _accuracy(after, x, y) >= fp32 - 0.01
+    assert accuracy(before, x, y) < fp32 - 0.05  # per-tensor fails on the outlier channel
+    assert accuracy(after, x, y) >= fp32 - 0.01
     assert log_spread(eq.weight_ranges, "blocks.0.depthwise.0") < log_spread(
         eq.weight_ranges, "blocks.0.depthwise.0", "before") - 1  # 10x narrower spread at least

@@ -1,0 +1,77 @@
+"""qcal.adaround: codes are floor or ceil of w / scale within the scheme's range, the layer's
+output error is no worse than round-to-nearest's, seeded runs repeat, 4-bit weights recover."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from repair_cases import accuracy
+
+import qcal
+from qcal import zoo
+from qcal.repair.adaround import adaround, round_layer
+from qcal.schemes import SCHEMES, QSpec, Scheme
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
+
+
+def _four_bit(qscheme: str) -> Scheme:
+    return Scheme(f"w4_{qscheme}", QSpec("qint8", qscheme, quant_min=-8, quant_max=7),
+                  SCHEMES["per_channel_symmetric"].activation)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_layer_rounds_each_weight_down_or_up_and_fits_its_output_better(seed, digits):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 6)).eval()
+    x = torch.randn(256, 12)
+    scheme = _four_bit("per_tensor_symmetric")
+    qm = qcal.calibrate(model, [x], scheme)
+    layer = qm.quant_layers["0"]
+    w, scale = model[0].weight.detach(), float(layer.weight_scale)
+    x_q = qcal.dequantize(qcal.quantize(x, layer.input_scale, layer.input_zero_point, "quint8"),
+                          layer.input_scale, layer.input_zero_point)
+    target = model(x).detach()
+    codes = round_layer(layer, w, scheme.weight, x_q, target, iterations=300,
+                        generator=torch.Generator().manual_seed(seed))
+    floor = torch.floor(w / scale)
+    assert bool(((codes == floor) | (codes == floor + 1) | (codes == -8) | (codes == 7)).all())
+    assert int(codes.min()) >= -8 and int(codes.max()) <= 7
+
+    def error(c: torch.Tensor) -> float:
+        return float((torch.nn.functional.linear(x_q, c.float() * scale, layer.bias) - target).pow(2).mean())
+
+    assert error(codes) <= error(layer.weight_q)  # round-to-nearest's codes, from calibration
+
+
+def test_seeded_runs_repeat_and_progress_is_reported(digits):
+    _, calib = digits
+    model, seen = zoo.load("digits_mlp"), []
+    a = adaround(model, calib, "per_tensor_symmetric", iterations=50, samples=64, seed=3,
+                 progress=lambda f, m: seen.append((f, m)))
+    b = adaround(model, calib, "per_tensor_symmetric", iterations=50, samples=64, seed=3)
+    assert all(torch.equal(a.quant_layers[n].weight_q, b.quant_layers[n].weight_q) for n in a.quant_layers)
+    assert seen[-1] == (1.0, "adaround: done") and any("fc2: iteration" in m for _, m in seen)
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+
+
+def test_int8_adaround_matches_round_to_nearest(digits):
+    d, calib = digits
+    x, y = d.test
+    model = zoo.load("digits_mobilenet")
+    nearest = qcal.calibrate(model, calib, "per_channel_symmetric")
+    learned = adaround(model, calib, "per_channel_symmetric", iterations=200)
+    assert accuracy(learned, x, y) >= accuracy(nearest, x, y) - 0.005  # one digit of 597 at most
+    assert learned.activations is not None and learned.scheme == nearest.scheme
+
+
+def test_four_bit_weights_recover_half_the_gap(digits):
+    d, calib = digits
+    x, y = d.test
+    model = qcal.equalize(zoo.load("digits_mobilenet"), calib, relu6="bounded").model
+    scheme = _four_bit("per_tensor_symmetric")
+    fp32, nearest = accuracy(model, x, y), accuracy(qcal.calibrate(model, calib, scheme), x, y)
+    assert nearest < fp32 - 0.03  # round-to-nearest loses at least 3 points at 4 bits
+    learned = adaround(model, calib, scheme, iterations=300)
+    assert all(int(ly.weight_q.min()) >= -8 and int(ly.weight_q.max()) <= 7 for ly in learned.quant_layers.values())
+    assert accuracy(learned, x, y) >= nearest + (fp32 - nearest) / 2
