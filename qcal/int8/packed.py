@@ -185,6 +185,10 @@ class _Packed(NativeRoute):
                 return self._native_call(packed, x_q, za, zw, False, epilogue)
             acc = self._native_call(packed, x_q, za, zw, bound <= F32_EXACT)
             return requantize(acc, rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=bound, consume=True)
+        if not (detailed or sat):  # oneDNN's sums on the raw weights, the zero points in the store
+            out = self._native_zero_point(x_q, za, (lo, hi), rq, zo, relu, dtype, axis)
+            if out is not None:
+                return out
         acc, bound = self.accumulator(x_q, za, (lo, hi))
         if not (detailed or sat):  # exact sums from oneDNN or the float engine: the native store
             out = self._native_store(acc, bound, rq, zo, relu, dtype, axis)

@@ -352,3 +352,13 @@ def test_the_store_alone_requantizes_as_torch_ops_do(seed, backend, per_channel,
         y = y.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else y
         want = requantize(y.clone(), rq, zo, relu=relu, out_dtype=dtype, channel_axis=axis, bound=20004.0)
         assert int((native.requant(y, epilogue, axis, biased=True) != want).sum()) == 0
+    # the weight zero-point term subtracted in the store: acc - zw_j * sums[group of j]
+    groups = max(g for g in range(1, o + 1) if o % g == 0 and g <= 4) if layout == "nhwc" else 1
+    zw = torch.randint(-20, 21, (o,), generator=gen)
+    sums_shape = (shape[0], groups, *shape[2:]) if layout == "nhwc" else (*shape[:-1], 1)
+    sums = torch.randint(-3000, 3000, sums_shape, generator=gen).float()
+    full = sums.repeat_interleave(o // groups, dim=1) if layout == "nhwc" else sums
+    zw_b = zw.reshape(-1, 1, 1) if layout == "nhwc" else zw
+    want = requantize((acc.long() - zw_b * full.long()).int(), rq, zo, relu=relu, out_dtype=dtype,
+                      channel_axis=axis, bound=80000.0)
+    assert int((native.requant(acc, epilogue, axis, sums=sums, zw=zw) != want).sum()) == 0

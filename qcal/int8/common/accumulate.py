@@ -248,12 +248,11 @@ class Accumulator:
         ones = torch.ones(groups, 1, *self.w_q.shape[2:])
         return F.conv2d(centred, ones, None, stride, padding, dilation, groups)
 
-    def _zero_point_corrected(self, x_q: torch.Tensor, za: int, bound: float, amax: int):
-        """(acc, bound) as ``sum_k (a_k - za) w_jk - zw_j * sum_k (a_k - za)``: oneDNN's exact
-        int32 sum on the raw weights (exact in its float32 result while that stays under
-        2^24: bounded by ``amax * max_j sum_k |w_jk|``, else checked), minus the zero-point
-        term, in float32 while every term and the result stay under 2^24, else in int32. None
-        when oneDNN's result is not provably exact."""
+    def _zero_point_parts(self, x_q: torch.Tensor, za: int, amax: int):
+        """(y, sums, bound on |y - zw_j * sums|): oneDNN's exact int32 sum ``y`` on the raw
+        weights (exact in its float32 result while that stays under 2^24: bounded by
+        ``amax * max_j sum_k |w_jk|``, else checked) and the window sums ``sum_k (a_k - za)``
+        (``_window_sums``); None when oneDNN's result is not provably exact."""
         y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, raw=True)
         ymax = amax * self._raw_abs_sum()
         if ymax >= F32_EXACT:  # the static bound cannot tell: look at the sums
@@ -261,6 +260,34 @@ class Accumulator:
             if ymax >= F32_EXACT:
                 return None
         sums = self._window_sums(x_q, za)
+        zw_max = float(self.w_zero_point.abs().max())
+        corr_max = amax * self.w_q[0].numel() * zw_max  # sum_k |a_k - za| <= amax * K
+        if ymax + corr_max >= F32_EXACT:  # too loose to tell: the observed sums
+            corr_max = _absmax(sums) * zw_max
+        return y, sums, ymax + corr_max
+
+    def zero_point_sums(self, x_q: torch.Tensor, za: int, x_range: tuple[int, int]):
+        """(y, sums, bound) where ``__call__`` would take oneDNN's sums on the raw weights (a
+        VNNI CPU, non-zero weight zero points): the accumulator is ``y - zw_j * sums``, left to
+        the caller (the native store subtracts it in its pass); None elsewhere."""
+        if self.zw_zero or self.method != "auto":
+            return None
+        shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
+        x_q, za = _as_uint8(x_q, za)
+        lo, hi = x_range[0] + shift, x_range[1] + shift
+        amax = max(hi - za, za - lo, 0)
+        if self._plan(amax) is None or not self.onednn_here(hi, za):
+            return None
+        return self._zero_point_parts(x_q, za, amax)
+
+    def _zero_point_corrected(self, x_q: torch.Tensor, za: int, bound: float, amax: int):
+        """(acc, bound) as ``sum_k (a_k - za) w_jk - zw_j * sum_k (a_k - za)`` from
+        ``_zero_point_parts``: in float32 while every term and the result stay under 2^24,
+        else in int32. None when oneDNN's result is not provably exact."""
+        parts = self._zero_point_parts(x_q, za, amax)
+        if parts is None:
+            return None
+        y, sums, both = parts
         o, groups = self.w_q.shape[0], 1 if self.geometry is None else self.geometry[3]
         zw = self.w_zero_point
         if groups > 1:
@@ -268,12 +295,8 @@ class Accumulator:
         axis_shape = [1] * y.dim()
         axis_shape[-1 if self.geometry is None else 1] = o
         zw = zw.reshape(axis_shape)
-        window = self.w_q[0].numel()  # sum_k |a_k - za| <= amax * K
-        corr_max = amax * window * float(zw.abs().max())
-        if ymax + corr_max >= F32_EXACT:  # too loose to tell: the observed sums
-            corr_max = _absmax(sums) * float(zw.abs().max())
-        if ymax + corr_max < F32_EXACT:  # every term an exact float32 integer, and the result
-            return y.sub_(sums * zw.float()), ymax + corr_max
+        if both < F32_EXACT:  # every term an exact float32 integer, and the result
+            return y.sub_(sums * zw.float()), both
         acc = y.to(torch.int32).sub_(sums.to(torch.int32) * zw.to(torch.int32))  # |zw * sum| < 2^31
         return acc, bound
 

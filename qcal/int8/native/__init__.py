@@ -205,27 +205,37 @@ class NativeConv:
         return out
 
 
-def requant(acc: torch.Tensor, epilogue: Epilogue, channel_axis: int, *, biased: bool = False) -> torch.Tensor | None:
+def requant(acc: torch.Tensor, epilogue: Epilogue, channel_axis: int, *, biased: bool = False,
+            sums: torch.Tensor | None = None, zw: torch.Tensor | None = None) -> torch.Tensor | None:
     """``epilogue``'s codes for sums computed elsewhere (``acc``: int32, or float32 holding exact
     integers, with its channels along ``channel_axis``), in ``acc``'s memory format; None where
     its memory does not hold the channels innermost (channels-last conv, or linear).
     ``biased``: ``acc`` is float32 ``y``, the bias already added in float32 (oneDNN's fold), and
-    ``epilogue`` has none (mode 0)."""
+    ``epilogue`` has none (mode 0). ``sums`` and ``zw``: ``acc - zw_j * sums`` is requantized,
+    the weight zero-point term subtracted in the store (``sums``: float32 window sums per output
+    position and group, (N, G, H', W') for a conv or (..., 1) for linear; the caller keeps the
+    result and every term inside int32)."""
     if acc.dtype not in (torch.int32, torch.float32) or not available():
         return None
-    if biased and (acc.dtype != torch.float32 or epilogue.mode != 0):
-        raise ValueError("a biased accumulator is float32 y and takes an epilogue without bias (mode 0)")
+    if biased and (acc.dtype != torch.float32 or epilogue.mode != 0 or sums is not None):
+        raise ValueError("a biased accumulator is float32 y and takes an epilogue without bias (mode 0), no sums")
     kind = 2 if biased else int(acc.dtype == torch.float32)
     o = acc.shape[channel_axis]
-    if acc.dim() == 4 and channel_axis == 1 and acc.is_contiguous(memory_format=torch.channels_last):
+    conv = acc.dim() == 4 and channel_axis == 1
+    if conv and acc.is_contiguous(memory_format=torch.channels_last):
         rows = acc.permute(0, 2, 3, 1)
     elif channel_axis in (-1, acc.dim() - 1) and acc.is_contiguous():
         rows = acc
     else:
         return None
+    groups, srows, zw32 = 1, None, None
+    if sums is not None:
+        groups = sums.shape[1] if conv else 1
+        srows = (sums.permute(0, 2, 3, 1) if conv else sums).float().contiguous()
+        zw32 = padded32(zw.to(torch.int32).reshape(-1).expand(o).contiguous())
     out = torch.empty(rows.shape, dtype=epilogue.out_dtype)
-    load()[0].qcal_requant(rows.data_ptr(), kind, rows.numel() // max(o, 1), o,
-                            ctypes.byref(epilogue.struct), out.data_ptr(), torch.get_num_threads())
+    load()[0].qcal_requant(rows.data_ptr(), kind, rows.numel() // max(o, 1), o, ctypes.byref(epilogue.struct),
+                           out.data_ptr(), torch.get_num_threads(), _ptr(srows), _ptr(zw32), groups)
     return out.permute(0, 3, 1, 2) if rows is not acc else out
 
 

@@ -138,7 +138,7 @@ def _load_now() -> tuple[ctypes.CDLL | None, str]:
     lib.qcal_pack_dw.restype = None
     lib.qcal_dw.argtypes = [p, p, p, p, p, p, ctypes.c_int, p, ctypes.c_int, ctypes.c_int]
     lib.qcal_dw.restype = ctypes.c_int
-    lib.qcal_requant.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, p, p, ctypes.c_int]
+    lib.qcal_requant.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, p, p, ctypes.c_int, p, p, ctypes.c_int]
     lib.qcal_requant.restype = None
     lib.qcal_histc.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_float, p]
     lib.qcal_histc.restype = None

@@ -259,8 +259,11 @@ static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
 
 /* The store alone, for sums computed elsewhere (oneDNN's, on VNNI/AMX CPUs): acc is (rows, o)
  * int32 (kind 0), float32 holding exact integers (kind 1, converted exactly), or float32 values
- * that are already y, the bias added (kind 2: e's mode must be 0); out: (rows, o) codes. */
-void qcal_requant(const void *acc, int is_float, int64_t rows, int o, const epilogue *e, uint8_t *out, int threads) {
+ * that are already y, the bias added (kind 2: e's mode must be 0); out: (rows, o) codes. With
+ * `sums` ((rows, groups) float32 window sums, exact integers) and `zw` ((o) int32), kinds 0 and 1
+ * first subtract zw_j * sums[r][j's group]: the weight zero-point term (caller: int32 holds it). */
+void qcal_requant(const void *acc, int is_float, int64_t rows, int o, const epilogue *e, uint8_t *out, int threads,
+                  const float *sums, const int32_t *zw, int groups) {
     if (is_float == 2) {
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t r = 0; r < rows; r++) {
@@ -274,10 +277,12 @@ void qcal_requant(const void *acc, int is_float, int64_t rows, int o, const epil
         }
         return;
     }
+    int per_group = o / (groups > 0 ? groups : 1);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < rows; r++) {
         const int32_t *ai = (const int32_t *)acc + (size_t)r * o;
         const float *af = (const float *)acc + (size_t)r * o;
+        const float *sr = sums ? sums + (size_t)r * groups : NULL;
         uint8_t *dst = out + (size_t)r * o;
         int j = 0;
         for (; j + 16 <= o; j += 16) {
@@ -289,9 +294,26 @@ void qcal_requant(const void *acc, int is_float, int64_t rows, int o, const epil
                 v0 = _mm256_loadu_si256((const __m256i *)(ai + j));
                 v1 = _mm256_loadu_si256((const __m256i *)(ai + j + 8));
             }
+            if (sr) { /* minus zw_j times the window sum of j's group (exact integers) */
+                __m256i s0, s1;
+                if (groups == 1) {
+                    s0 = s1 = _mm256_set1_epi32((int32_t)sr[0]);
+                } else {
+                    int32_t s16[16];
+                    for (int t = 0; t < 16; t++) s16[t] = (int32_t)sr[(j + t) / per_group];
+                    s0 = _mm256_loadu_si256((const __m256i *)s16);
+                    s1 = _mm256_loadu_si256((const __m256i *)(s16 + 8));
+                }
+                v0 = _mm256_sub_epi32(v0, _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zw + j)), s0));
+                v1 = _mm256_sub_epi32(v1, _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zw + j + 8)), s1));
+            }
             epi_store16(e, v0, v1, j, dst + j);
         }
-        for (; j < o; j++) dst[j] = epi_one(e, is_float ? (int32_t)af[j] : ai[j], j);
+        for (; j < o; j++) {
+            int32_t v = is_float ? (int32_t)af[j] : ai[j];
+            if (sr) v -= zw[j] * (int32_t)sr[j / per_group];
+            dst[j] = epi_one(e, v, j);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from qcal.int8.common.requant import Requant, fused_epilogue
-from qcal.int8.native import Epilogue, NativeConv, native_conv, native_vnni
+from qcal.int8.native import Epilogue, NativeConv, available, native_conv, native_vnni
 from qcal.int8.native import requant as native_requant
 
 __all__ = ["NativeRoute"]
@@ -88,6 +88,21 @@ class NativeRoute:
         if epilogue is None or bound > epilogue.max_bound:
             return None
         return native_requant(acc, epilogue, axis, biased=biased)
+
+    def _native_zero_point(self, x_q, za, x_range, rq: Requant, zo: int, relu: bool, dtype, axis: int):
+        """The codes where oneDNN's sums on the raw weights serve the layer (a VNNI CPU, weight
+        zero points not all 0): ``y - zw_j * window sums`` subtracted in the native store's pass
+        (int32, exact: the bound stays under 2^31). None where that does not apply."""
+        epilogue = self._epilogue(rq, zo, relu, dtype) if self.accumulator.method == "auto" else None
+        if epilogue is None or not available():
+            return None
+        parts = self.accumulator.zero_point_sums(x_q, za, x_range)
+        if parts is None:
+            return None
+        y, sums, bound = parts
+        if bound > min(epilogue.max_bound, 2**31 - 1):
+            return None
+        return native_requant(y, epilogue, axis, sums=sums, zw=self.accumulator.w_zero_point)
 
     @staticmethod
     def _exact_pays(packed: NativeConv) -> bool:
