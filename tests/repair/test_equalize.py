@@ -10,7 +10,8 @@ from repair_cases import ConvPair, accuracy, trained_relu_mobilenet
 from torch import nn
 
 import qcal
-from qcal import datasets
+from qcal import datasets, zoo
+from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.repair.equalize import equalize, log_spread
 from qcal.zoo.architectures import DigitsMLP, TinyEncoder
 
@@ -123,3 +124,14 @@ def test_the_dead_channel_model_recovers_per_tensoraccuracy(dead_channel_model):
     assert accuracy(after, x, y) >= fp32 - 0.01
     assert log_spread(eq.weight_ranges, "blocks.0.depthwise.0") < log_spread(
         eq.weight_ranges, "blocks.0.depthwise.0", "before") - 1  # 10x narrower spread at least
+
+
+def test_an_equalized_model_exports_to_torch_with_identical_outputs(digits):
+    d, calib = digits
+    eq = qcal.equalize(zoo.load("digits_mobilenet"), calib, relu6="bounded")
+    x = d.test[0][:64]
+    for scheme in ("per_tensor_symmetric", "fbgemm_default"):
+        qm = qcal.calibrate(eq.model, calib, scheme)
+        ref = torch_reference(eq.model, calib, scheme, "fbgemm")
+        with quantized_engine("fbgemm"), torch.no_grad():
+            assert torch.equal(ref(x), qm(x))  # convert_fx of the equalized float model: the same values
