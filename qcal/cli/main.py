@@ -18,6 +18,7 @@ import qcal.cli.cpu
 import qcal.cli.decide
 import qcal.cli.explain
 import qcal.cli.export
+import qcal.cli.repair
 import qcal.cli.runs  # noqa: F401  (registers compare, runs, report, bench)
 from qcal.cli.args import COMMANDS
 

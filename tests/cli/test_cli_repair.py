@@ -1,0 +1,33 @@
+"""``qcal repair`` and ``qcal.repair.table.repair_table``: one scheme, plain and repaired."""
+
+import json
+
+import pytest
+
+from qcal.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
+
+
+def test_repair_prints_each_chain_with_the_settings_that_reproduce_it(capsys):
+    assert main(["repair", "--model", "digits_mobilenet", "--repairs", "none,equalize,equalize+adaround",
+                 "--iterations", "20", "--samples", "32", "--seed", "5", "--eval-samples", "200",
+                 "--format", "json"]) == 0
+    rows = {r["repair"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == ["none", "equalize", "equalize+adaround"]
+    assert rows["equalize+adaround"]["settings"] == ("equalize(relu6=bounded) + adaround(iterations=20, "
+                                                      "samples=32, seed=5)")
+    assert rows["equalize"]["float_change"] < 1e-4 and rows["none"]["float_change"] is None
+    assert rows["equalize"]["int8_metric"] > rows["none"]["int8_metric"] + 0.1  # per-tensor repaired
+    for r in rows.values():  # drops are against the original fp32 model
+        assert r["drop"] == pytest.approx(rows["none"]["float_metric"] - r["int8_metric"], abs=1e-9)
+
+
+def test_a_built_four_bit_scheme_and_bad_repair_names(capsys):
+    scheme = "name=w4;w=per_channel_symmetric/minmax/quant_min=-8/quant_max=7;a=per_tensor_affine/minmax"
+    assert main(["repair", "--model", "digits_mlp", "--scheme", scheme, "--repairs", "none",
+                 "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("repair,settings,float_metric")
+    with pytest.raises(SystemExit):
+        main(["repair", "--repairs", "equalize,polish"])
+    assert "unknown repair 'polish'" in capsys.readouterr().err
