@@ -9,6 +9,7 @@ from repair_cases import accuracy
 
 import qcal
 from qcal import zoo
+from qcal.export.verify import verify_onnx
 from qcal.repair.adaround import adaround, round_layer
 from qcal.schemes import SCHEMES, QSpec, Scheme
 
@@ -75,3 +76,16 @@ def test_four_bit_weights_recover_half_the_gap(digits):
     learned = adaround(model, calib, scheme, iterations=300)
     assert all(int(ly.weight_q.min()) >= -8 and int(ly.weight_q.max()) <= 7 for ly in learned.quant_layers.values())
     assert accuracy(learned, x, y) >= nearest + (fp32 - nearest) / 2
+
+
+def test_learned_codes_export_to_onnx_and_onnxruntime_computes_qcals_values(digits, tmp_path):
+    d, calib = digits
+    scheme = _four_bit("per_channel_symmetric")
+    learned = adaround(zoo.load("digits_mobilenet"), calib, scheme, iterations=30, samples=64)
+    nearest = qcal.calibrate(zoo.load("digits_mobilenet"), calib, scheme)
+    assert any(not torch.equal(learned.quant_layers[n].weight_q, nearest.quant_layers[n].weight_q)
+               for n in learned.quant_layers)  # the codes moved: the export has something to carry
+    path = tmp_path / "adaround.onnx"
+    qcal.to_onnx(learned, path)
+    result = verify_onnx(path, learned, d.test[0][:128])
+    assert result.differing == 0 and result.total > 0
