@@ -58,6 +58,8 @@ _EXPORTS: dict[str, str] = {
     "bias_correction": "repair.bias",
     "BiasCorrection": "repair.bias",
     "adaround": "repair.adaround",
+    "apply_recipe": "repair.apply",
+    "with_repairs": "repair.apply",
 }
 # public submodule name -> where it lives
 _SUBMODULES: dict[str, str] = {
@@ -106,6 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401
     from qcal.recipes import Recipe  # noqa: F401
     from qcal.repair.adaround import adaround  # noqa: F401
+    from qcal.repair.apply import apply_recipe, with_repairs  # noqa: F401
     from qcal.repair.bias import BiasCorrection, bias_correction, correct_bias  # noqa: F401
     from qcal.repair.equalize import Equalization, equalize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401

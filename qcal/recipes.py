@@ -14,9 +14,34 @@ from typing import Any
 
 from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme
 
-__all__ = ["FP32", "Recipe", "resolve_scheme_or_recipe"]
+__all__ = ["FP32", "REPAIR_PARAMETERS", "Recipe", "resolve_scheme_or_recipe"]
 
 FP32 = "fp32"  # how a recipe file spells "keep this layer in fp32" (TOML has no null)
+#: the repairs a recipe may record (``qcal.repair.apply_recipe`` applies them) and their settings
+REPAIR_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "equalize": ("relu6", "absorb", "sweeps"),
+    "correct_bias": ("method",),  # "empirical" (from the calibration data) or "analytic"
+    "adaround": ("iterations", "samples", "seed", "reg", "batch_size"),
+}
+
+
+def _repairs(value: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """Repairs as ((name, ((setting, value), ...)), ...), each name known and once."""
+    items = [(r, {}) if isinstance(r, str) else (r[0], r[1]) if isinstance(r, tuple) else
+             (r.get("name"), {k: v for k, v in r.items() if k != "name"}) for r in value or ()]
+    out = []
+    for name, params in items:
+        if name not in REPAIR_PARAMETERS:
+            raise ValueError(f"unknown repair {name!r}; expected one of: {', '.join(REPAIR_PARAMETERS)}")
+        params = dict(params)
+        bad = sorted(set(params) - set(REPAIR_PARAMETERS[name]))
+        if bad:
+            raise ValueError(f"repair {name!r} has no setting {bad[0]!r}; its settings: "
+                             f"{', '.join(REPAIR_PARAMETERS[name])}")
+        out.append((name, tuple(sorted(params.items()))))
+    if len({n for n, _ in out}) < len(out):
+        raise ValueError(f"a recipe names a repair twice: {[n for n, _ in out]}")
+    return tuple(out)
 
 
 def _scheme_or_none(value: str | Scheme | None, where: str) -> Scheme | None:
@@ -64,6 +89,11 @@ class Recipe:
             and a name that is no quantizable layer is refused there with the valid names.
             Stored as a sorted tuple of pairs, so that recipes are hashable.
         name: shown in frames; derived from the contents when empty.
+        repairs: the repairs to apply, as settings, never learned values: names from
+            ``REPAIR_PARAMETERS`` with their settings (``[("equalize", {"relu6": "bounded"}),
+            "correct_bias"]``). ``qcal.repair.apply_recipe`` recomputes them deterministically
+            (equalize, then AdaRound or calibration, then bias correction); ``qcal.calibrate``
+            refuses a recipe that records repairs rather than ignore them.
 
     Example:
         >>> r = Recipe("per_tensor_affine", {"fc": None, "features.0": "per_channel_symmetric"})
@@ -74,6 +104,7 @@ class Recipe:
     default: Scheme | str | None = None
     layers: Any = ()
     name: str = ""
+    repairs: Any = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default", _scheme_or_none(self.default, "Recipe default"))
@@ -87,6 +118,7 @@ class Recipe:
         if len({k for k, _ in layers}) != len(layers):
             raise ValueError(f"Recipe names a layer twice: {[k for k, _ in layers]}")
         object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "repairs", _repairs(self.repairs))
         if not self.name:
             object.__setattr__(self, "name", self._derived_name())
         dtypes = {s.activation.dtype for s in self.schemes()}
@@ -101,7 +133,8 @@ class Recipe:
 
     def __repr__(self) -> str:
         data = self.to_data(named=False)
-        return f"Recipe(name={self.name!r}, default={data['default']!r}, layers={data['layers']!r})"
+        extra = f", repairs={data['repairs']!r}" if self.repairs else ""
+        return f"Recipe(name={self.name!r}, default={data['default']!r}, layers={data['layers']!r}{extra})"
 
     def scheme_for(self, layer_name: str) -> Scheme | None:
         """The scheme of a layer (None: fp32): the entry for the layer or its nearest named
@@ -148,6 +181,8 @@ class Recipe:
         out: dict[str, Any] = {"name": self.name} if named else {}
         out["default"] = _scheme_to_data(self.default)
         out["layers"] = {k: _scheme_to_data(v) for k, v in self.layers}
+        if self.repairs:  # recipes without repairs keep their data, files and derived names
+            out["repairs"] = [{"name": n, **dict(params)} for n, params in self.repairs]
         return out
 
     @classmethod
@@ -159,15 +194,18 @@ class Recipe:
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"a recipe is a mapping with default, layers and name, got {type(data).__name__}")
-        unknown = set(data) - {"name", "default", "layers"}
+        unknown = set(data) - {"name", "default", "layers", "repairs"}
         if unknown:
-            raise ValueError(f"unknown recipe fields {sorted(unknown)}; expected name, default, layers")
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}; expected name, default, layers, repairs")
+        repairs = data.get("repairs", [])
+        if not isinstance(repairs, list) or not all(isinstance(r, Mapping) for r in repairs):
+            raise ValueError(f"recipe repairs must be a list of tables {{name = ..., setting = ...}}, got {repairs!r}")
         layers = data.get("layers", {})
         if not isinstance(layers, Mapping):
             raise ValueError(f"recipe layers must be a table {{layer: scheme}}, got {layers!r}")
         return cls(_scheme_from_data(data.get("default"), "recipe default"),
                    {k: _scheme_from_data(v, f"recipe layer {k!r}") for k, v in layers.items()},
-                   str(data.get("name", "")))
+                   str(data.get("name", "")), repairs)
 
 
 def resolve_scheme_or_recipe(value: str | Scheme | Recipe) -> Scheme | Recipe:

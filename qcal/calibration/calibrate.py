@@ -113,9 +113,19 @@ def _representative(recipe: Recipe) -> Scheme:
     return Scheme(recipe.name, first.weight, first.activation, f"recipe: {recipe.to_data(named=False)}")
 
 
+def _refuse_repairs(recipe: Recipe) -> None:
+    """Calibration builds no repair: a recipe recording some is refused, not silently unrepaired."""
+    if recipe.repairs:
+        raise ValueError(f"recipe {recipe.name!r} records repairs ({', '.join(n for n, _ in recipe.repairs)}), "
+                         "which calibrate does not apply; build it with qcal.repair.apply_recipe(model, "
+                         "calib_data, recipe, backend)")
+
+
 def _configs(schemes: Sequence[str | Scheme | Recipe], backends: Sequence[str] | None) -> dict[Recipe, list[str]]:
     """Each scheme or recipe as a recipe, with its backends; names must be unique."""
     resolved = [as_recipe(resolve_scheme_or_recipe(s)) for s in schemes]
+    for recipe in resolved:
+        _refuse_repairs(recipe)
     if not resolved:
         raise ValueError("no scheme given; pass preset names, qcal.Scheme or qcal.Recipe objects")
     names = [r.name for r in resolved]
@@ -222,6 +232,7 @@ class Calibrated:
         what lets a copy ``without_data`` build it elsewhere.
         """
         recipe = as_recipe(resolve_scheme_or_recipe(recipe))
+        _refuse_repairs(recipe)
         self.observed.add(recipe)
         points = self.observed.points
         missing = [(k, spec) for k, spec in self.observed.observers_of(recipe)

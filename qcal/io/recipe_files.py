@@ -1,4 +1,4 @@
-"""Recipe files: TOML or JSON with the fields of ``Recipe.to_data`` (name, default, layers).
+"""Recipe files: TOML or JSON with the fields of ``Recipe.to_data`` (name, default, layers, repairs).
 
 ```toml
 name = "recommended"
@@ -80,6 +80,8 @@ def recipe_text(recipe: Recipe, fmt: str = "toml") -> str:
         return json.dumps(data, indent=1) + "\n"
     lines = [f"name = {_toml_value(data['name'])}", f"default = {_toml_value(data['default'])}", "", "[layers]"]
     lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in data["layers"].items()]
+    for repair in data.get("repairs", []):  # settings only: applying the recipe recomputes the values
+        lines += ["", "[[repairs]]", *(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in repair.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -16,10 +16,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qcal.calibration.calibrate import calibrate
-from qcal.repair.adaround import adaround
-from qcal.repair.bias import correct_bias
-from qcal.repair.equalize import equalize
+from qcal.batching import call_model
+from qcal.recipes import Recipe
+from qcal.repair.apply import apply_recipe, with_repairs
 
 __all__ = ["REPAIRS", "repair_table"]
 
@@ -35,27 +34,21 @@ def _score(model: Any, x: torch.Tensor, y: torch.Tensor | None, ref: torch.Tenso
     return float((top == (ref.argmax(1) if y is None else y)).float().mean())
 
 
-def _settings(chain: str, relu6: str, iterations: int, samples: int, seed: int) -> str:
-    parts = []
-    for step in chain.split("+"):
-        parts.append({"none": "none", "equalize": f"equalize(relu6={relu6})", "correct_bias": "correct_bias(empirical)",
-                      "adaround": f"adaround(iterations={iterations}, samples={samples}, seed={seed})"}[step])
-    return " + ".join(parts)
+def _recipe(chain: str, scheme: Any, opts: dict) -> Recipe:
+    """The chain as a recipe recording its repairs' settings."""
+    settings = {"equalize": {"relu6": opts["relu6"]}, "correct_bias": {"method": "empirical"},
+                "adaround": {"iterations": opts["iterations"], "samples": opts["samples"], "seed": opts["seed"]}}
+    return with_repairs(scheme, [(step, settings[step]) for step in chain.split("+") if step != "none"])
 
 
-def _one(chain: str, model: nn.Module, calib: list[Any], scheme: Any, backend: str, opts: dict) -> tuple[Any, Any]:
-    """(QuantizedModel, float model it quantizes, Equalization or None) for one chain."""
-    steps = chain.split("+")
-    eq = equalize(model, calib, relu6=opts["relu6"]) if "equalize" in steps else None
-    base = eq.model if eq is not None else model
-    if "adaround" in steps:
-        qm = adaround(base, calib, scheme, backend, iterations=opts["iterations"], samples=opts["samples"],
-                      seed=opts["seed"])
-    else:
-        qm = calibrate(base, calib, scheme, backend)
-    if "correct_bias" in steps:
-        qm = correct_bias(qm, calib)
-    return qm, eq
+def _settings(recipe: Recipe) -> str:
+    return " + ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p)})" for n, p in recipe.repairs) or "none"
+
+
+@torch.no_grad()
+def _moved(qm: Any, model: nn.Module, calib: list[Any]) -> float:
+    """Largest |output change| of the float model ``qm`` quantizes against ``model``, on calib."""
+    return max(float((call_model(qm.float_model, b) - call_model(model, b)).abs().max()) for b in calib)
 
 
 def repair_table(model: nn.Module, calib: list[Any], x: torch.Tensor, y: torch.Tensor | None, scheme: Any,
@@ -72,9 +65,11 @@ def repair_table(model: nn.Module, calib: list[Any], x: torch.Tensor, y: torch.T
         relu6, iterations, samples, seed: equalize's and adaround's settings.
 
     Returns:
-        columns repair, settings, float_metric (of the float model quantized), float_change
-        (its largest output change on calib, equalize only), int8_metric, drop (vs the
-        original fp32), seconds; metric is accuracy, or agreement when ``y`` is None.
+        columns repair, settings (the recipe's repairs: ``qcal.repair.apply_recipe`` of
+        ``with_repairs(scheme, ...)`` rebuilds the row), float_metric (of the float model
+        quantized: equalized, bias-corrected), float_change (its largest output change
+        against ``model`` on calib), int8_metric, drop (vs the original fp32), seconds;
+        metric is accuracy, or agreement when ``y`` is None.
     """
     bad = [r for r in repairs if r not in REPAIRS]
     if bad:
@@ -87,11 +82,11 @@ def repair_table(model: nn.Module, calib: list[Any], x: torch.Tensor, y: torch.T
     for i, chain in enumerate(repairs):
         report(i / len(repairs), f"repair: {chain}")
         start = time.perf_counter()
-        qm, eq = _one(chain, model, calib, scheme, backend, opts)
+        recipe = _recipe(chain, scheme, opts)
+        qm = apply_recipe(model, calib, recipe, backend)
         metric = _score(qm, x, y, ref)
-        rows.append({"repair": chain, "settings": _settings(chain, relu6, iterations, samples, seed),
-                     "float_metric": fp32 if eq is None else _score(eq.model, x, y, ref),
-                     "float_change": None if eq is None else eq.max_output_change, "int8_metric": metric,
-                     "drop": fp32 - metric, "seconds": time.perf_counter() - start})
+        rows.append({"repair": chain, "settings": _settings(recipe), "float_metric": _score(qm.float_model, x, y, ref),
+                     "float_change": _moved(qm, model, calib), "int8_metric": metric, "drop": fp32 - metric,
+                     "seconds": time.perf_counter() - start})
     report(1.0, "repair: done")
     return pd.DataFrame(rows)
