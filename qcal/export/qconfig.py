@@ -103,7 +103,8 @@ def to_qconfig_mapping(recipe_or_scheme: str | Scheme | Recipe, backend: str = "
     Raises:
         ValueError: a backend torch has no engine for, or a setting torch cannot express or
             run (percentile/entropy/mse observers, qint8 activations, quint8 weights); the
-            message names the layer ("default" for the recipe's default) and the setting.
+            message names the layer ("default" for the recipe's default) and the setting. A
+            recipe whose repairs include AdaRound (learned codes torch's observers would not keep).
 
     Example::
 
@@ -118,6 +119,12 @@ def to_qconfig_mapping(recipe_or_scheme: str | Scheme | Recipe, backend: str = "
         raise ValueError(f"torch has no engine for backend {backend!r}; expected one of: {', '.join(TORCH_ENGINES)}")
     value = resolve_scheme_or_recipe(recipe_or_scheme)
     recipe = value if isinstance(value, Recipe) else Recipe(value, name=value.name)
+    if any(name == "adaround" for name, _ in recipe.repairs):
+        raise ValueError(
+            f"recipe {recipe.name!r} learns its weight codes with AdaRound: torch's weight observers would "
+            "recompute the weight scale from weights written as code x scale and round them again, which "
+            "does not keep every learned code (an extreme code that moved changes the scale), so no "
+            "QConfigMapping reproduces it; export it with qcal.to_onnx, which writes the codes themselves")
     default = _checked_qconfig(recipe.default, "default (every layer the recipe does not name)")
     with warnings.catch_warnings():
         _torch_warnings.silence()

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.ao.quantization import QConfigMapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 import qcal
@@ -16,6 +17,7 @@ from qcal import datasets, zoo
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.export.qconfig import qconfig_mapping_code, to_qconfig_mapping
 from qcal.recipes import Recipe
+from qcal.repair.apply import with_repairs
 from qcal.schemes import SCHEMES, QSpec, Scheme
 
 ENGINES = ["fbgemm", "qnnpack"]
@@ -289,3 +291,12 @@ def test_quant_min_max_reach_torchs_observers_and_convert_fx_reproduces_qcal(cas
         assert (mod.scale, mod.zero_point) == (layer.output_scale, layer.output_zero_point)
     code = qconfig_mapping_code(scheme)
     assert f"quant_min={weight.quant_min}, quant_max={weight.quant_max}" in code
+
+
+def test_a_recipe_with_adaround_is_refused_and_one_with_equalize_is_not():
+    learned = with_repairs("per_tensor_symmetric", [("adaround", {"iterations": 10})])
+    with pytest.raises(ValueError, match=r"AdaRound.*qcal\.to_onnx"):
+        to_qconfig_mapping(learned, "fbgemm")
+    equalized = with_repairs("per_tensor_symmetric", ["equalize"])
+    assert isinstance(to_qconfig_mapping(equalized, "fbgemm"), QConfigMapping)  # the repair lives in the float model
+    assert qconfig_mapping_code(equalized) == qconfig_mapping_code("per_tensor_symmetric")
