@@ -40,7 +40,7 @@ QScheme = Literal[
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"
 ]
 Observer = Literal["minmax", "moving_average", "histogram", "percentile", "entropy", "mse"]
-Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86", "ort"]  # x86: torch's x86 engine (FBGEMM or oneDNN per layer); ort: onnxruntime CPU
+Backend = Literal["fbgemm", "qnnpack", "onnx", "q31", "x86", "ort", "xnnpack"]  # x86: torch's x86 engine (FBGEMM or oneDNN per layer); ort: onnxruntime CPU; xnnpack: ExecuTorch's XNNPACK delegate
 Mode = Literal["auto", "graph", "modules"]  # calibrate: torch.fx graph, module swap, or graph falling back
 
 DTYPES: tuple[str, ...] = get_args(Dtype)

@@ -63,7 +63,7 @@ def test_activation_spec_must_be_per_tensor():
 
 
 @pytest.mark.parametrize("check, value, message", [
-    (check_backend, "fbgem", "unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31, x86, ort"),
+    (check_backend, "fbgem", "unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31, x86, ort, xnnpack"),
     (check_mode, "fx", "unknown mode 'fx'; expected one of: auto, graph, modules"),
 ])
 def test_one_validator_per_choice_names_the_value_and_every_accepted_one(check, value, message):
@@ -81,7 +81,7 @@ def test_one_validator_per_choice_names_the_value_and_every_accepted_one(check, 
 ])
 def test_every_entry_point_refuses_an_unknown_backend_with_the_same_message(call):
     # requant_multipliers also takes the "onednn" flavour that x86 dispatches to
-    with pytest.raises(ValueError, match=r"^unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31, x86, ort(, onednn)?$"):
+    with pytest.raises(ValueError, match=r"^unknown backend 'fbgem'; expected one of: fbgemm, qnnpack, onnx, q31, x86, ort, xnnpack(, onednn)?$"):
         call()
 
 

@@ -207,7 +207,7 @@ class _Packed(NativeRoute):
 
     def _fold_bias(self, x_q, za, rq: Requant, x_range: tuple[int, int]):
         """oneDNN's float bias add where it equals the backend's own (see ``with_bias``)."""
-        if rq.backend not in ("fbgemm", "qnnpack", "ort"):  # ort adds its int32 bias like qnnpack
+        if rq.backend not in ("fbgemm", "qnnpack", "ort", "xnnpack"):  # ort, xnnpack add an int32 bias like qnnpack
             return None
         if rq.bias_float is not None and rq.per_channel:
             term = rq.bias_float / rq.act_times_w_scale  # fbgemm: f32(b_j / ats_j), added in float32

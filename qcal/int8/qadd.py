@@ -22,6 +22,9 @@ qnnpack (same shapes)
     [2^-14, 2^8) (QNNPACK refuses others).
 ort
     onnxruntime's QLinearAdd (``qcal.int8.backends.ort``); a fused ReLU clamps at ``zo``.
+xnnpack
+    XNNPACK's fixed-point qs8/qu8 add (``qcal.int8.backends.xnnpack``): 21-bit multipliers,
+    an arithmetic shift rounding half up; a fused ReLU clamps at ``zo``.
 onnx / q31
     the real-valued ``(sa(a-za) + sb(b-zb))/so + zo`` in float64, then rint
     (onnxruntime's QLinearAdd; no torch kernel to match).
@@ -37,6 +40,7 @@ import torch
 
 from qcal.int8 import native
 from qcal.int8.backends.ort import ort_add
+from qcal.int8.backends.xnnpack import xnnpack_add
 from qcal.int8.ops import check_codes, f32, is_nhwc
 
 __all__ = ["add"]
@@ -162,7 +166,7 @@ def _fbgemm_table(ta, za, sa, tb, zb, sb, so, zo, relu, lo, hi) -> torch.Tensor:
 
 # backend -> the add's output code for every (a, b) pair of codes
 _ADD_TABLES: dict[str, Callable[..., torch.Tensor]] = {"qnnpack": _qnnpack_table, "onnx": _real_table,
-                                                       "q31": _real_table}
+                                                       "q31": _real_table, "xnnpack": xnnpack_add}
 
 
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: TensorIterator splits work above it

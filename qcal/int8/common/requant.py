@@ -28,6 +28,9 @@ q31         gemmlowp / TFLite fixed point: ``M = sa*sw_j/so`` in float64 becomes
             q), max(-shift,0)) + zo)``; bias quantized as for onnx.
 ort         onnxruntime's MLAS (``qcal.int8.backends.ort``): ``M = f32(f32(sa*sw_j)/so)``, bias as for
             onnx, ``out = clamp(rint(f32(f32(acc + b_j) * M)), -zo, 255-zo) + zo`` (zp after).
+xnnpack     XNNPACK's qs8/qc8w (``qcal.int8.backends.xnnpack``): ``M = f32(f32(sa*sw_j)/so)``
+            (refused from 256), bias as ExecuTorch's delegate quantizes it (qnnpack's rule per
+            channel), ``out = clamp(rint(f32(f32(acc + b_j) * M)) + zo)``, saturating high.
 ==========  =====================================================================================
 
 Worked number (fbgemm): sa=0.5, sw=0.25, so=1.0 gives M=0.125; acc=20 -> y*M=2.5 -> rint 2
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from qcal.int8.backends.onednn import onednn_scales, requantize_onednn
+from qcal.int8.backends.xnnpack import check_xnnpack_multiplier, xnnpack_bias
 from qcal.int8.common.exact_f32 import fma_f32, sum_f32
 from qcal.int8.common.q31 import q31_requantize, quantize_multiplier
 from qcal.int8.native import Epilogue, padded32
@@ -155,7 +159,11 @@ def requant_multipliers(
         raise ValueError(f"x_scale and out_scale must be single numbers, got {sa.numel()} and {so.numel()}")
     bias, sw = _checked_bias(bias, sw, per_channel)
     _check_requant_scale(sa * sw / so, backend)
+    if backend == "xnnpack" and bias is not None and bias.dtype == torch.float32:
+        bias = xnnpack_bias(bias, sa, sw, per_channel)  # ExecuTorch quantizes the bias itself
     ats, mult, dst = _multiplier(backend, sa, sw, so)
+    if backend == "xnnpack":
+        check_xnnpack_multiplier(mult)
     bias_int32, bias_float = _bias_rule(bias, backend, ats)
     # q31 encodes TFLite's double multiplier; the others show their own float32 one in Q31
     real = sa.double() * sw.double() / so.double() if backend == "q31" else mult.double()
@@ -185,6 +193,7 @@ _MULTIPLIERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
     "onnx": lambda ats, so: ats / so,  # numpy float32 arrays
     "q31": lambda ats, so: ats / so,  # the float32 it approximates (shown beside its Q31 form)
     "ort": lambda ats, so: ats / so,  # MLAS: f32(f32(sa * sw) / so)
+    "xnnpack": lambda ats, so: ats / so,  # input_scale * kernel_scale / output_scale in C float
 }
 
 
@@ -285,7 +294,8 @@ def _may_overflow(rq: Requant, bound: float) -> bool:
 
 
 # MLAS (ort) rounds like qnnpack: f32(acc + b) times the float32 multiplier, zp after rounding
-_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31, "ort": _qnnpack}
+_FLAVOURS: dict[str, Callable] = {"fbgemm": _fbgemm, "qnnpack": _qnnpack, "q31": _q31, "ort": _qnnpack,
+                                  "xnnpack": _qnnpack}  # XNNPACK: f32(acc + bq) * M too
 _ZP_BEFORE: dict[str, Callable] = {"onnx": _onnx, "onednn": _onednn}  # take the zero point
 
 
@@ -354,7 +364,7 @@ def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torc
     that is not one number). The result holds for accumulators up to its ``max_bound``: an int32
     bias needs its sum with the accumulator inside int32.
     """
-    if rq.backend not in ("fbgemm", "qnnpack", "ort"):
+    if rq.backend not in ("fbgemm", "qnnpack", "ort", "xnnpack"):
         return None
     lo, hi = output_range(out_dtype, out_zero_point, relu)
     fb, ib, rcp, mode, max_bound = None, None, 0.0, 0, float("inf")
@@ -376,4 +386,5 @@ def fused_epilogue(rq: Requant, out_zero_point: int, relu: bool, out_dtype: torc
         return None if v is None else padded32(v.to(dtype).reshape(-1).expand(out_channels))
 
     return Epilogue(vector(rq.multiplier, torch.float32), mode, vector(fb, torch.float32), vector(ib, torch.int32),
-                    rcp, int(out_zero_point), lo, hi, out_dtype, rq.backend != "ort", max_bound)
+                    rcp, int(out_zero_point), lo, hi, out_dtype, rq.backend not in ("ort", "xnnpack"),
+                    max_bound)
