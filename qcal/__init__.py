@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "compare_zoo": "store.zoo_runs",
     "report": "reporting.report",
     "to_onnx": "export.onnx",
+    "from_pt2e": "export.pt2e",
+    "to_executorch": "export.executorch",
     "equalize": "repair.equalize",
     "Equalization": "repair.equalize",
     "correct_bias": "repair.bias",

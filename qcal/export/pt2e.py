@@ -1,0 +1,234 @@
+"""PT2E in: a ``convert_pt2e`` result run in integers, as ExecuTorch's XNNPACK delegate runs it.
+
+``from_pt2e(converted, backend="xnnpack")`` reads the quantize/dequantize nodes torchao's
+``convert_pt2e`` leaves around each annotated operator (XNNPACKQuantizer, or any quantizer
+producing ``quantized_decomposed`` nodes: the graph does not record its quantizer, hence
+``backend``) and runs the graph on plain integer codes with qcal's kernels
+(``qcal.int8``; no quantized tensor types). Each ``dequantize -> op [-> relu] -> quantize``
+group becomes one integer operator, as the delegate fuses it: conv2d (dense, grouped,
+depthwise), linear, add, each with an optional fused ReLU; flatten/reshape/view, max pooling
+and ReLU act on codes directly (what XNNPACK computes for them is exact). The model's float
+input is quantized as XNNPACK's convert does (``rint(f32(x * f32(1/s))) + zp``, torch's rule
+too) and its output dequantized as ``f32(f32(q - zp) * s)``.
+
+Refused with the reason: other operators between a dequantize and a quantize, a quantize
+changing the qparams of codes (a requantizing convert), per-channel activations, any backend
+but "xnnpack" (x86 inductor's fused int8 kernels are not modelled yet).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from qcal.int8 import kernels, qadd
+
+__all__ = ["Codes", "Pt2eModel", "from_pt2e", "require_pt2e"]
+
+INSTALL = "pip install 'qcal[pt2e]' (executorch==1.5.1, which brings torchao 0.18.0)"
+_QD = "quantized_decomposed"
+
+
+def require_pt2e() -> None:
+    """ImportError naming the install command unless torchao and executorch import."""
+    try:
+        import executorch.exir  # noqa: F401
+        import torchao.quantization.pt2e  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"PT2E models and ExecuTorch need the pt2e extra: {INSTALL} ({exc})") from exc
+
+
+@dataclass(frozen=True, eq=False)
+class Codes:
+    """Integer codes with their quantization: per tensor (``axis`` None) or per channel."""
+
+    q: torch.Tensor
+    scale: Any  # float, or float32 (C,) per channel
+    zero_point: Any  # int, or int64 (C,)
+    axis: int | None = None
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A conv/linear/add waiting for the quantize that gives its output qparams."""
+
+    node: torch.fx.Node
+    op: str
+    args: tuple
+    relu: bool = False
+
+
+@dataclass(eq=False)
+class Pt2eModel:
+    """A ``convert_pt2e`` result run in ``backend``'s integer arithmetic (see the module doc).
+
+    ``model(x)`` returns what the delegate returns; ``model.codes(x)`` every fused operator's
+    output codes by graph node name (the per-layer view).
+    """
+
+    converted: torch.fx.GraphModule
+    backend: str = "xnnpack"
+    layers: list[str] = field(default_factory=list)
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        return self._run(inputs, None)
+
+    def codes(self, *inputs: torch.Tensor) -> dict[str, Codes]:
+        """Each fused operator's output codes (keyed by its conv/linear/add node's name)."""
+        seen: dict[str, Codes] = {}
+        self._run(inputs, seen)
+        return seen
+
+    @torch.no_grad()
+    def _run(self, inputs: tuple, seen: dict[str, Codes] | None) -> Any:
+        env: dict[str, Any] = {}
+        feed = iter(inputs)
+        out: Any = None
+        for node in self.converted.graph.nodes:
+            if node.op == "placeholder":
+                env[node.name] = next(feed)
+            elif node.op == "get_attr":
+                env[node.name] = _attr(self.converted, node.target)
+            elif node.op == "call_function":
+                env[node.name] = self._step(node, _load(node.args, env), _load(node.kwargs, env), seen)
+            elif node.op == "output":
+                out = _load(node.args[0], env)
+            elif node.op == "call_module" and node.target == "_guards_fn":
+                env[node.name] = None  # torch.export's shape guards: nothing to compute
+            else:
+                raise ValueError(f"PT2E node {node.name} ({node.op} {node.target}) is not supported")
+        return _finish(out)
+
+    def _step(self, node: torch.fx.Node, args: tuple, kwargs: dict, seen: dict | None) -> Any:
+        name = _target_name(node.target)
+        if name.startswith(_QD + ".quantize_per_tensor"):
+            return self._quantize(node, args, seen)
+        if name.startswith(_QD + ".dequantize_per_"):
+            return _dequantize(name, args)
+        if any(isinstance(a, (Codes, _Pending)) for a in args):
+            return _on_codes(node, name, args, kwargs)
+        return node.target(*args, **kwargs)  # float parts (none between q/dq in a lowered model)
+
+    def _quantize(self, node: torch.fx.Node, args: tuple, seen: dict | None) -> Codes:
+        x, scale, zp, qmin, qmax, dtype = args[:6]
+        if isinstance(x, _Pending):
+            out = self._compute(x, float(scale), int(zp), dtype)
+            if seen is not None:
+                seen[x.node.name] = out
+            return out
+        if isinstance(x, Codes):
+            if x.axis is None and float(x.scale) == float(scale) and int(x.zero_point) == int(zp):
+                return x  # a dq -> q pair around a shape op: the same codes
+            raise ValueError(f"{node.name}: requantizing codes to new qparams (XNNPACK's convert) is not supported yet")
+        inv = torch.tensor(1.0 / float(scale), dtype=torch.float32)  # f32(1/s), XNNPACK's and torch's
+        q = torch.round(x.float() * inv) + int(zp)
+        return Codes(q.clamp(qmin, qmax).to(dtype), float(scale), int(zp))
+
+    def _compute(self, p: _Pending, so: float, zo: int, dtype: torch.dtype) -> Codes:
+        zo_t = torch.tensor(zo, dtype=dtype)
+        if p.op == "add":
+            a, b = p.args
+            q = qadd.add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, so, zo, relu=p.relu,
+                         backend=self.backend)
+            return Codes(q, so, zo)
+        x, w, bias = p.args[:3]
+        wargs = (w.q, _scale_arg(w), _zp_arg(w), None if bias is None else bias.float())
+        if p.op == "linear":
+            q = kernels.linear(x.q, x.scale, x.zero_point, *wargs, so, zo_t, relu=p.relu, backend=self.backend)
+        else:
+            stride, padding, dilation, groups = _conv_args(p.args)
+            q = kernels.conv2d(x.q, x.scale, x.zero_point, *wargs, so, zo_t, stride=stride, padding=padding,
+                               dilation=dilation, groups=groups, relu=p.relu, backend=self.backend)
+        return Codes(q, so, zo)
+
+
+_FUSED = {"aten.conv2d.default": "conv2d", "aten.linear.default": "linear", "aten.add.Tensor": "add"}
+_SHAPE_OPS = ("aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten.max_pool2d.default",
+              "aten.squeeze.dims", "aten.squeeze.dim", "aten.unsqueeze.default")
+
+
+def _on_codes(node: torch.fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+    """An aten operator reading codes: a fused operator's start, its ReLU, or a shape op."""
+    if name in _FUSED:
+        if kwargs or (name == "aten.add.Tensor" and len(args) > 2):
+            raise ValueError(f"{node.name}: {name} with {kwargs or args[2:]} is not supported")
+        return _Pending(node, _FUSED[name], args)
+    if name in ("aten.relu.default", "aten.relu_.default"):
+        x = args[0]
+        if isinstance(x, _Pending):
+            x.relu = True
+            return x
+        return Codes(x.q.clamp_min(x.zero_point), x.scale, x.zero_point)  # XNNPACK's clamp at q(0)
+    if name in _SHAPE_OPS and isinstance(args[0], Codes) and args[0].axis is None:
+        x = args[0]
+        return Codes(node.target(x.q, *args[1:], **kwargs), x.scale, x.zero_point)
+    raise ValueError(f"{node.name}: {name} on quantized values is not supported by qcal's PT2E reader")
+
+
+def _dequantize(name: str, args: tuple) -> Codes:
+    if "per_channel" in name:
+        q, scale, zp, axis = args[:4]
+        return Codes(q, scale.float(), zp.to(torch.int64), int(axis))
+    x = args[0]
+    if isinstance(x, Codes):  # the codes a quantize produced (activation)
+        return x
+    return Codes(x, float(args[1]), int(args[2]))  # a frozen per-tensor weight
+
+
+def _finish(out: Any) -> Any:
+    """Outputs back to float: codes that reach the output are dequantized as XNNPACK does."""
+    if isinstance(out, (tuple, list)):
+        items = [_finish(o) for o in out]
+        return items[0] if len(items) == 1 else type(out)(items)
+    if isinstance(out, Codes):
+        return (out.q.float() - out.zero_point) * torch.tensor(out.scale, dtype=torch.float32)
+    return out
+
+
+def _scale_arg(w: Codes) -> Any:
+    return w.scale if w.axis is None else w.scale.reshape(-1)
+
+
+def _zp_arg(w: Codes) -> Any:
+    return w.zero_point if w.axis is None else w.zero_point.reshape(-1)
+
+
+def _conv_args(args: tuple) -> tuple:
+    defaults = ([1, 1], [0, 0], [1, 1], 1)
+    rest = tuple(args[3:]) + defaults[len(args) - 3:]
+    return tuple(tuple(v) if isinstance(v, list) else v for v in rest[:4])
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+def _attr(module: torch.nn.Module, target: str) -> Any:
+    return operator.attrgetter(target)(module)
+
+
+def _load(a: Any, env: dict[str, Any]) -> Any:
+    return torch.fx.node.map_arg(a, lambda n: env[n.name])
+
+
+def from_pt2e(converted: torch.fx.GraphModule, *, backend: str = "xnnpack") -> Pt2eModel:
+    """A ``convert_pt2e`` result as a ``Pt2eModel`` computing what ``backend``'s runtime does.
+
+    Args:
+        converted: ``convert_pt2e(prepare_pt2e(exported, quantizer))`` (a GraphModule).
+        backend: the runtime it will run on; only "xnnpack" (ExecuTorch's XNNPACK delegate).
+    """
+    require_pt2e()
+    if backend != "xnnpack":
+        raise ValueError(f"from_pt2e models backend 'xnnpack' only, got {backend!r}: x86 inductor's "
+                         "fused int8 kernels are not modelled yet")
+    if not isinstance(converted, torch.fx.GraphModule):
+        raise TypeError(f"from_pt2e takes convert_pt2e's GraphModule, got {type(converted).__name__}")
+    layers = [n.name for n in converted.graph.nodes
+              if n.op == "call_function" and _target_name(n.target) in _FUSED]
+    return Pt2eModel(converted, backend, layers)
