@@ -101,8 +101,17 @@ def round_layer(layer: QuantLayer, weight: torch.Tensor, spec: QSpec, x_q: torch
         if on_step is not None and it % 100 == 0:
             on_step(it)
     with torch.no_grad():
-        codes = (base + (_soft(v.double()) >= 0.5).double()).clamp(lo, hi)
-    return codes.to(layer.weight_q.dtype)
+        codes = (base + (_soft(v.double()) >= 0.5).double()).clamp(lo, hi).to(layer.weight_q.dtype)
+        # AdaRound's objective is this layer's reconstruction: learned codes that do not lower it
+        # on the samples give way to round-to-nearest's (the calibrated layer's own codes)
+        learned, nearest = (_reconstruction(layer, x_q, target, c, scale_f, zp_f) for c in (codes, layer.weight_q))
+    return codes if learned <= nearest else layer.weight_q.clone()
+
+
+def _reconstruction(layer: QuantLayer, x_q: torch.Tensor, target: torch.Tensor, codes: torch.Tensor,
+                    scale: torch.Tensor, zp: torch.Tensor) -> float:
+    """The mean squared error of the layer's output with these weight codes, over every sample."""
+    return float((_forward(layer, x_q, (codes.float() - zp) * scale) - target).pow(2).sum(1).mean())
 
 
 @torch.no_grad()

@@ -45,6 +45,23 @@ def test_a_layer_rounds_each_weight_down_or_up_and_fits_its_output_better(seed, 
     assert error(codes) <= error(layer.weight_q)  # round-to-nearest's codes, from calibration
 
 
+def test_codes_that_fit_worse_than_round_to_nearest_give_way_to_it():
+    # a step size far too large for a few steps scatters the rounding directions: the result is
+    # round-to-nearest's codes, never a worse fit of the layer's output
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 6)).eval()
+    x = torch.randn(256, 12)
+    scheme = _four_bit("per_tensor_symmetric")
+    layer = qcal.calibrate(model, [x], scheme).quant_layers["0"]
+    x_q = qcal.dequantize(qcal.quantize(x, layer.input_scale, layer.input_zero_point, "quint8"),
+                          layer.input_scale, layer.input_zero_point)
+    target = model(x).detach()
+    w = model[0].weight.detach()
+    scattered = round_layer(layer, w, scheme.weight, x_q, target, iterations=3, lr=50.0, reg=0.0,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(scattered, layer.weight_q)
+
+
 def test_seeded_runs_repeat_and_progress_is_reported(digits):
     _, calib = digits
     model, seen = zoo.load("digits_mlp"), []
