@@ -50,7 +50,7 @@ def engine_line() -> str:
     """Which integer engine qcal ran, and what finding or building it cost (kept out of the medians)."""
     if not native.available():
         return f"qcal int8 engine: float engine + saturation emulation (native kernel: {native.why_unavailable()})"
-    return (f"qcal int8 engine: native kernel, {native.variant()} build, found or built and loaded in "
+    return (f"qcal int8 engine: native kernel, {native.loaded_variant()} build, found or built and loaded in "
             f"{native.load_seconds():.2f} s before any timing (not in the medians)")
 
 

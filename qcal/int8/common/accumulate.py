@@ -86,6 +86,16 @@ def _absmax(t: torch.Tensor) -> float:
     return max(-float(lo), float(hi))
 
 
+def _uint8_range(x_q: torch.Tensor, za: int, x_range: tuple[int, int] | None):
+    """(x_q, za, hi, amax) as uint8 codes (``_as_uint8``): the top code and the largest
+    ``|a - za|``; ``x_range``: (min, max) of the original ``x_q`` when the caller has it."""
+    shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
+    x_q, za = _as_uint8(x_q, za)
+    lo, hi = (x_range[0] + shift, x_range[1] + shift) if x_range is not None else torch.aminmax(x_q)
+    lo, hi = int(lo), int(hi)
+    return x_q, za, hi, max(hi - za, za - lo, 0)
+
+
 @dataclass(frozen=True, eq=False)
 class Accumulator:
     """Exact accumulator of one conv2d (4-D weight) or linear (2-D weight) layer.
@@ -211,12 +221,9 @@ class Accumulator:
         """
         if not (self.use_onednn or self.onednn_small) or not self.zw_zero:
             return None
-        shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
-        x_q, za = _as_uint8(x_q, za)
-        lo, hi = (x_range[0] + shift, x_range[1] + shift) if x_range is not None else torch.aminmax(x_q)
-        if not self.onednn_here(int(hi), za):
+        x_q, za, hi, amax = _uint8_range(x_q, za, x_range)
+        if not self.onednn_here(hi, za):
             return None
-        amax = max(int(hi) - za, za - int(lo), 0)
         bias = bias.float().contiguous()
         bmax = float(bias.abs().max())
         y = self._one(x_q, za, (0, self.w_q.shape[1]), whole=True, bias=bias, onednn=True)
@@ -272,10 +279,7 @@ class Accumulator:
         the caller (the native store subtracts it in its pass); None elsewhere."""
         if self.zw_zero or self.method != "auto":
             return None
-        shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
-        x_q, za = _as_uint8(x_q, za)
-        lo, hi = x_range[0] + shift, x_range[1] + shift
-        amax = max(hi - za, za - lo, 0)
+        x_q, za, hi, amax = _uint8_range(x_q, za, x_range)
         if self._plan(amax) is None or not self.onednn_here(hi, za):
             return None
         return self._zero_point_parts(x_q, za, amax)
@@ -309,13 +313,10 @@ class Accumulator:
         oneDNN sums in int32, so only its float32 result must stay under 2^24 (checked).
         ``x_range``: (min, max) of ``x_q`` when the caller has it (saves a pass).
         """
-        shift = 128 if x_q.dtype == torch.int8 else 0  # _as_uint8 adds it
-        x_q, za = _as_uint8(x_q, za)
-        lo, hi = (x_range[0] + shift, x_range[1] + shift) if x_range is not None else torch.aminmax(x_q)
-        amax = max(int(hi) - za, za - int(lo), 0)
+        x_q, za, hi, amax = _uint8_range(x_q, za, x_range)
         plan = self._plan(amax)
         bound = self.bound(amax)
-        here = plan is not None and self.onednn_here(int(hi), za)
+        here = plan is not None and self.onednn_here(hi, za)
         plain = here and self.zw_zero
         if here and not self.zw_zero:
             found = self._zero_point_corrected(x_q, za, bound, amax)

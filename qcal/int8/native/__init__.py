@@ -45,12 +45,13 @@ from qcal.int8.native.build import (
     available,
     load,
     load_seconds,
+    loaded_variant,
     native_vnni,
     variant,
     why_unavailable,
 )
 
-__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "max_pool2d", "native_conv", "native_vnni", "padded32", "pair_lookup", "requant", "variant", "why_unavailable"]
+__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "loaded_variant", "max_pool2d", "native_conv", "native_vnni", "padded32", "pair_lookup", "requant", "variant", "why_unavailable"]
 
 #: Largest K (window length) whose raw sum and zero-point terms stay inside int32.
 MAX_K = 16384
@@ -232,7 +233,7 @@ def requant(acc: torch.Tensor, epilogue: Epilogue, channel_axis: int, *, biased:
     if sums is not None:
         groups = sums.shape[1] if conv else 1
         srows = (sums.permute(0, 2, 3, 1) if conv else sums).float().contiguous()
-        zw32 = padded32(zw.to(torch.int32).reshape(-1).expand(o).contiguous())
+        zw32 = zw.to(torch.int32).reshape(-1).expand(o).contiguous()  # read o wide: no padding
     out = torch.empty(rows.shape, dtype=epilogue.out_dtype)
     load()[0].qcal_requant(rows.data_ptr(), kind, rows.numel() // max(o, 1), o, ctypes.byref(epilogue.struct),
                            out.data_ptr(), torch.get_num_threads(), _ptr(srows), _ptr(zw32), groups)

@@ -19,7 +19,7 @@ from pathlib import Path
 from qcal.int8.cpu.flags import cpu_flags
 from qcal.paths import data_dir
 
-__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "available", "load", "load_seconds", "native_vnni", "variant",
+__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "available", "load", "load_seconds", "loaded_variant", "native_vnni", "variant",
            "why_unavailable"]
 
 ENV_VAR = "QCAL_NATIVE"
@@ -45,7 +45,7 @@ def _compiler() -> str | None:
 
 
 def variant() -> str:
-    """The build loaded here: ``QCAL_NATIVE_ISA`` if set (refused at load if this CPU lacks
+    """The build to load: ``QCAL_NATIVE_ISA`` if set (refused at load if this CPU lacks
     it), else the best of ``VARIANTS`` this CPU has (AVX-512-VNNI, AVX-VNNI, then AVX2). The
     instructions follow the hardware; the arithmetic (saturating or exact) follows the CPU qcal
     emulates, so every build gives the same numbers."""
@@ -59,9 +59,14 @@ def variant() -> str:
     return "avx2"
 
 
+def loaded_variant() -> str | None:
+    """The build ``load()`` loaded (whatever ``QCAL_NATIVE_ISA`` says since), None without one."""
+    return _LOADED["variant"] if available() else None
+
+
 def native_vnni() -> bool:
     """Whether the loaded build sums exactly with ``vpdpbusd`` (a VNNI build)."""
-    return available() and variant() != "avx2"
+    return loaded_variant() not in (None, "avx2")
 
 
 def _build(compiler: str, name: str) -> Path:
@@ -99,7 +104,7 @@ def load() -> tuple[ctypes.CDLL | None, str]:
         _LOADED["seconds"] = time.perf_counter() - started
 
 
-_LOADED: dict[str, float] = {}
+_LOADED: dict[str, float | str] = {}  # "seconds" the load took, the "variant" it loaded
 
 
 def load_seconds() -> float | None:
@@ -146,6 +151,7 @@ def _load_now() -> tuple[ctypes.CDLL | None, str]:
     lib.qcal_maxpool.restype = ctypes.c_int
     lib.qcal_pair_lookup.argtypes = [p, p, ctypes.c_int64, p, ctypes.c_int, p, ctypes.c_int]
     lib.qcal_pair_lookup.restype = None
+    _LOADED["variant"] = name
     return lib, ""
 
 
