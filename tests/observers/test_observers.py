@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.ao.quantization.observer as tobs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qcal import QSpec
@@ -283,6 +283,7 @@ DATA = {
 @settings(max_examples=40, deadline=None)
 @given(kind=st.sampled_from(sorted(DATA)), n=st.integers(2, 60_000), seed=st.integers(0, 2**31),
        p=st.sampled_from([99.99, 99.9, 99.0, 90.0, 100.0]), symmetric=st.booleans())
+@example(kind="student_t2", n=2, seed=322883, p=99.99, symmetric=False)  # two values a few float32 steps apart
 def test_percentile_is_within_one_bin_of_the_exact_quantile(kind, n, seed, p, symmetric):
     torch.manual_seed(seed)
     x = DATA[kind](n, torch.Generator().manual_seed(seed))
@@ -298,8 +299,11 @@ def test_percentile_is_within_one_bin_of_the_exact_quantile(kind, n, seed, p, sy
         exact = (-t, t)
     else:
         exact = torch.quantile(x.double(), q).tolist()
-    assert abs(lo.item() - exact[0]) <= bin_width * 1.0001
-    assert abs(hi.item() - exact[1]) <= bin_width * 1.0001
+    # the clip range is float32: within a bin, plus the float32 rounding of the quantile itself
+    # (a range a few float32 steps wide has bins narrower than one step: width 0 in float32)
+    step = torch.finfo(torch.float32).eps * max(abs(e) for e in exact)
+    assert abs(lo.item() - exact[0]) <= bin_width * 1.0001 + step
+    assert abs(hi.item() - exact[1]) <= bin_width * 1.0001 + step
 
 
 def test_percentile_after_the_range_grew_is_within_two_bins():

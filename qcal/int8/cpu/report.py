@@ -40,10 +40,10 @@ __all__ = ["CHECKED", "FamilyRow", "cpu_report", "format_cpu_report", "lowerable
 CHECKED: dict[tuple[str, str], str] = {
     ("FBGEMM", "avx2"): "hardware: AMD EPYC (AVX2); on AVX-512 machines with FBGEMM_ENABLE_INSTRUCTIONS=AVX2",
     ("FBGEMM", "avx512"): "hardware: Intel Xeon lowered by the CPU matrix (FBGEMM_ENABLE_INSTRUCTIONS=AVX512), GEMM family",
-    ("FBGEMM", "avx512_vnni"): "hardware: Intel Xeon (AVX-512-VNNI, AMX), kernel sweeps and whole models",
+    ("FBGEMM", "avx512_vnni"): "hardware: Intel Xeon (AVX-512-VNNI, AMX) and AMD EPYC (AVX-512-VNNI), kernel sweeps and whole models",
     ("FBGEMM", "avx512_ymm, avx512_vnni_ymm"): "source only (FBGEMM_ENABLE_AVX512_256, one socket or Xeon D)",
     ("x86 engine", "FBGEMM route"): "as FBGEMM",
-    ("x86 engine", "oneDNN route (VNNI, AMX)"): "hardware: Intel Xeon (AMX), kernel sweeps; one-column outputs at a column stride refused",
+    ("x86 engine", "oneDNN route (VNNI, AMX)"): "hardware: Intel Xeon (AMX), AMD EPYC (AVX-512-VNNI), kernel sweeps; one-column outputs at a column stride refused",
 }
 _FAMILIES: tuple[KernelFamily, ...] = ("gemm", "pointwise", "im2col", "groupwise", "depthwise")
 _INTERESTING = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8",
