@@ -27,6 +27,7 @@ import qcal
 from pages._state import fail, get_list_param, get_param, memory, set_param
 from qcal.checkpoint.example import example_checkpoint
 from qcal.checkpoint.explain import explain_bytes as qcal_explain_bytes
+from qcal.repair.apply import CHEAP_CHAINS as REPAIR_CHAINS
 from qcal.reporting import figures, views
 from qcal.scheme_text import format_scheme, parse_scheme
 from qcal.schemes import BACKENDS
@@ -219,13 +220,16 @@ def calib_samples_param() -> int | None:
 def comparison_setup() -> tuple[str, tuple[str, ...], tuple[str, ...], int | None]:
     """The (model, schemes, backends, calibration samples) the URL asks for, validated.
 
-    Schemes are preset names and built schemes' texts."""
+    Schemes are preset names and built schemes' texts, then each of them with each repair
+    chain the URL asks for (``repairs``: "per_tensor_symmetric + equalize")."""
     models = zoo_names()
     model = get_param("model", models, DEFAULT_MODEL if DEFAULT_MODEL in models else None)
     built = built_schemes()
     names = [*scheme_names(), *built]
     chosen = get_list_param("schemes", names, names)
-    schemes = tuple(built.get(n, n) for n in chosen)
+    chains = get_list_param("repairs", REPAIR_CHAINS, [])
+    plain = [built.get(n, n) for n in chosen]
+    schemes = (*plain, *(f"{s} + {chain.replace('+', ' + ')}" for s in plain for chain in chains))
     backends = tuple(get_list_param("backends", BACKEND_CHOICES, DEFAULT_BACKENDS))
     return model, schemes, backends, calib_samples_param()
 

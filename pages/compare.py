@@ -6,6 +6,7 @@ from pages._onnx import onnx_download, recipe_onnx_data, scheme_onnx_data
 from pages._shared import (
     BACKEND_CHOICES,
     DEFAULT_BACKENDS,
+    REPAIR_CHAINS,
     built_schemes,
     calib_samples_param,
     current_run,
@@ -108,12 +109,19 @@ def compare_page() -> None:
             names = [*scheme_names(), *built_schemes()]
             multiselect_param("Schemes", "schemes", names, names, where=mid)
             multiselect_param("Backends", "backends", BACKEND_CHOICES, DEFAULT_BACKENDS, where=right)
+            multiselect_param("Repairs (each adds a `scheme + repair` column per scheme)", "repairs",
+                              REPAIR_CHAINS, [], where=mid,
+                              help="Cross-layer equalization (data-free) and bias correction, applied to the "
+                                   "float model before calibration (qcal.apply_recipe); see the Repairs page.")
             calibration_size()
             scheme_builder()
         run = current_run()
     st.caption(run_caption(run))
     with st.container(key="lead"):
         st.markdown(f"**{lead_sentence(run.frames['summary'])}**")
+    if run.meta.get("repairs"):
+        st.caption("Repaired columns (`qcal.apply_recipe` recomputes each from these settings): "
+                   + views.repairs_caption(run.meta))
     for note, jobs in grouped_caveats(run.meta.get("notes")):  # one box per distinct caveat
         st.warning(f"**{', '.join(jobs)}**: {note}", icon=":material/info:")
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from qcal.batching import as_eval_batches, call_model
 from qcal.calibration.calibrate import calibrate_many
 from qcal.calibration.model import describe_shape
 from qcal.recipes import Recipe, resolve_scheme_or_recipe
+from qcal.repair.apply import apply_recipe, chain_recipe, repair_label, split_repairs
+from qcal.repair.stats import as_batches
 from qcal.scheme_text import format_scheme
 from qcal.schemes import SCHEMES, Scheme
 
@@ -74,21 +77,67 @@ class Comparison:
         return self.summary.sort_values(["drop", "scheme"]).iloc[0]
 
 
+def _resolve(value: str | Scheme | Recipe) -> Scheme | Recipe:
+    """A scheme, recipe, or a preset name with repairs spelled after it ("per_tensor_symmetric +
+    equalize": each repair with its ``CHAIN_SETTINGS``)."""
+    if isinstance(value, str):
+        base, names = split_repairs(value)
+        if names:
+            return chain_recipe(base, names)
+    return resolve_scheme_or_recipe(value)
+
+
+def _is_repaired(spec: Scheme | Recipe) -> bool:
+    return isinstance(spec, Recipe) and bool(spec.repairs)
+
+
 def _plan(schemes: Sequence[str | Scheme | Recipe] | None, backends: Sequence[str] | None
-          ) -> list[tuple[Scheme, str]]:
+          ) -> list[tuple[Scheme | Recipe, str]]:
     """The (scheme, backend) jobs: a *_default preset on its own engine unless backends is given."""
-    resolved = [resolve_scheme_or_recipe(s) for s in (schemes or list(SCHEMES))]
+    resolved = [_resolve(s) for s in (schemes or list(SCHEMES))]
     if not resolved:
         raise ValueError("no schemes to compare; pass scheme names or qcal.Scheme objects")
+    labels: dict[str, Scheme | Recipe] = {}
+    for spec in resolved:
+        if labels.setdefault(repair_label(spec), spec) != spec:
+            raise ValueError(f"two different schemes or recipes are labelled {repair_label(spec)!r}; "
+                             "give each its own name (qcal.Recipe(..., name=...))")
     own_engine = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
-    jobs: list[tuple[Scheme, str]] = []
+    jobs: list[tuple[Scheme | Recipe, str]] = []
     for scheme in resolved:
-        if backends is None and scheme.name in own_engine and scheme == SCHEMES[scheme.name]:
-            wanted = [own_engine[scheme.name]]
+        base = scheme.default if _is_repaired(scheme) and not scheme.layers else scheme
+        if backends is None and base is not None and base.name in own_engine and base == SCHEMES[base.name]:
+            wanted = [own_engine[base.name]]
         else:
             wanted = list(backends or ["fbgemm"])
         jobs.extend((scheme, b) for b in wanted if (scheme, b) not in jobs)
     return jobs
+
+
+def _calibrate_all(model: torch.nn.Module, calib_data: Any, jobs: list[tuple[Scheme | Recipe, str]],
+                   mode: str, report: Progress) -> dict[tuple[str, str], Any]:
+    """{(label, backend): QuantizedModel}: the plain schemes from one calibration pass, each
+    scheme with repairs by ``apply_recipe`` (its own pass on its repaired float model)."""
+    data = as_batches(calib_data)  # read more than once when some scheme has repairs
+    plain = list(dict.fromkeys(s for s, _ in jobs if not _is_repaired(s)))
+    repaired = [(s, b) for s, b in jobs if _is_repaired(s)]
+    share = len(plain) / (len(plain) + len(repaired))
+    models: dict[tuple[str, str], Any] = {}
+    if plain:
+        models = calibrate_many(model, data, plain, list(dict.fromkeys(b for s, b in jobs if s in plain)),
+                                mode=mode, progress=lambda f, m: report(0.5 * share * f, m))
+    for i, (recipe, backend) in enumerate(repaired):
+        label = repair_label(recipe)
+        report(0.5 * (share + (1 - share) * i / len(repaired)), f"repairing: {label} on {backend}")
+        models[(label, backend)] = _labelled(apply_recipe(model, data, recipe, backend, mode=mode), label)
+    return {(repair_label(s), b): models[(repair_label(s), b)] for s, b in jobs}
+
+
+def _labelled(qm: Any, label: str) -> Any:
+    """The repaired QuantizedModel under its label (the name every frame shows)."""
+    out = copy.copy(qm)
+    out.scheme = dataclasses.replace(qm.scheme, name=label)
+    return out
 
 
 @torch.no_grad()
@@ -112,7 +161,11 @@ def compare(
         eval_data: (inputs, labels) batches; labels may be None, then top-1 agreement with
             fp32 and output cosine replace accuracy.
         schemes: preset names, Schemes or Recipes (per-layer schemes, fp32 layers: one more
-            column each); None means every preset.
+            column each); None means every preset. A Recipe with repairs (``qcal.with_repairs``)
+            or a preset name with repairs after it (``"per_tensor_symmetric + equalize"``,
+            settings ``CHAIN_SETTINGS``) is built by ``qcal.apply_recipe`` (its own calibration
+            pass) and labelled ``"per_tensor_symmetric + equalize"`` in every frame; ``meta``
+            records its settings under ``recipes`` and ``repairs``.
         backends: engine flavours; None means each *_default preset on its own engine and
             the rest on fbgemm.
         executor: a ``concurrent.futures.Executor`` for the (scheme, backend) jobs; None runs
@@ -134,9 +187,7 @@ def compare(
     _check_labels(fp32_outputs, batches)
     schemes_in_order = list(dict.fromkeys(s for s, _ in jobs))
     backends_in_order = list(dict.fromkeys(b for _, b in jobs))
-    models = calibrate_many(model, calib_data, schemes_in_order, backends_in_order, mode=mode,
-                            progress=lambda f, m: report(0.5 * f, m))
-    models = {(s.name, b): models[(s.name, b)] for s, b in jobs}
+    models = _calibrate_all(model, calib_data, jobs, mode, report)
     results, sweep = _run_jobs(models, batches, fp32_outputs, executor, report)
     report(1.0, "done")
     info = _run_info(schemes_in_order, backends_in_order, models, fp32_outputs, batches, sweep, meta)
@@ -148,9 +199,11 @@ def _run_info(schemes_in_order: list, backends_in_order: list[str], models: dict
     """The comparison's metadata: what was compared, the fp32 baseline, notes, sweep costs."""
     fp32_metric, fp32_value = top1_metric(fp32_outputs, batches)
     return {
-        "schemes": [s.name for s in schemes_in_order],
+        "schemes": [repair_label(s) for s in schemes_in_order],
         "scheme_texts": {s.name: format_scheme(s) for s in schemes_in_order if isinstance(s, Scheme)},
-        "recipes": {s.name: s.to_data() for s in schemes_in_order if isinstance(s, Recipe)},
+        "recipes": {repair_label(s): s.to_data() for s in schemes_in_order if isinstance(s, Recipe)},
+        **({"repairs": {repair_label(s): s.to_data()["repairs"] for s in schemes_in_order if _is_repaired(s)}}
+           if any(_is_repaired(s) for s in schemes_in_order) else {}),
         "backends": backends_in_order,
         "fp32_metric": fp32_metric,
         "fp32_value": fp32_value,

@@ -85,22 +85,43 @@ def _choices(text: str, what: str, valid: Any, also: str = "") -> list[str]:
     return names
 
 
-def _schemes(text: str | None, built: list[str] | None = None) -> list[Any] | None:
-    """Presets from ``--schemes`` plus the schemes built with ``--scheme TEXT``."""
+def _schemes(text: str | None, built: list[str] | None = None, repairs: str | None = None) -> list[Any] | None:
+    """Presets from ``--schemes`` (each optionally ``+repair``: "per_tensor_symmetric+equalize"),
+    the schemes built with ``--scheme TEXT``, then each plain one with each ``--repairs`` chain."""
+    from qcal.recipes import Recipe
+    from qcal.repair.apply import chain_recipe, split_repairs
     from qcal.scheme_text import parse_scheme
 
     built_schemes = [parse_scheme(t) for t in built or []]
-    names = {s.name for s in built_schemes}
-    if len(names) < len(built_schemes):
+    by_name = {s.name: s for s in built_schemes}
+    if len(by_name) < len(built_schemes):
         raise ValueError("two --scheme texts carry the same name; give each its own name=...")
-    if text is None and built_schemes:
-        return built_schemes
-    presets = list(SCHEMES) if text in (None, "all") else _choices(text, "scheme", SCHEMES, also="'all' or ")
-    clash = names & set(presets)
+    items = [] if text is None and built_schemes else list(SCHEMES) if text in (None, "all") else _csv(text)
+    bases = [split_repairs(item) for item in items]
+    if text not in (None, "all"):
+        _choices(",".join(b for b, _ in bases) or text, "scheme", [*SCHEMES, *by_name], also="'all' or ")
+    clash = set(by_name) & {b for b, _ in bases if b in SCHEMES}
     if clash:
         raise ValueError(f"--scheme name {sorted(clash)[0]!r} is a preset's; give the built scheme another name=...")
-    return ([SCHEMES[n] for n in presets] + built_schemes) if built_schemes else (
-        None if text in (None, "all") else presets)
+    specs = [chain_recipe(by_name.get(b, b), names) if names else by_name.get(b, SCHEMES.get(b)) for b, names in bases]
+    specs += [s for s in built_schemes if s not in specs]
+    chains = _repair_chains(repairs) if repairs else []
+    if not chains and not built_schemes and text in (None, "all"):
+        return None  # every preset, each *_default on its own engine
+    plain = [s for s in specs if not isinstance(s, Recipe)]
+    return [*specs, *(chain_recipe(s, chain) for s in plain for chain in chains)]
+
+
+def _repair_chains(text: str) -> list[tuple[str, ...]]:
+    """``--repairs equalize,equalize+correct_bias``: each chain's repair names (checked)."""
+    from qcal.recipes import REPAIR_PARAMETERS
+
+    chains = [tuple(n.strip() for n in chain.split("+")) for chain in _csv(text)]
+    bad = [n for chain in chains for n in chain if n not in REPAIR_PARAMETERS]
+    if bad or not chains:
+        raise ValueError(f"unknown repair {(bad or [text])[0]!r}; expected a comma list of chains of "
+                         f"{', '.join(REPAIR_PARAMETERS)} joined by '+' (e.g. equalize,equalize+correct_bias)")
+    return chains
 
 
 def _backends(text: str | None) -> list[str] | None:
@@ -152,11 +173,16 @@ def _user_comparison(args: argparse.Namespace, schemes: Any, backends: Any, prog
     arg("--state-dict", default=None, help="weights for a module:factory model (loaded weights_only)"),
     arg("--data", default=None, help="your data file (.pt/.npz/.safetensors): inputs, optional labels"),
     arg("--schemes", default=None,
-        help="'all' or a comma list of preset names (default: all, or none when --scheme is given)"),
+        help="'all' or a comma list of preset names, each optionally followed by repairs "
+             "(per_tensor_symmetric+equalize+correct_bias) (default: all, or none when --scheme is given)"),
     arg("--scheme", action="append", default=None, metavar="TEXT",
         help="a built scheme, repeatable: e.g. 'name=p999;w=per_channel_symmetric/minmax;"
              "a=per_tensor_affine/percentile:99.9' (grammar in the README)"),
     arg("--recipe", action="append", default=[], help="a recipe file (.toml/.json): one more column; repeatable"),
+    arg("--repairs", default=None, metavar="CHAINS",
+        help="for every scheme, one more column per repair chain, e.g. 'equalize,equalize+correct_bias' "
+             "(labelled 'per_tensor_symmetric + equalize'; a single scheme takes one as "
+             "--schemes per_tensor_symmetric+equalize); settings in docs/repairs.md"),
     arg("--backends", default=None,
         help="comma list of fbgemm,qnnpack,onnx,q31,x86 (default: each *_default preset on its own engine, the rest on fbgemm)"),
     _CPU_ARG,
@@ -193,7 +219,7 @@ def _compare(args: argparse.Namespace, cpu_line: str) -> int:
         for problem in problems:  # named, while the listed models stay usable
             print(f"qcal: registry problem: {problem}", file=sys.stderr)
         return 0
-    schemes, backends = _schemes(args.schemes, args.scheme), _backends(args.backends)
+    schemes, backends = _schemes(args.schemes, args.scheme, args.repairs), _backends(args.backends)
     if args.recipe:
         from qcal.io.recipe_files import read_recipe
 

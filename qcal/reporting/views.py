@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 
 from qcal.calibration.calibrate import calibrate
 from qcal.export.onnx import onnx_bytes
+from qcal.recipes import Recipe
+from qcal.repair.apply import apply_recipe
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
 from qcal.reporting.story import scheme_colors
@@ -227,7 +229,17 @@ def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = da
     data, same batches: the same qparams as the stored run), for views that need live tensors."""
     named = load_named(model)
     calib = datasets.calib_batches(named.calib[:calib_samples], batch_size=batch_size)
+    if isinstance(scheme, Recipe) and scheme.repairs:  # recomputed from its settings, as compare built it
+        return apply_recipe(named.model, calib, scheme, backend)
     return calibrate(named.model, calib, scheme, backend)
+
+
+def repairs_caption(meta: dict[str, Any]) -> str:
+    """One line naming each repaired column of a run and the settings that rebuild it."""
+    repairs = meta.get("repairs") or {}
+    return "; ".join(f"**{label}**: " + ", ".join(
+        r["name"] + "(" + ", ".join(f"{k}={v}" for k, v in r.items() if k != "name") + ")" for r in steps)
+        for label, steps in repairs.items())
 
 
 def zoo_onnx_bytes(model: str, scheme: Any, calib_samples: int | None = None) -> bytes:

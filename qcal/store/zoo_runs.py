@@ -14,6 +14,8 @@ import pandas as pd
 
 from qcal.analysis.cluster import env_executor
 from qcal.analysis.compare import Comparison, Progress, compare
+from qcal.recipes import Recipe
+from qcal.repair.apply import chain_recipe, repair_label, split_repairs
 from qcal.scheme_text import run_schemes, scheme_from_text
 from qcal.schemes import Scheme
 from qcal.store.runs import environment, utc_now
@@ -26,7 +28,7 @@ __all__ = ["compare_zoo", "find_or_compute_zoo_run", "find_run", "same_setup", "
 
 def compare_zoo(
     model_name: str = "digits_mobilenet",
-    schemes: Sequence[str | Scheme] | None = None,
+    schemes: Sequence[str | Scheme | Recipe] | None = None,
     backends: Sequence[str] | None = None,
     *,
     eval_samples: int | None = None,
@@ -98,17 +100,30 @@ def find_run(runs: pd.DataFrame, model: str, schemes: Sequence[str], backends: S
     return str(hits["id"].iloc[-1])
 
 
-def same_setup(meta: dict[str, Any], schemes: Sequence[Scheme], calib_samples: int | None) -> bool:
-    """Whether a stored run was computed with exactly these Schemes (definitions, not just
-    names) and this calibration size (None: the model's whole calibration set)."""
-    if run_schemes(meta) != {s.name: s for s in schemes}:
+def same_setup(meta: dict[str, Any], schemes: Sequence[Scheme | Recipe], calib_samples: int | None) -> bool:
+    """Whether a stored run was computed with exactly these Schemes and repaired recipes
+    (definitions and repair settings, not just names) and this calibration size (None: the
+    model's whole calibration set)."""
+    if run_schemes(meta) != {s.name: s for s in schemes if isinstance(s, Scheme)}:
+        return False
+    saved = {label: Recipe.from_data(data) for label, data in (meta.get("recipes") or {}).items()}
+    if saved != {repair_label(s): s for s in schemes if isinstance(s, Recipe)}:
         return False
     return calib_samples is None or meta.get("calib_samples") == calib_samples
 
 
+def _spec(value: str | Scheme | Recipe) -> Scheme | Recipe:
+    """A Scheme from a preset name or scheme text, or a recipe when repairs follow it
+    ("per_tensor_symmetric + equalize", each with ``CHAIN_SETTINGS``)."""
+    if isinstance(value, Recipe):
+        return value
+    base, names = split_repairs(value) if isinstance(value, str) else (value, ())
+    return chain_recipe(scheme_from_text(base), names) if names else scheme_from_text(base)
+
+
 def find_or_compute_zoo_run(
     model_name: str,
-    schemes: Sequence[str | Scheme],
+    schemes: Sequence[str | Scheme | Recipe],
     backends: Sequence[str],
     *,
     store: Store | str | None = None,
@@ -122,7 +137,8 @@ def find_or_compute_zoo_run(
     Args:
         model_name, backends: as for ``compare_zoo``.
         schemes: preset names, scheme texts (``qcal.parse_scheme``) or Schemes, in the order
-            shown; a stored run counts only if its schemes have the same definitions.
+            shown, each optionally followed by repairs ("per_tensor_symmetric + equalize"); a
+            stored run counts only if its schemes have the same definitions and repair settings.
         store: a ``Store``, a path/URL, or None for the default store.
         eval_samples, calib_samples, progress: passed to ``compare_zoo`` when the run has to
             be computed (``calib_samples`` must also match the stored run's). The
@@ -132,8 +148,8 @@ def find_or_compute_zoo_run(
         (run id, the Comparison when it was computed here, with its live models; else None).
     """
     store = store if isinstance(store, Store) else Store(store)
-    resolved = [scheme_from_text(s) for s in schemes]
-    found = find_run(store.list(), model_name, [s.name for s in resolved], backends)
+    resolved = [_spec(s) for s in schemes]
+    found = find_run(store.list(), model_name, [repair_label(s) for s in resolved], backends)
     if found is not None and same_setup(store.load(found).meta, resolved, calib_samples):
         return found, None
     with env_executor() as executor:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from qcal.cli.main import main
+from qcal.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
 
@@ -30,4 +31,22 @@ def test_a_built_four_bit_scheme_and_bad_repair_names(capsys):
     assert capsys.readouterr().out.startswith("repair,settings,float_metric")
     with pytest.raises(SystemExit):
         main(["repair", "--repairs", "equalize,polish"])
+    assert "unknown repair 'polish'" in capsys.readouterr().err
+
+
+def test_compare_takes_repair_chains_and_the_saved_run_says_what_was_repaired(capsys, tmp_path):
+    store = str(tmp_path / "runs.sqlite")
+    assert main(["compare", "--model", "digits_mlp", "--schemes", "per_tensor_symmetric,per_channel_symmetric+equalize",
+                 "--repairs", "equalize+correct_bias", "--eval-samples", "100", "--format", "json",
+                 "--store", store]) == 0
+    out = capsys.readouterr()
+    assert [r["scheme"] for r in json.loads(out.out)] == [
+        "per_tensor_symmetric", "per_channel_symmetric + equalize", "per_tensor_symmetric + equalize + correct_bias"]
+    run_id = out.err.split("saved run ")[1].split()[0]
+    assert main(["runs", "show", run_id, "--store", store]) == 0  # prints the metadata, repairs included
+    assert '"per_tensor_symmetric + equalize + correct_bias": [' in capsys.readouterr().out
+    meta = Store(store).load(run_id).meta
+    assert meta["repairs"]["per_tensor_symmetric + equalize + correct_bias"] == [
+        {"name": "equalize", "relu6": "bounded"}, {"name": "correct_bias", "method": "empirical"}]
+    assert main(["compare", "--repairs", "equalize+polish", "--no-save"]) == 1
     assert "unknown repair 'polish'" in capsys.readouterr().err
