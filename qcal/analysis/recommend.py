@@ -11,6 +11,12 @@ The search (greedy, guided by sensitivity), all on ``eval_data``:
 5. try to give each fp32 layer a scheme back without leaving ``max_drop`` (at most S per
    fp32 layer).
 
+Between 2 and 3, repairs come before fp32 layers (``qcal.analysis.repair_search``): each chain
+of ``repairs``, cheapest first (equalize, data-free; correct_bias; both), under every scheme;
+the first chain under which a scheme meets ``max_drop`` is the recommendation (every layer
+int8, the recipe recording the repair's settings) and steps 3-5 are skipped. At most C x S
+more calibration passes and evaluations (C chains).
+
 Cost: one calibration pass (plus one more for a rare recipe needing an unobserved point),
 one fp32 evaluation, and at most S + N + N*S + F*S int8 evaluations (S schemes, N layers,
 F fp32 layers kept); digits_mobilenet with 2 schemes: typically 10-25. ``test_data`` (a
@@ -28,8 +34,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from qcal.analysis.repair_search import try_repairs
 from qcal.analysis.sweep import Sweep
 from qcal.recipes import Recipe
+from qcal.repair.apply import CHEAP_CHAINS
+from qcal.repair.stats import as_batches
 from qcal.schemes import SCHEMES, Scheme, resolve_scheme
 
 __all__ = ["STEP_COLUMNS", "Recommendation", "recommend"]
@@ -54,6 +63,8 @@ class Recommendation:
         evaluations: int8 evaluations the search made; passes: calibration passes.
         dask: on a Dask executor, the bytes sent to the workers (``SweepStats`` as a dict),
             else None.
+        repair: the repair chain the recipe records (e.g. "equalize") when a repair met
+            ``max_drop`` before any fp32 layer, else None; reason: why (or why none did).
     """
 
     recipe: Recipe
@@ -67,6 +78,8 @@ class Recommendation:
     evaluations: int = 0
     passes: int = 1
     dask: dict[str, int] | None = None
+    repair: str | None = None
+    reason: str = ""
 
     @property
     def fp32_layers(self) -> list[str]:
@@ -167,6 +180,7 @@ def recommend(
     executor: Executor | None = None,
     progress: Progress | None = None,
     mode: str = "auto",
+    repairs: Sequence[str] = CHEAP_CHAINS,
 ) -> Recommendation:
     """A recipe within ``max_drop`` of fp32 on ``eval_data`` using as few fp32 layers as the
     search finds, choosing per layer among ``schemes`` (see the module doc for the search
@@ -182,12 +196,14 @@ def recommend(
         executor: any ``concurrent.futures.Executor`` for the evaluations (same result).
         progress: ``progress(fraction, message)``.
         mode: "auto" | "graph" | "modules".
+        repairs: repair chains to try before fp32 layers, cheapest first (() : none).
 
     Raises:
         ValueError: max_drop outside [0, 1], a negative max_fp32_layers, unknown schemes.
     """
     resolved = _checked_args(schemes, max_drop, max_fp32_layers)
     report = progress or (lambda fraction, message: None)
+    calib_data = as_batches(calib_data)  # read again by each repair tried
 
     def observe_for(layers: list[str]) -> list[Recipe]:
         return [Recipe(s, {layer: None}, name=f"all but {layer}") for s in resolved for layer in layers] + [
@@ -197,15 +213,25 @@ def recommend(
                progress=lambda f, m: report(0.2 * f, m)) as sweep:
         search = _Search(sweep, resolved, report)
         search.uniform()
-        limit = len(sweep.layers) if max_fp32_layers is None else max_fp32_layers
-        _greedy(search, resolved, max_drop, limit, report, len(sweep.layers))
-    recipe = search.recipe()
+        choice, reason, passes = try_repairs(search, model, calib_data, repairs, max_drop, where=_ALL, mode=mode,
+                                             report=report) if search.drop(search.value) > max_drop else (None, "", 0)
+        if choice is None:
+            limit = len(sweep.layers) if max_fp32_layers is None else max_fp32_layers
+            _greedy(search, resolved, max_drop, limit, report, len(sweep.layers))
+    return _result(sweep, search, choice, reason, passes, test_data, report)
+
+
+def _result(sweep: Sweep, search: _Search, choice: Any, reason: str, repair_passes: int, test_data: Any,
+            report: Progress) -> Recommendation:
+    """The Recommendation: the repaired recipe when a repair met max_drop, else the search's."""
+    recipe, value = (choice.recipe, choice.value) if choice else (search.recipe(), search.value)
     test_value = test_fp32 = None
     if test_data is not None:
         report(0.95, "evaluating the recipe on test_data")
-        test_value, test_fp32 = sweep.score_on(recipe, test_data)
+        test_value, test_fp32 = sweep.score_on(choice.model if choice else recipe, test_data)
     report(1.0, "done")
-    return Recommendation(recipe, sweep.metric, search.value, sweep.fp32_value, search.drop(search.value),
+    return Recommendation(recipe, sweep.metric, value, sweep.fp32_value, search.drop(value),
                           test_value, test_fp32, pd.DataFrame(search.steps, columns=STEP_COLUMNS),
-                          sweep.evaluations, sweep.calibrated.passes,
-                          asdict(sweep.stats) if sweep.stats.workers else None)
+                          sweep.evaluations, sweep.calibrated.passes + repair_passes,
+                          asdict(sweep.stats) if sweep.stats.workers else None,
+                          choice.chain if choice else None, reason)

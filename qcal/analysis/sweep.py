@@ -206,12 +206,19 @@ class Sweep:
         return [score for chunk in results for score in chunk]
 
     @torch.no_grad()
-    def score_on(self, recipe: Recipe, data: Any) -> tuple[float, float]:
-        """(the recipe's metric, fp32's metric) on other data (a held-out split)."""
+    def score_model(self, qm: Any) -> float:
+        """The metric of a QuantizedModel built elsewhere (a repaired one) on this sweep's eval data."""
+        self.evaluations += 1
+        return _metric([qm(inputs) for inputs, _ in self.batches], self.batches, self.fp32, self.labelled)
+
+    @torch.no_grad()
+    def score_on(self, recipe: Recipe | Any, data: Any) -> tuple[float, float]:
+        """(the recipe's metric, fp32's metric) on other data (a held-out split); ``recipe`` may
+        also be a QuantizedModel built elsewhere (a repaired one)."""
         batches = as_eval_batches(data)
         if not batches:
             raise ValueError("test_data is empty: pass (inputs, labels) batches")
         fp32 = [_fp32_output(self.calibrated.float_model, inputs) for inputs, _ in batches]
         metric, fp32_value = top1_metric(fp32, batches)
-        qm = self.calibrated.build(recipe, self.backend)
+        qm = self.calibrated.build(recipe, self.backend) if isinstance(recipe, Recipe) else recipe
         return _metric([qm(inputs) for inputs, _ in batches], batches, fp32, metric == "accuracy"), fp32_value

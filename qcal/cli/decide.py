@@ -73,15 +73,19 @@ def sensitivity_command(args: argparse.Namespace) -> int:
     arg("--max-drop", type=_fraction, default=0.01, help="accepted drop against fp32, a fraction (0.01 = 1 point)"),
     arg("--max-fp32-layers", type=int, default=None),
     arg("--out", default="recipe.toml", help="where to save the recipe (.toml or .json)"),
+    arg("--repairs", default="equalize,correct_bias,equalize+correct_bias",
+        help="repair chains tried before any fp32 layer, cheapest first, or 'none'"),
     *_COMMON,
 )
 def recommend_command(args: argparse.Namespace) -> int:
     from qcal.analysis.recommend import recommend
+    from qcal.cli.runs import _repair_chains
     from qcal.io.recipe_files import write_recipe
     from qcal.progress import TerminalProgress
     from qcal.zoo import datasets
 
     schemes = None if args.schemes == "all" else _choices(args.schemes, "scheme", SCHEMES, also="'all' or ")
+    repairs = () if args.repairs == "none" else ["+".join(c) for c in _repair_chains(args.repairs)]
     model, calib, x, y = _digits(args.model, args.batch_size, args.eval_samples)
     half = len(x) // 2
     with cluster_executor(args) as executor:
@@ -89,11 +93,15 @@ def recommend_command(args: argparse.Namespace) -> int:
                         schemes=schemes, backend=args.backend, max_drop=args.max_drop,
                         max_fp32_layers=args.max_fp32_layers,
                         test_data=datasets.batches(x[half:], y[half:], batch_size=args.batch_size),
-                        executor=executor, progress=TerminalProgress())
+                        executor=executor, progress=TerminalProgress(), repairs=repairs)
     report_sweep(rec.dask)
     write(_table(rec.steps, args.format))
     if args.format == "table":
-        write(f"\nrecipe: default {rec.recipe.to_data()['default']}, layers {rec.recipe.to_data()['layers']}")
+        data = rec.recipe.to_data()
+        write(f"\nrecipe: default {data['default']}, layers {data['layers']}"
+              + (f", repairs {data['repairs']}" if rec.recipe.repairs else ""))
+        if rec.reason:
+            write(f"repair: {rec.repair or 'none'}: {rec.reason}")
         write(f"{rec.metric} {rec.value:.4f} (fp32 {rec.fp32_value:.4f}, drop {rec.drop:.4f}) on the searched half; "
               f"held-out half {rec.test_value:.4f} (fp32 {rec.test_fp32_value:.4f}); "
               f"{len(rec.fp32_layers)} fp32 layers; {rec.evaluations} evaluations")

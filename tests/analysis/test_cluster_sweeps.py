@@ -53,7 +53,8 @@ def test_recommend_sends_once_per_calibration_pass_across_its_rounds(cluster, on
     model = zoo.load("digits_mlp")
     calib, evals = _digits(360)
     evals = [(x, None) for x, _ in evals]  # agreement with fp32: no int8 scheme keeps all 360, so it searches
-    kw = {"schemes": ["per_tensor_symmetric", "per_tensor_affine"], "max_drop": 0.0}
+    # repairs=(): the Dask sweep's own rounds (repaired models are built and scored in process)
+    kw = {"schemes": ["per_tensor_symmetric", "per_tensor_affine"], "max_drop": 0.0, "repairs": ()}
     local = qcal.recommend(model, calib, evals, **kw)
     with dask_executor(cluster.address) as executor:
         remote = qcal.recommend(model, calib, evals, executor=executor, **kw)

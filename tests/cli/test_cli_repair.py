@@ -50,3 +50,15 @@ def test_compare_takes_repair_chains_and_the_saved_run_says_what_was_repaired(ca
         {"name": "equalize", "relu6": "bounded"}, {"name": "correct_bias", "method": "empirical"}]
     assert main(["compare", "--repairs", "equalize+polish", "--no-save"]) == 1
     assert "unknown repair 'polish'" in capsys.readouterr().err
+
+
+def test_recommend_prints_the_repair_it_proposes_and_saves_its_settings(capsys, tmp_path):
+    from qcal.io.recipe_files import read_recipe
+
+    args = ["recommend", "--model", "digits_mobilenet", "--schemes", "per_tensor_symmetric", "--max-drop", "0.01"]
+    assert main([*args, "--out", str(tmp_path / "r.toml")]) == 0
+    assert "repair: equalize: per_tensor_symmetric alone drops" in capsys.readouterr().out
+    assert read_recipe(tmp_path / "r.toml").repairs == (("equalize", (("relu6", "bounded"),)),)
+    assert main([*args, "--repairs", "none", "--out", str(tmp_path / "f.toml")]) == 0  # fp32 fallback instead
+    fallback = read_recipe(tmp_path / "f.toml")
+    assert not fallback.repairs and "fp32" in dict(fallback.to_data()["layers"]).values()
