@@ -54,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "to_onnx": "export.onnx",
     "from_pt2e": "export.pt2e",
     "to_executorch": "export.executorch",
+    "simulation_gap": "export.silicon",
+    "SimulationGap": "export.silicon",
     "equalize": "repair.equalize",
     "Equalization": "repair.equalize",
     "correct_bias": "repair.bias",
@@ -105,6 +107,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.checkpoint.example import example_checkpoint  # noqa: F401
     from qcal.checkpoint.explain import explain  # noqa: F401
     from qcal.export.qconfig import to_qconfig_mapping  # noqa: F401
+    from qcal.export.silicon import SimulationGap, simulation_gap  # noqa: F401
     from qcal.observers import make_observer, make_observers  # noqa: F401
     from qcal.observers.histogram import RunningHistogram  # noqa: F401
     from qcal.qparams import dequantize, qparams_from_range, quantize  # noqa: F401

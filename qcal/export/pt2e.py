@@ -26,7 +26,7 @@ import torch
 
 from qcal.int8 import kernels, qadd
 
-__all__ = ["Codes", "Pt2eModel", "from_pt2e", "require_pt2e"]
+__all__ = ["Codes", "Pt2eModel", "from_pt2e", "fused", "require_pt2e"]
 
 INSTALL = "pip install 'qcal[pt2e]' (executorch==1.5.1, which brings torchao 0.18.0)"
 _QD = "quantized_decomposed"
@@ -78,9 +78,12 @@ class Pt2eModel:
 
     def codes(self, *inputs: torch.Tensor) -> dict[str, Codes]:
         """Each fused operator's output codes (keyed by its conv/linear/add node's name)."""
+        return self.run_with_codes(*inputs)[1]
+
+    def run_with_codes(self, *inputs: torch.Tensor) -> tuple[Any, dict[str, Codes]]:
+        """``(model(*inputs), model.codes(*inputs))`` from one run."""
         seen: dict[str, Codes] = {}
-        self._run(inputs, seen)
-        return seen
+        return self._run(inputs, seen), seen
 
     @torch.no_grad()
     def _run(self, inputs: tuple, seen: dict[str, Codes] | None) -> Any:
@@ -128,21 +131,34 @@ class Pt2eModel:
         return Codes(q.clamp(qmin, qmax).to(dtype), float(scale), int(zp))
 
     def _compute(self, p: _Pending, so: float, zo: int, dtype: torch.dtype) -> Codes:
-        zo_t = torch.tensor(zo, dtype=dtype)
-        if p.op == "add":
-            a, b = p.args
-            q = qadd.add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, so, zo, relu=p.relu,
-                         backend=self.backend)
-            return Codes(q, so, zo)
-        x, w, bias = p.args[:3]
-        wargs = (w.q, _scale_arg(w), _zp_arg(w), None if bias is None else bias.float())
-        if p.op == "linear":
-            q = kernels.linear(x.q, x.scale, x.zero_point, *wargs, so, zo_t, relu=p.relu, backend=self.backend)
-        else:
-            stride, padding, dilation, groups = _conv_args(p.args)
-            q = kernels.conv2d(x.q, x.scale, x.zero_point, *wargs, so, zo_t, stride=stride, padding=padding,
-                               dilation=dilation, groups=groups, relu=p.relu, backend=self.backend)
-        return Codes(q, so, zo)
+        return Codes(fused(p.op, p.args, p.relu, so, zo, dtype, self.backend), so, zo)
+
+
+def fused(op: str, args: tuple, relu: bool, so: float, zo: int, dtype: torch.dtype, backend: str = "xnnpack",
+          *, detailed: bool = False) -> Any:
+    """One fused operator (conv2d, linear, add) on ``Codes`` arguments, as ``backend`` computes it.
+
+    Args:
+        op: "conv2d" | "linear" | "add"; args: the aten node's arguments with ``Codes`` for the
+            quantized ones (weights, activations) and the float bias; relu: a fused ReLU;
+        so, zo, dtype: the output's quantization (from the quantize node that follows).
+        detailed: conv2d/linear return ``qcal.int8``'s ``KernelResult`` (output, int32
+            accumulator, requantization numbers) instead of the output codes.
+    """
+    zo_t = torch.tensor(zo, dtype=dtype)
+    if op == "add":
+        a, b = args
+        return qadd.add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, so, zo, relu=relu, backend=backend)
+    x, w = args[:2]
+    bias = args[2] if len(args) > 2 else None  # aten.linear(x, w) without a bias
+    wargs = (w.q, _scale_arg(w), _zp_arg(w), None if bias is None else bias.float())
+    if op == "linear":
+        call = kernels.linear_detailed if detailed else kernels.linear
+        return call(x.q, x.scale, x.zero_point, *wargs, so, zo_t, relu=relu, backend=backend)
+    stride, padding, dilation, groups = _conv_args(args)
+    call = kernels.conv2d_detailed if detailed else kernels.conv2d
+    return call(x.q, x.scale, x.zero_point, *wargs, so, zo_t, stride=stride, padding=padding,
+                dilation=dilation, groups=groups, relu=relu, backend=backend)
 
 
 _FUSED = {"aten.conv2d.default": "conv2d", "aten.linear.default": "linear", "aten.add.Tensor": "add"}
