@@ -15,6 +15,7 @@ Caching, for a team on one server:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import qcal
 from pages._state import fail, get_list_param, get_param, memory, set_param
 from qcal.checkpoint.example import example_checkpoint
 from qcal.checkpoint.explain import explain_bytes as qcal_explain_bytes
+from qcal.recipes import Recipe
 from qcal.repair.apply import CHEAP_CHAINS as REPAIR_CHAINS
 from qcal.reporting import figures, views
 from qcal.scheme_text import format_scheme, parse_scheme
@@ -133,6 +135,13 @@ def live_model(model: str, scheme: str, backend: str, calib_samples: int | None 
     """A calibrated QuantizedModel of a zoo or registered model (``scheme``: a preset name or
     a scheme text), for views that need live tensors."""
     return views.calibrate_zoo(model, parse_scheme(scheme), backend, calib_samples=calib_samples)
+
+
+@st.cache_resource(show_spinner="Rebuilding the recipe's model for live tensors (once)…", max_entries=16)
+def live_recipe_model(model: str, recipe_json: str, backend: str, calib_samples: int | None) -> Any:
+    """A saved recipe column's QuantizedModel, its repairs recomputed from their settings
+    (``recipe_json``: the run's ``meta["recipes"][label]``, the cache key: settings, not labels)."""
+    return views.calibrate_zoo(model, Recipe.from_data(json.loads(recipe_json)), backend, calib_samples=calib_samples)
 
 
 @st.cache_resource(show_spinner="Observer lab: one calibration pass with every observer…", max_entries=16)
@@ -304,6 +313,10 @@ def quantized_model(run: CurrentRun, scheme: str, backend: str) -> Any:
     models = live_comparison_models(run)
     if (scheme, backend) in models:
         return models[(scheme, backend)]
+    recipes = run.meta.get("recipes") or {}
+    if run.loadable and scheme in recipes:  # a recipe column (repaired ones too), rebuilt from its data
+        return live_recipe_model(run.model, json.dumps(recipes[scheme], sort_keys=True), backend,
+                                 run.meta.get("calib_samples"))
     texts = run.meta.get("scheme_texts") or {}
     if not run.loadable or (scheme not in texts and scheme not in scheme_names()):
         return None

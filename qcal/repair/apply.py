@@ -21,8 +21,8 @@ from qcal.repair.bias import correct_bias
 from qcal.repair.equalize import equalize
 from qcal.repair.stats import as_batches
 
-__all__ = ["CHAIN_SETTINGS", "CHEAP_CHAINS", "REPAIR_ORDER", "apply_recipe", "chain_recipe", "repair_label", "split_repairs",
-           "with_repairs"]
+__all__ = ["CHAIN_SETTINGS", "CHEAP_CHAINS", "REPAIR_ORDER", "apply_recipe", "chain_recipe", "repair_label",
+           "settings_text", "split_repairs", "with_repairs"]
 
 #: the order ``apply_recipe`` applies repairs in (and labels name them in)
 REPAIR_ORDER: tuple[str, ...] = ("equalize", "adaround", "correct_bias")
@@ -57,6 +57,13 @@ def repair_label(recipe: Any) -> str:
             Recipe(recipe.default, recipe.layers).name)
     suffix = " + ".join(names)
     return base if base.endswith(f" + {suffix}") else f"{base} + {suffix}"
+
+
+def settings_text(repairs: Any) -> str:
+    """Repairs as one line, ``"equalize(relu6=bounded) + correct_bias(method=empirical)"``, from a
+    recipe's data (``Recipe.to_data()["repairs"]``: a saved run's ``meta["repairs"][label]``)."""
+    return " + ".join(r["name"] + "(" + ", ".join(f"{k}={v}" for k, v in r.items() if k != "name") + ")"
+                      for r in repairs) or "none"
 
 
 def split_repairs(text: str) -> tuple[str, tuple[str, ...]]:

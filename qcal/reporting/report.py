@@ -80,6 +80,17 @@ def _schemes_table(meta: dict[str, Any]) -> str:
     return f"<h2>Schemes</h2>{_table(df)}"
 
 
+def _repairs_table(meta: dict[str, Any]) -> str:
+    """Each repaired column's repairs and settings (``qcal.apply_recipe`` rebuilds it from them)."""
+    repairs = meta.get("repairs") or {}
+    if not repairs:
+        return ""
+    from qcal.repair.apply import settings_text  # torch, only for a run with repaired columns
+
+    df = pd.DataFrame({"scheme": list(repairs), "repairs": [settings_text(steps) for steps in repairs.values()]})
+    return f"<h2>Repairs</h2>{_table(df)}"
+
+
 def report(run_or_comparison: Any, path: str | os.PathLike[str]) -> Path:
     """Write a self-contained HTML report and return its path.
 
@@ -146,7 +157,7 @@ table.meta th{{text-align:left;padding-right:1em}} h2{{margin-top:1.6em}}
 <h1>{title}</h1>
 <ul>{notes}</ul>
 <h2>Summary</h2>{_table(summary)}
-{_schemes_table(meta)}
+{_schemes_table(meta)}{_repairs_table(meta)}
 <h2>Worst layers per scheme</h2>{_table(worst_layers(layers))}
 {"".join(parts)}
 <h2>Run metadata</h2><table class="meta">{meta_rows}</table>

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from qcal.calibration.calibrate import calibrate
 from qcal.export.onnx import onnx_bytes
 from qcal.recipes import Recipe
-from qcal.repair.apply import apply_recipe
+from qcal.repair.apply import apply_recipe, settings_text
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
 from qcal.reporting.report import worst_layers as _worst_layers
 from qcal.reporting.story import scheme_colors
@@ -236,10 +236,7 @@ def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = da
 
 def repairs_caption(meta: dict[str, Any]) -> str:
     """One line naming each repaired column of a run and the settings that rebuild it."""
-    repairs = meta.get("repairs") or {}
-    return "; ".join(f"**{label}**: " + ", ".join(
-        r["name"] + "(" + ", ".join(f"{k}={v}" for k, v in r.items() if k != "name") + ")" for r in steps)
-        for label, steps in repairs.items())
+    return "; ".join(f"**{label}**: {settings_text(steps)}" for label, steps in (meta.get("repairs") or {}).items())
 
 
 def zoo_onnx_bytes(model: str, scheme: Any, calib_samples: int | None = None) -> bytes:

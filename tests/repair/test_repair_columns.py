@@ -8,6 +8,7 @@ import qcal
 from qcal import datasets
 from qcal.recipes import REPAIR_PARAMETERS, Recipe
 from qcal.repair.apply import chain_recipe, repair_label, split_repairs, with_repairs
+from qcal.reporting.report import report_html
 from qcal.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
@@ -56,6 +57,8 @@ def test_a_saved_run_keeps_the_labels_and_the_repair_settings(comparison, tmp_pa
     again = other.load(other.import_(store.export(run.id, tmp_path / "run.sqlite")))
     assert again.meta["recipes"] == run.meta["recipes"] and set(again.layers["scheme"]) == set(run.layers["scheme"])
     assert LABEL in store.list()["schemes"].iloc[0].split(",")
+    page = report_html(run)  # the HTML report names each repaired column's settings
+    assert "<h2>Repairs</h2>" in page and "correct_bias(method=empirical)" in page
 
 
 def test_labels_and_the_spelled_form():

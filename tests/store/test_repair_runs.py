@@ -7,6 +7,7 @@ import qcal.store.zoo_runs as zoo_runs
 from qcal.recipes import Recipe
 from qcal.repair.apply import with_repairs
 from qcal.store import Store
+from qcal.store.recipe_runs import saved_recipe_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads cost more than they give
 
@@ -26,3 +27,5 @@ def test_a_repaired_zoo_run_is_computed_once_and_found_by_its_settings(tmp_path)
                                                          eval_samples=100)
     assert other != run_id and recomputed is not None
     assert store.load(other).meta["repairs"] == {SETUP[1]: [{"name": "equalize", "relu6": "keep"}]}
+    rows = saved_recipe_rows(store, "digits_mlp")  # the Compare page's saved recipes: repaired columns say so
+    assert list(rows["scheme"]) == [SETUP[1], SETUP[1]] and set(rows["repairs"]) == {"equalize"}
