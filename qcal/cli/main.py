@@ -19,7 +19,8 @@ import qcal.cli.decide
 import qcal.cli.explain
 import qcal.cli.export
 import qcal.cli.repair
-import qcal.cli.runs  # noqa: F401  (registers compare, runs, report, bench)
+import qcal.cli.runs
+import qcal.cli.silicon  # noqa: F401  (runs registers compare, runs, report, bench)
 from qcal.cli.args import COMMANDS
 
 __all__ = ["main"]

@@ -5,6 +5,8 @@
 and ``get_symmetric_quantization_config`` (int8 activations, weights in [-127, 127], per channel
 or per tensor). ``named_pt2e(name)`` gives a zoo model so quantized (the built-in examples) or a
 registered model whose factory already returns a ``convert_pt2e`` result, with its held-out inputs.
+qcal's model loading calls ``.eval()``, which an exported graph refuses unless the factory calls
+torchao's ``allow_exported_model_train_eval(converted)`` (``quantize_pt2e`` does).
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ def quantize_pt2e(model: nn.Module, calib: torch.Tensor, *, per_channel: bool = 
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
-    exported = torch.export.export(copy.deepcopy(model).eval(), (calib,)).module()
+    batch = {0: torch.export.Dim.DYNAMIC}  # any batch size runs the converted module
+    exported = torch.export.export(copy.deepcopy(model).eval(), (calib,), dynamic_shapes=(batch,)).module()
     prepared = prepare_pt2e(exported, quantizer)
     prepared(calib)
-    return convert_pt2e(prepared)
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # .eval() (as qcal's model loading calls it) works
+    return converted
 
 
 def is_pt2e(model: object) -> bool:

@@ -45,7 +45,7 @@ import torch
 from qcal.export.pt2e import Pt2eModel, _dequantize, _load, _target_name, from_pt2e, fused
 from qcal.int8.backends.xnnpack import _add_multipliers
 
-__all__ = ["CAUSES", "SimulationGap", "simulation_gap"]
+__all__ = ["CAUSES", "SimulationGap", "against_delegate", "simulation_gap"]
 
 CAUSES = ("inherited", "accumulation", "rounding", "clamping", "other")
 _RELU = ("aten.relu.default", "aten.relu_.default")
@@ -235,3 +235,21 @@ def simulation_gap(model: torch.fx.GraphModule | Pt2eModel, *inputs: torch.Tenso
 
 def _flat(out: Any) -> list[torch.Tensor]:
     return [o for o in out] if isinstance(out, (tuple, list)) else [out]
+
+
+@torch.no_grad()
+def against_delegate(model: torch.fx.GraphModule | Pt2eModel, *inputs: torch.Tensor) -> dict[str, int]:
+    """Lower ``model`` with the XNNPACK partitioner, run ExecuTorch, and count differing outputs.
+
+    Returns ``{"qcal": qcal vs delegate, "torch": torch's converted module vs delegate,
+    "outputs": output values}`` (``qcal`` is 0 wherever ``from_pt2e`` models the graph).
+    """
+    from qcal.export.executorch import lower_to_executorch, run_executorch
+
+    pm = model if isinstance(model, Pt2eModel) else from_pt2e(model)
+    theirs = run_executorch(lower_to_executorch(pm.converted, inputs), *inputs)
+    counts = {"qcal": 0, "torch": 0, "outputs": 0}
+    for name, out in (("qcal", pm(*inputs)), ("torch", pm.converted(*inputs))):
+        counts[name] = sum(int((a != b).sum()) for a, b in zip(_flat(out), theirs, strict=True))
+    counts["outputs"] = sum(t.numel() for t in theirs)
+    return counts

@@ -72,7 +72,8 @@ def load_user_model(spec: str, state_dict_path: str | Path | None = None, *,
         raise TypeError(f"{spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict_path is not None:
         _load_weights(model, Path(state_dict_path), max_bytes)
-    return model.eval()
+    model.eval()  # not `return model.eval()`: torchao's eval for exported PT2E graphs returns None
+    return model
 
 
 def import_module(module_name: str) -> ModuleType:
