@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/layers.py", title="Layers", icon=":material/layers:"),
     st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
     st.Page("pages/repairs.py", title="Repairs", icon=":material/build:"),
+    st.Page("pages/silicon.py", title="Simulation vs silicon", icon=":material/memory:"),
     st.Page("pages/requant.py", title="Requant math", icon=":material/functions:"),
     st.Page("pages/explain.py", title="Explain a checkpoint", icon=":material/description:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dashboard im
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = str(ROOT / "dashboard.py")
-PAGES = ["compare", "scales", "layers", "sensitivity", "repairs", "requant", "explain", "runs"]
+PAGES = ["compare", "scales", "layers", "sensitivity", "repairs", "silicon", "requant", "explain", "runs"]
 FIRST_RUN_TIMEOUT = 240  # the first run computes the default comparison
 TIMEOUT = 60
 MODEL = "digits_cnn"  # small and quick; every test's URL names it

@@ -39,6 +39,7 @@ PAGES = [
     ("layers", "Layers", "Per-layer error", "layer_error_chart", True),
     ("sensitivity", "Sensitivity", "Layer sensitivity", "sens_block", False),
     ("repairs", "Repairs", "Repairs: making per-tensor work", "repairs_block", False),
+    ("silicon", "Simulation vs silicon", "Simulation vs silicon", "silicon_block", False),
     ("requant", "Requant math", "Requantization, step by step", "steps_block", False),
     ("explain", "Explain a checkpoint", "Explain a quantized checkpoint", "explain_block", False),
     ("runs", "Runs", "Saved runs", "runs_block", False),
