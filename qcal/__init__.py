@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Recipe": "recipes",
     "SCHEMES": "schemes",
     "resolve_scheme": "schemes",
-    "check_runnable": "schemes",
+    "check_runnable": "runnable",
     "parse_scheme": "scheme_text",
     "format_scheme": "scheme_text",
     "qparams_from_range": "qparams",
@@ -118,8 +118,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from qcal.repair.equalize import Equalization, equalize  # noqa: F401
     from qcal.reporting import figures  # noqa: F401
     from qcal.reporting.report import report  # noqa: F401
+    from qcal.runnable import check_runnable  # noqa: F401
     from qcal.scheme_text import format_scheme, parse_scheme  # noqa: F401
-    from qcal.schemes import SCHEMES, QSpec, Scheme, check_runnable, resolve_scheme  # noqa: F401
+    from qcal.schemes import SCHEMES, QSpec, Scheme, resolve_scheme  # noqa: F401
     from qcal.store import Run, RunInfo, Store, StoreError  # noqa: F401
     from qcal.store.zoo_runs import compare_zoo  # noqa: F401
     from qcal.zoo import architectures, datasets  # noqa: F401

@@ -65,6 +65,7 @@ def qparams_from_range(
     reduce_range: bool = False,
     quant_min: int | None = None,
     quant_max: int | None = None,
+    eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for an observed range, exactly as torch's observers compute them.
 
@@ -72,7 +73,8 @@ def qparams_from_range(
     ``zp = clamp(qmin - rint(min(min,0) / scale), qmin, qmax)``.
     Symmetric: ``scale = max(|min|, |max|) / ((qmax - qmin) / 2)``, zp 0 (qint8) or 128
     (quint8, even with reduce_range, as torch does; with quant_min/quant_max given, torch's
-    ``(qmin + qmax) // 2``). Scales never fall below ``EPS``.
+    ``(qmin + qmax) // 2``). Scales never fall below ``eps`` (torch's observer argument; None:
+    ``EPS``, torch's default; XNNPACKQuantizer's observers take 2**-12).
     A range never observed (min=+inf, max=-inf) gives (1.0, 0), like torch.
 
     Example: min -1.0, max 3.0, quint8 affine -> scale 4/255 = 0.015686, zp 64.
@@ -90,7 +92,7 @@ def qparams_from_range(
     if torch.any(min_val > max_val):
         raise ValueError(f"min {min_val.tolist()} exceeds max {max_val.tolist()}")
     qmin, qmax = qrange(dtype, reduce_range, quant_min, quant_max)
-    eps = torch.tensor([EPS], dtype=torch.float32)
+    eps = torch.tensor([EPS if eps is None else eps], dtype=torch.float32)
     min_neg = torch.min(min_val, torch.zeros_like(min_val))
     max_pos = torch.max(max_val, torch.zeros_like(max_val))
     if symmetric:
@@ -153,9 +155,9 @@ def quantize(
         scale, zero_point: scalars, or 1-D tensors along ``axis`` for per-channel.
         dtype: "quint8" (returns uint8 codes) or "qint8" (int8 codes).
         axis: the channel axis for per-channel quantization; None for per tensor.
-        backend: "fbgemm", "qnnpack", "x86", "q31": torch's quantize_per_tensor/_per_channel
-            (the torch engines quantize inputs with it); "onnx": QuantizeLinear,
-            ``saturate(rint(f32(x / scale)) + zp)`` (division, half to even, then the zero point).
+        backend: "fbgemm", "qnnpack", "x86", "q31": torch's quantize_per_tensor/_per_channel (the torch
+            engines quantize inputs with it); "xnnpack": XNNPACK's convert, ``rint(f32(x * inv)) + zp``;
+            "onnx": QuantizeLinear, ``saturate(rint(f32(x / scale)) + zp)`` (division, half to even, zp).
         quant_min, quant_max: clamp the codes to this range instead of the dtype's (the
             weights of a spec that gives one; activations' codes span the whole dtype, as in
             torch, whatever range shaped their scale).
@@ -174,8 +176,8 @@ def quantize(
         scale, zp = _along(axis, x.dim(), scale, zp)
     elif scale.numel() != 1:
         raise ValueError(f"per-tensor quantize takes one scale, got {scale.numel()}; pass axis=")
-    if backend == "onnx":
-        return _quantize_linear(x, scale, zp, qmin, qmax).to(INT_DTYPES[dtype])
+    if backend in _UNFUSED:
+        return _UNFUSED[backend](x, scale, zp, qmin, qmax).to(INT_DTYPES[dtype])
     inv = (1.0 / scale).float()
     # Per tensor, fbgemm's vectorised kernel fuses the multiply-add; per channel, torch's
     # scalar loop rounds x * inv to float32 first, then adds zp (ties can differ).
@@ -208,6 +210,16 @@ def _quantize_linear(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmi
     # such integers stay exact (onnx's reference casts to int32 first, see the tests)
     t.clamp_(-(2.0**20), 2.0**20)
     return (t + zp).clamp_(qmin, qmax)
+
+
+def _xnnpack_convert(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """XNNPACK's f32 -> qs8 convert (and ExecuTorch's quantize kernel): ``rint(f32(x * f32(1/s))) + zp``,
+    the zero point added after rounding, never fused."""
+    return (torch.round(x * (1.0 / scale).float()) + zp).clamp_(qmin, qmax)
+
+
+# backends whose quantize is not torch's fused multiply-add
+_UNFUSED = {"onnx": _quantize_linear, "xnnpack": _xnnpack_convert}
 
 
 @torch.no_grad()

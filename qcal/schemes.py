@@ -5,7 +5,7 @@ quant_min/quant_max), the qscheme (per tensor or per channel, affine or symmetri
 range estimator ("observer") and its options. A ``Scheme`` pairs a weight
 spec with an activation spec. ``SCHEMES`` holds the presets. The closed choices (backend,
 mode, dtype, qscheme, observer) are Literals here, each with its one validator. A scheme per
-layer is a ``Recipe`` (``recipes.py``).
+layer is a ``Recipe`` (``recipes.py``); which backend runs which scheme is ``runnable.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ __all__ = [
     "check_backends",
     "check_choice",
     "check_mode",
-    "check_runnable",
     "code_range",
     "resolve_scheme",
 ]
@@ -250,6 +249,15 @@ class Scheme:
 
 
 _ACT = QSpec("quint8", "per_tensor_affine", "minmax", reduce_range=True)
+_XNN_EPS = (("eps", 2.0**-12),)  # XNNPACKQuantizer's observers all take eps=2**-12 (torch's default: 1.2e-7)
+_XNN_ACT = QSpec("qint8", "per_tensor_affine", "histogram", options=_XNN_EPS)
+_XNN_RANGE_NOTE = (" Weights stop at -127 so that ARM kernels summing two int8 products in int16 "
+                   "cannot overflow (2 * 128 * 127 fits, 2 * 128 * 128 does not).")
+
+
+def _xnn_weight(qscheme: QScheme) -> QSpec:
+    return QSpec("qint8", qscheme, "minmax", ch_axis=0, options=_XNN_EPS, quant_min=-127, quant_max=127)
+
 
 _SHARED_ACT_NOTE = (
     " Activations (all four generic presets share them, so a comparison isolates the weight "
@@ -310,6 +318,16 @@ SCHEMES: dict[str, Scheme] = {
             "products in int16, which saturates when activations exceed 127; output zero "
             "points therefore never exceed 127.",
         ),
+        Scheme("xnnpack_default", _xnn_weight("per_channel_symmetric"), _XNN_ACT,
+               "ExecuTorch's XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True): "
+               "per-channel symmetric int8 weights in -127..127 (scale max|w_channel| / 127, zero point "
+               "0) and int8 affine activations over -128..127 chosen by the histogram observer, every "
+               "observer with eps 2**-12; the float bias is quantized by the delegate (int32 at scale "
+               "sa * sw). Runs on backend 'xnnpack', the delegate's arithmetic." + _XNN_RANGE_NOTE),
+        Scheme("xnnpack_per_tensor", _xnn_weight("per_tensor_symmetric"), _XNN_ACT,
+               "XNNPACKQuantizer's get_symmetric_quantization_config(is_per_channel=False): one "
+               "symmetric int8 scale per weight tensor, max|w| / 127 over -127..127, and the same "
+               "int8 histogram activations (eps 2**-12). Runs on backend 'xnnpack'." + _XNN_RANGE_NOTE),
         Scheme(
             "qnnpack_default",
             QSpec("qint8", "per_tensor_symmetric", "minmax"),
@@ -340,32 +358,3 @@ def resolve_scheme(scheme: str | Scheme) -> Scheme:
             )
         return SCHEMES[scheme]
     raise TypeError(f"scheme must be a preset name or a qcal.Scheme, got {type(scheme).__name__}")
-
-
-_TORCH_ENGINES = tuple(b for b in BACKENDS if b in ("fbgemm", "qnnpack", "x86"))
-# (backend, role, dtype) -> why the backend cannot run it. Checked before any calibration, so
-# a built scheme fails with the reason instead of a dtype error deep inside a kernel.
-_UNRUNNABLE: dict[tuple[str, str, str], str] = {
-    **{(b, "activation", "qint8"): f"{b}'s kernels take quint8 activations only (torch's "
-       f"quantized::conv2d/linear refuse qint8 inputs under the {b} engine)" for b in _TORCH_ENGINES},
-    **{(b, "activation", "qint8"): "qcal's whole-model pipeline carries activations as quint8 "
-       "(the int8 kernels take qint8 codes, the model wiring does not)" for b in ("onnx", "q31")},
-    **{(b, "weight", "quint8"): f"{b}'s kernels take qint8 weights only (torch packs weights "
-       f"as qint8 for the {b} engine)" for b in _TORCH_ENGINES},
-}
-
-
-def check_runnable(scheme: Scheme, backend: str) -> None:
-    """Refuse a (scheme, backend) pair the backend cannot run, saying why.
-
-    Raises:
-        ValueError: e.g. qint8 activations on fbgemm, naming the scheme, the setting and
-            the reason.
-    """
-    check_backend(backend)
-    for role, spec in (("weight", scheme.weight), ("activation", scheme.activation)):
-        reason = _UNRUNNABLE.get((backend, role, spec.dtype))
-        if reason:
-            raise ValueError(f"scheme {scheme.name!r} cannot run on {backend}: {spec.dtype} "
-                             f"{role}s: {reason}; use {'quint8' if spec.dtype == 'qint8' else 'qint8'} "
-                             f"{role}s{' or the onnx backend' if role == 'weight' else ''}")

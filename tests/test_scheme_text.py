@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qcal.runnable import check_runnable
 from qcal.scheme_text import format_scheme, parse_scheme, run_schemes
-from qcal.schemes import DTYPES, OBSERVERS, QSCHEMES, SCHEMES, QSpec, Scheme, check_runnable
+from qcal.schemes import DTYPES, OBSERVERS, QSCHEMES, SCHEMES, QSpec, Scheme
 
 _OPTIONS = {
     "minmax": st.just({}),

@@ -90,7 +90,9 @@ def test_quant_range_defaults_to_none_and_keeps_every_preset_unchanged():
     assert (spec.quant_min, spec.quant_max, spec.custom_range) == (None, None, False)
     assert spec.code_range() == (-128, 127)
     assert QSpec("quint8", reduce_range=True).code_range() == (0, 127)
-    assert all(not s.weight.custom_range and not s.activation.custom_range for s in qcal.SCHEMES.values())
+    torch_presets = [s for name, s in qcal.SCHEMES.items() if not name.startswith("xnnpack")]
+    assert all(not s.weight.custom_range and not s.activation.custom_range for s in torch_presets)
+    assert qcal.SCHEMES["xnnpack_default"].weight.code_range() == (-127, 127)  # XNNPACKQuantizer's weights
     xnn = QSpec("qint8", "per_channel_symmetric", quant_min=-127, quant_max=127)
     assert xnn != spec and xnn == QSpec("qint8", "per_channel_symmetric", quant_min=-127, quant_max=127)
     assert xnn.code_range() == (-127, 127) and "quant_min=-127 quant_max=127" in xnn.label()

@@ -32,6 +32,7 @@ from qcal.calibration.model import describe_shape
 from qcal.recipes import Recipe, resolve_scheme_or_recipe
 from qcal.repair.apply import apply_recipe, chain_recipe, repair_label, split_repairs
 from qcal.repair.stats import as_batches
+from qcal.runnable import PRESET_ENGINES, preset_backends
 from qcal.scheme_text import format_scheme
 from qcal.schemes import SCHEMES, Scheme
 
@@ -102,14 +103,14 @@ def _plan(schemes: Sequence[str | Scheme | Recipe] | None, backends: Sequence[st
         if labels.setdefault(repair_label(spec), spec) != spec:
             raise ValueError(f"two different schemes or recipes are labelled {repair_label(spec)!r}; "
                              "give each its own name (qcal.Recipe(..., name=...))")
-    own_engine = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
+    own_engine = PRESET_ENGINES
     jobs: list[tuple[Scheme | Recipe, str]] = []
     for scheme in resolved:
         base = scheme.default if _is_repaired(scheme) and not scheme.layers else scheme
         if backends is None and base is not None and base.name in own_engine and base == SCHEMES[base.name]:
             wanted = [own_engine[base.name]]
         else:
-            wanted = list(backends or ["fbgemm"])
+            wanted = preset_backends(scheme, backends)
         jobs.extend((scheme, b) for b in wanted if (scheme, b) not in jobs)
     return jobs
 

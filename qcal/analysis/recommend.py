@@ -39,7 +39,8 @@ from qcal.analysis.sweep import Sweep
 from qcal.recipes import Recipe
 from qcal.repair.apply import CHEAP_CHAINS
 from qcal.repair.stats import as_batches
-from qcal.schemes import SCHEMES, Scheme, resolve_scheme
+from qcal.runnable import presets_for
+from qcal.schemes import Scheme, resolve_scheme
 
 __all__ = ["STEP_COLUMNS", "Recommendation", "recommend"]
 
@@ -138,13 +139,13 @@ class _Search:
 
 @torch.no_grad()
 def _checked_args(schemes: Sequence[str | Scheme] | None, max_drop: float,
-                  max_fp32_layers: int | None) -> list[Scheme]:
+                  max_fp32_layers: int | None, backend: str) -> list[Scheme]:
     """The distinct candidate schemes, after refusing a bad budget or an empty candidate list."""
     if not 0 <= max_drop <= 1:
         raise ValueError(f"max_drop is a fraction between 0 and 1 (0.01 = 1 point), got {max_drop!r}")
     if max_fp32_layers is not None and max_fp32_layers < 0:
         raise ValueError(f"max_fp32_layers must be >= 0 or None, got {max_fp32_layers!r}")
-    resolved = list(dict.fromkeys(resolve_scheme(s) for s in (schemes or list(SCHEMES))))
+    resolved = list(dict.fromkeys(resolve_scheme(s) for s in (schemes or presets_for(backend))))
     if not resolved:
         raise ValueError("no candidate scheme given; pass preset names or qcal.Scheme objects")
     return resolved
@@ -188,7 +189,7 @@ def recommend(
 
     Args:
         model, calib_data, eval_data: as for ``compare``.
-        schemes: candidate presets or Schemes (None: every preset).
+        schemes: candidate presets or Schemes (None: every preset ``backend`` can run).
         backend: the engine flavour.
         max_drop: the accepted drop against fp32, a fraction (0.01 = 1 point).
         max_fp32_layers: at most this many fp32 layers (None: no limit).
@@ -201,7 +202,7 @@ def recommend(
     Raises:
         ValueError: max_drop outside [0, 1], a negative max_fp32_layers, unknown schemes.
     """
-    resolved = _checked_args(schemes, max_drop, max_fp32_layers)
+    resolved = _checked_args(schemes, max_drop, max_fp32_layers, backend)
     report = progress or (lambda fraction, message: None)
     calib_data = as_batches(calib_data)  # read again by each repair tried
 

@@ -25,6 +25,7 @@ from qcal.calibration.observed import Observed, as_recipe, warn_at_caller
 from qcal.observers.observers import make_observer
 from qcal.qparams import quantize
 from qcal.recipes import Recipe, resolve_scheme_or_recipe
+from qcal.runnable import check_runnable, preset_backends
 from qcal.schemes import (
     BACKENDS,
     MODES,
@@ -33,25 +34,24 @@ from qcal.schemes import (
     Scheme,
     check_backends,
     check_mode,
-    check_runnable,
 )
 
 __all__ = ["MODES", "Calibrated", "calibrate", "calibrate_many", "check_backends", "default_backends"]
 
 Progress = Callable[[float, str], None]
-_OWN_ENGINE = {"fbgemm_default": "fbgemm", "qnnpack_default": "qnnpack"}
 
 
 def default_backends(scheme: Scheme, backends: Sequence[str] | None) -> list[str]:
-    """A *_default preset on its own engine unless backends is given, the rest on each
-    requested backend (default ["fbgemm"])."""
+    """A *_default (or XNNPACK) preset on its own engine unless backends is given, the rest on
+    each requested backend (default ["fbgemm"]); a preset runs on the requested backends it
+    can run on, or on its own engine when none can (``qcal.runnable.preset_backends``)."""
     if backends is not None:
         if isinstance(backends, str):
             raise TypeError(f"backends must be a list of names, got the string {backends!r}; use [{backends!r}]")
         if not backends:
             raise ValueError(f"no backend given; pass None (the default rule) or some of: {', '.join(BACKENDS)}")
-        return check_backends(backends)
-    return [_OWN_ENGINE.get(scheme.name, "fbgemm")]
+        return preset_backends(scheme, check_backends(backends))
+    return preset_backends(scheme, None)
 
 
 def _batches(calib_data: Any) -> Iterator[Any]:
@@ -249,6 +249,8 @@ class Calibrated:
         """The QuantizedModel of a recipe (or scheme) on one backend."""
         check_backends([backend])
         recipe = self.prepare(recipe)
+        for scheme in recipe.schemes():
+            check_runnable(scheme, backend)  # sensitivity and recommend build here
         ((_, qm),) = _build(self.observed, recipe, self.weights, self.float_model, [backend]).items()
         return qm
 
@@ -289,7 +291,9 @@ def calibrate_many(
             positional args or a dict of keyword args.
         schemes: preset names, Schemes or Recipes (per-layer schemes; fp32 layers).
         backends: engine flavours for every scheme; None: each *_default preset (or recipe
-            with such a default) on its own engine, the rest on "fbgemm".
+            with such a default) and each XNNPACK preset on its own engine, the rest on
+            "fbgemm". A preset runs on those of ``backends`` it can run on, on its own engine
+            when it can run on none (``qcal.runnable.preset_backends``).
         mode: "auto" (graph, falling back to module swap with one warning saying why),
             "graph" (torch.fx) or "modules" (module swap).
         progress: ``progress(fraction, message)``.
@@ -313,19 +317,27 @@ def calibrate(
     model: nn.Module,
     calib_data: Any,
     scheme: str | Scheme | Recipe,
-    backend: str = "fbgemm",
+    backend: str | None = None,
     *,
     mode: str = "auto",
     progress: Progress | None = None,
 ) -> QuantizedModel:
     """Calibrate ``model`` under one scheme (or per-layer Recipe) for one backend flavour.
 
-    See ``calibrate_many`` for the arguments and errors. Example::
+    ``backend`` None is "fbgemm", or the engine of a preset made only for its own
+    (xnnpack_default and xnnpack_per_tensor: "xnnpack"); a backend given that cannot run the
+    scheme is refused (``qcal.check_runnable``). See ``calibrate_many`` for the other
+    arguments and errors. Example::
 
         qm = qcal.calibrate(model, calib_batches, "fbgemm_default")
         y = qm(x)            # fp32 output of the integer pipeline
         qm.layers()          # per-layer qparams and requant multipliers
     """
     scheme = resolve_scheme_or_recipe(scheme)
+    recipe = as_recipe(scheme)
+    if backend is None:
+        backend = preset_backends(recipe.default, ["fbgemm"])[0]
+    for part in recipe.schemes():
+        check_runnable(part, backend)
     (qm,) = calibrate_many(model, calib_data, [scheme], [backend], mode=mode, progress=progress).values()
     return qm

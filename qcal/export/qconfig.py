@@ -62,6 +62,8 @@ def torch_observer(spec: QSpec) -> Any:
     if spec.observer in _OBSERVER_OPTIONS:
         option, default = _OBSERVER_OPTIONS[spec.observer]
         kw[option] = spec.option(option, default)
+    if spec.option("eps") is not None:
+        kw["eps"] = spec.option("eps")
     with warnings.catch_warnings():
         _torch_warnings.silence()
         return cls.with_args(**kw)

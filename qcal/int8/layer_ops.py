@@ -99,9 +99,12 @@ def make_kernel(layer: Any, backend: str) -> Callable[[torch.Tensor, bool], Any]
     else:
         packed = pack_linear(*weights, backend=backend)
     qparams = (layer.input_scale, layer.input_zero_point, layer.output_scale, layer.output_zero_point)
+    # int8 codes in, int8 codes out (qint8 activations: an int8 zero point picks the output dtype)
+    signed = (*qparams[:3], torch.tensor(layer.output_zero_point, dtype=torch.int8)) \
+        if -128 <= layer.output_zero_point <= 127 else qparams
     relu = layer.relu
 
     def kernel(x_q: torch.Tensor, detailed: bool) -> Any:
-        return packed(x_q, *qparams, relu=relu, detailed=detailed)
+        return packed(x_q, *(signed if x_q.dtype == torch.int8 else qparams), relu=relu, detailed=detailed)
 
     return kernel

@@ -84,4 +84,4 @@ def range_from_histogram(spec: QSpec, hist: RunningHistogram) -> Range:
 @torch.no_grad()
 def qparams_from_histogram(spec: QSpec, hist: RunningHistogram) -> Range:
     """(scale, zero_point) of ``spec`` from a shared histogram (see ``range_from_histogram``)."""
-    return qparams_from_range(*range_from_histogram(spec, hist), **range_kwargs(spec))
+    return qparams_from_range(*range_from_histogram(spec, hist), **range_kwargs(spec), eps=spec.option("eps"))

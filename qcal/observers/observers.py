@@ -56,14 +56,15 @@ def _unseen() -> Range:
 
 
 # Options each observer accepts (name -> default).
-_OPTIONS: dict[str, dict[str, Any]] = {
+# Every observer takes "eps", torch's smallest scale (XNNPACKQuantizer's presets: 2**-12).
+_OPTIONS: dict[str, dict[str, Any]] = {name: {**options, "eps": EPS} for name, options in {
     "minmax": {},
     "moving_average": {"averaging_constant": 0.01},
     "histogram": {"bins": 2048},
     "percentile": {"percentile": 99.99, "bins": 2048},
     "entropy": {"bins": 2048},
     "mse": {"bins": 2048},
-}
+}.items()}
 
 
 def _check_float(x: torch.Tensor) -> None:
@@ -141,7 +142,7 @@ class Observer:
             warnings.warn(f"{spec.observer} observer saw only zeros in {int(zero.sum())} of "
                           f"{zero.numel()} channel(s): their scale is eps = {EPS:.3g}, as in torch",
                           stacklevel=2)
-        scale, zp = qparams_from_range(lo, hi, **range_kwargs(spec))
+        scale, zp = qparams_from_range(lo, hi, **range_kwargs(spec), eps=spec.option("eps"))
         if not bool(torch.isfinite(scale).all()):
             raise ValueError(f"range ({lo.min().item()}, {hi.max().item()}) is too wide for a "
                              "float32 scale; inputs must span less than 3.4e38")

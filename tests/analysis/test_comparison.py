@@ -41,7 +41,8 @@ def test_default_presets_run_on_their_own_engine_and_the_rest_on_fbgemm():
     jobs = [(s.name, b) for s, b in _plan(None, None)]
     assert ("fbgemm_default", "fbgemm") in jobs and ("qnnpack_default", "qnnpack") in jobs
     assert ("qnnpack_default", "fbgemm") not in jobs
-    assert ("per_tensor_affine", "fbgemm") in jobs and len(jobs) == 6
+    assert ("per_tensor_affine", "fbgemm") in jobs and len(jobs) == 8
+    assert ("xnnpack_default", "xnnpack") in jobs and ("xnnpack_per_tensor", "xnnpack") in jobs
 
 
 def test_explicit_backends_apply_to_every_scheme():

@@ -23,7 +23,7 @@ def data():
 
 
 @pytest.mark.parametrize("mode", ["graph", "modules"])
-def test_six_presets_run_the_model_over_the_data_once(mode, data):
+def test_every_preset_runs_the_model_over_the_data_once(mode, data):
     calib, _ = data
     model = make_model("cnn")
     calls = []
@@ -35,7 +35,7 @@ def test_six_presets_run_the_model_over_the_data_once(mode, data):
 
     with mock.patch.object(nn.Conv2d, "forward", counting):
         qms = calibrate_many(model, calib, ALL, mode=mode)
-    assert len(qms) == 6
+    assert len(qms) == len(ALL)
     assert len(calls) == 3 * len(calib)  # three convs, each batch once
 
 
@@ -62,8 +62,8 @@ def test_one_observer_per_distinct_activation_and_weight_spec(data):
 
 def test_default_backends_put_default_presets_on_their_own_engine(data):
     qms = calibrate_many(make_model("mlp"), data[0], ALL)
-    assert set(qms) == {("fbgemm_default", "fbgemm"), ("qnnpack_default", "qnnpack"),
-                        *((s, "fbgemm") for s in ALL if not s.endswith("_default"))}
+    assert set(qms) == {("fbgemm_default", "fbgemm"), ("qnnpack_default", "qnnpack"), ("xnnpack_default", "xnnpack"),
+                        ("xnnpack_per_tensor", "xnnpack"), *((s, "fbgemm") for s in ALL if "pack" not in s)}
     explicit = calibrate_many(make_model("mlp"), data[0], ["fbgemm_default", "per_tensor_affine"],
                               ["fbgemm", "qnnpack"])
     assert set(explicit) == {(s, b) for s in ["fbgemm_default", "per_tensor_affine"] for b in ["fbgemm", "qnnpack"]}

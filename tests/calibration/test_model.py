@@ -12,6 +12,7 @@ import qcal
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.int8.cpu.isa import saturates as isa_saturates
+from qcal.runnable import PRESET_ENGINES
 
 ISSUE_ARCHS = ["cnn", "mobilenet", "resnet"]
 
@@ -299,7 +300,7 @@ def test_tiny_encoder_in_module_swap_mode_stays_close_to_fp32(scheme):
     mask[::2, 6:] = False
     calib = [{"x": x[:32], "attention_mask": mask[:32]}, {"x": x[32:], "attention_mask": mask[32:]}]
     with pytest.warns(UserWarning, match="module-swap"):
-        qm = calibrate(model, calib, scheme, "qnnpack" if scheme == "qnnpack_default" else "fbgemm")
+        qm = calibrate(model, calib, scheme, PRESET_ENGINES.get(scheme, "fbgemm"))
     assert qm.mode == "modules" and qm.fallback_reason
     test = {"x": torch.rand(64, 1, 8, 8), "attention_mask": mask}
     cos = torch.nn.functional.cosine_similarity(qm(test).flatten(), model(**test).flatten(), dim=0)
