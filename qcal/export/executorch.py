@@ -1,10 +1,12 @@
 """ExecuTorch out: a PT2E model lowered to a ``.pte`` with the XNNPACK delegate, and run.
 
-``to_executorch(model, path, example_input)`` lowers ``model.converted`` (a ``Pt2eModel`` from
-``qcal.from_pt2e``) with ``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])``,
-writes the program and checks that ExecuTorch's runtime computes ``model(example_input)`` bit
-for bit (a ValueError naming the count of differing values otherwise). A QuantizedModel that
-``qcal.calibrate`` made is refused: qcal does not build PT2E graphs yet.
+``to_executorch(model, path, example_input)`` lowers a PT2E model with
+``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])``, writes the program and
+checks that ExecuTorch's runtime computes ``model(example_input)`` bit for bit (a ValueError
+naming the count of differing values otherwise). The PT2E model is ``model.converted`` for a
+``Pt2eModel`` (``qcal.from_pt2e``); for a QuantizedModel of the xnnpack flavour
+(``qcal.calibrate(model, data, "xnnpack_default")``) it is built by ``qcal.export.scheme_pt2e``
+with the model's own qparams, checked entry by entry.
 ``run_executorch(program, *inputs)`` runs a ``.pte`` file or buffer with
 ``executorch.runtime.Runtime`` (the tests' oracle).
 """
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from qcal.export.pt2e import Pt2eModel, require_pt2e
+from qcal.export.scheme_pt2e import to_pt2e
 
 __all__ = ["lower_to_executorch", "run_executorch", "to_executorch"]
 
@@ -45,18 +48,24 @@ def run_executorch(program: bytes | str | Path, *inputs: torch.Tensor) -> list[t
 def to_executorch(model: Any, path: str | Path, example_input: torch.Tensor | tuple) -> Path:
     """Write ``model`` as an ExecuTorch program with the XNNPACK delegate; see the module doc.
 
-    Returns the path written. Raises ValueError for a model that is not of the xnnpack flavour
-    or is not a PT2E model, and when the delegate's outputs differ from ``model``'s.
+    Args:
+        model: a ``Pt2eModel`` (``qcal.from_pt2e``) or a QuantizedModel of backend "xnnpack".
+        path: the ``.pte`` file to write.
+        example_input: a Tensor or a tuple of them: the export's example and the checked batch.
+
+    Returns the path written. Raises ValueError for a model of another flavour, a scheme or
+    model XNNPACK cannot run (named, with the reason: ``qcal.export.scheme_pt2e``), PT2E qparams
+    that differ from qcal's (each entry listed), and when the delegate's outputs differ from
+    ``model``'s.
     """
-    if not isinstance(model, Pt2eModel):
-        backend = getattr(model, "backend", None)
-        raise ValueError(f"to_executorch writes models read with qcal.from_pt2e(..., backend='xnnpack'); got "
-                         f"{type(model).__name__}" + (f" of backend {backend!r}" if backend else "")
-                         + ": qcal does not build PT2E graphs from its own schemes yet")
-    if model.backend != "xnnpack":
-        raise ValueError(f"to_executorch needs the 'xnnpack' flavour, got {model.backend!r}")
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    data = lower_to_executorch(model.converted, inputs)
+    if isinstance(model, Pt2eModel):
+        if model.backend != "xnnpack":
+            raise ValueError(f"to_executorch needs the 'xnnpack' flavour, got {model.backend!r}")
+        converted = model.converted
+    else:
+        converted = to_pt2e(model, inputs)
+    data = lower_to_executorch(converted, inputs)
     path = Path(path)
     path.write_bytes(data)
     mine = model(*inputs)

@@ -1,0 +1,104 @@
+"""qcal's XNNPACK presets against XNNPACKQuantizer, and to_executorch from them against the delegate.
+
+The oracles: torchao's prepare_pt2e/convert_pt2e with XNNPACKQuantizer's
+get_symmetric_quantization_config on the same calibration batches (every scale, zero point,
+weight code and bias equal), and ExecuTorch's XNNPACK delegate itself (0 differing values).
+torch's converted module (the simulation) is counted beside the delegate, not asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("executorch.runtime", reason="the pt2e extra (requirements-dev.txt installs it)")
+
+import qcal
+from qcal.export.executorch import run_executorch
+from qcal.export.pt2e_qparams import pt2e_qparams, qcal_qparams, qparam_differences
+from qcal.export.scheme_pt2e import to_pt2e
+
+PRESETS = [("xnnpack_default", True), ("xnnpack_per_tensor", False)]
+
+
+class Net(nn.Module):
+    """conv-ReLU, depthwise and grouped convs, a residual add-ReLU, max pooling, linear."""
+
+    def __init__(self, relu=F.relu):
+        super().__init__()
+        self.act = relu
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.grouped = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4)
+        self.fc = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x):  # (N, 1, 8, 8) -> (N, 10)
+        y = self.relu(self.c1(x))
+        z = F.relu(self.pw(self.act(self.dw(y))) + y)
+        return self.fc(torch.flatten(self.grouped(F.max_pool2d(z, 2)), 1))
+
+
+def _data(seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    calib = [torch.randn(16, 1, 8, 8, generator=g) * 2 for _ in range(3)]
+    return calib, torch.randn(50, 1, 8, 8, generator=g) * 2
+
+
+def _model(**kwargs) -> nn.Module:
+    torch.manual_seed(1)
+    return Net(**kwargs).eval()
+
+
+def _xnnpack_quantizer_model(model, calib, per_channel):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    prepared = prepare_pt2e(torch.export.export(model, (calib[0],)).module(), quantizer)
+    for batch in calib:
+        prepared(batch)
+    return convert_pt2e(prepared)
+
+
+@pytest.mark.parametrize(("preset", "per_channel"), PRESETS)
+def test_preset_qparams_equal_xnnpack_quantizers_on_the_same_batches(preset, per_channel):
+    model, (calib, _) = _model(), _data()
+    qm = qcal.calibrate(model, calib, preset)
+    theirs = pt2e_qparams(_xnnpack_quantizer_model(model, calib, per_channel))
+    mine = qcal_qparams(qm)
+    assert qm.backend == "xnnpack" and len(mine) == 27  # 5 layers x 5 entries, the input, the add
+    assert qparam_differences(mine, theirs) == []
+    assert all(set(v[1]) == {0} for k, v in mine.items() if k.endswith(" weight"))  # symmetric: zero points 0
+
+
+@pytest.mark.parametrize(("preset", "per_channel"), PRESETS)
+def test_to_executorch_of_a_calibrated_preset_equals_the_delegate(preset, per_channel, tmp_path):
+    model, (calib, x) = _model(), _data()
+    qm = qcal.calibrate(model, calib, preset)
+    path = qcal.to_executorch(qm, tmp_path / f"{preset}.pte", x)
+    delegate = run_executorch(path, x)[0]
+    differing = int((qm(x) != delegate).sum())
+    simulated = int((to_pt2e(qm, (x,))(x) != delegate).sum())
+    print(f"{preset}: qcal vs delegate {differing}, torch's converted module vs delegate {simulated} "
+          f"of {delegate.numel()}")
+    assert differing == 0
+
+
+def test_to_executorch_refuses_what_xnnpack_cannot_run(tmp_path):
+    model, (calib, x) = _model(), _data()
+    with pytest.raises(ValueError, match=r"'xnnpack' flavour.*got a QuantizedModel of backend 'fbgemm'"):
+        qcal.to_executorch(qcal.calibrate(model, calib, "fbgemm_default"), tmp_path / "a.pte", x)
+    with pytest.raises(ValueError, match="from_pt2e"):
+        qcal.to_executorch(object(), tmp_path / "b.pte", x)
+    # torch.relu is an fp32 op in qcal's torch.fx plan (re-observed after it), fused into the conv
+    # by XNNPACKQuantizer: the two models' qparams differ, and the export says where
+    qm = qcal.calibrate(_model(relu=torch.relu), calib, "xnnpack_default")
+    with pytest.raises(ValueError, match=r"differs from qcal's in \d+ entries: pw input"):
+        qcal.to_executorch(qm, tmp_path / "c.pte", x)
