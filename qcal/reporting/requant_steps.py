@@ -1,6 +1,6 @@
 """One element's requantization replayed step by step, one small function per backend.
 
-``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31, x86, ort), runs
+``requant_steps`` looks the backend's steps up in ``_STEPS`` (fbgemm, qnnpack, onnx, q31, x86, ort, xnnpack), runs
 them on the element's int32 accumulator, clamps, and checks the result against
 ``qcal.int8.requantize`` of the same accumulator: the table cannot drift from the engine.
 """
@@ -69,7 +69,19 @@ def _qnnpack_bias(e: _Element) -> tuple[torch.Tensor, list[Step]]:
                ("add bias (int32)", "acc + bq", e.acc + bq)]
 
 
-_MULTIPLIER_FORMULA = {"fbgemm": "M = f32(f32(sa·sw) / so)", "qnnpack": "R = f32(f32(sw·sa) · f32(1/so))"}
+def _xnnpack_bias(e: _Element) -> tuple[torch.Tensor, list[Step]]:
+    """xnnpack: ExecuTorch's delegate quantizes the float bias to int32 itself (per tensor from
+    the float64 product of the scales), then XNNPACK adds it to the accumulator."""
+    y, steps = _qnnpack_bias(e)
+    if steps:
+        rule = "bq = rint(b · f32(1 / f32(sw·sa)))" if e.rq.per_channel else "bq = rint(b · f32(1 / (sw·sa)))"
+        steps[0] = ("bias quantized to int32 by the delegate", rule + ("" if e.rq.per_channel else ", sw·sa in float64"),
+                    steps[0][2])
+    return y, steps
+
+
+_MULTIPLIER_FORMULA = {"fbgemm": "M = f32(f32(sa·sw) / so)", "qnnpack": "R = f32(f32(sw·sa) · f32(1/so))",
+                       "xnnpack": "M = f32(f32(sa·sw) / so)"}
 
 
 def _torch_steps(bias: Callable[[_Element], tuple[torch.Tensor, list[Step]]], backend: str
@@ -153,6 +165,7 @@ _STEPS: dict[str, Callable[[_Element], tuple[int, list[Step]]]] = {
     "x86": _torch_steps(_fbgemm_bias, "fbgemm"),
     "onednn": _onednn_steps,
     "ort": _ort_steps,
+    "xnnpack": _torch_steps(_xnnpack_bias, "xnnpack"),  # f32(acc + bq) · M, rint, zero point after
 }
 
 
@@ -165,7 +178,7 @@ def requant_steps(layer: Any, trace: Any, index: tuple[int, ...], backend: str) 
         trace: the layer's ``LayerTrace`` for the batch (its ``acc`` and ``output_q``).
         index: the element, from ``element_index``.
         backend: "fbgemm" | "qnnpack" | "onnx" | "q31" | "x86" (the steps of the kernel x86
-            runs for this layer on the assumed CPU: FBGEMM's or oneDNN's) | "ort".
+            runs for this layer on the assumed CPU: FBGEMM's or oneDNN's) | "ort" | "xnnpack".
 
     Returns:
         Columns step, formula, value (a string: integers exactly, floats with 9 significant

@@ -21,6 +21,9 @@ from qcal.export.pt2e_qparams import pt2e_qparams, qcal_qparams, qparam_differen
 from qcal.export.scheme_pt2e import to_pt2e
 
 PRESETS = [("xnnpack_default", True), ("xnnpack_per_tensor", False)]
+# weights reaching -128 (no quant_min/quant_max): the delegate takes them (weight_qmin=-128)
+FULL_RANGE = qcal.Scheme("full_range_weights", qcal.QSpec("qint8", "per_channel_symmetric", options={"eps": 2.0**-12}),
+                         qcal.SCHEMES["xnnpack_default"].activation)
 
 
 class Net(nn.Module):
@@ -78,15 +81,17 @@ def test_preset_qparams_equal_xnnpack_quantizers_on_the_same_batches(preset, per
     assert all(set(v[1]) == {0} for k, v in mine.items() if k.endswith(" weight"))  # symmetric: zero points 0
 
 
-@pytest.mark.parametrize(("preset", "per_channel"), PRESETS)
-def test_to_executorch_of_a_calibrated_preset_equals_the_delegate(preset, per_channel, tmp_path):
+@pytest.mark.parametrize("preset", ["xnnpack_default", "xnnpack_per_tensor", FULL_RANGE], ids=lambda p: getattr(p, "name", p))
+def test_to_executorch_of_a_calibrated_preset_equals_the_delegate(preset, tmp_path):
     model, (calib, x) = _model(), _data()
-    qm = qcal.calibrate(model, calib, preset)
-    path = qcal.to_executorch(qm, tmp_path / f"{preset}.pte", x)
+    qm = qcal.calibrate(model, calib, preset, "xnnpack")
+    if preset is FULL_RANGE:
+        assert min(int(layer.weight_q.min()) for layer in qm.quant_layers.values()) == -128
+    path = qcal.to_executorch(qm, tmp_path / "model.pte", x)
     delegate = run_executorch(path, x)[0]
     differing = int((qm(x) != delegate).sum())
     simulated = int((to_pt2e(qm, (x,))(x) != delegate).sum())
-    print(f"{preset}: qcal vs delegate {differing}, torch's converted module vs delegate {simulated} "
+    print(f"{qm.scheme.name}: qcal vs delegate {differing}, torch's converted module vs delegate {simulated} "
           f"of {delegate.numel()}")
     assert differing == 0
 
