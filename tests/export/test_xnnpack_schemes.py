@@ -27,7 +27,7 @@ FULL_RANGE = qcal.Scheme("full_range_weights", qcal.QSpec("qint8", "per_channel_
 
 
 class Net(nn.Module):
-    """conv-ReLU, depthwise and grouped convs, a residual add-ReLU, max pooling, linear."""
+    """conv-ReLU, depthwise conv-BN-ReLU, grouped conv, a residual add-ReLU, max pooling, linear."""
 
     def __init__(self, relu=F.relu):
         super().__init__()
@@ -35,13 +35,14 @@ class Net(nn.Module):
         self.c1 = nn.Conv2d(1, 8, 3, padding=1)
         self.relu = nn.ReLU()
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)  # folded by qcal and by prepare_pt2e, each in its own code
         self.pw = nn.Conv2d(8, 8, 1)
         self.grouped = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4)
         self.fc = nn.Linear(16 * 2 * 2, 10)
 
     def forward(self, x):  # (N, 1, 8, 8) -> (N, 10)
         y = self.relu(self.c1(x))
-        z = F.relu(self.pw(self.act(self.dw(y))) + y)
+        z = F.relu(self.pw(self.act(self.bn(self.dw(y)))) + y)
         return self.fc(torch.flatten(self.grouped(F.max_pool2d(z, 2)), 1))
 
 
@@ -53,7 +54,12 @@ def _data(seed: int = 3):
 
 def _model(**kwargs) -> nn.Module:
     torch.manual_seed(1)
-    return Net(**kwargs).eval()
+    model = Net(**kwargs)
+    for p in (model.bn.running_mean, model.bn.bias):
+        p.data.uniform_(-0.5, 0.5)
+    model.bn.running_var.uniform_(0.5, 2.0)
+    model.bn.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
 
 
 def _xnnpack_quantizer_model(model, calib, per_channel):
@@ -102,6 +108,9 @@ def test_to_executorch_refuses_what_xnnpack_cannot_run(tmp_path):
         qcal.to_executorch(qcal.calibrate(model, calib, "fbgemm_default"), tmp_path / "a.pte", x)
     with pytest.raises(ValueError, match="from_pt2e"):
         qcal.to_executorch(object(), tmp_path / "b.pte", x)
+    moved = qcal.calibrate(model, calib, "per_tensor_affine").with_backend("xnnpack")
+    with pytest.raises(ValueError, match="cannot run on xnnpack: quint8 activations"):
+        qcal.to_executorch(moved, tmp_path / "b.pte", x)
     # torch.relu is an fp32 op in qcal's torch.fx plan (re-observed after it), fused into the conv
     # by XNNPACKQuantizer: the two models' qparams differ, and the export says where
     qm = qcal.calibrate(_model(relu=torch.relu), calib, "xnnpack_default")
