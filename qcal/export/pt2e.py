@@ -6,12 +6,17 @@ producing ``quantized_decomposed`` nodes: the graph does not record its quantize
 ``backend``) and runs the graph on plain integer codes with qcal's kernels
 (``qcal.int8``; no quantized tensor types). Each ``dequantize -> op [-> relu] -> quantize``
 group becomes one integer operator, as the delegate fuses it: conv2d (dense, grouped,
-depthwise), linear, add, each with an optional fused ReLU; flatten/reshape/view, max pooling
-and ReLU act on codes directly (what XNNPACK computes for them is exact). The model's float
+depthwise), linear, add, each with an optional fused ReLU, and global average pooling
+(``adaptive_avg_pool2d`` to 1x1, ``mean`` over H and W keeping the dims: XNNPACK's qs8 mean,
+``qcal.int8.backends.xnnpack_pool``); flatten/reshape/view, max pooling, ReLU and ``cat`` of
+inputs sharing one quantization (as XNNPACKQuantizer annotates it) act on codes directly (what
+XNNPACK computes for them is exact). The model's float
 input is quantized as XNNPACK's convert does (``rint(f32(x * f32(1/s))) + zp``, torch's rule
 too) and its output dequantized as ``f32(f32(q - zp) * s)``.
 
-Refused with the reason: other operators between a dequantize and a quantize, a quantize
+Refused with the reason: other operators between a dequantize and a quantize (``avg_pool2d``,
+which XNNPACKQuantizer does not annotate, and adaptive pooling to other sizes among them), ``cat``
+of inputs with different qparams, a quantize
 changing the qparams of codes (a requantizing convert), per-channel activations, any backend
 but "xnnpack" (x86 inductor's fused int8 kernels are not modelled yet).
 """
@@ -25,6 +30,7 @@ from typing import Any
 import torch
 
 from qcal.int8 import kernels, qadd
+from qcal.int8.backends.xnnpack_pool import xnnpack_mean_hw
 
 __all__ = ["Codes", "Pt2eModel", "from_pt2e", "fused", "require_pt2e"]
 
@@ -111,7 +117,7 @@ class Pt2eModel:
             return self._quantize(node, args, seen)
         if name.startswith(_QD + ".dequantize_per_"):
             return _dequantize(name, args)
-        if any(isinstance(a, (Codes, _Pending)) for a in args):
+        if any(isinstance(a, (Codes, _Pending)) for a in _flat_args(args)):
             return _on_codes(node, name, args, kwargs)
         return node.target(*args, **kwargs)  # float parts (none between q/dq in a lowered model)
 
@@ -146,6 +152,11 @@ def fused(op: str, args: tuple, relu: bool, so: float, zo: int, dtype: torch.dty
             accumulator, requantization numbers) instead of the output codes.
     """
     zo_t = torch.tensor(zo, dtype=dtype)
+    if op == "mean":
+        if relu:
+            raise ValueError("a ReLU fused after a global average pooling is not supported")
+        x = args[0]
+        return xnnpack_mean_hw(x.q, x.scale, x.zero_point, so, zo)
     if op == "add":
         a, b = args
         return qadd.add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, so, zo, relu=relu, backend=backend)
@@ -162,6 +173,7 @@ def fused(op: str, args: tuple, relu: bool, so: float, zo: int, dtype: torch.dty
 
 
 _FUSED = {"aten.conv2d.default": "conv2d", "aten.linear.default": "linear", "aten.add.Tensor": "add"}
+_POOLS = ("aten.adaptive_avg_pool2d.default", "aten.mean.dim")  # global average pooling, when to 1x1
 _SHAPE_OPS = ("aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten.max_pool2d.default",
               "aten.squeeze.dims", "aten.squeeze.dim", "aten.unsqueeze.default")
 
@@ -181,7 +193,55 @@ def _on_codes(node: torch.fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
     if name in _SHAPE_OPS and isinstance(args[0], Codes) and args[0].axis is None:
         x = args[0]
         return Codes(node.target(x.q, *args[1:], **kwargs), x.scale, x.zero_point)
+    if name in _POOLS and isinstance(args[0], Codes) and args[0].axis is None:
+        _check_global_pool(node, name, args, kwargs)
+        return _Pending(node, "mean", args[:1])  # requantized by the quantize that follows
+    if name == "aten.cat.default":
+        return _cat(node, args, kwargs)
+    if name == "aten.avg_pool2d.default":
+        raise ValueError(f"{node.name}: avg_pool2d runs in float on dequantized values (XNNPACKQuantizer does not "
+                         "annotate it) and XNNPACK's float average pooling is not modelled; adaptive_avg_pool2d "
+                         "to 1x1 and max pooling are read")
     raise ValueError(f"{node.name}: {name} on quantized values is not supported by qcal's PT2E reader")
+
+
+def _check_global_pool(node: torch.fx.Node, name: str, args: tuple, kwargs: dict) -> None:
+    """ValueError unless the pool averages all of H and W of a 4-D input, keeping the dims."""
+    x = args[0].q
+    if name == "aten.adaptive_avg_pool2d.default":
+        ok = x.dim() == 4 and [int(v) for v in args[1]] == [1, 1]
+    else:
+        dims = sorted(int(d) % x.dim() for d in args[1])
+        ok = x.dim() == 4 and dims == [2, 3] and len(args) > 2 and bool(args[2]) and not kwargs
+    if not ok:
+        raise ValueError(f"{node.name}: {name}{tuple(args[1:])} is not a global average pooling to 1x1 (keeping "
+                         "the dims), the only pooling qcal reads: XNNPACK runs other sizes as its own avgpool, "
+                         "not modelled yet")
+
+
+def _cat(node: torch.fx.Node, args: tuple, kwargs: dict) -> Codes:
+    """XNNPACK's concatenate copies codes: exact when every input has the same qparams."""
+    parts, dim = args[0], (args[1] if len(args) > 1 else kwargs.get("dim", 0))
+    if not all(isinstance(p, Codes) and p.axis is None for p in parts):
+        raise ValueError(f"{node.name}: cat of values that are not all per-tensor quantized codes")
+    qparams = {(float(p.scale), int(p.zero_point)) for p in parts}
+    if len(qparams) != 1:
+        raise ValueError(f"{node.name}: cat of inputs with different qparams {sorted(qparams)}: XNNPACKQuantizer "
+                         "shares one quantization among them, requantizing inputs is not modelled")
+    return Codes(torch.cat([p.q for p in parts], dim), parts[0].scale, parts[0].zero_point)
+
+
+def _is_layer(node: torch.fx.Node) -> bool:
+    """A fused conv/linear/add, or a pool reading dequantized codes (both requantize)."""
+    name = _target_name(node.target)
+    if name in _FUSED:
+        return True
+    src = node.args[0] if node.args else None
+    return name in _POOLS and isinstance(src, torch.fx.Node) and _target_name(src.target).startswith(_QD + ".dequantize")
+
+
+def _flat_args(args: tuple) -> list:
+    return [b for a in args for b in (a if isinstance(a, (list, tuple)) else (a,))]
 
 
 def _dequantize(name: str, args: tuple) -> Codes:
@@ -245,6 +305,5 @@ def from_pt2e(converted: torch.fx.GraphModule, *, backend: str = "xnnpack") -> P
                          "fused int8 kernels are not modelled yet")
     if not isinstance(converted, torch.fx.GraphModule):
         raise TypeError(f"from_pt2e takes convert_pt2e's GraphModule, got {type(converted).__name__}")
-    layers = [n.name for n in converted.graph.nodes
-              if n.op == "call_function" and _target_name(n.target) in _FUSED]
+    layers = [n.name for n in converted.graph.nodes if n.op == "call_function" and _is_layer(n)]
     return Pt2eModel(converted, backend, layers)

@@ -6,7 +6,8 @@ the float32 conv/linear/add of the dequantized inputs (float bias, ReLU applied 
 ExecuTorch's XNNPACK delegate computes it in integers (``qcal.from_pt2e``, bit for bit): conv and
 linear ``clamp(rint(f32(f32(acc + bq) * M_j)) + zo, lo, hi)`` with the exact int32 accumulator
 and the bias quantized to int32; add the fixed-point ``(Ma(a - za) + Mb(b - zb) + 2^(s-1)) >> s``;
-a fused ReLU as ``lo = max(zo, -128)``.
+a fused ReLU as ``lo = max(zo, -128)``; global average pooling XNNPACK's qs8 mean
+``nearbyint(f32(f32(S) * scale) + zp')`` of the raw codes' sum ``S`` (zero point inside the rounding).
 
 ``simulation_gap(model, x)`` runs both and, for each layer, recomputes every differing output
 element with one cause at a time switched to the simulation's way, and names the first that
@@ -14,11 +15,11 @@ turns XNNPACK's value into torch's, in this order:
 
 inherited
     the layer's input already differs: XNNPACK's arithmetic fed torch's own input codes gives
-    torch's value.
+    torch's value. Layers are the fused conv/linear/add and the global average pools.
 accumulation
     float vs integer accumulation: XNNPACK's requantization applied to torch's float sum
     (``v / (sa*sw_j)`` in accumulator units; for add ``v / so * 2^s``), which carries the float
-    bias (conv/linear) and the float add of dequantized values.
+    bias (conv/linear), the float add of dequantized values and the float mean (pools: ``v/sx*N + N*zx``).
 rounding
     the requantization's rounding: XNNPACK's exact integer sum, rounded as torch quantizes
     (``rint(f32(V * f32(1/so)))`` of its real value ``V = f32(T * sa*sw_j)``) instead of
@@ -44,6 +45,7 @@ import torch
 
 from qcal.export.pt2e import Pt2eModel, _dequantize, _load, _target_name, from_pt2e, fused
 from qcal.int8.backends.xnnpack import _add_multipliers
+from qcal.int8.backends.xnnpack_pool import xnnpack_mean_params
 
 __all__ = ["CAUSES", "SimulationGap", "against_delegate", "simulation_gap"]
 
@@ -161,18 +163,39 @@ def _add_variants(args: tuple, v: torch.Tensor, relu: bool, so: float, zo: int) 
             "clamping": xnn_round(total.clamp_min(0) if relu else total), "sim": sim_round(v.clamp_min(0) if relu else v)}
 
 
+def _mean_variants(args: tuple, v: torch.Tensor, so: float, zo: int) -> dict:
+    """XNNPACK's global average pooling on torch's inputs with each cause switched (zero point
+    added inside XNNPACK's rounding, so its variants come back with ``zo`` taken off again)."""
+    x = args[0]
+    n = x.q.shape[-1] * x.q.shape[-2]
+    total = x.q.to(torch.int64).sum((-2, -1), keepdim=True)  # S: the raw codes' sum
+    scale, zp = xnnpack_mean_params(n, x.scale, x.zero_point, so, zo)
+
+    def xnn_round(t):  # nearbyint(f32(f32(S) * scale) + zp')
+        return torch.round(t.float() * scale + zp) - zo
+
+    def sim_round(real):
+        return torch.round(real.float() * (1.0 / so))
+
+    return {"exact": xnn_round(total), "accumulation": xnn_round(v.double() / x.scale * n + n * x.zero_point),
+            "rounding": sim_round((total - n * x.zero_point).double() * x.scale / n), "clamping": xnn_round(total),
+            "sim": sim_round(v)}
+
+
 def layer_variants(pm: Pt2eModel, layer: _Layer, env: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Output codes of ``layer`` fed torch's inputs: "exact" (XNNPACK), one per switched cause
     ("accumulation", "rounding", "clamping") and "sim" (all switched: torch's own value)."""
     node = layer.node
-    op = {"aten.conv2d.default": "conv2d", "aten.linear.default": "linear", "aten.add.Tensor": "add"}[
-        _target_name(node.target)]
+    op = {"aten.conv2d.default": "conv2d", "aten.linear.default": "linear", "aten.add.Tensor": "add",
+          "aten.adaptive_avg_pool2d.default": "mean", "aten.mean.dim": "mean"}[_target_name(node.target)]
     args = _sim_args(node, env)
     _, so, zo, qmin, qmax, dtype = _load(layer.quantize.args[:6], env)
     so, zo = float(so), int(zo)
     v = env[node.name]  # torch's float32 value before the ReLU
     if op == "add":
         raw = _add_variants(args, v, layer.relu, so, zo)
+    elif op == "mean":
+        raw = _mean_variants(args, v, so, zo)
     else:
         r = fused(op, args, layer.relu, so, zo, dtype, pm.backend, detailed=True)
         raw = _conv_variants(r, args, v, layer.relu, so, zo, op)
