@@ -94,3 +94,17 @@ def test_a_model_with_no_difference_gives_zeros():
     assert gap.logits == 0 and gap.outputs == 24
     assert (gap.layers[["differing", *CAUSES, "max_step"]] == 0).all().all()
     assert list(gap.layers["elements"]) == [8 * 4 * 64, 24]
+
+
+def test_a_pools_zero_point_inside_xnnpacks_rounding_is_the_rounding_cause():
+    from qcal.export.pt2e import Codes
+    from qcal.export.silicon import _attribute, _mean_variants
+
+    # mean of codes [1, 1, 0, 0] (sx = so = 0.1, zx = 0, zo = 1) is exactly 0.5 steps:
+    # XNNPACK nearbyint(0.5 + 1) = 2, torch rint(0.5) + 1 = 1
+    x = Codes(torch.tensor([[[[1, 1], [0, 0]]]], dtype=torch.int8), 0.1, 0)
+    v = torch.nn.functional.adaptive_avg_pool2d((x.q.float() - 0) * torch.tensor(0.1), 1)  # torch's float mean
+    variants = {k: t.to(torch.int64) + 1 for k, t in _mean_variants((x,), v, 0.1, 1).items()}
+    assert variants["exact"].item() == 2 and variants["sim"].item() == 1
+    counts = _attribute(variants["exact"], variants["sim"], variants)
+    assert counts == {"differing": 1, "inherited": 0, "accumulation": 0, "rounding": 1, "clamping": 0, "other": 0}
