@@ -11,6 +11,9 @@ torch's native (fbgemm/qnnpack) backend config does:
 * everything else runs in fp32; a quantized op fed by an fp32 value gets one input
   observer per value (a quantize step), an fp32 op fed by int8 values a dequantize step.
 
+With qint8 activations (XNNPACK's; no torch engine takes them) ``torch.relu`` is fused or
+shared as ``F.relu`` is, as XNNPACKQuantizer annotates it; torch's native config keeps it fp32.
+
 Under a ``Recipe`` each conv/linear takes its layer's scheme (None: fp32, with a fused ReLU)
 and every other op the recipe's default, as torch's module-name qconfigs do (functional ops
 and ReLU/pool modules never carry a conv/linear's name). At the boundaries, torch's rules:
@@ -38,6 +41,9 @@ __all__ = ["plan"]
 
 _RELU_MODULES = (nn.ReLU,)
 _RELU_FUNCTIONS = (F.relu,)
+# qint8 activations run on no torch engine (check_runnable refuses them there): their plan follows
+# XNNPACKQuantizer where it departs from torch's native config, which leaves torch.relu in fp32
+_QINT8_RELU_FUNCTIONS = (F.relu, torch.relu)
 _SHAPE_FUNCTIONS = (torch.flatten, torch.transpose, torch.squeeze, torch.unsqueeze)
 _SHAPE_METHODS = {"view", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "detach"}
 _INFO_METHODS = {"size", "dim", "numel"}
@@ -249,7 +255,7 @@ class _Planner:
                            relu=relu), "f")
             return
         x = self.quantized(self.ref(node.args[0]), scheme.activation)
-        relu = self._fuse_relu(node, _RELU_FUNCTIONS)
+        relu = self._fuse_relu(node, _QINT8_RELU_FUNCTIONS if scheme.activation.signed else _RELU_FUNCTIONS)
         self.emit(Step(node.name, kind, op="call_module", target=node.target, args=(x,),
                        obs=self.new_obs(node.target, scheme.activation), relu=relu), "q")
 
@@ -279,7 +285,7 @@ class _Planner:
                 return self._add(node)
             if len(tensors) == 1:
                 raise UnsupportedGraph(f"{node.name}: adding a scalar to a tensor (quantized add_scalar) is not mirrored")
-        if t in _RELU_FUNCTIONS:
+        if t in _RELU_FUNCTIONS or (t is torch.relu and self.default_act is not None and self.default_act.signed):
             return self._shared(node, "relu")
         if t in _POOL_FUNCTIONS:
             return self._shared(node, _POOL_FUNCTIONS[t])

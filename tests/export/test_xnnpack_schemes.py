@@ -15,6 +15,11 @@ from torch import nn
 
 pytest.importorskip("executorch.runtime", reason="the pt2e extra (requirements-dev.txt installs it)")
 
+from test_pt2e import (  # tests/export/test_pt2e.py's CNNs (torch.relu, grouped, add)
+    Residual,
+    Separable,
+)
+
 import qcal
 from qcal.export.executorch import run_executorch
 from qcal.export.pt2e_qparams import pt2e_qparams, qcal_qparams, qparam_differences
@@ -87,9 +92,13 @@ def test_preset_qparams_equal_xnnpack_quantizers_on_the_same_batches(preset, per
     assert all(set(v[1]) == {0} for k, v in mine.items() if k.endswith(" weight"))  # symmetric: zero points 0
 
 
-@pytest.mark.parametrize("preset", ["xnnpack_default", "xnnpack_per_tensor", FULL_RANGE], ids=lambda p: getattr(p, "name", p))
-def test_to_executorch_of_a_calibrated_preset_equals_the_delegate(preset, tmp_path):
-    model, (calib, x) = _model(), _data()
+@pytest.mark.parametrize(("preset", "model_cls"), [
+    ("xnnpack_default", Net), ("xnnpack_per_tensor", Net), (FULL_RANGE, Net),
+    ("xnnpack_default", Separable), ("xnnpack_per_tensor", Residual),  # torch.relu: fused, as XNNPACKQuantizer does
+], ids=lambda p: getattr(p, "name", getattr(p, "__name__", p)))
+def test_to_executorch_of_a_calibrated_preset_equals_the_delegate(preset, model_cls, tmp_path):
+    torch.manual_seed(1)
+    (calib, x), model = _data(), (_model() if model_cls is Net else model_cls().eval())
     qm = qcal.calibrate(model, calib, preset, "xnnpack")
     if preset is FULL_RANGE:
         assert min(int(layer.weight_q.min()) for layer in qm.quant_layers.values()) == -128
@@ -97,7 +106,7 @@ def test_to_executorch_of_a_calibrated_preset_equals_the_delegate(preset, tmp_pa
     delegate = run_executorch(path, x)[0]
     differing = int((qm(x) != delegate).sum())
     simulated = int((to_pt2e(qm, (x,))(x) != delegate).sum())
-    print(f"{qm.scheme.name}: qcal vs delegate {differing}, torch's converted module vs delegate {simulated} "
+    print(f"{model_cls.__name__} {qm.scheme.name}: qcal vs delegate {differing}, torch's converted module vs delegate {simulated} "
           f"of {delegate.numel()}")
     assert differing == 0
 
@@ -111,8 +120,14 @@ def test_to_executorch_refuses_what_xnnpack_cannot_run(tmp_path):
     moved = qcal.calibrate(model, calib, "per_tensor_affine").with_backend("xnnpack")
     with pytest.raises(ValueError, match="cannot run on xnnpack: quint8 activations"):
         qcal.to_executorch(moved, tmp_path / "b.pte", x)
-    # torch.relu is an fp32 op in qcal's torch.fx plan (re-observed after it), fused into the conv
-    # by XNNPACKQuantizer: the two models' qparams differ, and the export says where
-    qm = qcal.calibrate(_model(relu=torch.relu), calib, "xnnpack_default")
-    with pytest.raises(ValueError, match=r"differs from qcal's in \d+ entries: pw input"):
-        qcal.to_executorch(qm, tmp_path / "c.pte", x)
+    swapped = qcal.calibrate(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()).eval(), calib, "xnnpack_default",
+                             mode="modules")
+    with pytest.raises(ValueError, match="graph-mode QuantizedModel"):
+        qcal.to_executorch(swapped, tmp_path / "c.pte", x)
+    # torch's default eps (1.2e-7) where XNNPACKQuantizer's weights take 2**-12: a channel with
+    # max|w| < 2**-12 * 127 gets another scale, and the export names the entry
+    model.c1.weight.data[0] *= 1e-3
+    torch_eps = qcal.Scheme("torch_eps", qcal.QSpec("qint8", "per_channel_symmetric", quant_min=-127, quant_max=127),
+                            qcal.SCHEMES["xnnpack_default"].activation)
+    with pytest.raises(ValueError, match=r"entries: c1 weight: qcal .*, PT2E \(\(0\.000244140625, "):
+        qcal.to_executorch(qcal.calibrate(model, calib, torch_eps, "xnnpack"), tmp_path / "d.pte", x)

@@ -131,6 +131,14 @@ def test_functional_relu_after_linear_is_fused_but_torch_relu_is_not():
     # torch.relu has no quantized pattern in torch's native config: it runs in fp32
     assert any(s.kind == "float" and s.target is torch.relu for s in graph.steps)
     assert operator.add not in {s.target for s in graph.steps}
+    # qint8 activations (XNNPACK's; no torch engine takes them): torch.relu fused, as XNNPACKQuantizer does
+    from qcal.graph.planner import plan
+    from qcal.graph.trace import trace_folded
+    from qcal.recipes import Recipe
+    from qcal.schemes import SCHEMES
+
+    xnn = plan(trace_folded(Fn().eval()), Recipe(SCHEMES["xnnpack_default"]))
+    assert all(s.relu for s in xnn.steps if s.target in ("a", "b")) and "float" not in {s.kind for s in xnn.steps}
 
 
 def test_cat_inputs_and_output_share_the_first_inputs_observation_point():
