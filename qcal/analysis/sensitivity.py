@@ -83,7 +83,8 @@ def sensitivity(
     scheme = resolve_scheme(scheme)
     report = progress or (lambda fraction, message: None)
     with Sweep(model, calib_data, eval_data, lambda layers: list(sensitivity_recipes(layers, scheme).values()),
-               backend=backend, executor=executor, mode=mode, progress=lambda f, m: report(0.3 * f, m)) as sweep:
+               backend=backend, executor=executor, mode=mode, progress=lambda f, m: report(0.3 * f, m),
+               bases=(Recipe(scheme, name=scheme.name), Recipe(None, name="fp32"))) as sweep:
         recipes = sensitivity_recipes(sweep.layers, scheme)
         scores = sweep.scores(list(recipes.values()), [layer if mode == "only" else None for layer, mode in recipes],
                               progress=lambda f, m: report(0.3 + 0.7 * f, m))

@@ -34,6 +34,8 @@ from qcal.analysis.compare import _fp32_output
 from qcal.analysis.metrics import top1_metric
 from qcal.batching import as_eval_batches
 from qcal.calibration.calibrate import Calibrated
+from qcal.graph.memo import StepMemo
+from qcal.qparams import dequantize
 from qcal.recipes import Recipe
 
 __all__ = ["Score", "SharedEval", "Sweep", "score_jobs"]
@@ -81,7 +83,11 @@ def _sqnr_db(qm: Any, inputs: Any, layer: str) -> float:
     trace = qm.trace(_head(inputs, _SQNR_SAMPLES)).get(layer)
     if trace is None:
         return math.nan
-    ref, err = trace.fp32.double(), trace.dequantized.double() - trace.fp32.double()
+    return _sqnr(trace.fp32, trace.dequantized)
+
+
+def _sqnr(fp32: torch.Tensor, dequantized: torch.Tensor) -> float:
+    ref, err = fp32.double(), dequantized.double() - fp32.double()
     noise, signal = float((err * err).sum()), float((ref * ref).sum())
     return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
 
@@ -103,17 +109,74 @@ class SharedEval:
     batches: list[tuple[Any, Any]]
     fp32: list[torch.Tensor]
     labelled: bool
+    bases: tuple[Recipe, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_memo", None)  # stored values stay where they were computed
+        return state
+
+
+def _memo(shared: SharedEval) -> tuple[StepMemo, dict[str, torch.Tensor]] | None:
+    """The step values of the shared base recipes on every eval batch and on the SQNR head,
+    computed once per SharedEval copy (so once per Dask worker), or None (no bases, or a
+    module-swap model: nothing to share)."""
+    if not shared.bases:
+        return None
+    if "_memo" not in shared.__dict__:
+        memo, fp32, head = StepMemo(), {}, _head_key(shared)
+        for recipe in shared.bases:
+            qm = shared.calibrated.build(recipe, shared.backend)
+            if qm.mode != "graph":
+                shared.__dict__["_memo"] = None
+                return None
+            keep = {s.name: None for s in qm.graph.steps if s.kind == "float" and s.target in qm.graph.layers}
+            for i, (inputs, _) in enumerate(shared.batches):
+                memo.run(qm, inputs, i, store=True, keep=keep if head == i else None)
+            if head == "head":
+                memo.run(qm, _head(shared.batches[0][0], _SQNR_SAMPLES), head, store=True, keep=keep)
+            fp32.update({k: v for k, v in keep.items() if v is not None and k not in fp32})
+        shared.__dict__["_memo"] = (memo, fp32)
+    return shared.__dict__["_memo"]
+
+
+def _head_key(shared: SharedEval) -> Any:
+    """The memo's batch key of the SQNR head: the first batch itself when it has no more samples."""
+    x = shared.batches[0][0]
+    return 0 if isinstance(x, torch.Tensor) and x.shape[0] <= _SQNR_SAMPLES else "head"
+
+
+def _sqnr_from(memo: StepMemo, fp32: dict[str, torch.Tensor], qm: Any, shared: SharedEval, layer: str) -> float | None:
+    """A layer's SQNR from a memo run on the head (the base's fp32 value at that step), or None
+    where the base does not hold the fp32 value as the trace would see it."""
+    step = next((s for s in qm.graph.steps if s.kind in ("conv", "linear") and s.target == layer), None)
+    if step is None or step.name not in fp32:
+        return None
+    keep = {step.name: None}
+    head = _head_key(shared)
+    memo.run(qm, _head(shared.batches[0][0], _SQNR_SAMPLES), head, keep=keep, stop=True)  # nothing after the layer
+    ql = qm.quant_layers[layer]
+    return _sqnr(fp32[step.name], dequantize(keep[step.name], ql.output_scale, ql.output_zero_point))
 
 
 @torch.no_grad()
 def score_jobs(shared: SharedEval, jobs: Sequence[Job]) -> list[Score]:
-    """Build each job's recipe from the shared pass and evaluate it on the shared eval data."""
+    """Build each job's recipe from the shared pass and evaluate it on the shared eval data
+    (reusing the base recipes' step values where a job computes the same, ``qcal.graph.memo``)."""
     out = []
     for recipe, layer in jobs:
         with _BUILD_LOCK:
             qm = shared.calibrated.build(recipe, shared.backend)
-        value = _metric([qm(inputs) for inputs, _ in shared.batches], shared.batches, shared.fp32, shared.labelled)
-        out.append(Score(value, _sqnr_db(qm, shared.batches[0][0], layer) if layer else math.nan))
+            memo = _memo(shared)
+        if memo is None or qm.mode != "graph":
+            outputs = [qm(inputs) for inputs, _ in shared.batches]
+            sqnr = _sqnr_db(qm, shared.batches[0][0], layer) if layer else math.nan
+        else:
+            outputs = [memo[0].run(qm, inputs, i) for i, (inputs, _) in enumerate(shared.batches)]
+            sqnr = _sqnr_from(*memo, qm, shared, layer) if layer else math.nan
+            if sqnr is None:
+                sqnr = _sqnr_db(qm, shared.batches[0][0], layer)
+        out.append(Score(_metric(outputs, shared.batches, shared.fp32, shared.labelled), sqnr))
     return out
 
 
@@ -128,6 +191,10 @@ class Sweep:
         executor: a ``concurrent.futures.Executor`` or None (in process).
         mode: "auto" | "graph" | "modules".
         progress: ``progress(fraction, message)`` for the calibration pass.
+        bases: recipes whose step values are computed once per Sweep (per worker) and reused
+            by every recipe that computes the same steps (``qcal.graph.memo``): e.g. the
+            all-int8 scheme and the all-fp32 recipe under one-layer variants. Same results,
+            less time; the values are kept in memory (up to ``StepMemo``'s budget).
 
     Use as a context manager (``with Sweep(...) as sweep:``) with a Dask executor: leaving it
     releases the shared inputs held on the workers.
@@ -140,7 +207,7 @@ class Sweep:
     def __init__(self, model: torch.nn.Module, calib_data: Any, eval_data: Any,
                  recipes: Sequence[Recipe] | Callable[[list[str]], Sequence[Recipe]], *,
                  backend: str = "fbgemm", executor: Executor | None = None, mode: str = "auto",
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, bases: Sequence[Recipe] = ()) -> None:
         self.backend, self.executor = backend, executor
         self.batches = as_eval_batches(eval_data)
         if not self.batches:
@@ -151,6 +218,7 @@ class Sweep:
         self.metric, self.fp32_value = top1_metric(self.fp32, self.batches)
         self.labelled = self.metric == "accuracy"
         self.calibrated = Calibrated(model, calib_data, recipes, mode=mode, progress=progress)
+        self.bases = tuple(self.calibrated.prepare(r) for r in bases)
         self.evaluations = 0
         self.stats = SweepStats(workers=0, shared_bytes=0, jobs=0, job_bytes=0)
         self._cluster: cluster.Sweep | None = None
@@ -177,7 +245,8 @@ class Sweep:
         """The cluster sweep holding the shared inputs, sent on first use and again only when
         the calibration pass has grown since (a recipe needed more observation points)."""
         if self._cluster is None or self._sent_passes != self.calibrated.passes:
-            shared = SharedEval(self.calibrated.without_data(), self.backend, self.batches, self.fp32, self.labelled)
+            shared = SharedEval(self.calibrated.without_data(), self.backend, self.batches, self.fp32, self.labelled,
+                                self.bases)
             if self._cluster is None:
                 self._cluster = cluster.Sweep(self.executor, shared).__enter__()
             else:

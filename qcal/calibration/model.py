@@ -139,13 +139,16 @@ class QuantizedModel:
     def _kernels(self) -> dict[str, Any]:
         return {name: make_kernel(layer, self.backend) for name, layer in self.quant_layers.items()}
 
+    def _lazy_kernels(self) -> dict[str, Any]:
+        return _LazyKernels(self.quant_layers, self.backend)
+
     def runtime(self) -> Any:
         """The prepacked executor (built once per QuantizedModel)."""
         if self._runtime is None:
             if self.mode == "graph":
                 assert self.graph is not None
                 act = [(a.scale, a.zero_point) for a in self.activations]
-                self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype, self._kernels(),
+                self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype, self._lazy_kernels(),
                                                self.backend, self.reproduce_torch_bugs)
             else:
                 self._runtime = SwappedModel(self.float_model, self.quant_layers, self._kernels(),
@@ -339,6 +342,19 @@ class QuantizedModel:
     def __repr__(self) -> str:
         return (f"QuantizedModel(scheme={self.scheme.name!r}, backend={self.backend!r}, mode={self.mode!r}, "
                 f"layers={len(self.quant_layers)})")
+
+
+class _LazyKernels(dict):
+    """Each layer's prepacked kernel, packed on its first call: a program a sweep runs from
+    stored values (``qcal.graph.memo``) never packs the layers it does not reach."""
+
+    def __init__(self, layers: dict[str, QuantLayer], backend: str) -> None:
+        super().__init__()
+        self._layers, self._backend = layers, backend
+
+    def __missing__(self, name: str) -> Any:
+        kernel = self[name] = make_kernel(self._layers[name], self._backend)
+        return kernel
 
 
 def _fits(run: Any, inputs: Any) -> Any:

@@ -83,6 +83,11 @@ def _call(step: Step, graph: Graph, args: tuple, kwargs: dict) -> Any:
     raise AssertionError(f"no fx op for step {step.name} ({step.op})")
 
 
+def _in_place(step: Step, graph: Graph) -> bool:
+    """An fp32 module that writes its input (``nn.ReLU(inplace=True)``...)."""
+    return step.op == "call_module" and bool(getattr(graph.module.get_submodule(step.target), "inplace", False))
+
+
 def release_plan(graph: Graph) -> list[tuple[str, ...]]:
     """For each step, the values no later step reads: dropped right away, as torch's
     generated forward does (``x = None``), so big activations do not pile up."""
@@ -125,7 +130,10 @@ def run_float(graph: Graph, inputs: Any, tap: Tap | None = None,
         elif step.kind == "output":
             return _load(step.args, env)[0]
         else:
-            value = _call(step, graph, _load(step.args, env), _load(step.kwargs, env))
+            args = _load(step.args, env)
+            if record is not None and _in_place(step, graph):  # keep the recorded values as they were
+                args = fx.node.map_aggregate(args, lambda a: a.clone() if isinstance(a, torch.Tensor) else a)
+            value = _call(step, graph, args, _load(step.kwargs, env))
             if step.relu:
                 # a conv/linear module's output is fresh: ReLU in place saves a pass
                 value = value.relu_() if step.kind in ("conv", "linear") and step.op == "call_module" else F.relu(value)
