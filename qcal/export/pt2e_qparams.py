@@ -67,6 +67,10 @@ def _output_quantize(node: torch.fx.Node) -> torch.fx.Node | None:
     return None
 
 
+def _dequantized(node: Any) -> bool:
+    return isinstance(node, torch.fx.Node) and _name(node.target).startswith("quantized_decomposed.dequantize_per_")
+
+
 def _qparams_of(q: torch.fx.Node | None) -> tuple | None:
     return None if q is None else (_f32(q.args[1]), int(q.args[2]))
 
@@ -93,6 +97,9 @@ def pt2e_qparams(converted: torch.fx.GraphModule) -> dict[str, Any]:
             adds += 1
         elif name in _WEIGHTED:
             layer, x, w = module_of(node), node.args[0], node.args[1]
+            if not (_dequantized(x) and _dequantized(w)):
+                out[f"{layer} input"] = None  # an fp32 layer: no qparams to compare
+                continue
             out[f"{layer} input"] = (_f32(x.args[1]), int(x.args[2]))
             codes, scale, zp = (_attr(converted, a) for a in w.args[:3])
             out[f"{layer} weight"] = (_tensor_entry(scale), _tensor_entry(zp))

@@ -248,7 +248,7 @@ def test_symmetric_quint8_with_reduce_range_is_refused_like_torch():
 
 
 def test_unknown_option_is_rejected_naming_the_accepted_ones():
-    with pytest.raises(ValueError, match="accepted: \\['bins', 'percentile'\\]"):
+    with pytest.raises(ValueError, match="accepted: \\['bins', 'eps', 'percentile'\\]"):
         make_observer(QSpec(observer="percentile", options={"pct": 99.0}))
 
 
