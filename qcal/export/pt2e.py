@@ -24,11 +24,14 @@ but "xnnpack" (x86 inductor's fused int8 kernels are not modelled yet).
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from qcal.calibration.model import QuantizedModel
+from qcal.export.pt2e_read import pt2e_traces, read_pt2e
+from qcal.export.pt2e_read import target_name as _target_name
 from qcal.int8 import kernels, qadd
 from qcal.int8.backends.xnnpack_pool import xnnpack_mean_hw
 
@@ -67,20 +70,42 @@ class _Pending:
     relu: bool = False
 
 
-@dataclass(eq=False)
-class Pt2eModel:
+class Pt2eModel(QuantizedModel):
     """A ``convert_pt2e`` result run in ``backend``'s integer arithmetic (see the module doc).
 
+    A ``QuantizedModel`` (mode "pt2e") whose layers, activations and scheme are read from the
+    graph's quantize/dequantize nodes (``qcal.export.pt2e_read``): ``layers()``, ``scales()``,
+    ``trace(x)`` and the Requant page's worked example work as for a calibrated model.
     ``model(x)`` returns what the delegate returns; ``model.codes(x)`` every fused operator's
-    output codes by graph node name (the per-layer view).
+    output codes by graph node name (the per-layer view); ``fused_nodes`` those nodes' names,
+    ``layer_nodes`` each conv/linear layer's node.
     """
 
-    converted: torch.fx.GraphModule
-    backend: str = "xnnpack"
-    layers: list[str] = field(default_factory=list)
+    def __init__(self, converted: torch.fx.GraphModule, backend: str = "xnnpack") -> None:
+        read = read_pt2e(converted)
+        super().__init__(float_model=converted, scheme=read.scheme, backend=backend, mode="pt2e",
+                         fallback_reason=None, graph=None, layers=read.layers, activations=read.activations)
+        self.converted = converted
+        self.layer_nodes = read.nodes
+        self.fused_nodes = [n.name for n in converted.graph.nodes if n.op == "call_function" and _is_layer(n)]
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         return self._run(inputs, None)
+
+    def runtime(self) -> Pt2eModel:
+        return self
+
+    def trace(self, inputs: torch.Tensor) -> dict[str, Any]:
+        """Per conv/linear layer and fused add: int8 input, int32 accumulator, int8 output, and
+        the graph's float value there (activations unquantized: ``pt2e_read.fp32_values``)."""
+        traces = pt2e_traces(self, inputs)
+        self._saturated = {name: t.saturated_pairs for name, t in traces.items()}
+        return traces
+
+    def with_backend(self, backend: str, *, reproduce_torch_bugs: bool | None = None) -> Pt2eModel:
+        if backend != self.backend:
+            raise ValueError(f"a PT2E model runs as backend {self.backend!r} only: from_pt2e models 'xnnpack'")
+        return self
 
     def codes(self, *inputs: torch.Tensor) -> dict[str, Codes]:
         """Each fused operator's output codes (keyed by its conv/linear/add node's name)."""
@@ -91,8 +116,13 @@ class Pt2eModel:
         seen: dict[str, Codes] = {}
         return self._run(inputs, seen), seen
 
+    def run_detailed(self, inputs: tuple, detail: dict[str, tuple]) -> Any:
+        """Run, recording per fused conv/linear/add node ``(input Codes, output Codes, KernelResult
+        or None)`` in ``detail``."""
+        return self._run(inputs, None, detail)
+
     @torch.no_grad()
-    def _run(self, inputs: tuple, seen: dict[str, Codes] | None) -> Any:
+    def _run(self, inputs: tuple, seen: dict[str, Codes] | None, detail: dict | None = None) -> Any:
         env: dict[str, Any] = {}
         feed = iter(inputs)
         out: Any = None
@@ -102,7 +132,7 @@ class Pt2eModel:
             elif node.op == "get_attr":
                 env[node.name] = _attr(self.converted, node.target)
             elif node.op == "call_function":
-                env[node.name] = self._step(node, _load(node.args, env), _load(node.kwargs, env), seen)
+                env[node.name] = self._step(node, _load(node.args, env), _load(node.kwargs, env), seen, detail)
             elif node.op == "output":
                 out = _load(node.args[0], env)
             elif node.op == "call_module" and node.target == "_guards_fn":
@@ -111,20 +141,20 @@ class Pt2eModel:
                 raise ValueError(f"PT2E node {node.name} ({node.op} {node.target}) is not supported")
         return _finish(out)
 
-    def _step(self, node: torch.fx.Node, args: tuple, kwargs: dict, seen: dict | None) -> Any:
+    def _step(self, node: torch.fx.Node, args: tuple, kwargs: dict, seen: dict | None, detail: dict | None) -> Any:
         name = _target_name(node.target)
         if name.startswith(_QD + ".quantize_per_tensor"):
-            return self._quantize(node, args, seen)
+            return self._quantize(node, args, seen, detail)
         if name.startswith(_QD + ".dequantize_per_"):
             return _dequantize(name, args)
         if any(isinstance(a, (Codes, _Pending)) for a in _flat_args(args)):
             return _on_codes(node, name, args, kwargs)
         return node.target(*args, **kwargs)  # float parts (none between q/dq in a lowered model)
 
-    def _quantize(self, node: torch.fx.Node, args: tuple, seen: dict | None) -> Codes:
+    def _quantize(self, node: torch.fx.Node, args: tuple, seen: dict | None, detail: dict | None) -> Codes:
         x, scale, zp, qmin, qmax, dtype = args[:6]
         if isinstance(x, _Pending):
-            out = self._compute(x, float(scale), int(zp), dtype)
+            out = self._compute(x, float(scale), int(zp), dtype, detail)
             if seen is not None:
                 seen[x.node.name] = out
             return out
@@ -136,8 +166,13 @@ class Pt2eModel:
         q = torch.round(x.float() * inv) + int(zp)
         return Codes(q.clamp(qmin, qmax).to(dtype), float(scale), int(zp))
 
-    def _compute(self, p: _Pending, so: float, zo: int, dtype: torch.dtype) -> Codes:
-        return Codes(fused(p.op, p.args, p.relu, so, zo, dtype, self.backend), so, zo)
+    def _compute(self, p: _Pending, so: float, zo: int, dtype: torch.dtype, detail: dict | None) -> Codes:
+        if detail is None or p.op not in ("conv2d", "linear", "add"):
+            return Codes(fused(p.op, p.args, p.relu, so, zo, dtype, self.backend), so, zo)
+        res = fused(p.op, p.args, p.relu, so, zo, dtype, self.backend, detailed=p.op != "add")
+        out = Codes(res if p.op == "add" else res.out, so, zo)
+        detail[p.node.name] = (p.args[0], out, None if p.op == "add" else res)
+        return out
 
 
 def fused(op: str, args: tuple, relu: bool, so: float, zo: int, dtype: torch.dtype, backend: str = "xnnpack",
@@ -278,12 +313,6 @@ def _conv_args(args: tuple) -> tuple:
     return tuple(tuple(v) if isinstance(v, list) else v for v in rest[:4])
 
 
-def _target_name(target: Any) -> str:
-    if isinstance(target, torch._ops.OpOverload):
-        return f"{target.namespace}.{target._opname}.{target._overloadname}"
-    return getattr(target, "__name__", str(target))
-
-
 def _attr(module: torch.nn.Module, target: str) -> Any:
     return operator.attrgetter(target)(module)
 
@@ -293,7 +322,8 @@ def _load(a: Any, env: dict[str, Any]) -> Any:
 
 
 def from_pt2e(converted: torch.fx.GraphModule, *, backend: str = "xnnpack") -> Pt2eModel:
-    """A ``convert_pt2e`` result as a ``Pt2eModel`` computing what ``backend``'s runtime does.
+    """A ``convert_pt2e`` result as a ``Pt2eModel`` (a ``QuantizedModel``) computing what
+    ``backend``'s runtime does.
 
     Args:
         converted: ``convert_pt2e(prepare_pt2e(exported, quantizer))`` (a GraphModule).
@@ -305,5 +335,4 @@ def from_pt2e(converted: torch.fx.GraphModule, *, backend: str = "xnnpack") -> P
                          "fused int8 kernels are not modelled yet")
     if not isinstance(converted, torch.fx.GraphModule):
         raise TypeError(f"from_pt2e takes convert_pt2e's GraphModule, got {type(converted).__name__}")
-    layers = [n.name for n in converted.graph.nodes if n.op == "call_function" and _is_layer(n)]
-    return Pt2eModel(converted, backend, layers)
+    return Pt2eModel(converted, backend)

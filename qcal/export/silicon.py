@@ -86,7 +86,7 @@ class _Layer:
 def _fused_layers(pm: Pt2eModel) -> list[_Layer]:
     by_name = {n.name: n for n in pm.converted.graph.nodes}
     layers = []
-    for name in pm.layers:
+    for name in pm.fused_nodes:
         end, relu = by_name[name], False
         users = list(end.users)
         if len(users) == 1 and _target_name(users[0].target) in _RELU:

@@ -81,7 +81,7 @@ def test_to_executorch_round_trip_and_refusals(tmp_path):
     pm = qcal.from_pt2e(_converted(Residual().eval(), x, True, seed=5))
     path = qcal.to_executorch(pm, tmp_path / "residual.pte", x)
     assert torch.equal(run_executorch(path, x)[0], pm(x))
-    assert set(pm.codes(x)) == set(pm.layers) and len(pm.layers) == 5  # 4 conv/linear + add
+    assert set(pm.codes(x)) == set(pm.fused_nodes) and len(pm.fused_nodes) == 5  # 4 conv/linear + add
     with pytest.raises(ValueError, match="from_pt2e"):
         qcal.to_executorch(object(), tmp_path / "no.pte", x)
     with pytest.raises(ValueError, match="'xnnpack' only"):

@@ -54,7 +54,7 @@ def test_global_average_pooling_equals_the_delegate(relu, how, hw, seed):
     torch.manual_seed(seed)
     x = torch.randn(64, 1, hw, hw) * 2
     converted, delegate, mine = _delegate_and_qcal(Pooled(relu, how), x)
-    assert "mean" in qcal.from_pt2e(converted).layers[-1] or "pool" in qcal.from_pt2e(converted).layers[-1]
+    assert "mean" in qcal.from_pt2e(converted).fused_nodes[-1] or "pool" in qcal.from_pt2e(converted).fused_nodes[-1]
     assert int((mine != delegate).sum()) == 0
 
 

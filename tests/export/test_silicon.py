@@ -34,7 +34,7 @@ def test_causes_add_up_and_the_logits_are_the_delegates_own_difference(model_cls
     assert gap.logits == int((converted(x) != delegate).sum())  # torch's simulation vs the silicon
     assert gap.outputs == delegate.numel()
     frame = gap.layers
-    assert list(frame["layer"]) == qcal.from_pt2e(converted).layers
+    assert list(frame["layer"]) == qcal.from_pt2e(converted).fused_nodes
     assert (frame[list(CAUSES)].sum(axis=1) == frame["differing"]).all()
     assert frame["differing"].iloc[-1] == gap.logits  # the last layer's codes are the logits
     assert frame["inherited"].iloc[0] == 0  # the first layer reads the model's own input
@@ -55,10 +55,10 @@ def test_every_cause_switched_is_torchs_value_and_none_is_xnnpacks(model_cls):
         assert torch.equal(variants["sim"], torch_codes), layer.node.name
         sim_codes[layer.node.name] = torch_codes
         # XNNPACK's arithmetic on torch's inputs, as qcal's engine computes it
-        first = layer.node.name == pm.layers[0]
+        first = layer.node.name == pm.fused_nodes[0]
         if first:
             assert torch.equal(variants["exact"], pm.codes(x)[layer.node.name].q.to(torch.int64))
-    assert set(sim_codes) == set(pm.layers)
+    assert set(sim_codes) == set(pm.fused_nodes)
 
 
 def test_counts_match_a_direct_comparison_layer_by_layer():
