@@ -3,7 +3,7 @@
 Each subcommand is one function decorated with ``qcal.cli.args.command``, which registers it
 with its arguments; ``main`` dispatches. ``explain`` lives in ``qcal.cli.explain``; ``compare``,
 ``runs``, ``report`` and ``bench`` live in ``qcal.cli.runs``; ``sensitivity`` and ``recommend`` in
-``qcal.cli.decide``. Errors a user can fix (bad file, bad
+``qcal.cli.decide``; ``layers`` and ``requant`` in ``qcal.cli.layers``. Errors a user can fix (bad file, bad
 value) print one line, ``qcal: error: ...``, to stderr and exit 1; usage errors exit 2;
 never a traceback (``QCAL_DEBUG=1`` shows one for unexpected errors).
 """
@@ -18,6 +18,7 @@ import qcal.cli.cpu
 import qcal.cli.decide
 import qcal.cli.explain
 import qcal.cli.export
+import qcal.cli.layers
 import qcal.cli.repair
 import qcal.cli.runs
 import qcal.cli.silicon  # noqa: F401  (runs registers compare, runs, report, bench)

@@ -18,7 +18,9 @@ from torch import nn
 
 from qcal.export.pt2e import require_pt2e
 
-__all__ = ["NamedPt2e", "is_pt2e", "named_pt2e", "quantize_pt2e"]
+__all__ = ["PT2E_SCHEME", "NamedPt2e", "is_pt2e", "named_pt2e", "pt2e_model", "quantize_pt2e"]
+
+PT2E_SCHEME = "pt2e"  # the scheme name of a converted model's own qparams
 
 
 @torch.no_grad()
@@ -87,3 +89,16 @@ def named_pt2e(name: str, *, per_channel: bool = True, samples: int | None = 200
     granularity = "per channel" if per_channel else "per tensor"
     converted = quantize_pt2e(named.model, named.calib, per_channel=per_channel)
     return NamedPt2e(name, converted, x, f"{named.source}, XNNPACKQuantizer {granularity}")
+
+
+def pt2e_model(name: str, converted: torch.fx.GraphModule, scheme: object = PT2E_SCHEME,
+               backend: str = "xnnpack") -> object:
+    """``qcal.from_pt2e`` of a registered converted model, for the views and commands that take a
+    model by name: its qparams are its own, so the only scheme is "pt2e" (ValueError otherwise)."""
+    from qcal.export.pt2e import from_pt2e
+
+    label = getattr(scheme, "name", scheme)
+    if label not in (None, PT2E_SCHEME):
+        raise ValueError(f"model {name!r} is a convert_pt2e result: its quantization is its own (scheme "
+                         f"{PT2E_SCHEME!r}), it cannot be calibrated as {label!r}")
+    return from_pt2e(converted, backend=backend)

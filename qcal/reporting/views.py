@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from qcal.calibration.calibrate import calibrate
 from qcal.export.onnx import onnx_bytes
+from qcal.export.pt2e_examples import is_pt2e, pt2e_model
 from qcal.recipes import Recipe
 from qcal.repair.apply import apply_recipe, settings_text
 from qcal.reporting.figures import accuracy_figure as base_accuracy_figure
@@ -228,6 +229,8 @@ def calibrate_zoo(model: str, scheme: Any, backend: str, *, batch_size: int = da
     """A zoo or registered model calibrated as ``qcal.compare_zoo`` calibrates it (same
     data, same batches: the same qparams as the stored run), for views that need live tensors."""
     named = load_named(model)
+    if is_pt2e(named.model):  # a registered convert_pt2e result: read, not calibrated (qcal.from_pt2e)
+        return pt2e_model(model, named.model, scheme, backend)
     calib = datasets.calib_batches(named.calib[:calib_samples], batch_size=batch_size)
     if isinstance(scheme, Recipe) and scheme.repairs:  # recomputed from its settings, as compare built it
         return apply_recipe(named.model, calib, scheme, backend)
