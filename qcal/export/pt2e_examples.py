@@ -97,8 +97,11 @@ def pt2e_model(name: str, converted: torch.fx.GraphModule, scheme: object = PT2E
     model by name: its qparams are its own, so the only scheme is "pt2e" (ValueError otherwise)."""
     from qcal.export.pt2e import from_pt2e
 
+    qm = from_pt2e(converted, backend=backend)
     label = getattr(scheme, "name", scheme)
-    if label not in (None, PT2E_SCHEME):
+    same = getattr(scheme, "weight", None) == qm.scheme.weight and getattr(scheme, "activation", None) == \
+        qm.scheme.activation  # a saved run's scheme text, read back
+    if label not in (None, PT2E_SCHEME) and not same:
         raise ValueError(f"model {name!r} is a convert_pt2e result: its quantization is its own (scheme "
                          f"{PT2E_SCHEME!r}), it cannot be calibrated as {label!r}")
-    return from_pt2e(converted, backend=backend)
+    return qm

@@ -24,7 +24,7 @@ import torch
 from qcal.calibration.model import ActivationInfo, LayerTrace, QuantLayer
 from qcal.schemes import QSpec, Scheme
 
-__all__ = ["Pt2eRead", "fp32_values", "pt2e_traces", "read_pt2e", "target_name"]
+__all__ = ["Pt2eRead", "float_run", "fp32_values", "pt2e_traces", "read_pt2e", "target_name"]
 
 _QD = "quantized_decomposed"
 _KINDS = {"aten.conv2d.default": "conv", "aten.linear.default": "linear"}
@@ -174,6 +174,12 @@ class _Float(torch.fx.Interpreter):
         if target == "_guards_fn":  # torch.export's shape guards (the integer run skips them too)
             return None
         return super().call_module(target, args, kwargs)
+
+
+@torch.no_grad()
+def float_run(converted: torch.fx.GraphModule, *inputs: torch.Tensor) -> Any:
+    """The graph's output with activations left in float (``_Float``)."""
+    return _Float(converted).run(*inputs)
 
 
 @torch.no_grad()

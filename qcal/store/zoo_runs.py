@@ -38,13 +38,18 @@ def compare_zoo(
     progress: Progress | None = None,
 ) -> Comparison:
     """Compare schemes on a zoo model and the digits data (the dashboard's default), or on
-    a registered model and its own files (``qcal.zoo.registry``).
+    a registered model and its own files (``qcal.zoo.registry``). A registered model whose
+    factory returns a ``convert_pt2e`` result is not calibrated: ``qcal.export.pt2e_compare``
+    gives its one column (scheme "pt2e" on xnnpack), whatever ``schemes`` and ``backends`` ask.
 
     Zoo models calibrate on the 200-image calibration split and evaluate on the held-out
     test split (``eval_samples`` caps it); they are trained on first use and cached in data/.
     ``calib_samples`` calibrates on the first that many calibration inputs only (a new
     comparison, recorded in the run's metadata).
     """
+    from qcal.export.pt2e_compare import compare_pt2e
+    from qcal.export.pt2e_examples import is_pt2e
+
     report = progress or (lambda f, m: None)
     named = load_named(model_name, progress=lambda f, m: report(0.1 * f, m))
     calib, x, y = named.calib, named.eval_x, named.eval_y
@@ -64,6 +69,9 @@ def compare_zoo(
         "created": utc_now(),
         **environment(),
     }
+    if is_pt2e(named.model):  # a registered convert_pt2e result: its own qparams, one column (pt2e, xnnpack)
+        return compare_pt2e(named.model, datasets.batches(x, y, batch_size=batch_size),
+                            progress=lambda f, m: report(0.1 + 0.9 * f, m), meta=meta)
     return compare(
         named.model, datasets.calib_batches(calib, batch_size=batch_size),
         datasets.batches(x, y, batch_size=batch_size), schemes, backends,
