@@ -335,4 +335,9 @@ def from_pt2e(converted: torch.fx.GraphModule, *, backend: str = "xnnpack") -> P
                          "fused int8 kernels are not modelled yet")
     if not isinstance(converted, torch.fx.GraphModule):
         raise TypeError(f"from_pt2e takes convert_pt2e's GraphModule, got {type(converted).__name__}")
-    return Pt2eModel(converted, backend)
+    model = Pt2eModel(converted, backend)
+    if model.scheme.activation.dtype != "qint8":  # e.g. X86InductorQuantizer's graphs
+        raise ValueError(f"from_pt2e: this graph quantizes activations to {model.scheme.activation.dtype} (as "
+                         "X86InductorQuantizer does); ExecuTorch's XNNPACK delegate runs int8 activations only, "
+                         "and x86 inductor's fused int8 kernels are not modelled yet")
+    return model

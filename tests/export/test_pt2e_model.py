@@ -76,3 +76,18 @@ def test_only_xnnpack():
     assert list(qm.quant_layers) == ["fc"] and qm.with_backend("xnnpack") is qm
     with pytest.raises(ValueError, match="xnnpack"):
         qm.with_backend("fbgemm")
+
+
+def test_x86_inductor_graphs_are_refused_with_the_reason():
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    x = torch.randn(4, 1, 8, 8)
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(Residual().eval(), (x,)).module(), quantizer)
+    prepared(x)
+    converted = convert_pt2e(prepared)  # uint8 activations
+    with pytest.raises(ValueError, match=r"quint8 .*X86InductorQuantizer.*int8 activations only"):
+        qcal.from_pt2e(converted)
+    with pytest.raises(ValueError, match="'xnnpack' only"):
+        qcal.from_pt2e(converted, backend="x86")
