@@ -36,6 +36,7 @@ from qcal.analysis.sensitivity import sensitivity
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.int8 import native
 from qcal.int8.cpu.flags import has_vnni
+from qcal.runnable import unrunnable
 from qcal.schemes import SCHEMES
 from qcal.zoo import datasets, zoo
 
@@ -160,11 +161,11 @@ def _bench_cell(loaded: dict[str, torch.nn.Module],
                                    clock=clock)
             rows.append(BenchRow(name, batch, task, q, t))
     inference = ["fbgemm_default"] if "int8_inference" in tasks else []
-    inference += [s for s in SCHEMES if "schemes" in tasks and s not in inference]
+    inference += [s for s in _fbgemm_presets() if "schemes" in tasks and s not in inference]
     for scheme in inference:
         rows.append(_inference_row(model, name, batch, data, scheme, repeat, clock))
     if "six_presets" in tasks:
-        names = list(SCHEMES)
+        names = _fbgemm_presets()
         q, t = _paired_medians(lambda: calibrate_many(model, data, names, ["fbgemm"], mode="graph"),
                                lambda: [torch_reference(model, data, s, "fbgemm") for s in names], repeat,
                                clock=clock)
@@ -172,6 +173,12 @@ def _bench_cell(loaded: dict[str, torch.nn.Module],
     if "sensitivity" in tasks:
         rows.extend(_sensitivity_rows(model, name, batch, data, repeat, clock))
     return rows
+
+
+def _fbgemm_presets() -> list[str]:
+    """The presets torch's converted model can run under fbgemm (the baseline): not the xnnpack
+    ones, whose qint8 activations fbgemm refuses (their runtime is ExecuTorch's delegate)."""
+    return [s for s in SCHEMES if unrunnable(SCHEMES[s], "fbgemm") is None]
 
 
 def _inference_row(model, name: str, batch: int, data: list[torch.Tensor], scheme: str,

@@ -93,8 +93,8 @@ def _local_key(program: IntegerProgram, step: Step, layer_keys: dict[str, Hashab
         return (step.kind, step.name, program.backend, step.relu, step.op, _module_key(program, step))
     act = program.act[step.obs] if step.obs is not None else None
     base = (step.kind, step.name, program.backend, program.act_dtype, act, step.relu, step.clamp)
-    if step.kind in ("conv", "linear"):
-        return (*base, layer_keys[step.target])
+    if step.kind in ("conv", "linear"):  # with the clamp fused into it, if any (program._fusable_clamps)
+        return (*base, layer_keys[step.target], program.fused_clamps.get(step.name))
     if step.kind == "dequantize":
         return (*base, program.nhwc.get(step.args[0].name, False))
     refs = step.refs

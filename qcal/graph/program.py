@@ -29,6 +29,7 @@ from qcal.int8.layer_ops import (
     clamp_codes,
     max_pool2d,
     quantize_codes,
+    quantize_value,
 )
 from qcal.qparams import dequantize
 
@@ -172,6 +173,7 @@ class IntegerProgram:
         self.backend = backend
         self.nhwc, scrambled = torch_layouts(graph, backend)
         self.scrambled = scrambled if reproduce_torch_bugs else frozenset()
+        self.fused_clamps = _fusable_clamps(graph, act_qparams, act_dtype, backend, self.scrambled)
         # onnxruntime quantizes a recipe's fp32 layers that sit between a DQ and a Q (ort_fp32)
         self.ort_layers = ort_fp32_kernels(graph, act_qparams, act_dtype) if backend == "ort" else {}
 
@@ -204,7 +206,9 @@ class IntegerProgram:
     def _layer(self, step: Step, env: dict[str, Any], results: dict[str, Any] | None) -> torch.Tensor:
         x = env[step.args[0].name]
         if results is None:
-            return self.layers[step.target](x, False)
+            codes = self.fused_clamps.get(step.name)
+            out = self.layers[step.target](x, False)
+            return out if codes is None else out.clamp_(*codes)  # the clamp that alone reads it, in place
         res = self.layers[step.target](x, True)
         results[step.name] = res
         return res.out
@@ -263,6 +267,8 @@ class IntegerProgram:
         return _SHARED_CODES[step.kind](self, step, _Codes(args[0], scale, zp, args, kwargs))
 
     def _clamp(self, step: Step, c: _Codes) -> torch.Tensor:
+        if step.args[0].name in self.fused_clamps:  # applied to the layer's fresh output already
+            return c.q
         if self.backend == "ort":
             # onnxruntime keeps DQ -> Clip -> Q in float when Q's range does not make the Clip redundant
             return ort_clip(c.q, c.scale, c.zp, *step.clamp)
@@ -289,6 +295,31 @@ class _Codes:
     zp: int
     args: tuple
     kwargs: dict
+
+
+def _fusable_clamps(graph: Graph, act: list[tuple[float, int]], act_dtype: str, backend: str,
+                    scrambled: frozenset[str]) -> dict[str, tuple[int, int]]:
+    """{conv/linear step: the codes of the clamp (ReLU6, hardtanh) that is its only reader}:
+    clamping the layer's fresh output in place is the clamp step's own result (same qparams,
+    same bounds), without a second tensor. Not for onnxruntime (its Clip runs in float) or a
+    clamp torch scrambles."""
+    if backend == "ort":
+        return {}
+    readers: dict[str, list[Step]] = {}
+    for step in graph.steps:
+        for name in step.refs:
+            readers.setdefault(name, []).append(step)
+    kinds = {s.name: s for s in graph.steps}
+    out: dict[str, tuple[int, int]] = {}
+    for name, users in readers.items():
+        layer, (clamp,) = kinds[name], users if len(users) == 1 else (None,)
+        if (clamp is None or clamp.kind != "clamp" or layer.kind not in ("conv", "linear") or clamp.name in scrambled
+                or clamp.obs != layer.obs or layer.obs is None):
+            continue
+        scale, zp = act[layer.obs]
+        dtype = torch.uint8 if act_dtype == "quint8" else torch.int8
+        out[name] = (quantize_value(clamp.clamp[0], scale, zp, dtype), quantize_value(clamp.clamp[1], scale, zp, dtype))
+    return out
 
 
 IntegerStep = Callable[[IntegerProgram, Step, dict[str, Any], Any], Any]

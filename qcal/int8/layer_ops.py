@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from qcal.int8 import ops, qadd
+from qcal.int8 import native, ops, qadd
 from qcal.int8.backends.ort import ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
 from qcal.qparams import INT_DTYPES, QRANGES, quantize
@@ -29,7 +29,14 @@ def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "q
     per tensor or per channel along ``axis``); backend "ort": onnxruntime's QuantizeLinear."""
     if backend == "ort" and axis is None:
         return ort_quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])
+    if axis is None and backend in _FUSED_QUANTIZE and isinstance(x, torch.Tensor) and x.numel() >= 4096:
+        out = native.quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])  # one pass, the same codes
+        if out is not None:
+            return out
     return quantize(x, scale, zero_point, dtype, axis=axis, backend=backend)
+
+
+_FUSED_QUANTIZE = ("fbgemm", "qnnpack", "x86", "q31")  # torch's quantize_per_tensor (the fma rule)
 
 
 def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> int:

@@ -51,7 +51,7 @@ from qcal.int8.native.build import (
     why_unavailable,
 )
 
-__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "loaded_variant", "max_pool2d", "native_conv", "native_vnni", "padded32", "pair_lookup", "requant", "variant", "why_unavailable"]
+__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "loaded_variant", "max_pool2d", "native_conv", "native_vnni", "padded32", "pair_lookup", "quantize", "requant", "variant", "why_unavailable"]
 
 #: Largest K (window length) whose raw sum and zero-point terms stay inside int32.
 MAX_K = 16384
@@ -321,4 +321,22 @@ def pair_lookup(a: torch.Tensor, b: torch.Tensor, table: torch.Tensor) -> torch.
     flip = 0x80 if a.dtype == torch.int8 else 0
     lib.qcal_pair_lookup(a.data_ptr(), b.data_ptr(), a.numel(), table.data_ptr(), flip, out.data_ptr(),
                          torch.get_num_threads())
+    return out
+
+
+def quantize(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """torch's per-tensor quantize of float32 ``x`` (``rint(fma(x, f32(1/f32(scale)), zp))``,
+    clamped to ``dtype``'s range, ``qcal.qparams.quantize``'s fused rule) in one pass, in
+    ``x``'s memory format; None where the native library is unavailable."""
+    lib = load()[0]
+    if lib is None or x.dtype != torch.float32 or dtype not in (torch.uint8, torch.int8):
+        return None
+    fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    inv = float(1.0 / torch.tensor(scale, dtype=torch.float32))
+    info = torch.iinfo(dtype)
+    out = torch.empty_like(x, dtype=dtype, memory_format=fmt)
+    lib.qcal_quantize(x.data_ptr(), x.numel(), inv, float(zero_point), info.min, info.max, out.data_ptr(),
+                      int(dtype == torch.int8), torch.get_num_threads())
     return out

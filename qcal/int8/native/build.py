@@ -151,6 +151,9 @@ def _load_now() -> tuple[ctypes.CDLL | None, str]:
     lib.qcal_maxpool.restype = ctypes.c_int
     lib.qcal_pair_lookup.argtypes = [p, p, ctypes.c_int64, p, ctypes.c_int, p, ctypes.c_int]
     lib.qcal_pair_lookup.restype = None
+    lib.qcal_quantize.argtypes = [p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int, p,
+                                  ctypes.c_int, ctypes.c_int]
+    lib.qcal_quantize.restype = None
     _LOADED["variant"] = name
     return lib, ""
 

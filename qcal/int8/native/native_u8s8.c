@@ -634,3 +634,18 @@ void qcal_pair_lookup(const uint8_t *a, const uint8_t *b, int64_t n, const uint8
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; i++) out[i] = table[(size_t)(a[i] ^ flip) * 256 + (b[i] ^ flip)];
 }
+
+/* ---- torch's per-tensor quantize (FBGEMM's vectorised kernel): q = clamp(rint(fma(x, inv, zp)), qmin, qmax) ----
+ * fmaf rounds x * inv + zp once, nearbyintf rounds half to even (the default rounding mode);
+ * NaN codes as 0, as the float path's conversion does on x86. */
+void qcal_quantize(const float *x, int64_t n, float inv, float zp, int qmin, int qmax, void *out, int is_signed,
+                   int threads) {
+    const float lo = (float)qmin, hi = (float)qmax;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; i++) {
+        float r = nearbyintf(fmaf(x[i], inv, zp));
+        r = r != r ? 0.0f : (r < lo ? lo : (r > hi ? hi : r));
+        if (is_signed) ((int8_t *)out)[i] = (int8_t)(int)r;
+        else ((uint8_t *)out)[i] = (uint8_t)(int)r;
+    }
+}

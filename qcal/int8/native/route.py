@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from qcal.int8.common.requant import Requant, fused_epilogue
+from qcal.int8.cpu.flags import cpu_flags
 from qcal.int8.native import Epilogue, NativeConv, available, native_conv, native_vnni
 from qcal.int8.native import requant as native_requant
 
@@ -115,10 +116,18 @@ class NativeRoute:
         return native_vnni() or packed.depthwise or packed.kernel == (1, 1)
 
     def _onednn_sums(self, hi: int, za: int) -> bool:
-        """Whether the accumulator takes oneDNN's exact int32 sums (a VNNI CPU here) rather than
-        the exact native kernel: oneDNN's AMX/VNNI convolutions ran 2.5-4x faster than the VNNI
-        build's kernel on an AMX Xeon, so wherever they are exact they serve the layer."""
-        return self.accumulator.onednn_here(hi, za)
+        """Whether the accumulator takes oneDNN's exact int32 sums rather than the exact native
+        kernel, a choice of speed only (both exact): on a CPU with AMX-INT8, oneDNN's AMX
+        convolutions ran 2.5-4x faster than the VNNI build's kernel (Intel Xeon), so wherever
+        they are exact they serve the layer; on an AVX-512-VNNI CPU without AMX (AMD EPYC) the
+        native kernel with its fused store was as fast or faster (MobileNetV2 per_tensor_affine,
+        batch 8: 0.073 s against 0.102 s), so it serves the layer there."""
+        return self._onednn_fast() and self.accumulator.onednn_here(hi, za)
+
+    @staticmethod
+    def _onednn_fast() -> bool:
+        """This machine has AMX-INT8 (the instructions follow the hardware; the arithmetic does not)."""
+        return "amx_int8" in cpu_flags()
 
     def _native_zw(self) -> torch.Tensor | None:
         """The weight zero points the kernel subtracts, or None when all are 0 (no window sums)."""
