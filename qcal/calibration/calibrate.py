@@ -201,6 +201,10 @@ class Calibrated:
         check_mode(mode)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.fx.GraphModule) and any("quantized_decomposed" in str(n.target)
+                                                            for n in model.graph.nodes):
+            raise ValueError("the model is already quantized (a convert_pt2e result): its qparams are its own, "
+                             "read it with qcal.from_pt2e(model) (scheme 'pt2e'), not calibrate it")
         if model.training:
             warn_at_caller("qcal: the model is in training mode; calibrating an eval-mode copy "
                            "(BatchNorm running statistics, dropout off). Your model is unchanged.")

@@ -76,6 +76,8 @@ def test_only_xnnpack():
     assert list(qm.quant_layers) == ["fc"] and qm.with_backend("xnnpack") is qm
     with pytest.raises(ValueError, match="xnnpack"):
         qm.with_backend("fbgemm")
+    with pytest.raises(ValueError, match=r"already quantized .*qcal.from_pt2e"):  # sensitivity, recommend too
+        qcal.calibrate(qm.converted, x, "xnnpack_default")
 
 
 def test_x86_inductor_graphs_are_refused_with_the_reason():
