@@ -160,6 +160,9 @@ def find_or_compute_zoo_run(
     found = find_run(store.list(), model_name, [repair_label(s) for s in resolved], backends)
     if found is not None and same_setup(store.load(found).meta, resolved, calib_samples):
         return found, None
+    pt2e = find_run(store.list(), model_name, ["pt2e"], ["xnnpack"])  # a PT2E model's one column, whatever was asked
+    if pt2e is not None and store.load(pt2e).meta.get("mode") == "pt2e":
+        return pt2e, None
     with env_executor() as executor:
         cmp = compare_zoo(model_name, resolved, list(backends), eval_samples=eval_samples,
                           calib_samples=calib_samples, executor=executor, progress=progress)

@@ -48,3 +48,14 @@ def test_layers_of_a_zoo_model_still_calibrates(capsys):
     assert main(["layers", "--model", "digits_cnn", "--scheme", "xnnpack_per_tensor", "--format", "csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert len(frame) > 0 and set(frame["weight_qscheme"]) == {"per_tensor_symmetric"}
+
+
+def test_a_pt2e_models_stored_run_is_found_whatever_schemes_are_asked(registered, tmp_path):  # noqa: F811
+    from qcal.store.store import Store
+    from qcal.store.zoo_runs import find_or_compute_zoo_run
+
+    store = Store(tmp_path / "runs.sqlite")
+    run_id, cmp = find_or_compute_zoo_run(registered, ["per_tensor_affine"], ["fbgemm"], store=store)
+    assert cmp is not None and list(cmp.summary["scheme"]) == ["pt2e"] and cmp.meta["mode"] == "pt2e"
+    again, cached = find_or_compute_zoo_run(registered, ["fbgemm_default", "qnnpack_default"], ["qnnpack"], store=store)
+    assert (again, cached) == (run_id, None) and len(store.list()) == 1
