@@ -211,7 +211,8 @@ class IntegerProgram:
             return out if codes is None else out.clamp_(*codes)  # the clamp that alone reads it, in place
         res = self.layers[step.target](x, True)
         results[step.name] = res
-        return res.out
+        codes = self.fused_clamps.get(step.name)  # the clamp step passes its codes on: clamp them here
+        return res.out if codes is None else res.out.clamp(*codes)  # a copy: the trace keeps the layer's own
 
     def _quantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         scale, zp = self.act[step.obs]
