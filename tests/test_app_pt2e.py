@@ -1,6 +1,7 @@
 """A registered PT2E model (its factory returns the convert_pt2e result) on the Layers and Requant
 pages (AppTest): its run is compare_pt2e's one column (scheme pt2e on xnnpack), the Layers page
-shows its per-layer errors, the Requant page works an element out from from_pt2e's integers."""
+shows its per-layer errors, the Requant page works an element out from from_pt2e's integers, live
+and from a saved run (the model read again from its registered factory)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def test_a_registered_pt2e_model_on_the_layers_and_requant_pages(registered):
     assert at.selectbox(key="param_backend").value == "xnnpack"
     assert metric(at, "worked steps").value == metric(at, "qcal integer engine").value
     assert any("by the delegate" in str(d.value.to_dict()) for d in at.dataframe)
+
+
+def test_a_saved_pt2e_run_reopens_on_the_requant_page(registered):
+    from qcal.store.store import Store
+    from qcal.store.zoo_runs import compare_zoo
+
+    run_id = Store().save_comparison(compare_zoo(registered, eval_samples=24))
+    at = app("requant", model=registered, run=run_id, scheme="pt2e", backend="xnnpack", layer="3")
+    assert_clean(at)
+    assert any("saved run" in c.value for c in at.caption)
+    assert metric(at, "worked steps").value == metric(at, "qcal integer engine").value
