@@ -9,7 +9,7 @@
 - ``qcal.correct_bias`` (empirical on the 200 calibration images, analytic) on every
   graph-mode digits model under per_tensor_symmetric, per_channel_symmetric, fbgemm_default;
 - ``qcal.adaround`` (1000 iterations, 256 samples, seed 0) against round-to-nearest at 8 bits
-  and with 4-bit weights (codes in [-8, 7]).
+  (and fbgemm_default) and with 4-bit weights (codes in [-8, 7]), with the model guard's decision.
 
 Run: ``python benchmarks/repairs.py [--quick]``.
 """
@@ -108,15 +108,16 @@ def adaround_rows() -> None:
     equalized = qcal.equalize(mobilenet, calib, relu6="bounded").model
     print("adaround (accuracy %: fp32, round-to-nearest -> adaround)")
     cases = [(n, zoo.load(n), s) for n in ("digits_cnn", "digits_mobilenet", "digits_resnet", "digits_mlp")
-             for s in ("per_tensor_symmetric", "per_channel_symmetric", _four_bit("per_tensor_symmetric"),
-                       _four_bit("per_channel_symmetric"))]
+             for s in ("per_tensor_symmetric", "per_channel_symmetric", "fbgemm_default",
+                       _four_bit("per_tensor_symmetric"), _four_bit("per_channel_symmetric"))]
     cases += [("digits_mobilenet + equalize(bounded)", equalized, s) for s in
               ("per_tensor_symmetric", _four_bit("per_tensor_symmetric"), _four_bit("per_channel_symmetric"))]
     for name, model, scheme in cases:
         nearest = _acc(qcal.calibrate(model, calib, scheme), x, y)
-        learned = _acc(qcal.adaround(model, calib, scheme), x, y)
+        said: list[str] = []
+        learned = _acc(qcal.adaround(model, calib, scheme, progress=lambda f, m, said=said: said.append(m)), x, y)
         label = scheme if isinstance(scheme, str) else scheme.name
-        print(f"  {name} {label}: fp32 {_acc(model, x, y):.2f}, {nearest:.2f} -> {learned:.2f}", flush=True)
+        print(f"  {name} {label}: fp32 {_acc(model, x, y):.2f}, {nearest:.2f} -> {learned:.2f}; {said[-2]}", flush=True)
 
 
 def main() -> None:

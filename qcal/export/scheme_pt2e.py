@@ -8,6 +8,10 @@ recorded clip range (a ``MinMaxObserver`` of the scheme's dtype, qscheme, code r
 that has seen exactly that range: torch's own formula turns it into the qparams) and runs
 ``convert_pt2e``. Every qparam, weight code and bias of the result is then checked against
 qcal's (``qcal.export.pt2e_qparams``): a ValueError lists each differing entry.
+Repaired models export the same way: equalization and bias correction changed the float
+model itself; codes learned by AdaRound are written into the (BN-folded) float model as
+``(code - zp) x scale`` (``qcal.repair.written``), which the weight observers turn back into
+exactly those codes, or refused when they would not.
 
 Refused with the reason: a backend other than "xnnpack", what XNNPACK cannot run
 (``qcal.check_runnable``), module-swap models, recipes with per-layer schemes or fp32 layers,
@@ -24,6 +28,7 @@ import torch
 from qcal.export.pt2e import require_pt2e
 from qcal.export.pt2e_qparams import module_of, pt2e_qparams, qcal_qparams, qparam_differences
 from qcal.qparams import EPS
+from qcal.repair.written import learned_layers, moved_codes, written_model
 from qcal.runnable import check_runnable
 
 __all__ = ["check_exportable", "to_pt2e"]
@@ -137,6 +142,21 @@ def _set_activation_observers(prepared: torch.fx.GraphModule, qm: Any) -> None:
         setattr(prepared, node.target, _fixed_observer(qm.scheme.activation, *ranges[entry]))
 
 
+def _float_model(qm: Any) -> torch.nn.Module:
+    """The float model whose weights XNNPACKQuantizer's observers turn into ``qm``'s codes:
+    ``qm.float_model``, or for learned codes (AdaRound) the weights written as the codes."""
+    if not learned_layers(qm):
+        return qm.float_model
+    moved = {name: n for name, n in moved_codes(qm).items() if n}
+    if moved:
+        raise ValueError("to_executorch writes learned weight codes as code x scale for XNNPACKQuantizer's minmax "
+                         f"observers, which give other codes for {sum(moved.values())} weights ("
+                         + ", ".join(f"{k}: {v}" for k, v in moved.items()) + "): codes past the code of their "
+                         "channel's min or max weight, or a min or max weight's own code moved, change the range "
+                         "the observer sees (qcal.adaround keeps within it)")
+    return written_model(qm)
+
+
 @torch.no_grad()
 def to_pt2e(qm: Any, example_inputs: tuple) -> torch.fx.GraphModule:
     """The ``convert_pt2e`` model with ``qm``'s qparams, checked entry by entry (see the module doc).
@@ -149,7 +169,7 @@ def to_pt2e(qm: Any, example_inputs: tuple) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     check_exportable(qm)
-    exported = torch.export.export(qm.float_model, tuple(example_inputs))
+    exported = torch.export.export(_float_model(qm), tuple(example_inputs))
     prepared = prepare_pt2e(exported.module(), _quantizer(qm))
     prepared(*example_inputs)  # the weight observers see the weights; activation observers are replaced next
     _set_activation_observers(prepared, qm)

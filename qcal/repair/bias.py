@@ -37,6 +37,7 @@ from qcal.qparams import dequantize
 from qcal.repair.pairs import find_pairs
 from qcal.repair.scaling import input_index
 from qcal.repair.stats import as_batches, bn_statistics, each_layer_output
+from qcal.repair.written import written_model
 
 __all__ = ["BiasCorrection", "bias_correction", "correct_bias"]
 
@@ -66,9 +67,9 @@ class BiasCorrection:
 
 
 def _editable(qm: QuantizedModel) -> nn.Module:
-    """A float model whose layers are named as qm's and whose biases may change."""
-    base = copy.deepcopy(qm.float_model).eval()
-    model = copy.deepcopy(trace_folded(base)) if qm.mode == "graph" else base
+    """A float model whose layers are named as qm's and whose biases may change; learned codes
+    (AdaRound's) are written into its weights, so that calibrating it again keeps them."""
+    model = written_model(qm)
     for name in qm.quant_layers:
         mod = model.get_submodule(name)
         if mod.bias is None:

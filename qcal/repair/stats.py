@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from qcal.batching import call_model
 from qcal.graph.ir import only_user
 from qcal.graph.program import run_float
+from qcal.graph.trace import trace_folded
 
-__all__ = ["as_batches", "bn_statistics", "channel_extremes", "each_layer_output"]
+__all__ = ["as_batches", "bn_statistics", "channel_extremes", "each_layer_output", "following_activations"]
+
+_MODULE_ACTS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}
+_FUNCTION_ACTS: dict[Any, Callable[[torch.Tensor], torch.Tensor]] = {F.relu: F.relu, torch.relu: F.relu,
+                                                                      F.relu6: F.relu6}
 
 
 def as_batches(inputs: Any) -> list[Any]:
@@ -74,3 +81,22 @@ def each_layer_output(qm: Any, batches: list[Any], seen: Callable[[str, torch.Te
     finally:
         for h in hooks:
             h.remove()
+
+
+def following_activations(qm: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Per int8 layer of a graph-mode QuantizedModel, the ReLU or ReLU6 its output alone feeds
+    (fused or not; a module or a function), as a function; layers with none are left out.
+    Module-swap models have no graph to read it from: {}."""
+    if qm.mode != "graph":
+        return {}
+    gm = trace_folded(copy.deepcopy(qm.float_model).eval())
+    modules, out = dict(gm.named_modules()), {}
+    for node in gm.graph.nodes:
+        user = only_user(node) if node.op == "call_module" and node.target in qm.quant_layers else None
+        if user is not None and user.op == "call_module":
+            act = _MODULE_ACTS.get(type(modules[user.target]))
+        else:
+            act = _FUNCTION_ACTS.get(user.target) if user is not None and user.op == "call_function" else None
+        if act is not None:
+            out[node.target] = act
+    return out
