@@ -18,7 +18,8 @@ Refused with the reason: other operators between a dequantize and a quantize (``
 which XNNPACKQuantizer does not annotate, and adaptive pooling to other sizes among them), ``cat``
 of inputs with different qparams, a quantize
 changing the qparams of codes (a requantizing convert), per-channel activations, any backend
-but "xnnpack" (x86 inductor's fused int8 kernels are not modelled yet).
+but "xnnpack" and graphs with uint8 activations (X86InductorQuantizer's: the delegate runs int8
+activations only, and x86 inductor's fused int8 kernels are not modelled yet).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Pt2eModel(QuantizedModel):
         self.fused_nodes = [n.name for n in converted.graph.nodes if n.op == "call_function" and _is_layer(n)]
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
-        return self._run(inputs, None)
+        return self._run(_positional(inputs), None)
 
     def runtime(self) -> Pt2eModel:
         return self
@@ -114,12 +115,12 @@ class Pt2eModel(QuantizedModel):
     def run_with_codes(self, *inputs: torch.Tensor) -> tuple[Any, dict[str, Codes]]:
         """``(model(*inputs), model.codes(*inputs))`` from one run."""
         seen: dict[str, Codes] = {}
-        return self._run(inputs, seen), seen
+        return self._run(_positional(inputs), seen), seen
 
     def run_detailed(self, inputs: tuple, detail: dict[str, tuple]) -> Any:
         """Run, recording per fused conv/linear/add node ``(input Codes, output Codes, KernelResult
         or None)`` in ``detail``."""
-        return self._run(inputs, None, detail)
+        return self._run(_positional(inputs), None, detail)
 
     @torch.no_grad()
     def _run(self, inputs: tuple, seen: dict[str, Codes] | None, detail: dict | None = None) -> Any:
@@ -173,6 +174,11 @@ class Pt2eModel(QuantizedModel):
         out = Codes(res if p.op == "add" else res.out, so, zo)
         detail[p.node.name] = (p.args[0], out, None if p.op == "add" else res)
         return out
+
+
+def _positional(inputs: tuple) -> tuple:
+    """The graph's positional inputs: ``model(x, y)`` or one batch given as a tuple, ``model((x, y))``."""
+    return tuple(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)) else inputs
 
 
 def fused(op: str, args: tuple, relu: bool, so: float, zo: int, dtype: torch.dtype, backend: str = "xnnpack",

@@ -193,10 +193,11 @@ def fp32_values(converted: torch.fx.GraphModule, nodes: list[str], *inputs: torc
 def pt2e_traces(pm: Any, inputs: torch.Tensor) -> dict[str, LayerTrace]:
     """``Pt2eModel.trace``: per conv/linear layer (by layer name) and per fused add (by node)."""
     detail: dict[str, tuple] = {}
-    pm.run_detailed((inputs,), detail)
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    pm.run_detailed(args, detail)
     at = {name: _fp32_node(pm.converted, node) for name, node in pm.layer_nodes.items()}
     adds = [n for n in detail if n not in pm.layer_nodes.values()]
-    fp32 = fp32_values(pm.converted, [*at.values(), *(_fp32_node(pm.converted, a) for a in adds)], inputs)
+    fp32 = fp32_values(pm.converted, [*at.values(), *(_fp32_node(pm.converted, a) for a in adds)], *args)
     traces: dict[str, LayerTrace] = {}
     for name, node in pm.layer_nodes.items():
         layer, (x, out, res) = pm.quant_layers[name], detail[node]

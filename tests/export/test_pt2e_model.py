@@ -93,3 +93,31 @@ def test_x86_inductor_graphs_are_refused_with_the_reason():
         qcal.from_pt2e(converted)
     with pytest.raises(ValueError, match="'xnnpack' only"):
         qcal.from_pt2e(converted, backend="x86")
+
+
+def test_two_inputs_called_or_batched_as_a_tuple_equal_the_delegate():
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 4), torch.randn(5, 4)
+    prepared = prepare_pt2e(torch.export.export(Two().eval(), (x, y)).module(),
+                            XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
+    prepared(x, y)
+    converted = convert_pt2e(prepared)
+    qm = qcal.from_pt2e(converted)
+    delegate = run_executorch(lower_to_executorch(converted, (x, y)), x, y)[0]
+    assert torch.equal(qm(x, y), delegate) and torch.equal(qm((x, y)), delegate)  # compare's batches are tuples
+    traces = qm.trace((x, y))
+    assert list(traces) == ["a", "b", "add"] and torch.equal(traces["add"].dequantized, delegate)
