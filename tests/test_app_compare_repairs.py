@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from test_app import _store, app, assert_clean, metric  # noqa: F401  (_store: a store for these tests)
 
@@ -29,7 +31,7 @@ def test_a_picked_repair_adds_its_column_beside_the_plain_scheme(run_id):
     assert_clean(at)
     assert at.multiselect(key="param_repairs").value == ["equalize"]
     store = Store()
-    assert "dashboard-runs" in str(store.path)  # the test's own store, not data/runs.sqlite
+    assert str(store.path) == os.environ["QCAL_STORE"]  # the tests' (or CI's) store, not data/runs.sqlite
     assert find_run(store.list(), "digits_mlp", ["per_tensor_symmetric", LABEL], ["fbgemm"]) == run_id
     run = store.load(run_id)
     assert list(run.summary["scheme"]) == ["per_tensor_symmetric", LABEL]

@@ -272,6 +272,7 @@ def test_picking_a_layer_in_its_selectbox_shows_its_scatter_and_puts_it_in_the_u
 def test_the_first_screen_leads_with_the_per_channel_difference_in_the_summarys_numbers(
         server, browser, tmp_path_factory):
     from pages._shared import DEFAULT_BACKENDS, DEFAULT_MODEL
+    from qcal.analysis.compare import planned_backends
     from qcal.reporting.story import lead_sentence
     from qcal.schemes import SCHEMES
     from qcal.store import Store
@@ -285,7 +286,7 @@ def test_the_first_screen_leads_with_the_per_channel_difference_in_the_summarys_
     _assert_clean(page, "compare")
     text = lead.inner_text().strip()
     store = Store(_store_path(tmp_path_factory))
-    run_id = find_run(store.list(), DEFAULT_MODEL, list(SCHEMES), list(DEFAULT_BACKENDS))
+    run_id = find_run(store.list(), DEFAULT_MODEL, list(SCHEMES), planned_backends(list(SCHEMES), list(DEFAULT_BACKENDS)))
     summary = store.load(run_id).summary
     row = {s: summary[(summary["scheme"] == s) & (summary["backend"] == "fbgemm")].iloc[0]["value"]
            for s in ("per_channel_symmetric", "per_tensor_symmetric")}

@@ -36,7 +36,7 @@ from qcal.runnable import PRESET_ENGINES, preset_backends
 from qcal.scheme_text import format_scheme
 from qcal.schemes import SCHEMES, Scheme
 
-__all__ = ["FRAME_NAMES", "Comparison", "Progress", "compare"]
+__all__ = ["FRAME_NAMES", "Comparison", "Progress", "compare", "planned_backends"]
 
 Progress = Callable[[float, str], None]
 
@@ -109,10 +109,16 @@ def _plan(schemes: Sequence[str | Scheme | Recipe] | None, backends: Sequence[st
         base = scheme.default if _is_repaired(scheme) and not scheme.layers else scheme
         if backends is None and base is not None and base.name in own_engine and base == SCHEMES[base.name]:
             wanted = [own_engine[base.name]]
-        else:
-            wanted = preset_backends(scheme, backends)
+        else:  # a repaired preset runs where its preset runs (xnnpack_default + equalize: on xnnpack)
+            wanted = preset_backends(base if base is not None else scheme, backends)
         jobs.extend((scheme, b) for b in wanted if (scheme, b) not in jobs)
     return jobs
+
+
+def planned_backends(schemes: Sequence[str | Scheme | Recipe] | None, backends: Sequence[str] | None) -> list[str]:
+    """The backends a comparison of ``schemes`` asked for ``backends`` runs, in order: what its
+    saved run records (the xnnpack presets among fbgemm and qnnpack add xnnpack)."""
+    return list(dict.fromkeys(b for _, b in _plan(schemes, backends)))
 
 
 def _calibrate_all(model: torch.nn.Module, calib_data: Any, jobs: list[tuple[Scheme | Recipe, str]],

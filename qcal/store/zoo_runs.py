@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from qcal.analysis.cluster import env_executor
-from qcal.analysis.compare import Comparison, Progress, compare
+from qcal.analysis.compare import Comparison, Progress, compare, planned_backends
 from qcal.recipes import Recipe
 from qcal.repair.apply import chain_recipe, repair_label, split_repairs
 from qcal.scheme_text import run_schemes, scheme_from_text
@@ -157,7 +157,7 @@ def find_or_compute_zoo_run(
     """
     store = store if isinstance(store, Store) else Store(store)
     resolved = [_spec(s) for s in schemes]
-    found = find_run(store.list(), model_name, [repair_label(s) for s in resolved], backends)
+    found = find_run(store.list(), model_name, [repair_label(s) for s in resolved], planned_backends(resolved, backends))
     if found is not None and same_setup(store.load(found).meta, resolved, calib_samples):
         return found, None
     pt2e = find_run(store.list(), model_name, ["pt2e"], ["xnnpack"])  # a PT2E model's one column, whatever was asked
