@@ -139,16 +139,14 @@ class QuantizedModel:
     def _kernels(self) -> dict[str, Any]:
         return {name: make_kernel(layer, self.backend) for name, layer in self.quant_layers.items()}
 
-    def _lazy_kernels(self) -> dict[str, Any]:
-        return _LazyKernels(self.quant_layers, self.backend)
-
     def runtime(self) -> Any:
         """The prepacked executor (built once per QuantizedModel)."""
         if self._runtime is None:
             if self.mode == "graph":
                 assert self.graph is not None
                 act = [(a.scale, a.zero_point) for a in self.activations]
-                self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype, self._lazy_kernels(),
+                self._runtime = IntegerProgram(self.graph, act, self.scheme.activation.dtype,
+                                               _LazyKernels(self.quant_layers, self.backend),
                                                self.backend, self.reproduce_torch_bugs)
             else:
                 self._runtime = SwappedModel(self.float_model, self.quant_layers, self._kernels(),

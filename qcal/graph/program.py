@@ -205,13 +205,12 @@ class IntegerProgram:
 
     def _layer(self, step: Step, env: dict[str, Any], results: dict[str, Any] | None) -> torch.Tensor:
         x = env[step.args[0].name]
+        codes = self.fused_clamps.get(step.name)  # the clamp step passes these codes on as they are
         if results is None:
-            codes = self.fused_clamps.get(step.name)
             out = self.layers[step.target](x, False)
             return out if codes is None else out.clamp_(*codes)  # the clamp that alone reads it, in place
         res = self.layers[step.target](x, True)
         results[step.name] = res
-        codes = self.fused_clamps.get(step.name)  # the clamp step passes its codes on: clamp them here
         return res.out if codes is None else res.out.clamp(*codes)  # a copy: the trace keeps the layer's own
 
     def _quantize(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
@@ -310,12 +309,12 @@ def _fusable_clamps(graph: Graph, act: list[tuple[float, int]], act_dtype: str, 
     for step in graph.steps:
         for name in step.refs:
             readers.setdefault(name, []).append(step)
-    kinds = {s.name: s for s in graph.steps}
+    by_name = {s.name: s for s in graph.steps}
     out: dict[str, tuple[int, int]] = {}
     for name, users in readers.items():
-        layer, (clamp,) = kinds[name], users if len(users) == 1 else (None,)
-        if (clamp is None or clamp.kind != "clamp" or layer.kind not in ("conv", "linear") or clamp.name in scrambled
-                or clamp.obs != layer.obs or layer.obs is None):
+        layer, clamp = by_name[name], users[0]
+        if (len(users) != 1 or clamp.kind != "clamp" or layer.kind not in ("conv", "linear")
+                or clamp.name in scrambled or clamp.obs != layer.obs or layer.obs is None):
             continue
         scale, zp = act[layer.obs]
         dtype = torch.uint8 if act_dtype == "quint8" else torch.int8

@@ -17,7 +17,7 @@ import torch
 from qcal.int8 import native, ops, qadd
 from qcal.int8.backends.ort import ort_quantize
 from qcal.int8.packed import pack_conv2d, pack_linear
-from qcal.qparams import INT_DTYPES, QRANGES, quantize
+from qcal.qparams import _UNFUSED, INT_DTYPES, QRANGES, quantize
 
 __all__ = ["adaptive_avg_pool2d", "add", "avg_pool2d", "clamp_codes", "make_kernel", "max_pool2d", "quantize_codes",
            "quantize_value"]
@@ -29,14 +29,12 @@ def quantize_codes(x: torch.Tensor, scale: Any, zero_point: Any, dtype: str = "q
     per tensor or per channel along ``axis``); backend "ort": onnxruntime's QuantizeLinear."""
     if backend == "ort" and axis is None:
         return ort_quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])
-    if axis is None and backend in _FUSED_QUANTIZE and isinstance(x, torch.Tensor) and x.numel() >= 4096:
-        out = native.quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])  # one pass, the same codes
+    # per tensor, torch's fused rule (every backend quantize does not run unfused): one native pass
+    if axis is None and backend not in _UNFUSED and isinstance(x, torch.Tensor) and x.numel() >= 4096:
+        out = native.quantize(x, float(scale), int(zero_point), INT_DTYPES[dtype])  # the same codes
         if out is not None:
             return out
     return quantize(x, scale, zero_point, dtype, axis=axis, backend=backend)
-
-
-_FUSED_QUANTIZE = ("fbgemm", "qnnpack", "x86", "q31")  # torch's quantize_per_tensor (the fma rule)
 
 
 def quantize_value(value: float, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> int:

@@ -169,8 +169,8 @@ class _Packed(NativeRoute):
                 return out
         lo, hi = _aminmax(x_q)
         sat = self._saturates(rq, saturate, isa) and self._can_saturate(max(abs(lo), hi), za)
-        # without AMX the native kernel and its fused store beat oneDNN's sums (route._onednn_sums)
-        native = None if detailed or self._onednn_fast() else self._native_plan(x_q, za, (lo, hi), sat, rq)
+        plan_first = not (detailed or self._onednn_fast())  # without AMX: before oneDNN's fold (route._onednn_sums)
+        native = self._native_plan(x_q, za, (lo, hi), sat, rq) if plan_first else None
         folded = None if detailed or sat or native is not None else self._fold_bias(x_q, za, rq, (lo, hi))
         if folded is not None:  # bias already added by oneDNN, exactly as the backend adds it
             plain = self._no_bias_of(rq)
@@ -179,7 +179,7 @@ class _Packed(NativeRoute):
                 return out
             return requantize(folded[0], plain, zo, relu=relu, out_dtype=dtype,
                               channel_axis=axis, bound=folded[1], consume=True)
-        if native is None and not detailed:
+        if not (plan_first or detailed):
             native = self._native_plan(x_q, za, (lo, hi), sat, rq)
         if native is not None:  # FBGEMM's own arithmetic (or the exact sum) in one native pass
             packed, zw, bound = native
