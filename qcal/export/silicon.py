@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from qcal.export.pt2e import Pt2eModel, _dequantize, _load, _target_name, from_pt2e, fused
-from qcal.int8.backends.xnnpack import _add_multipliers
+from qcal.int8.backends.xnnpack import add_multipliers
 from qcal.int8.backends.xnnpack_pool import xnnpack_mean_params
 
 __all__ = ["CAUSES", "SimulationGap", "against_delegate", "simulation_gap"]
@@ -148,7 +148,7 @@ def _add_variants(args: tuple, v: torch.Tensor, relu: bool, so: float, zo: int) 
     """XNNPACK's add on torch's inputs with each cause switched (codes before clamping)."""
     a, b = args
     sa, sb, so32 = (torch.tensor(s, dtype=torch.float32) for s in (a.scale, b.scale, so))
-    ma, mb, shift = _add_multipliers(float(sa / so32), float(sb / so32))
+    ma, mb, shift = add_multipliers(float(sa / so32), float(sb / so32))
     total = ma * (a.q.to(torch.int64) - a.zero_point) + mb * (b.q.to(torch.int64) - b.zero_point)
     half, one = 2 ** (shift - 1), 2.0**shift
 

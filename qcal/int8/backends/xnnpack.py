@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_xnnpack_multiplier", "check_xnnpack_weights", "xnnpack_add", "xnnpack_bias"]
+__all__ = ["add_multipliers", "check_xnnpack_multiplier", "check_xnnpack_weights", "xnnpack_add", "xnnpack_bias"]
 
 
 def xnnpack_bias(bias: torch.Tensor, sa: torch.Tensor, sw: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -74,7 +74,7 @@ def check_xnnpack_weights(w_q: torch.Tensor, zero_points: torch.Tensor) -> None:
             f"{zero_points.unique().tolist()[:4]}: its qs8/qc8w kernels have no weight zero point")
 
 
-def _add_multipliers(ra: float, rb: float) -> tuple[int, int, int]:
+def add_multipliers(ra: float, rb: float) -> tuple[int, int, int]:
     """(Ma, Mb, shift) of ``xnn_init_qs8_add_minmax_scalar_params``."""
     for r in (ra, rb):
         if not 2.0**-10 <= r < 2.0**8:
@@ -90,7 +90,7 @@ def xnnpack_add(ta: torch.Tensor, za: int, sa: torch.Tensor, tb: torch.Tensor, z
                 so: torch.Tensor, zo: int, relu: bool, lo: int, hi: int) -> torch.Tensor:
     """XNNPACK's qs8 add of code tensors ``ta``, ``tb`` (float32 scales; see the module doc)."""
     ra, rb = float(sa / so), float(sb / so)  # f32 divisions, as the C code's floats
-    ma, mb, shift = _add_multipliers(ra, rb)
+    ma, mb, shift = add_multipliers(ra, rb)
     bias = (1 << (shift - 1)) - ma * za - mb * zb
     acc = bias + ma * ta.to(torch.int64) + mb * tb.to(torch.int64)  # fits int32 for int8 codes
     return ((acc >> shift) + zo).clamp(lo, hi)
