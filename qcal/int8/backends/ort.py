@@ -48,10 +48,12 @@ MlasRequantizeOutput with ``M = f32(sx / f32(sy * HW))``.
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 
 import torch
 
+from qcal.int8 import native
 from qcal.int8.cpu.isa import AssumedCpu, assumed_cpu
 from qcal.int8.cpu.mlas import DISPATCHES, FROM_FBGEMM, MlasDispatch, parse_ort_cpu
 from qcal.qparams import _fma_f32
@@ -134,13 +136,17 @@ def ort_quantize(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dt
     ``rint(0.25 * 2 + 3)`` gives 4).
     """
     lo, hi = _range(dtype)
-    t = torch.as_tensor(x, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
-    return torch.round(t.clamp_(lo - zero_point, hi - zero_point)).add_(zero_point).to(dtype)
+    x = x if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else torch.as_tensor(x, dtype=torch.float32)
+    t = torch.div(x, torch.tensor(scale, dtype=torch.float32))
+    return t.clamp_(lo - zero_point, hi - zero_point).round_().add_(zero_point).to(dtype)
 
 
 @torch.no_grad()
 def ort_dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """onnxruntime's DequantizeLinear: ``f32((q - zp) * scale)``."""
+    """onnxruntime's DequantizeLinear: ``f32((q - zp) * scale)``. ``q - zp`` of 8-bit codes is
+    exact in float32, so the subtraction runs there (one conversion instead of two)."""
+    if q.dtype in (torch.uint8, torch.int8):
+        return q.float().sub_(zero_point).mul_(torch.tensor(scale, dtype=torch.float32))
     return (q.to(torch.int32) - zero_point).float() * torch.tensor(scale, dtype=torch.float32)
 
 
@@ -148,12 +154,34 @@ def ort_dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tens
 def ort_clip(q: torch.Tensor, scale: float, zero_point: int, lo: float, hi: float) -> torch.Tensor:
     """``DQ -> Clip(lo, hi) -> Q`` with the same qparams, in float as onnxruntime runs it when
     Q's range does not already make the Clip redundant (e.g. ReLU6 after a conv whose output
-    zero point is above 0)."""
-    return ort_quantize(ort_dequantize(q, scale, zero_point).clamp_(lo, hi), scale, zero_point, q.dtype)
+    zero point is above 0).
+
+    Each output code depends on its input code alone, so the float path runs once per code
+    (256 values, cached) and the tensor is mapped through that table: a clamp of the codes
+    when the table is one (it is for every scale tried), else a lookup.
+    """
+    if q.dtype not in (torch.uint8, torch.int8):
+        return ort_quantize(ort_dequantize(q, scale, zero_point).clamp_(lo, hi), scale, zero_point, q.dtype)
+    table, bounds = _clip_table(float(scale), int(zero_point), float(lo), float(hi), q.dtype)
+    if bounds is not None:
+        return q.clamp(*bounds)
+    return table[q.to(torch.int64) - _range(q.dtype)[0]]
 
 
+@functools.lru_cache(maxsize=1024)
+def _clip_table(scale: float, zero_point: int, lo: float, hi: float,
+                dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """``ort_clip`` of every code of ``dtype``, and (a, b) when that equals ``clamp(code, a, b)``."""
+    qmin, qmax = _range(dtype)
+    codes = torch.arange(qmin, qmax + 1, dtype=torch.int32).to(dtype)
+    table = ort_quantize(ort_dequantize(codes, scale, zero_point).clamp_(lo, hi), scale, zero_point, dtype)
+    a, b = int(table[0]), int(table[-1])
+    return table, ((a, b) if torch.equal(table, codes.clamp(a, b)) else None)
+
+
+@functools.lru_cache(maxsize=256)
 def _add_table(sa, za, sb, zb, so, zo, dtype) -> torch.Tensor:
-    """QLinearAdd's result for every (a, b) code pair, a major (65,536 entries)."""
+    """QLinearAdd's result for every (a, b) code pair, a major (65,536 entries; cached per qparams)."""
     lo, hi = _range(dtype)
     f = torch.float32
     ra = torch.tensor(sa, dtype=f) / torch.tensor(so, dtype=f)
@@ -175,10 +203,18 @@ def ort_add(a_q: torch.Tensor, a_scale: float, a_zero_point: int, b_q: torch.Ten
     if a_q.dtype != b_q.dtype or a_q.dtype not in (torch.uint8, torch.int8):
         raise TypeError(f"a_q and b_q must both be uint8 or int8 codes, got {a_q.dtype} and {b_q.dtype}")
     lo = _range(a_q.dtype)[0]
-    table = _add_table(a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point, a_q.dtype)
+    table = _add_table(float(a_scale), int(a_zero_point), float(b_scale), int(b_zero_point), float(out_scale),
+                       int(out_zero_point), a_q.dtype)
     a, b = torch.broadcast_tensors(a_q, b_q)
-    idx = (a.to(torch.int32) - lo).mul_(256).add_(b.to(torch.int32) - lo)
-    return table[idx.reshape(-1)].reshape(idx.shape)
+    nhwc = a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last)
+    rows = (lambda t: t.permute(0, 2, 3, 1)) if nhwc else (lambda t: t)
+    a_rows, b_rows = rows(a).contiguous(), rows(b).contiguous()
+    out = native.pair_lookup(a_rows.reshape(-1), b_rows.reshape(-1), table)  # one pass, same table
+    if out is None:
+        idx = (a_rows.to(torch.int32) - lo).mul_(256).add_(b_rows.to(torch.int32) - lo)
+        out = table[idx.reshape(-1)]
+    out = out.reshape(a_rows.shape)
+    return out.permute(0, 3, 1, 2) if nhwc else out
 
 
 @torch.no_grad()
@@ -187,7 +223,7 @@ def ort_global_avg_pool(x_q: torch.Tensor, x_scale: float, x_zero_point: int, ou
     """onnxruntime's QLinearGlobalAveragePool: (N, C, H, W) -> (N, C, 1, 1)."""
     lo, hi = _range(x_q.dtype)
     size = x_q.shape[-2] * x_q.shape[-1]
-    acc = x_q.to(torch.int64).sum((-2, -1), keepdim=True) - x_zero_point * size
+    acc = x_q.sum((-2, -1), keepdim=True, dtype=torch.int64) - x_zero_point * size
     f = torch.float32
     m = torch.tensor(x_scale, dtype=f) / (torch.tensor(out_scale, dtype=f) * float(size))
     y = torch.round((acc.float() * m).clamp_(lo - out_zero_point, hi - out_zero_point))

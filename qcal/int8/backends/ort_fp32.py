@@ -257,10 +257,10 @@ def ort_float_layer(module: nn.Module, x: Any) -> torch.Tensor | None:
         return None
     if type(module) is nn.Linear and x.dim() == 2:
         return ort_float_gemm(x, module.weight, module.bias)
+    if type(module) is not nn.Conv2d or x.dim() != 4:  # e.g. nn.Flatten: torch's op (before the dispatch
+        return None                                    # lookup, which reads the environment each call)
     d = ort_dispatch()
-    if type(module) is nn.Conv2d and x.dim() == 4 and ort_float_conv_modelled(module, d):
-        return ort_float_conv(x, module, d)
-    return None
+    return ort_float_conv(x, module, d) if ort_float_conv_modelled(module, d) else None
 
 
 def ort_fp32_kernels(graph: Any, act_qparams: list[tuple[float, int]],
