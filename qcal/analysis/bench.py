@@ -8,7 +8,16 @@ For each model and batch size:
 * ``six_presets``: one qcal pass calibrating all six presets vs six torch calibrations;
 * ``schemes``: int8 inference under each of the six presets (``int8 <scheme>``);
 * ``sensitivity``: a per-layer sensitivity scan against one ``compare`` of one scheme
-  (qcal against qcal; only where ``qcal.analysis.sensitivity`` exists).
+  (qcal against qcal; only where ``qcal.analysis.sensitivity`` exists);
+* ``ort``: qcal's "ort" flavour vs onnxruntime running the file qcal exports
+  (``qcal.export.onnx``), fbgemm_default, with a count of differing output values checked
+  once outside the timing; ``ort_schemes``: the same under each preset (``ort <scheme>``);
+  a preset the export or onnxruntime cannot run is a skipped row saying why (``bench_ort``).
+
+Each row names what ran on each side: ``isa``, the baseline's instruction set (torch's
+``get_cpu_capability()`` and VNNI, or the MLAS int8 kernels of this machine's onnxruntime),
+and ``kernel``, qcal's (the native kernel's loaded variant, or "float engine"), taken in the
+process that timed the row.
 
 qcal and torch are timed interleaved (one run of each in turn), in this process, with the
 same thread count; each cell keeps the medians of ``repeat`` runs, and a ratio below 1 means
@@ -19,31 +28,29 @@ is measured in fresh subprocesses (``bench_memory.py``).
 from __future__ import annotations
 
 import resource
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
 
+from qcal.analysis.bench_rows import CLOCKS, BenchRow, _paired_medians, instruction_set, qcal_kernel
 from qcal.analysis.cluster import run_sweep
 from qcal.analysis.compare import compare
 from qcal.analysis.reference import quantized_engine, torch_reference
 from qcal.analysis.sensitivity import sensitivity
 from qcal.calibration.calibrate import calibrate, calibrate_many
 from qcal.int8 import native
-from qcal.int8.cpu.flags import has_vnni
 from qcal.runnable import unrunnable
 from qcal.schemes import SCHEMES
 from qcal.zoo import datasets, zoo
 
-__all__ = ["TASKS", "BenchRow", "bench", "format_bench", "instruction_set"]
+__all__ = ["TASKS", "BenchRow", "bench", "format_bench", "instruction_set", "qcal_kernel"]
 
 DEFAULT_MODELS = ("digits_cnn", "digits_mobilenet", "resnet18_like", "mobilenet_v2_like")
-TASKS = ("calib_minmax", "calib_histogram", "int8_inference", "six_presets", "schemes", "sensitivity")
+TASKS = ("calib_minmax", "calib_histogram", "int8_inference", "six_presets", "schemes", "sensitivity", "ort",
+         "ort_schemes")
 DEFAULT_TASKS = TASKS[:4]
 
 
@@ -53,46 +60,6 @@ def engine_line() -> str:
         return f"qcal int8 engine: float engine + saturation emulation (native kernel: {native.why_unavailable()})"
     return (f"qcal int8 engine: native kernel, {native.loaded_variant()} build, found or built and loaded in "
             f"{native.load_seconds():.2f} s before any timing (not in the medians)")
-
-
-def instruction_set() -> str:
-    """The CPU's vector instruction set as torch reports it, and whether it has VNNI (which
-    changes torch's int8 speed and FBGEMM's saturation), e.g. "AVX2, no VNNI"."""
-    return f"{torch.backends.cpu.get_cpu_capability()}, {'VNNI' if has_vnni() else 'no VNNI'}"
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    """One measured comparison: medians in seconds and their ratio (qcal / torch)."""
-
-    model: str
-    batch: int
-    task: str
-    qcal_s: float
-    torch_s: float
-
-    @property
-    def ratio(self) -> float:
-        return self.qcal_s / self.torch_s
-
-
-#: "wall": elapsed time; "cpu": this process's CPU time (steadier on a shared machine, and at
-#: one thread the same work; with more threads it also counts threads waiting at barriers).
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def _paired_medians(qcal_fn: Callable[[], object], torch_fn: Callable[[], object], repeat: int,
-                    warmup: int = 0, clock: str = "wall") -> tuple[float, float]:
-    """Medians of ``repeat`` interleaved runs of both (load changes hit both alike)."""
-    for _ in range(warmup):
-        qcal_fn(), torch_fn()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeat):
-        for fn, out in ((qcal_fn, times[0]), (torch_fn, times[1])):
-            start = CLOCKS[clock]()
-            fn()
-            out.append(CLOCKS[clock]() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _inputs(model_name: str, batch: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
@@ -159,7 +126,7 @@ def _bench_cell(loaded: dict[str, torch.nn.Module],
             q, t = _paired_medians(lambda s=scheme: calibrate(model, data, s, "fbgemm", mode="graph"),
                                    lambda s=scheme: torch_reference(model, data, s, "fbgemm"), repeat,
                                    clock=clock)
-            rows.append(BenchRow(name, batch, task, q, t))
+            rows.append(_row(name, batch, task, q, t))
     inference = ["fbgemm_default"] if "int8_inference" in tasks else []
     inference += [s for s in _fbgemm_presets() if "schemes" in tasks and s not in inference]
     for scheme in inference:
@@ -169,10 +136,27 @@ def _bench_cell(loaded: dict[str, torch.nn.Module],
         q, t = _paired_medians(lambda: calibrate_many(model, data, names, ["fbgemm"], mode="graph"),
                                lambda: [torch_reference(model, data, s, "fbgemm") for s in names], repeat,
                                clock=clock)
-        rows.append(BenchRow(name, batch, "six_presets", q, t))
+        rows.append(_row(name, batch, "six_presets", q, t))
     if "sensitivity" in tasks:
         rows.extend(_sensitivity_rows(model, name, batch, data, repeat, clock))
+    ort_schemes = _ort_schemes(tasks)
+    if ort_schemes:
+        from qcal.analysis.bench_ort import ort_bench_rows  # imports onnx only when asked
+
+        rows.extend(ort_bench_rows(model, name, batch, data, repeat, clock, ort_schemes))
     return rows
+
+
+def _row(name: str, batch: int, task: str, q: float, t: float, baseline: str = "torch") -> BenchRow:
+    """A measured row against torch (or qcal's own compare), naming both sides' kernels."""
+    isa = instruction_set() if baseline == "torch" else qcal_kernel()
+    return BenchRow(name, batch, task, q, t, isa=isa, kernel=qcal_kernel(), baseline=baseline)
+
+
+def _ort_schemes(tasks: Sequence[str]) -> list[str]:
+    """The presets the ort tasks run: fbgemm_default for ``ort``, every preset for ``ort_schemes``."""
+    picked = ["fbgemm_default"] if "ort" in tasks else []
+    return picked + [s for s in SCHEMES if "ort_schemes" in tasks and s not in picked]
 
 
 def _fbgemm_presets() -> list[str]:
@@ -190,7 +174,7 @@ def _inference_row(model, name: str, batch: int, data: list[torch.Tensor], schem
     with quantized_engine("fbgemm"):
         q, t = _paired_medians(lambda: qm(x), lambda: ref(x), repeat, warmup=1, clock=clock)
     task = "int8_inference" if scheme == "fbgemm_default" else f"int8 {scheme}"
-    return BenchRow(name, batch, task, q, t)
+    return _row(name, batch, task, q, t)
 
 
 def _sensitivity_rows(model, name: str, batch: int, data: list[torch.Tensor], repeat: int,
@@ -201,7 +185,7 @@ def _sensitivity_rows(model, name: str, batch: int, data: list[torch.Tensor], re
     q, t = _paired_medians(lambda: sensitivity(model, data, evals, "fbgemm_default", "fbgemm"),
                            lambda: compare(model, data, evals, ["fbgemm_default"], ["fbgemm"]), repeat,
                            clock=clock)
-    return [BenchRow(name, batch, "sensitivity_vs_compare", q, t)]
+    return [_row(name, batch, "sensitivity_vs_compare", q, t, baseline="qcal compare")]
 
 
 def peak_rss_mib() -> float:
@@ -210,14 +194,22 @@ def peak_rss_mib() -> float:
 
 
 def format_bench(rows: Sequence[BenchRow], memory: Sequence[Any] = (), clock: str = "wall") -> str:
-    """A table of the rows, the memory rows (``bench_memory.MemoryRow``), this process's peak
-    memory, and, as the last line, the worst ratio."""
-    lines = [f"CPU: {instruction_set()}; {torch.get_num_threads()} threads for qcal and torch; {clock} clock, "
+    """A table of the measured rows (each naming its baseline, the baseline's instruction set
+    and qcal's kernel; a ``differing`` column where some row checked its outputs), the skipped
+    rows and why, the memory rows (``bench_memory.MemoryRow``), this process's peak memory,
+    and, last, the worst ratio against each baseline."""
+    ort = " (onnxruntime: as many intra- and inter-op threads)" if any(r.baseline == "onnxruntime" for r in rows) else ""
+    lines = [f"CPU: {instruction_set()}; {torch.get_num_threads()} threads for qcal and torch{ort}; {clock} clock, "
              "interleaved runs, medians", engine_line()]
-    if rows:
-        df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task,
-                            "qcal_s": r.qcal_s, "torch_s": r.torch_s, "ratio": r.ratio} for r in rows])
-        lines.append(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    measured = [r for r in rows if not r.skipped]
+    if measured:
+        lines.append(_table(measured))
+    skipped: dict[tuple[str, str, str], list[int]] = {}
+    for r in rows:
+        if r.skipped:
+            skipped.setdefault((r.model, r.task, r.skipped), []).append(r.batch)
+    lines += [f"skipped {model} {task} (batch {', '.join(map(str, b))}): {why}"
+              for (model, task, why), b in skipped.items()]
     for m in memory:
         lines.append(f"peak RSS, six-preset compare of {m.model} (batch {m.batch}), {m.calib_batches} "
                      f"calibration batches, fresh process: {m.peak_mib:.0f} MiB")
@@ -225,8 +217,18 @@ def format_bench(rows: Sequence[BenchRow], memory: Sequence[Any] = (), clock: st
         lines.append(f"peak RSS growth from {memory[0].calib_batches} to {memory[-1].calib_batches} batches: "
                      f"{memory[-1].peak_mib / memory[0].peak_mib - 1:+.1%}")
     lines.append(f"peak RSS of this process: {peak_rss_mib():.0f} MiB")
-    if rows:
-        worst = max(rows, key=lambda r: r.ratio)
-        lines.append(f"worst ratio (qcal/torch): {worst.ratio:.2f} ({worst.model}, batch "
+    for baseline in dict.fromkeys(r.baseline for r in measured):
+        worst = max((r for r in measured if r.baseline == baseline), key=lambda r: r.ratio)
+        lines.append(f"worst ratio (qcal/{baseline}): {worst.ratio:.2f} ({worst.model}, batch "
                      f"{worst.batch}, {worst.task})")
     return "\n".join(lines)
+
+
+def _table(rows: Sequence[BenchRow]) -> str:
+    """The measured rows as text: ``base_s`` is the baseline's median (``vs`` names it)."""
+    checked = any(r.differing is not None for r in rows)
+    df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task, "qcal_s": r.qcal_s,
+                        "base_s": r.torch_s, "ratio": r.ratio, "vs": r.baseline, "isa": r.isa, "kernel": r.kernel,
+                        **({"differing": "" if r.differing is None else str(r.differing)} if checked else {})}
+                       for r in rows])
+    return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")  # 4 digits, the smallest times too

@@ -317,15 +317,19 @@ def report_command(args: argparse.Namespace) -> int:
 
 @command(
     "bench",
-    "time qcal against torch's own pipeline (ratios qcal/torch, medians, same process)",
+    "time qcal against torch's own pipeline, or its ort flavour against onnxruntime (ratios, medians, same "
+    "process; each row names the baseline's instruction set and qcal's kernel)",
     arg("--models", default="digits_cnn,digits_mobilenet,resnet18_like,mobilenet_v2_like"),
     arg("--batches", default="8,32", help="comma list of batch sizes"),
     arg("--repeat", type=_count, default=5, help="runs per cell (median kept)"),
     arg("--calib-batches", type=_count, default=8),
     arg("--tasks", default="calib_minmax,calib_histogram,int8_inference,six_presets",
         help="comma list of: calib_minmax, calib_histogram, int8_inference, six_presets, schemes "
-             "(int8 inference under each preset), sensitivity"),
-    arg("--threads", type=_count, default=None, help="torch threads for qcal and torch alike"),
+             "(int8 inference under each preset), sensitivity, ort (the ort flavour vs onnxruntime running "
+             "the file qcal.to_onnx writes, fbgemm_default, ORT_ENABLE_ALL, --threads intra/inter-op "
+             "threads; differing output values counted once, untimed), ort_schemes (ort under each preset)"),
+    arg("--threads", type=_count, default=None,
+        help="torch threads for qcal and torch alike, and onnxruntime's intra- and inter-op threads"),
     arg("--clock", choices=("wall", "cpu"), default="wall",
         help="wall: elapsed time; cpu: process CPU time (steadier on a shared machine)"),
     arg("--memory", default="", help="comma list of calibration batch counts (e.g. 8,64): peak RSS "
