@@ -101,16 +101,16 @@ def _engines_case(rng: random.Random):
 
 
 def _run(name: str, case, seconds: float, rng: random.Random) -> None:
-    calls = {"native": 0}
-    original = native.NativeConv.__call__
+    calls = {False: 0, True: 0}  # native kernel calls: saturating, exact
+    original = native.NativeConv._run
 
-    def counting(self, *args, **kwargs):
-        calls["native"] += 1
-        return original(self, *args, **kwargs)
+    def counting(self, *args, exact):
+        calls[exact] += 1
+        return original(self, *args, exact=exact)
 
-    native.NativeConv.__call__ = counting
+    native.NativeConv._run = counting
     try:
-        cases = mismatching = 0
+        cases = mismatching = values = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             differing = case(rng)
@@ -118,9 +118,11 @@ def _run(name: str, case, seconds: float, rng: random.Random) -> None:
                 continue
             cases += 1
             mismatching += differing > 0
+            values += differing
     finally:
-        native.NativeConv.__call__ = original
-    print(f"{name}: {cases} cases, {calls['native']} native kernel calls, {mismatching} mismatching cases")
+        native.NativeConv._run = original
+    print(f"{name}: {cases} cases, native kernel calls {calls[False]} saturating + {calls[True]} exact "
+          f"({native.loaded_variant()} build), {mismatching} mismatching cases, {values} differing values")
 
 
 def main() -> None:

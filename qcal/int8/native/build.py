@@ -29,11 +29,13 @@ _SOURCE = Path(__file__).with_name("native_u8s8.c")
 # adds do, modulo 2^32), which C leaves undefined for the scalar tails otherwise
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fwrapv")
 #: The builds, each with its own flags, and the CPU flags (/proc/cpuinfo names) each needs; the
-#: exact kernels of a VNNI build use vpdpbusd, every other line is the AVX2 code of all builds.
+#: exact kernels of a VNNI build use vpdpbusd; the AVX-512-VNNI build also runs its exact GEMM's
+#: store, the depthwise kernel and the requantization in 512-bit registers (AVX512 BW: byte and
+#: word ops and masks), every other line is the AVX2 code of all builds.
 VARIANTS = {
     "avx2": ((), ("avx2", "fma")),
-    "avx512_vnni": (("-mavx512f", "-mavx512vl", "-mavx512vnni", "-DQCAL_VNNI512"),
-                    ("avx2", "fma", "avx512f", "avx512vl", "avx512_vnni")),
+    "avx512_vnni": (("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni", "-DQCAL_VNNI512"),
+                    ("avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512_vnni")),
     "avx_vnni": (("-mavxvnni", "-DQCAL_AVXVNNI"), ("avx2", "fma", "avx_vnni")),
 }
 #: ``QCAL_NATIVE_ISA=avx2`` (say) loads that build instead of the best this CPU runs

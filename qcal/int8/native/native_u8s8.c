@@ -13,7 +13,13 @@
  * fits int16 x int16 -> int32 and a pair of them cannot leave int32, so the sum is exact.
  * A build with VNNI (QCAL_VNNI512 or QCAL_AVXVNNI, chosen at load) computes the exact variant
  * with vpdpbusd instead: the same sums in one instruction.
- * Integer arithmetic only: no compiler flag can change a result.
+ * The AVX512-VNNI build (QCAL_VNNI512, with AVX512 F, BW and VL) runs three paths in 512-bit
+ * registers instead, each the same operations in the same order on 16 int32 lanes: the exact
+ * GEMM's 8 rows x 16 columns with its fused store, the depthwise kernel (saturating taps pairs
+ * or exact), and the store's requantization; channel tails use masked loads and stores instead
+ * of scalar loops. Its saturating GEMM, im2col and the other entry points are the 256-bit code.
+ * The sums are integer arithmetic only; the store's float steps are one IEEE operation each
+ * (built with -ffp-contract=off), so no compiler flag can change a result.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -26,8 +32,9 @@
 /* The exact sums on a CPU with VNNI (a build of its own, chosen at load: native/__init__.py):
  * vpdpbusd adds the four u8 x s8 products of each group of four bytes into int32 with no
  * intermediate rounding or saturation, the same exact sum as the widened vpmaddwd variant in
- * one instruction. 256-bit (EVEX with AVX512-VNNI + VL, or VEX with AVX-VNNI), so the packed
- * weights, the im2col rows and every other line of this file stay as they are. */
+ * one instruction. 256-bit here (EVEX with AVX512-VNNI + VL, or VEX with AVX-VNNI), so the
+ * packed weights and the im2col rows stay as they are; the AVX512-VNNI build's own 512-bit
+ * kernels (below, under QCAL_VNNI512) use the same layouts, but for the depthwise weights. */
 #if defined(QCAL_VNNI512)
 #define QCAL_DPBUSD(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
 #elif defined(QCAL_AVXVNNI)
@@ -166,28 +173,8 @@ __attribute__((noinline)) static void kern4_exact(const uint8_t *a, int kp, cons
     }
 }
 
-/* With AVX512-VNNI, eight rows x 16 columns at a time in 512-bit registers: one 64-byte load is
- * a whole panel row (16 columns x 4 bytes), one vpdpbusd per row; the exact sums again. */
-#ifdef QCAL_VNNI512
-#define EXACT_ROWS 8
-__attribute__((noinline)) static void kern8_exact(const uint8_t *a, int kp, const int8_t *bp, __m256i (*acc)[2]) {
-    __m512i s[EXACT_ROWS];
-    for (int r = 0; r < EXACT_ROWS; r++) s[r] = _mm512_setzero_si512();
-    for (int i = 0; i < kp / 4; i++) {
-        __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));
-        for (int r = 0; r < EXACT_ROWS; r++) {
-            int32_t v;
-            memcpy(&v, a + (size_t)r * kp + (size_t)i * 4, 4);
-            s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32(v), b);
-        }
-    }
-    for (int r = 0; r < EXACT_ROWS; r++) {
-        acc[r][0] = _mm512_castsi512_si256(s[r]);
-        acc[r][1] = _mm512_extracti64x4_epi64(s[r], 1);
-    }
-}
-#else
-#define EXACT_ROWS 4
+#ifndef QCAL_VNNI512
+#define EXACT_ROWS 4 /* rows per exact kernel call (the 512-bit build: 8, below) */
 #endif
 
 /* The requantization fused into the store (fbgemm, qnnpack and ort flavours), per output j:
@@ -257,6 +244,97 @@ static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
     return epi_one_y(e, y, col);
 }
 
+#ifdef QCAL_VNNI512
+/* ---- the 512-bit paths of the AVX512-VNNI build (AVX512 F, BW, VL and VNNI) ----
+ * The same arithmetic as the 256-bit code above, 16 int32 lanes a register: channel tails
+ * use masked loads and stores instead of scalar loops (a masked-off lane is never read from
+ * memory or written, and its value is never stored), so every stored value is computed by the
+ * same operations in the same order as before. */
+#define EXACT_ROWS 8
+
+/* 8 rows x 16 columns of exact sums over the whole K: one 64-byte load is a whole panel row
+ * (16 columns x 4 bytes), one vpdpbusd per row. Named accumulators rather than an array: GCC
+ * then keeps all eight in registers instead of copying them on every step. */
+__attribute__((noinline)) static void kern8_exact(const uint8_t *a, int kp, const int8_t *bp, __m512i *out) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    const size_t st = (size_t)kp;
+    for (int i = 0; i < kp / 4; i++, a += 4) {
+        __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));
+#define QCAL_ROW(r)                                                                                   \
+    {                                                                                                 \
+        int32_t v;                                                                                    \
+        memcpy(&v, a + (r) * st, 4);                                                                  \
+        s##r = _mm512_dpbusd_epi32(s##r, _mm512_set1_epi32(v), b);                                    \
+    }
+        QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3) QCAL_ROW(4) QCAL_ROW(5) QCAL_ROW(6) QCAL_ROW(7)
+#undef QCAL_ROW
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
+}
+
+/* The fused store's per-column numbers for 16 columns, read once for all the rows that use them
+ * (masked: columns past the tail read as 0 and are never stored). */
+typedef struct {
+    __m512 m, fb, rcp, lo, hi, big;
+    __m512i ib, zo;
+} epi16;
+
+static inline epi16 epi16_at(const epilogue *e, int col, __mmask16 k) {
+    epi16 p;
+    p.m = _mm512_maskz_loadu_ps(k, e->m + col);
+    p.fb = e->mode == 1 || e->mode == 2 ? _mm512_maskz_loadu_ps(k, e->fb + col) : _mm512_setzero_ps();
+    p.ib = e->mode == 3 ? _mm512_maskz_loadu_epi32(k, e->ib + col) : _mm512_setzero_si512();
+    p.rcp = _mm512_set1_ps(e->rcp);
+    p.lo = _mm512_set1_ps((float)(e->lo - e->zo));
+    p.hi = _mm512_set1_ps((float)(e->hi - e->zo));
+    p.big = e->big_is_low ? p.lo : p.hi;
+    p.zo = _mm512_set1_epi32(e->zo);
+    return p;
+}
+
+/* epi_y then epi_codes_y on 16 lanes: the same IEEE operations in the same order (vroundps and
+ * vrndscaleps with these bits are the same rounding; vmaxps/vminps answer their second operand
+ * on a NaN in both widths), then the narrowing: vpmovsdb saturates to [-128, 127] as packs_epi32
+ * then packs_epi16 do, and max(q, 0) then vpmovusdb is packs_epi32 then packus_epi16's [0, 255]. */
+static inline __m128i epi16_codes(const epilogue *e, const epi16 *p, __m512i v) {
+    __m512 y;
+    switch (e->mode) {
+    case 1: y = _mm512_add_ps(_mm512_cvtepi32_ps(v), p->fb); break;
+    case 2: y = _mm512_fmadd_ps(p->fb, p->rcp, _mm512_cvtepi32_ps(v)); break;
+    case 3: y = _mm512_cvtepi32_ps(_mm512_add_epi32(v, p->ib)); break;
+    default: y = _mm512_cvtepi32_ps(v);
+    }
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(y, p->m), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __mmask16 big = _mm512_cmp_ps_mask(r, _mm512_set1_ps(2147483648.0f), _CMP_GE_OQ);
+    __m512 c = _mm512_min_ps(_mm512_max_ps(r, p->lo), p->hi);
+    c = _mm512_mask_blend_ps(big, c, p->big);
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(c), p->zo);
+    return e->is_signed ? _mm512_cvtsepi32_epi8(q) : _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()));
+}
+
+/* One output vector of 16 columns (k: the columns that exist) stored as kind 0, 1 or 2 */
+static inline void store16x(__m512i v, int kind, const epilogue *e, const epi16 *p, __mmask16 k, void *out, size_t at) {
+    if (k == 0xFFFF) { /* plain stores where all 16 columns exist (a masked store costs more) */
+        if (kind == 0) _mm512_storeu_si512((int32_t *)out + at, v);
+        else if (kind == 1) _mm512_storeu_ps((float *)out + at, _mm512_cvtepi32_ps(v));
+        else _mm_storeu_si128((__m128i *)((uint8_t *)out + at), epi16_codes(e, p, v));
+    } else if (kind == 0) _mm512_mask_storeu_epi32((int32_t *)out + at, k, v);
+    else if (kind == 1) _mm512_mask_storeu_ps((float *)out + at, k, _mm512_cvtepi32_ps(v));
+    else _mm_mask_storeu_epi8((uint8_t *)out + at, k, epi16_codes(e, p, v));
+}
+
+/* The store of up to 8 rows of one 16-column panel: acc + off_j - zw_j * rowsum (mod 2^32, as
+ * the 256-bit adds), then kind 0, 1 or 2. */
+static void store_rows512(const __m512i *s, int nr, const int32_t *rowsum, __m512i offv, __m512i zwv, int kind,
+                          const epilogue *e, const epi16 *p, __mmask16 k, void *out, size_t at, int o) {
+    for (int r = 0; r < nr; r++, at += (size_t)o) {
+        __m512i v = _mm512_add_epi32(s[r], offv);
+        if (rowsum) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zwv, _mm512_set1_epi32(rowsum[r])));
+        store16x(v, kind, e, p, k, out, at);
+    }
+}
+#endif
+
 /* The store alone, for sums computed elsewhere (oneDNN's, on VNNI/AMX CPUs): acc is (rows, o)
  * int32 (kind 0), float32 holding exact integers (kind 1, converted exactly), or float32 values
  * that are already y, the bias added (kind 2: e's mode must be 0); out: (rows, o) codes. With
@@ -324,13 +402,7 @@ void qcal_requant(const void *acc, int is_float, int64_t rows, int o, const epil
 int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int32_t *off, const int32_t *zw,
               void *out, int kind, const epilogue *e, int threads, int exact) {
     void (*kern)(const uint8_t *, int, const int8_t *, __m256i(*)[2]) = exact ? kern4_exact : kern4;
-    int step = 4; /* rows per kernel call: 8 with the 512-bit exact kernel (MB is a multiple of both) */
-#ifdef QCAL_VNNI512
-    if (exact) {
-        kern = kern8_exact;
-        step = EXACT_ROWS;
-    }
-#endif
+    int step = 4; /* rows per kernel call (the 512-bit exact path: EXACT_ROWS; MB is a multiple of both) */
     geom q = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
               dims[10], dims[11], dims[12], dims[13], dims[14], dims[15], dims[16], dims[17], dims[18], dims[19]};
     int64_t m_all = (int64_t)q.n * q.oh * q.ow;
@@ -376,6 +448,21 @@ int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int
                             zw1 = _mm256_loadu_si256((const __m256i *)(zw + col0 + 8));
                         }
                     }
+#ifdef QCAL_VNNI512
+                    if (exact) { /* 8 rows x 16 columns a call, the columns of the tail masked */
+                        __mmask16 k = (__mmask16)((1u << ncols) - 1);
+                        __m512i offv = _mm512_maskz_loadu_epi32(k, off + col0);
+                        __m512i zwv = zw ? _mm512_maskz_loadu_epi32(k, zw + col0) : _mm512_setzero_si512();
+                        epi16 p = kind == 2 ? epi16_at(e, col0, k) : (epi16){0};
+                        for (int r0 = 0; r0 < rows; r0 += EXACT_ROWS) {
+                            __m512i s[EXACT_ROWS];
+                            kern8_exact(ablk + (size_t)r0 * q.kp, q.kp, panel, s);
+                            store_rows512(s, rows - r0 < EXACT_ROWS ? rows - r0 : EXACT_ROWS, zw ? rowsum + r0 : NULL,
+                                          offv, zwv, kind, e, &p, k, out, (size_t)(m0 + r0) * o + col0, o);
+                        }
+                        continue;
+                    }
+#endif
                     for (int r0 = 0; r0 < rows; r0 += step) {
                         __m256i acc[8][2];
                         kern(ablk + (size_t)r0 * q.kp, q.kp, panel, acc);
@@ -430,6 +517,19 @@ static inline int dw_byte(int ch, int s) { /* channel within a block of 32, tap 
     return (w / 4) * 32 + lane * 16 + (w % 4) * 4 + s;
 }
 
+/* where channel ch's tap s of quad qd goes in wp: block ch / 32's 128 bytes. The 512-bit build
+ * stores each pair of blocks (2b, 2b + 1) interleaved instead, vector v of block 2b then vector
+ * v of block 2b + 1 (64 bytes: one zmm, channels 64b..64b+63 in the order its unpacks leave
+ * them); a last block without a pair keeps the 256-bit layout. Same size, the same bytes. */
+static inline size_t dw_at(int qd, int blocks, int ch, int s) {
+    int blk = ch / 32, b = dw_byte(ch % 32, s);
+#ifdef QCAL_VNNI512
+    int pair = blk & ~1;
+    if (pair + 1 < blocks) return ((size_t)qd * blocks + pair) * 128 + (b / 32) * 64 + (blk - pair) * 32 + b % 32;
+#endif
+    return ((size_t)qd * blocks + blk) * 128 + b;
+}
+
 void qcal_pack_dw(const int8_t *w, int c, int taps, int8_t *wp) {
     int quads = (taps + 3) / 4, blocks = (c + 31) / 32;
     memset(wp, 0, (size_t)quads * blocks * 128);
@@ -437,7 +537,7 @@ void qcal_pack_dw(const int8_t *w, int c, int taps, int8_t *wp) {
         for (int ch = 0; ch < c; ch++)
             for (int s = 0; s < 4; s++) {
                 int t = 4 * qd + s;
-                if (t < taps) wp[((size_t)qd * blocks + ch / 32) * 128 + dw_byte(ch % 32, s)] = w[(size_t)ch * taps + t];
+                if (t < taps) wp[dw_at(qd, blocks, ch, s)] = w[(size_t)ch * taps + t];
             }
 }
 
@@ -447,6 +547,121 @@ static inline __m256i dw_load(const uint8_t *src, int n) {
     memcpy(buf, src, n);
     return _mm256_loadu_si256((const __m256i *)buf);
 }
+
+#ifdef QCAL_VNNI512
+/* The 512-bit depthwise kernel: up to DW_PX adjacent output pixels of one row, 64 channels
+ * (a pair of blocks, or a last block alone) at a time, the channels' numbers (off, zw, the
+ * store's) read once for all the pixels. Each pixel's channels get the 256-bit block's
+ * operations on four 128-bit lanes instead of two: each tap's bytes loaded masked to the
+ * channels that exist (a tail reads nothing past the pixel; the pad buffers hold 32*blocks bytes
+ * each), interleaved per channel by the same unpacks, then vpmaddubsw (FBGEMM's saturated pairs
+ * (t0, t1), (t2, t3)) and vpdpwssd by ones (the two pairs into int32, exact: vpmaddwd by ones
+ * then vpaddd in one instruction), or vpdpbusd (exact). The window sum for the zw term is
+ * vpdpbusd by ones: u8 x 1 pairs cannot saturate, so it is vpmaddubsw then vpmaddwd's sum. */
+#define DW_PX 8
+/* One quad of taps (a[s]: tap s's bytes) into the sums: the unpacks leave channel 16l+4i+j's
+ * four taps in lane l, dword j of v[i], the order of the packed weights */
+static inline void dw_quad512(const __m512i *a, const __m512i *wv, __m512i *acc, __m512i *sum, int exact, int zsum) {
+    const __m512i ones8 = _mm512_set1_epi8(1), ones16 = _mm512_set1_epi16(1);
+    __m512i l01 = _mm512_unpacklo_epi8(a[0], a[1]), h01 = _mm512_unpackhi_epi8(a[0], a[1]);
+    __m512i l23 = _mm512_unpacklo_epi8(a[2], a[3]), h23 = _mm512_unpackhi_epi8(a[2], a[3]);
+    __m512i v[4] = {_mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
+                    _mm512_unpacklo_epi16(h01, h23), _mm512_unpackhi_epi16(h01, h23)};
+    for (int i = 0; i < 4; i++) {
+        if (exact) acc[i] = _mm512_dpbusd_epi32(acc[i], v[i], wv[i]);
+        else acc[i] = _mm512_dpwssd_epi32(acc[i], _mm512_maddubs_epi16(v[i], wv[i]), ones16);
+        if (zsum) sum[i] = _mm512_dpbusd_epi32(sum[i], v[i], ones8);
+    }
+}
+
+/* acc[i] lane l: channels 16l+4i..16l+4i+3 -> y[l]: channels 16l..16l+15 (a 4 x 4 transpose of lanes) */
+static inline void dw_lanes512(const __m512i *src, __m512i *dst) {
+    __m512i t0 = _mm512_shuffle_i32x4(src[0], src[1], 0x44), t1 = _mm512_shuffle_i32x4(src[2], src[3], 0x44);
+    __m512i t2 = _mm512_shuffle_i32x4(src[0], src[1], 0xEE), t3 = _mm512_shuffle_i32x4(src[2], src[3], 0xEE);
+    dst[0] = _mm512_shuffle_i32x4(t0, t1, 0x88), dst[1] = _mm512_shuffle_i32x4(t0, t1, 0xDD);
+    dst[2] = _mm512_shuffle_i32x4(t2, t3, 0x88), dst[3] = _mm512_shuffle_i32x4(t2, t3, 0xDD);
+}
+
+/* The channels' numbers for the store, read once per chunk: off, zw and the epilogue's, 16 a vector */
+typedef struct {
+    __mmask16 k[4];
+    __m512i off[4], zw[4];
+    epi16 ep[4];
+} dwcols;
+
+static inline void dw_cols512(dwcols *q, int c0, int nc, const int32_t *off, const int32_t *zw, const epilogue *e,
+                              int kind) {
+    for (int l = 0; l < 4 && 16 * l < nc; l++) {
+        int col = c0 + 16 * l;
+        q->k[l] = nc - 16 * l >= 16 ? 0xFFFF : (__mmask16)((1u << (nc - 16 * l)) - 1);
+        q->off[l] = _mm512_maskz_loadu_epi32(q->k[l], off + col);
+        q->zw[l] = zw ? _mm512_maskz_loadu_epi32(q->k[l], zw + col) : _mm512_setzero_si512();
+        q->ep[l] = kind == 2 ? epi16_at(e, col, q->k[l]) : (epi16){0};
+    }
+}
+
+/* The sums of 16 channels (column set l of q) plus off_j - zw_j * window sum, stored */
+static inline void dw_out512(__m512i y, __m512i sm, const dwcols *q, int l, int zsum, int kind, const epilogue *e,
+                             void *out, size_t at) {
+    __m512i v = _mm512_add_epi32(y, q->off[l]);
+    if (zsum) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(sm, q->zw[l]));
+    store16x(v, kind, e, &q->ep[l], q->k[l], out, at);
+}
+
+/* The 512-bit depthwise kernel: up to DW_PX adjacent output pixels of one row, 64 channels (a
+ * pair of blocks) at a time, the channels' numbers read once for all the pixels. A last block
+ * alone (32 channels or fewer) takes two pixels a register instead: lanes 0-1 one pixel, 2-3 the
+ * next, its weights in both halves; the same transpose then leaves each pixel's 16-channel
+ * halves in y[0], y[1] and y[2], y[3]. Each tap's bytes are loaded masked to the channels that
+ * exist (a tail reads nothing past the pixel; the pad buffers hold 32*blocks bytes each). */
+static void dw_chunk512(const uint8_t *(*tap)[64 + 4], int np, int quads, const int8_t *wp, int blocks, int c,
+                        const int32_t *off, const int32_t *zw, const epilogue *e, int kind, void *out, size_t at,
+                        int exact) {
+    int zsum = zw != NULL;
+    for (int blk = 0; blk < blocks; blk += 2) {
+        int c0 = blk * 32, nc = c - c0 < 64 ? c - c0 : 64, pair = blk + 1 < blocks;
+        dwcols q;
+        dw_cols512(&q, c0, nc, off, zw, e, kind);
+        for (int px = 0; px < np; px += pair ? 1 : 2) {
+            int px2 = px + 1 < np ? px + 1 : px; /* the lone block's second pixel (itself at an odd end) */
+            __m512i acc[4], sum[4], y[4], sm[4];
+            for (int i = 0; i < 4; i++) acc[i] = sum[i] = _mm512_setzero_si512();
+            for (int qd = 0; qd < quads; qd++) {
+                const int8_t *wb = wp + ((size_t)qd * blocks + blk) * 128;
+                __m512i a[4], wv[4];
+                for (int s = 0; s < 4; s++) {
+                    const uint8_t *t0 = tap[px][4 * qd + s] + c0, *t1 = tap[px2][4 * qd + s] + c0;
+                    if (pair)
+                        a[s] = nc == 64 ? _mm512_loadu_si512((const void *)t0)
+                                        : _mm512_maskz_loadu_epi8(nc == 64 ? ~0ULL : (1ULL << nc) - 1, t0);
+                    else {
+                        __mmask32 kh = nc == 32 ? ~0u : (1u << nc) - 1;
+                        a[s] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi8(kh, t0)),
+                                                  _mm256_maskz_loadu_epi8(kh, t1), 1);
+                    }
+                }
+                for (int i = 0; i < 4; i++)
+                    wv[i] = pair ? _mm512_loadu_si512((const void *)(wb + 64 * i))
+                                 : _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(wb + 32 * i)));
+                dw_quad512(a, wv, acc, sum, exact, zsum);
+            }
+            dw_lanes512(acc, y);
+            if (zsum) dw_lanes512(sum, sm);
+            if (pair) {
+                for (int l = 0; 16 * l < nc; l++)
+                    dw_out512(y[l], sm[l], &q, l, zsum, kind, e, out, at + (size_t)px * c + c0 + 16 * l);
+                continue;
+            }
+            for (int l = 0; l < 4; l++) {
+                int half = l % 2, pixel = l < 2 ? px : px2;
+                if (16 * half >= nc || (l >= 2 && px2 == px)) continue;
+                dw_out512(y[l], sm[l], &q, half, zsum, kind, e, out, at + (size_t)pixel * c + c0 + 16 * half);
+            }
+        }
+    }
+}
+#endif
+
 
 /* x: (N, H, W, C) uint8; dims: n h w c kh kw sh sw ph pw dh dw oh ow za; out: (N*OH*OW, C);
  * exact: 0 FBGEMM's saturating tap pairs, 1 the exact sum */
@@ -462,6 +677,9 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
     memset(pads, za, cpad);
     memset(pads + cpad, 0, cpad);
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1), low = _mm256_set1_epi16(0x00FF);
+#ifdef QCAL_VNNI512
+    epilogue el = kind == 2 ? *e : (epilogue){0}; /* a copy: no store to out can change its numbers */
+#endif
     int ty[64 + 4], tx[64 + 4]; /* each tap's offset in the window */
     for (int t = 0; t < 4 * quads; t++) {
         ty[t] = (t / kw) * dh;
@@ -470,6 +688,21 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t row = 0; row < (int64_t)n * oh; row++) {
         int b = (int)(row / oh), oy = (int)(row % oh);
+#ifdef QCAL_VNNI512 /* the row in chunks of DW_PX pixels, each tap's address first (the pad buffers' outside x) */
+        const uint8_t *taps8[DW_PX][64 + 4];
+        for (int ox0 = 0; ox0 < ow; ox0 += DW_PX) {
+            int np = ow - ox0 < DW_PX ? ow - ox0 : DW_PX;
+            for (int px = 0; px < np; px++)
+                for (int t = 0; t < 4 * quads; t++) {
+                    int iy = oy * sh - ph + ty[t], ix = (ox0 + px) * sw - pw + tx[t];
+                    taps8[px][t] = t >= taps ? pads + cpad
+                                 : iy >= 0 && iy < h && ix >= 0 && ix < w ? x + (((size_t)b * h + iy) * w + ix) * c : pads;
+                }
+            dw_chunk512(taps8, np, quads, wp, blocks, c, off, zw, &el, kind, out, (((size_t)b * oh + oy) * ow + ox0) * c,
+                        exact);
+        }
+        continue;
+#endif
         const uint8_t *tap[64 + 4];
         int real[64 + 4]; /* a pixel of x (tail loads must not run past its end), not a pad buffer */
         for (int ox = 0; ox < ow; ox++) {
