@@ -275,8 +275,9 @@ __attribute__((noinline)) static void kern8_exact(const uint8_t *a, int kp, cons
 /* The fused store's per-column numbers for 16 columns, read once for all the rows that use them
  * (masked: columns past the tail read as 0 and are never stored). */
 typedef struct {
-    __m512 m, fb, rcp, lo, hi, big;
-    __m512i ib, zo;
+    __m512 m, fb, rcp;
+    __m512i ib, lo, hi, zo;
+    int mode, is_signed, big_is_low, in_range;
 } epi16;
 
 static inline epi16 epi16_at(const epilogue *e, int col, __mmask16 k) {
@@ -285,52 +286,64 @@ static inline epi16 epi16_at(const epilogue *e, int col, __mmask16 k) {
     p.fb = e->mode == 1 || e->mode == 2 ? _mm512_maskz_loadu_ps(k, e->fb + col) : _mm512_setzero_ps();
     p.ib = e->mode == 3 ? _mm512_maskz_loadu_epi32(k, e->ib + col) : _mm512_setzero_si512();
     p.rcp = _mm512_set1_ps(e->rcp);
-    p.lo = _mm512_set1_ps((float)(e->lo - e->zo));
-    p.hi = _mm512_set1_ps((float)(e->hi - e->zo));
-    p.big = e->big_is_low ? p.lo : p.hi;
+    p.lo = _mm512_set1_epi32(e->lo - e->zo);
+    p.hi = _mm512_set1_epi32(e->hi - e->zo);
     p.zo = _mm512_set1_epi32(e->zo);
+    p.mode = e->mode;
+    p.is_signed = e->is_signed;
+    p.big_is_low = e->big_is_low;
+    p.in_range = e->is_signed ? e->lo >= -128 && e->hi <= 127 : e->lo >= 0 && e->hi <= 255;
     return p;
 }
 
-/* epi_y then epi_codes_y on 16 lanes: the same IEEE operations in the same order (vroundps and
- * vrndscaleps with these bits are the same rounding; vmaxps/vminps answer their second operand
- * on a NaN in both widths), then the narrowing: vpmovsdb saturates to [-128, 127] as packs_epi32
- * then packs_epi16 do, and max(q, 0) then vpmovusdb is packs_epi32 then packus_epi16's [0, 255]. */
-static inline __m128i epi16_codes(const epilogue *e, const epi16 *p, __m512i v) {
+/* epi_y then epi_codes_y on 16 lanes: the same IEEE operations in the same order up to
+ * f32(y * m_j), then the rounding to an integer and the clamp done in int32, the same codes:
+ * vcvtps2dq with round-to-nearest-even gives rint(x) for |x| < 2^31 (then the clamp to
+ * [lo - zo, hi - zo] is the same in int32 as in float) and INT_MIN for x >= 2^31, x <= -2^31
+ * and NaN, which the clamp takes to lo - zo: what the float path gives for x <= -2^31 and for
+ * NaN (vmaxps answers lo on a NaN), and for x >= 2^31 where `big` is low; where `big` is the
+ * top, x >= 2^31 is blended to hi - zo (no float lies in (2^31 - 0.5, 2^31), so x >= 2^31
+ * exactly when rint(x) >= 2^31). The narrowing: the codes are inside [lo, hi]; where that is
+ * inside the dtype, vpmovdb keeps them; otherwise vpmovsdb saturates to [-128, 127] as
+ * packs_epi32 then packs_epi16 do, and max(q, 0) then vpmovusdb is packs_epi32 then
+ * packus_epi16's [0, 255]. */
+static inline __m128i epi16_codes(const epi16 *p, __m512i v) {
     __m512 y;
-    switch (e->mode) {
+    switch (p->mode) {
     case 1: y = _mm512_add_ps(_mm512_cvtepi32_ps(v), p->fb); break;
     case 2: y = _mm512_fmadd_ps(p->fb, p->rcp, _mm512_cvtepi32_ps(v)); break;
     case 3: y = _mm512_cvtepi32_ps(_mm512_add_epi32(v, p->ib)); break;
     default: y = _mm512_cvtepi32_ps(v);
     }
-    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(y, p->m), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __mmask16 big = _mm512_cmp_ps_mask(r, _mm512_set1_ps(2147483648.0f), _CMP_GE_OQ);
-    __m512 c = _mm512_min_ps(_mm512_max_ps(r, p->lo), p->hi);
-    c = _mm512_mask_blend_ps(big, c, p->big);
-    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(c), p->zo);
-    return e->is_signed ? _mm512_cvtsepi32_epi8(q) : _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()));
+    __m512 x = _mm512_mul_ps(y, p->m);
+    __m512i r = _mm512_cvt_roundps_epi32(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512i c = _mm512_min_epi32(_mm512_max_epi32(r, p->lo), p->hi);
+    if (!p->big_is_low) c = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(2147483648.0f), _CMP_GE_OQ), c, p->hi);
+    __m512i q = _mm512_add_epi32(c, p->zo);
+    if (p->in_range) return _mm512_cvtepi32_epi8(q);
+    return p->is_signed ? _mm512_cvtsepi32_epi8(q) : _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()));
 }
 
 /* One output vector of 16 columns (k: the columns that exist) stored as kind 0, 1 or 2 */
-static inline void store16x(__m512i v, int kind, const epilogue *e, const epi16 *p, __mmask16 k, void *out, size_t at) {
+static inline void store16x(__m512i v, int kind, const epi16 *p, __mmask16 k, void *out, size_t at) {
     if (k == 0xFFFF) { /* plain stores where all 16 columns exist (a masked store costs more) */
         if (kind == 0) _mm512_storeu_si512((int32_t *)out + at, v);
         else if (kind == 1) _mm512_storeu_ps((float *)out + at, _mm512_cvtepi32_ps(v));
-        else _mm_storeu_si128((__m128i *)((uint8_t *)out + at), epi16_codes(e, p, v));
+        else _mm_storeu_si128((__m128i *)((uint8_t *)out + at), epi16_codes(p, v));
     } else if (kind == 0) _mm512_mask_storeu_epi32((int32_t *)out + at, k, v);
     else if (kind == 1) _mm512_mask_storeu_ps((float *)out + at, k, _mm512_cvtepi32_ps(v));
-    else _mm_mask_storeu_epi8((uint8_t *)out + at, k, epi16_codes(e, p, v));
+    else _mm_mask_storeu_epi8((uint8_t *)out + at, k, epi16_codes(p, v));
 }
 
 /* The store of up to 8 rows of one 16-column panel: acc + off_j - zw_j * rowsum (mod 2^32, as
  * the 256-bit adds), then kind 0, 1 or 2. */
 static void store_rows512(const __m512i *s, int nr, const int32_t *rowsum, __m512i offv, __m512i zwv, int kind,
-                          const epilogue *e, const epi16 *p, __mmask16 k, void *out, size_t at, int o) {
+                          const epi16 *p, __mmask16 k, void *out, size_t at, int o) {
+    const epi16 pl = *p; /* a copy: no store to out can change it, so nothing is read again per row */
     for (int r = 0; r < nr; r++, at += (size_t)o) {
         __m512i v = _mm512_add_epi32(s[r], offv);
         if (rowsum) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zwv, _mm512_set1_epi32(rowsum[r])));
-        store16x(v, kind, e, p, k, out, at);
+        store16x(v, kind, &pl, k, out, at);
     }
 }
 #endif
@@ -458,7 +471,7 @@ int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int
                             __m512i s[EXACT_ROWS];
                             kern8_exact(ablk + (size_t)r0 * q.kp, q.kp, panel, s);
                             store_rows512(s, rows - r0 < EXACT_ROWS ? rows - r0 : EXACT_ROWS, zw ? rowsum + r0 : NULL,
-                                          offv, zwv, kind, e, &p, k, out, (size_t)(m0 + r0) * o + col0, o);
+                                          offv, zwv, kind, &p, k, out, (size_t)(m0 + r0) * o + col0, o);
                         }
                         continue;
                     }
@@ -601,11 +614,11 @@ static inline void dw_cols512(dwcols *q, int c0, int nc, const int32_t *off, con
 }
 
 /* The sums of 16 channels (column set l of q) plus off_j - zw_j * window sum, stored */
-static inline void dw_out512(__m512i y, __m512i sm, const dwcols *q, int l, int zsum, int kind, const epilogue *e,
-                             void *out, size_t at) {
+static inline void dw_out512(__m512i y, __m512i sm, const dwcols *q, int l, int zsum, int kind, void *out,
+                             size_t at) {
     __m512i v = _mm512_add_epi32(y, q->off[l]);
     if (zsum) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(sm, q->zw[l]));
-    store16x(v, kind, e, &q->ep[l], q->k[l], out, at);
+    store16x(v, kind, &q->ep[l], q->k[l], out, at);
 }
 
 /* The 512-bit depthwise kernel: up to DW_PX adjacent output pixels of one row, 64 channels (a
@@ -614,7 +627,7 @@ static inline void dw_out512(__m512i y, __m512i sm, const dwcols *q, int l, int 
  * next, its weights in both halves; the same transpose then leaves each pixel's 16-channel
  * halves in y[0], y[1] and y[2], y[3]. Each tap's bytes are loaded masked to the channels that
  * exist (a tail reads nothing past the pixel; the pad buffers hold 32*blocks bytes each). */
-static void dw_chunk512(const uint8_t *(*tap)[64 + 4], int np, int quads, const int8_t *wp, int blocks, int c,
+static void dw_chunk512(const uint8_t *(*tap)[64 + 4], int np, int quads, int taps, const int8_t *wp, int blocks, int c,
                         const int32_t *off, const int32_t *zw, const epilogue *e, int kind, void *out, size_t at,
                         int exact) {
     int zsum = zw != NULL;
@@ -631,7 +644,9 @@ static void dw_chunk512(const uint8_t *(*tap)[64 + 4], int np, int quads, const 
                 __m512i a[4], wv[4];
                 for (int s = 0; s < 4; s++) {
                     const uint8_t *t0 = tap[px][4 * qd + s] + c0, *t1 = tap[px2][4 * qd + s] + c0;
-                    if (pair)
+                    if (4 * qd + s >= taps) /* a missing tap of the last quad: zeros, not read */
+                        a[s] = _mm512_setzero_si512();
+                    else if (pair)
                         a[s] = nc == 64 ? _mm512_loadu_si512((const void *)t0)
                                         : _mm512_maskz_loadu_epi8(nc == 64 ? ~0ULL : (1ULL << nc) - 1, t0);
                     else {
@@ -649,13 +664,13 @@ static void dw_chunk512(const uint8_t *(*tap)[64 + 4], int np, int quads, const 
             if (zsum) dw_lanes512(sum, sm);
             if (pair) {
                 for (int l = 0; 16 * l < nc; l++)
-                    dw_out512(y[l], sm[l], &q, l, zsum, kind, e, out, at + (size_t)px * c + c0 + 16 * l);
+                    dw_out512(y[l], sm[l], &q, l, zsum, kind, out, at + (size_t)px * c + c0 + 16 * l);
                 continue;
             }
             for (int l = 0; l < 4; l++) {
                 int half = l % 2, pixel = l < 2 ? px : px2;
                 if (16 * half >= nc || (l >= 2 && px2 == px)) continue;
-                dw_out512(y[l], sm[l], &q, half, zsum, kind, e, out, at + (size_t)pixel * c + c0 + 16 * half);
+                dw_out512(y[l], sm[l], &q, half, zsum, kind, out, at + (size_t)pixel * c + c0 + 16 * half);
             }
         }
     }
@@ -689,17 +704,21 @@ int qcal_dw(const uint8_t *x, const int32_t *d, const int8_t *wp, const int32_t 
     for (int64_t row = 0; row < (int64_t)n * oh; row++) {
         int b = (int)(row / oh), oy = (int)(row % oh);
 #ifdef QCAL_VNNI512 /* the row in chunks of DW_PX pixels, each tap's address first (the pad buffers' outside x) */
-        const uint8_t *taps8[DW_PX][64 + 4];
+        const uint8_t *taps8[DW_PX][64 + 4], *line[64 + 4], *outside[64 + 4];
+        for (int t = 0; t < 4 * quads; t++) { /* per tap: its input row (NULL: outside), then only ix varies */
+            int iy = oy * sh - ph + ty[t];
+            line[t] = t < taps && iy >= 0 && iy < h ? x + ((size_t)b * h + iy) * w * c : NULL;
+            outside[t] = t < taps ? pads : pads + cpad;
+        }
         for (int ox0 = 0; ox0 < ow; ox0 += DW_PX) {
             int np = ow - ox0 < DW_PX ? ow - ox0 : DW_PX;
             for (int px = 0; px < np; px++)
                 for (int t = 0; t < 4 * quads; t++) {
-                    int iy = oy * sh - ph + ty[t], ix = (ox0 + px) * sw - pw + tx[t];
-                    taps8[px][t] = t >= taps ? pads + cpad
-                                 : iy >= 0 && iy < h && ix >= 0 && ix < w ? x + (((size_t)b * h + iy) * w + ix) * c : pads;
+                    int ix = (ox0 + px) * sw - pw + tx[t];
+                    taps8[px][t] = line[t] && ix >= 0 && ix < w ? line[t] + (size_t)ix * c : outside[t];
                 }
-            dw_chunk512(taps8, np, quads, wp, blocks, c, off, zw, &el, kind, out, (((size_t)b * oh + oy) * ow + ox0) * c,
-                        exact);
+            dw_chunk512(taps8, np, quads, taps, wp, blocks, c, off, zw, &el, kind, out,
+                        (((size_t)b * oh + oy) * ow + ox0) * c, exact);
         }
         continue;
 #endif
