@@ -11,7 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qcal.int8.backends.ort import _add_table, ort_add, ort_clip, ort_dequantize, ort_quantize
+from qcal.int8.backends.ort import (
+    _add_table,
+    ort_add,
+    ort_clip,
+    ort_dequantize,
+    ort_global_avg_pool,
+    ort_quantize,
+)
 
 DTYPES = [torch.uint8, torch.int8]
 
@@ -66,3 +73,27 @@ def test_add_equals_the_table_indexed_by_pairs(dtype, layout):
         ref = table[((x.to(torch.int64) - lo) * 256 + (y.to(torch.int64) - lo)).reshape(-1)].reshape(x.shape)
         out = ort_add(a, sa, za, b, sb, zb, so, zo)
         assert out.dtype == dtype and out.shape == ref.shape and torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_avg_pool_float_sums_equal_the_int64_formula(dtype):
+    gen = torch.Generator().manual_seed(4)
+    for hw in [(1, 1), (7, 7), (15, 13)]:
+        q = _codes(gen, dtype, (2, 5, *hw))
+        (sx, zx), (sy, zy) = _qparams(gen, dtype), _qparams(gen, dtype)
+        lo, hi = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+        size = hw[0] * hw[1]
+        acc = q.to(torch.int64).sum((-2, -1), keepdim=True) - zx * size
+        m = torch.tensor(sx, dtype=torch.float32) / (torch.tensor(sy, dtype=torch.float32) * float(size))
+        ref = torch.round((acc.float() * m).clamp_(lo - zy, hi - zy)).add_(zy).to(dtype)
+        assert torch.equal(ort_global_avg_pool(q, sx, zx, sy, zy), ref)
+
+
+def test_quantize_divides_and_leaves_a_grad_input_alone():
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(4, 300, generator=gen) * 3).requires_grad_()
+    for s, z in [(0.02, 128), (0.5, 3), (1 / 3, 0)]:
+        t = x.detach() / torch.tensor(s, dtype=torch.float32)
+        ref = torch.round(t.clamp(-z, 255 - z)).add_(z).to(torch.uint8)
+        assert torch.equal(ort_quantize(x, s, z), ref)
+    assert x.grad is None and ort_quantize(torch.tensor([0.25]), 0.5, 3).item() == 3

@@ -128,7 +128,15 @@ def _range(dtype: torch.dtype) -> tuple[int, int]:
     return info.min, info.max
 
 
-@torch.no_grad()
+@functools.lru_cache(maxsize=4096)
+def _f32(value: float) -> torch.Tensor:
+    """``value`` as a 0-d float32 tensor (cached: building one costs more than a small op; never
+    written to)."""
+    return torch.tensor(value, dtype=torch.float32)
+
+
+# The per-call functions below take integer codes (or, for ort_quantize, a detached float
+# tensor) and so need no torch.no_grad(): its context costs more than a small op.
 def ort_quantize(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """onnxruntime's QuantizeLinear: ``clamp(rint(f32(x / scale)), qmin - zp, qmax - zp) + zp``.
 
@@ -137,20 +145,18 @@ def ort_quantize(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dt
     """
     lo, hi = _range(dtype)
     x = x if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else torch.as_tensor(x, dtype=torch.float32)
-    t = torch.div(x, torch.tensor(scale, dtype=torch.float32))
+    t = torch.div(x.detach(), _f32(float(scale)))
     return t.clamp_(lo - zero_point, hi - zero_point).round_().add_(zero_point).to(dtype)
 
 
-@torch.no_grad()
 def ort_dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """onnxruntime's DequantizeLinear: ``f32((q - zp) * scale)``. ``q - zp`` of 8-bit codes is
     exact in float32, so the subtraction runs there (one conversion instead of two)."""
     if q.dtype in (torch.uint8, torch.int8):
-        return q.float().sub_(zero_point).mul_(torch.tensor(scale, dtype=torch.float32))
+        return q.float().sub_(zero_point).mul_(_f32(float(scale)))
     return (q.to(torch.int32) - zero_point).float() * torch.tensor(scale, dtype=torch.float32)
 
 
-@torch.no_grad()
 def ort_clip(q: torch.Tensor, scale: float, zero_point: int, lo: float, hi: float) -> torch.Tensor:
     """``DQ -> Clip(lo, hi) -> Q`` with the same qparams, in float as onnxruntime runs it when
     Q's range does not already make the Clip redundant (e.g. ReLU6 after a conv whose output
@@ -196,7 +202,6 @@ def _add_table(sa, za, sb, zb, so, zo, dtype) -> torch.Tensor:
     return torch.round(t).clamp_(lo, hi).to(dtype)
 
 
-@torch.no_grad()
 def ort_add(a_q: torch.Tensor, a_scale: float, a_zero_point: int, b_q: torch.Tensor, b_scale: float,
             b_zero_point: int, out_scale: float, out_zero_point: int) -> torch.Tensor:
     """onnxruntime's QLinearAdd on x86 (see the module doc); shapes broadcast as ONNX's Add."""
@@ -217,17 +222,24 @@ def ort_add(a_q: torch.Tensor, a_scale: float, a_zero_point: int, b_q: torch.Ten
     return out.permute(0, 3, 1, 2) if nhwc else out
 
 
-@torch.no_grad()
 def ort_global_avg_pool(x_q: torch.Tensor, x_scale: float, x_zero_point: int, out_scale: float,
                         out_zero_point: int) -> torch.Tensor:
     """onnxruntime's QLinearGlobalAveragePool: (N, C, H, W) -> (N, C, 1, 1)."""
     lo, hi = _range(x_q.dtype)
     size = x_q.shape[-2] * x_q.shape[-1]
-    acc = x_q.sum((-2, -1), keepdim=True, dtype=torch.int64) - x_zero_point * size
+    if x_q.dtype in (torch.uint8, torch.int8) and 256 * size < 2 ** 24:  # every partial sum exact in float32
+        acc = x_q.sum((-2, -1), keepdim=True, dtype=torch.float32).sub_(x_zero_point * size)
+    else:
+        acc = (x_q.sum((-2, -1), keepdim=True, dtype=torch.int64) - x_zero_point * size).float()
+    y = acc.mul_(_gap_multiplier(float(x_scale), float(out_scale), size))
+    return y.clamp_(lo - out_zero_point, hi - out_zero_point).round_().add_(out_zero_point).to(x_q.dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gap_multiplier(x_scale: float, out_scale: float, size: int) -> torch.Tensor:
+    """QLinearGlobalAveragePool's ``f32(sx / f32(sy * HW))`` (cached; never written to)."""
     f = torch.float32
-    m = torch.tensor(x_scale, dtype=f) / (torch.tensor(out_scale, dtype=f) * float(size))
-    y = torch.round((acc.float() * m).clamp_(lo - out_zero_point, hi - out_zero_point))
-    return y.add_(out_zero_point).to(x_q.dtype)
+    return torch.tensor(x_scale, dtype=f) / (torch.tensor(out_scale, dtype=f) * float(size))
 
 
 def _pair(v) -> tuple[int, int]:
