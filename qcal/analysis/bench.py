@@ -225,10 +225,11 @@ def format_bench(rows: Sequence[BenchRow], memory: Sequence[Any] = (), clock: st
 
 
 def _table(rows: Sequence[BenchRow]) -> str:
-    """The measured rows as text: ``base_s`` is the baseline's median (``vs`` names it)."""
+    """The measured rows as text, medians in milliseconds: ``base_ms`` is the baseline's (``vs`` names it)."""
     checked = any(r.differing is not None for r in rows)
-    df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task, "qcal_s": r.qcal_s,
-                        "base_s": r.torch_s, "ratio": r.ratio, "vs": r.baseline, "isa": r.isa, "kernel": r.kernel,
+    df = pd.DataFrame([{"model": r.model, "batch": r.batch, "task": r.task, "qcal_ms": r.qcal_s * 1e3,
+                        "base_ms": r.torch_s * 1e3, "ratio": r.ratio, "vs": r.baseline, "isa": r.isa,
+                        "kernel": r.kernel,
                         **({"differing": "" if r.differing is None else str(r.differing)} if checked else {})}
                        for r in rows])
     return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")  # 4 digits, the smallest times too

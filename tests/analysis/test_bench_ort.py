@@ -48,7 +48,7 @@ def test_the_table_prints_isa_kernel_baseline_per_row_and_skips_with_the_reason(
             BenchRow("c", 8, "ort", math.nan, math.nan, baseline="onnxruntime", skipped="export: no Identity")]
     lines = format_bench(rows).splitlines()
     header = lines[2].split()
-    assert header == ["model", "batch", "task", "qcal_s", "base_s", "ratio", "vs", "isa", "kernel", "differing"]
+    assert header == ["model", "batch", "task", "qcal_ms", "base_ms", "ratio", "vs", "isa", "kernel", "differing"]
     a, b = lines[3], lines[4]
     assert "AVX512, VNNI" in a and "avx512_vnni native" in a and "torch" in a
     assert "MLAS AVX512-VNNI" in b and "avx2 native" in b and "onnxruntime" in b and b.split()[-1] == "0"
@@ -59,7 +59,8 @@ def test_the_table_prints_isa_kernel_baseline_per_row_and_skips_with_the_reason(
     assert lines[-1] == "worst ratio (qcal/onnxruntime): 2.00 (b, batch 1, ort)"
     alone = format_bench(rows[:1])
     assert "differing" not in alone and "onnxruntime" not in alone  # only where some row checked its outputs
-    assert "0.0001234" in format_bench([BenchRow("d", 1, "int8_inference", 0.0001234, 0.0001)])  # 4 digits
+    small = format_bench([BenchRow("d", 1, "int8_inference", 0.00008454, 0.0001)]).splitlines()[3].split()
+    assert small[3:6] == ["0.08454", "0.1", "0.8454"]  # milliseconds, 4 digits, no exponent
 
 
 def test_ort_tasks_pick_their_presets():
