@@ -14,6 +14,8 @@ reproduces torch's arithmetic to the bit:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from qcal.schemes import (  # schemes imports nothing from qcal: the one backend and range validators
@@ -27,6 +29,7 @@ __all__ = [
     "INT_DTYPES",
     "QRANGES",
     "dequantize",
+    "dequantizer",
     "qparams_from_range",
     "qrange",
     "quantize",
@@ -246,3 +249,11 @@ def dequantize(
     if axis is not None:
         scale, zp = _along(axis, q.dim(), scale, zp)
     return (q.to(torch.int32) - zp).to(torch.float32) * scale
+
+
+def dequantizer(scale: float, zero_point: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``dequantize(q, scale, zero_point)`` per tensor as a call of ``q`` alone, its numbers
+    prepared once (a captured program's step: ``qcal.graph.capture``)."""
+    s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    zp = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
+    return lambda q: (q.to(torch.int32) - zp).to(torch.float32) * s

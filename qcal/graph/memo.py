@@ -98,7 +98,7 @@ def _local_key(program: IntegerProgram, step: Step, layer_keys: dict[str, Hashab
     if step.kind == "dequantize":
         return (*base, program.nhwc.get(step.args[0].name, False))
     refs = step.refs
-    inputs = tuple(program.act[program._obs(Ref(r))] if r in program._obs_by_name else None for r in refs)
+    inputs = tuple(program.act[program.obs_of(Ref(r))] if r in program._obs_by_name else None for r in refs)
     layout = tuple(program.nhwc.get(r, False) for r in refs)
     return (*base, inputs, layout, step.name in program.scrambled, step.op, repr(step.target))
 

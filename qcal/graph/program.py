@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from qcal.graph import capture
 from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
 from qcal.graph.layouts import torch_layouts, torch_memory_format
 from qcal.int8.backends.ort import ort_clip
@@ -176,6 +177,7 @@ class IntegerProgram:
         self.fused_clamps = _fusable_clamps(graph, act_qparams, act_dtype, backend, self.scrambled)
         # onnxruntime quantizes a recipe's fp32 layers that sit between a DQ and a Q (ort_fp32)
         self.ort_layers = ort_fp32_kernels(graph, act_qparams, act_dtype) if backend == "ort" else {}
+        self._captures: dict[tuple, capture.CapturedRun] = {}
 
     def qparams_of(self, step: Step) -> tuple[float, int]:
         """(scale, zero_point) of a quantized step's output."""
@@ -188,6 +190,9 @@ class IntegerProgram:
         kernel result and each value, for traces."""
         graph = self.graph
         env = bind_inputs(graph, inputs)
+        key = capture.signature(env) if results is None and capture.enabled() else None
+        if key is not None:  # the steps prepared once per input signature (capture.py)
+            return capture.run(self, key, env, release_plan(graph), self._own, _load)
         release = release_plan(graph) if results is None else None
         for i, step in enumerate(graph.steps):
             if step.kind == "input":
@@ -202,6 +207,11 @@ class IntegerProgram:
                 for name in release[i]:
                     del env[name]
         raise AssertionError("the graph has no output step")
+
+    def _own(self, step: Step) -> Callable[[dict[str, Any]], Any]:
+        """The step as this program runs it, as a call of the values (capture.py)."""
+        run = _INTEGER_STEPS.get(step.kind, IntegerProgram._shared)
+        return lambda env: run(self, step, env, None)
 
     def _layer(self, step: Step, env: dict[str, Any], results: dict[str, Any] | None) -> torch.Tensor:
         x = env[step.args[0].name]
@@ -224,7 +234,7 @@ class IntegerProgram:
 
     def _add(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         a, b = step.args
-        return add(env[a.name], *self.act[self._obs(a)], env[b.name], *self.act[self._obs(b)],
+        return add(env[a.name], *self.act[self.obs_of(a)], env[b.name], *self.act[self.obs_of(b)],
                    *self.act[step.obs], relu=step.relu, backend=self.backend)
 
     def _fp32(self, step: Step, env: dict[str, Any], results: Any = None) -> Any:
@@ -238,7 +248,8 @@ class IntegerProgram:
             value = _call(step, self.graph, args, _load(step.kwargs, env))
         return F.relu(value) if step.relu else value  # an fp32 layer of a recipe, with its fused ReLU
 
-    def _obs(self, ref: Ref) -> int:
+    def obs_of(self, ref: Ref) -> int:
+        """The observation point whose qparams the value ``ref`` names carries."""
         return self._obs_by_name[ref.name]
 
     @property
@@ -249,21 +260,37 @@ class IntegerProgram:
             self.__dict__["_obs_cache"] = cache
         return cache
 
+    def keeps_qparams(self, step: Step) -> bool:
+        """Whether a qparam-keeping step's output has its input's qparams (else ``_shared``
+        requantizes: torch.cat re-pointed an observer)."""
+        return self.obs_of(self._first(step)) == step.obs
+
+    def input_qparams(self, step: Step) -> tuple[float, int]:
+        """A qparam-keeping step's input qparams (a cat's: its first input's)."""
+        return self.act[self.obs_of(self._first(step))]
+
+    @staticmethod
+    def _first(step: Step) -> Ref:
+        return step.args[0][0] if step.kind == "cat" else step.args[0]
+
+    def pool_kwargs(self, step: Step, env: dict[str, Any]) -> dict[str, Any]:
+        """A pool step's parameters (``pool_params``) from the values it reads."""
+        return pool_params(step, self.graph, _load(step.args, env), _load(step.kwargs, env))
+
     def _shared(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         """Ops that keep their input's qparams; requantized when torch.cat re-pointed the
         observer on either side (dequantize, then quantize with the output's qparams)."""
         out = self._shared_codes(step, env)
-        first = step.args[0][0] if step.kind == "cat" else step.args[0]
-        x_obs = self._obs(first)
-        if x_obs == step.obs:
+        if self.keeps_qparams(step):
             return out
-        (xs, xz), (ys, yz) = self.act[x_obs], self.act[step.obs]
+        xs, xz = self.input_qparams(step)
+        ys, yz = self.act[step.obs]
         ort = "ort" if self.backend == "ort" else "fbgemm"  # onnxruntime's Q divides; torch's engines multiply
         return quantize_codes(dequantize(out, xs, xz), ys, yz, self.act_dtype, backend=ort)
 
     def _shared_codes(self, step: Step, env: dict[str, Any]) -> torch.Tensor:
         args, kwargs = _load(step.args, env), _load(step.kwargs, env)
-        scale, zp = self.act[self._obs(step.args[0][0] if step.kind == "cat" else step.args[0])]
+        scale, zp = self.input_qparams(step)
         return _SHARED_CODES[step.kind](self, step, _Codes(args[0], scale, zp, args, kwargs))
 
     def _clamp(self, step: Step, c: _Codes) -> torch.Tensor:

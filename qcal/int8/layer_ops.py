@@ -92,7 +92,8 @@ def make_kernel(layer: Any, backend: str) -> Callable[[torch.Tensor, bool], Any]
     """A prepacked conv/linear for ``layer`` (a ``qcal.calibration.model.QuantLayer``) on ``backend``.
 
     Returns ``kernel(x_q, detailed)``: the output codes, or with ``detailed`` the engine's
-    KernelResult (out, acc, saturated_pairs, requant).
+    KernelResult (out, acc, saturated_pairs, requant); ``kernel.capture(x_q)``: the layer's
+    ``capture`` (``qcal.int8.native.route``) for inputs like ``x_q``.
     """
     scale, zp = layer.weight_scale, layer.weight_zero_point
     if scale.numel() == 1:  # per tensor: the engine takes plain numbers
@@ -112,4 +113,6 @@ def make_kernel(layer: Any, backend: str) -> Callable[[torch.Tensor, bool], Any]
     def kernel(x_q: torch.Tensor, detailed: bool) -> Any:
         return packed(x_q, *(signed if x_q.dtype == torch.int8 else qparams), relu=relu, detailed=detailed)
 
+    # a captured program's form of the same call (``qcal.graph.capture``), for uint8 codes
+    kernel.capture = lambda x_q: packed.capture(x_q, *qparams, relu=relu)  # type: ignore[attr-defined]
     return kernel

@@ -32,6 +32,8 @@ channels_last (which includes C == 1 or H == W == 1) takes the channels_last pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -39,7 +41,7 @@ from qcal.int8 import native
 from qcal.int8.backends.ort import ort_avg_pool2d, ort_global_avg_pool
 from qcal.schemes import check_backend
 
-__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "flatten", "max_pool2d"]
+__all__ = ["adaptive_avg_pool2d", "adaptive_avg_pooler", "avg_pool2d", "flatten", "max_pool2d", "max_pooler"]
 
 
 def check_codes(backend: str, x: torch.Tensor, name: str = "x_q") -> None:
@@ -88,19 +90,34 @@ def max_pool2d(
 
     (N, C, H, W) -> (N, C, H', W'), same dtype and qparams; integers are exact in float32.
     """
-    if x_q.dtype not in (torch.uint8, torch.int8):
-        raise TypeError(f"x_q must hold uint8 or int8 codes, got {x_q.dtype}")
-    k = _pair(kernel_size, "kernel_size")
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
-    p, d = _pair(padding, "padding"), _pair(dilation, "dilation")
-    if x_q.dim() == 4 and x_q.numel() and is_nhwc(x_q):
-        # torch's checks and output size, on a shape-only tensor
-        shape = F.max_pool2d(torch.empty(x_q.shape, device="meta"), k, s, p, d, ceil_mode).shape
-        out = native.max_pool2d(x_q, k, s, p, d, tuple(shape[-2:]))  # one pass, no float copies
-        if out is not None:
-            return out
+    call = max_pooler(x_q, kernel_size, stride, padding, dilation, ceil_mode)
+    out = call(x_q) if call is not None else None
+    if out is not None:
+        return out
+    k, s, p, d = _pool_pairs(kernel_size, stride, padding, dilation)
     out = F.max_pool2d(x_q.float(), k, s, p, d, ceil_mode)
     return out.to(x_q.dtype)
+
+
+def max_pooler(example: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
+    """``max_pool2d(x_q, ...)``'s native pass (one pass, no float copies) as a call of ``x_q``
+    for codes shaped and laid out as ``example`` (channels_last), torch's checks and output
+    size computed now; None where that pass does not apply (the call: None where it fails)."""
+    if example.dtype not in (torch.uint8, torch.int8):
+        raise TypeError(f"x_q must hold uint8 or int8 codes, got {example.dtype}")
+    k, s, p, d = _pool_pairs(kernel_size, stride, padding, dilation)
+    if not (example.dim() == 4 and example.numel() and is_nhwc(example)):
+        return None
+    # torch's checks and output size, on a shape-only tensor
+    shape = F.max_pool2d(torch.empty(example.shape, device="meta"), k, s, p, d, ceil_mode).shape
+    return native.max_pooler(tuple(example.shape), example.dtype, k, s, p, d, tuple(shape[-2:]))
+
+
+def _pool_pairs(kernel_size, stride, padding, dilation) -> tuple[tuple[int, int], ...]:
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    return k, s, _pair(padding, "padding"), _pair(dilation, "dilation")
 
 
 def _window_sums(xc: torch.Tensor, k, s, p, ceil_mode):
@@ -193,40 +210,53 @@ def adaptive_avg_pool2d(
 
     (N, C, H, W) -> (N, C, oh, ow); the output keeps the input's scale and zero point.
     """
-    check_codes(backend, x_q)
+    return adaptive_avg_pooler(x_q, x_scale, x_zero_point, output_size, backend=backend)(x_q)
+
+
+def adaptive_avg_pooler(example: torch.Tensor, x_scale: float, x_zero_point: int, output_size, *,
+                        backend: str = "fbgemm") -> Callable[[torch.Tensor], torch.Tensor]:
+    """``adaptive_avg_pool2d(x_q, ...)`` as a call of ``x_q`` for codes shaped and laid out as
+    ``example``, the windows and multipliers computed now (a captured program's step)."""
+    check_codes(backend, example)
     oh, ow = _pair(output_size, "output_size")
-    h, w = x_q.shape[-2:]
+    h, w = example.shape[-2:]
     if backend == "ort":
         if (oh, ow) != (1, 1):
             raise ValueError(f"the ort flavour pools to (1, 1) only (QLinearGlobalAveragePool), got {(oh, ow)}")
-        return ort_global_avg_pool(x_q, x_scale, x_zero_point, x_scale, x_zero_point)
-    nhwc = is_nhwc(x_q)
-    if backend == "qnnpack" and x_q.dtype == torch.uint8 and (h, w) != (oh, ow) and h % oh == 0 and w % ow == 0:
+        return lambda x_q: ort_global_avg_pool(x_q, x_scale, x_zero_point, x_scale, x_zero_point)
+    nhwc, za = is_nhwc(example), x_zero_point
+    if backend == "qnnpack" and example.dtype == torch.uint8 and (h, w) != (oh, ow) and h % oh == 0 and w % ow == 0:
         k = (h // oh, w // ow)
-        out = _qnnpack_avg(x_q.double() - x_zero_point, x_scale, x_zero_point, k, k, (0, 0), x_q.dtype)
-        return out.contiguous(memory_format=torch.channels_last) if nhwc else out.contiguous()
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        return lambda x_q: _qnnpack_avg(x_q.double() - za, x_scale, za, k, k, (0, 0), x_q.dtype).contiguous(
+            memory_format=fmt)
     hb, wb = _adaptive_bounds(h, oh), _adaptive_bounds(w, ow)  # (oh, 2), (ow, 2) start/end
-    # window sums of the raw codes from an integral image: exact in int64
     h0, h1, w0, w1 = hb[:, 0, None], hb[:, 1, None], wb[None, :, 0], wb[None, :, 1]
-    if (oh, ow) == (1, 1):  # a global pool: one window, the plain sum
-        total = x_q.sum((-2, -1), keepdim=True, dtype=torch.int64)
-    else:
+
+    def window_sums(x_q: torch.Tensor) -> torch.Tensor:  # of the raw codes: exact in int64
+        if (oh, ow) == (1, 1):  # a global pool: one window, the plain sum
+            return x_q.sum((-2, -1), keepdim=True, dtype=torch.int64)
         integral = F.pad(x_q.to(torch.int64).cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # (N, C, H+1, W+1)
-        total = integral[..., h1, w1] - integral[..., h0, w1] - integral[..., h1, w0] + integral[..., h0, w0]
+        return integral[..., h1, w1] - integral[..., h0, w1] - integral[..., h1, w0] + integral[..., h0, w0]
+
     kh, kw = (h1 - h0).float(), (w1 - w0).float()  # (oh, 1), (1, ow)
-    if nhwc:
-        c, lanes = x_q.shape[-3], _lanes("adaptive")
-        vector = (torch.arange(c) < (c // lanes * lanes if lanes else 0)).view(-1, 1, 1)  # vector-lane channels
-        mult = 1.0 / (kh * kw)  # float(input_scale / output_scale) / size
-        twice = 1.0 / (1.0 / mult)  # quantize_val(1.0f / multiplier, ...)
-        acc = (total - x_zero_point * (kh * kw).to(torch.int64)).float()
-        fused = (acc.double() * twice.double() + x_zero_point).float()  # vector lanes: one rounding
-        split = acc * twice + x_zero_point  # scalar tail: product rounded, then + zp
-        out = _clamp_to(torch.round(torch.where(vector, fused, split)), x_q.dtype)
-    else:
+    if not nhwc:
         r = (1.0 / kh) / kw  # kDHWr = f32(f32(1/kh) / kw)
-        out = torch.round(total.float() * r).to(x_q.dtype)  # torch does not clamp here
-    return out.contiguous(memory_format=torch.channels_last) if nhwc else out
+        return lambda x_q: torch.round(window_sums(x_q).float() * r).to(x_q.dtype)  # torch does not clamp here
+    c, lanes = example.shape[-3], _lanes("adaptive")
+    vector = (torch.arange(c) < (c // lanes * lanes if lanes else 0)).view(-1, 1, 1)  # vector-lane channels
+    mult = 1.0 / (kh * kw)  # float(input_scale / output_scale) / size
+    twice = 1.0 / (1.0 / mult)  # quantize_val(1.0f / multiplier, ...)
+    twice_d, offset = twice.double(), za * (kh * kw).to(torch.int64)
+
+    def pooled(x_q: torch.Tensor) -> torch.Tensor:
+        acc = (window_sums(x_q) - offset).float()
+        fused = (acc.double() * twice_d + za).float()  # vector lanes: one rounding
+        split = acc * twice + za  # scalar tail: product rounded, then + zp
+        out = _clamp_to(torch.round(torch.where(vector, fused, split)), x_q.dtype)
+        return out.contiguous(memory_format=torch.channels_last)
+
+    return pooled
 
 
 @torch.no_grad()

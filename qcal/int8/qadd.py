@@ -43,7 +43,7 @@ from qcal.int8.backends.ort import ort_add
 from qcal.int8.backends.xnnpack import xnnpack_add
 from qcal.int8.ops import check_codes, f32, is_nhwc
 
-__all__ = ["add"]
+__all__ = ["add", "adder"]
 
 
 def _qnnpack_add(a, za, b, zb, ma, mb, zo, lo, hi):
@@ -94,6 +94,16 @@ def add(
     Returns:
         Codes of ``a_q``'s dtype, in ``a_q``'s memory format.
     """
+    return adder(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point, relu=relu,
+                 backend=backend)(a_q, b_q)
+
+
+def adder(a_q: torch.Tensor, a_scale: float, a_zero_point: int, b_q: torch.Tensor, b_scale: float,
+          b_zero_point: int, out_scale: float, out_zero_point: int, *, relu: bool = False,
+          backend: str = "fbgemm") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``add(a, a_scale, ..., relu=relu, backend=backend)`` as a call of ``(a, b)`` for codes
+    shaped, typed and laid out as ``a_q`` and ``b_q``, the table and the positions of fbgemm's
+    scalar tail computed now (a captured program's step)."""
     check_codes(backend, a_q, "a_q")
     check_codes(backend, b_q, "b_q")
     if a_q.dtype != b_q.dtype:
@@ -101,32 +111,38 @@ def add(
     if backend in ("fbgemm", "qnnpack", "x86") and a_q.shape != b_q.shape:
         raise ValueError(f"a_q {tuple(a_q.shape)} and b_q {tuple(b_q.shape)} must have the same shape")
     if backend == "ort":  # computed directly, not through a pair table
-        out = ort_add(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point)
-        return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
+        def ort(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            out = ort_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point)
+            return out.clamp_min(out_zero_point) if relu else out  # ORT drops the Relu only when Q clamps there
+        return ort
     info = torch.iinfo(a_q.dtype)
     lo, hi = (max(info.min, out_zero_point) if relu else info.min), info.max
     table, tail_table = _tables(backend, a_q.dtype, a_zero_point, float(f32(a_scale)), b_zero_point,
                                 float(f32(b_scale)), float(f32(out_scale)), out_zero_point, relu, lo, hi)
-    if a_q.shape != b_q.shape:  # onnx / q31 broadcast
-        a_q, b_q = torch.broadcast_tensors(a_q, b_q)
-        a_q, b_q = a_q.contiguous(), b_q.contiguous()
-    nhwc = a_q.dim() == 4 and is_nhwc(a_q) and not a_q.is_contiguous()
+    broadcast = a_q.shape != b_q.shape  # onnx / q31
+    shape = torch.broadcast_shapes(a_q.shape, b_q.shape)
+    nhwc = not broadcast and a_q.dim() == 4 and is_nhwc(a_q) and not a_q.is_contiguous()
     fmt = torch.channels_last if nhwc else torch.contiguous_format
-    a_q, b_q = a_q.contiguous(memory_format=fmt), b_q.contiguous(memory_format=fmt)
-    # pair index in memory order: a * 256 + b (offset to 0..65535 for int8 codes)
-    a_flat = a_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else a_q.reshape(-1)
-    b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
-    out = native.pair_lookup(a_flat, b_flat, table)  # one pass; else torch's index_select
-    if out is None:
-        out = table.index_select(0, a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min))
-    if backend in ("fbgemm", "x86"):  # the x86 engine runs the same ATen kernel
-        pos = _scalar_tail(out.numel())
-        if pos.numel():
+    pos = _scalar_tail(shape.numel()) if backend in ("fbgemm", "x86") else None  # the x86 engine: the same kernel
+
+    def run(a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
+        if broadcast:
+            a_q, b_q = (t.contiguous() for t in torch.broadcast_tensors(a_q, b_q))
+        a_q, b_q = a_q.contiguous(memory_format=fmt), b_q.contiguous(memory_format=fmt)
+        # pair index in memory order: a * 256 + b (offset to 0..65535 for int8 codes)
+        a_flat = a_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else a_q.reshape(-1)
+        b_flat = b_q.permute(0, 2, 3, 1).reshape(-1) if nhwc else b_q.reshape(-1)
+        out = native.pair_lookup(a_flat, b_flat, table)  # one pass; else torch's index_select
+        if out is None:
+            out = table.index_select(0, a_flat.to(torch.int32).mul_(256).add_(b_flat).add_(-257 * info.min))
+        if pos is not None and pos.numel():
             out[pos] = tail_table[a_flat[pos].to(torch.int32) * 256 + b_flat[pos] - 257 * info.min]
-    if nhwc:
-        n, c, h, w = a_q.shape
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view
-    return out.view(a_q.shape)
+        if nhwc:
+            n, c, h, w = a_q.shape
+            return out.view(n, h, w, c).permute(0, 3, 1, 2)  # a channels_last (N, C, H, W) view
+        return out.view(a_q.shape)
+
+    return run
 
 
 @functools.lru_cache(maxsize=256)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,7 +52,7 @@ from qcal.int8.native.build import (
     why_unavailable,
 )
 
-__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "loaded_variant", "max_pool2d", "native_conv", "native_vnni", "padded32", "pair_lookup", "quantize", "requant", "variant", "why_unavailable"]
+__all__ = ["ENV_VAR", "ISA_VAR", "VARIANTS", "Epilogue", "NativeConv", "available", "histc", "load_seconds", "loaded_variant", "max_pool2d", "max_pooler", "native_conv", "native_vnni", "padded32", "pair_lookup", "quantize", "quantizer", "requant", "variant", "why_unavailable"]
 
 #: Largest K (window length) whose raw sum and zero-point terms stay inside int32.
 MAX_K = 16384
@@ -205,6 +206,28 @@ class NativeConv:
             raise MemoryError("native int8 kernel: out of memory for its working buffers")
         return out
 
+    def bind(self, shape: tuple[int, ...], za: int, zw: torch.Tensor | None, out_hw: tuple[int, int],
+             epilogue: Epilogue, *, exact: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``call(x_nhwc)``: ``self(x_nhwc, ...)`` (``exact``: ``self.exact``) with this epilogue
+        for inputs of this ``shape``, every argument but the input and output prepared now (a
+        captured program's layer call: ``qcal.graph.capture``). It runs on the thread count
+        torch has now."""
+        lib = load()[0]
+        dims, off, zw32 = self._call_args(shape, za, zw, out_hw)
+        run = lib.qcal_dw if self.depthwise else lib.qcal_conv
+        fixed = (dims.data_ptr(), self.panels.data_ptr(), off.data_ptr(), _ptr(zw32))
+        tail = (2, ctypes.byref(epilogue.struct), torch.get_num_threads(), int(exact))
+        out_shape, dtype = (shape[0], *out_hw, self.out_channels), epilogue.out_dtype
+        keep = (dims, off, zw32, epilogue, self)  # what the pointers point into
+
+        def call(x_nhwc: torch.Tensor, _keep=keep) -> torch.Tensor:
+            out = torch.empty(out_shape, dtype=dtype)
+            if run(x_nhwc.data_ptr(), *fixed, out.data_ptr(), *tail) != 0:
+                raise MemoryError("native int8 kernel: out of memory for its working buffers")
+            return out
+
+        return call
+
 
 def requant(acc: torch.Tensor, epilogue: Epilogue, channel_axis: int, *, biased: bool = False,
             sums: torch.Tensor | None = None, zw: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -295,18 +318,35 @@ def max_pool2d(x_q: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, in
     """The window maximum of (N, C, H, W) uint8/int8 codes over the pixels inside the image
     (padding ignored, as torch's quantized max_pool2d), channels_last; None where the native
     library is unavailable. ``out_hw``: the output size (the caller's, ceil_mode included)."""
+    if x_q.dim() != 4:
+        return None
+    call = max_pooler(tuple(x_q.shape), x_q.dtype, kernel, stride, padding, dilation, out_hw)
+    return None if call is None else call(x_q)
+
+
+def max_pooler(shape: tuple[int, ...], dtype: torch.dtype, kernel: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int], dilation: tuple[int, int],
+               out_hw: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
+    """``max_pool2d(x_q, ...)`` as a call of ``x_q`` alone for codes of this (N, C, H, W)
+    ``shape`` and ``dtype``, its arguments prepared once; None where the native library is
+    unavailable. The call answers None where the kernel fails (as ``max_pool2d``)."""
     lib = load()[0]
-    if lib is None or x_q.dim() != 4 or x_q.dtype not in (torch.uint8, torch.int8):
+    if lib is None or len(shape) != 4 or dtype not in (torch.uint8, torch.int8):
         return None
-    n, c, h, w = x_q.shape
+    n, c, h, w = shape
     oh, ow = out_hw
-    nhwc = x_q.permute(0, 2, 3, 1).contiguous()
-    dims = torch.tensor([n, h, w, c, *kernel, *stride, *padding, *dilation, oh, ow, int(x_q.dtype == torch.int8)],
+    dims = torch.tensor([n, h, w, c, *kernel, *stride, *padding, *dilation, oh, ow, int(dtype == torch.int8)],
                         dtype=torch.int32)
-    out = torch.empty((n, oh, ow, c), dtype=x_q.dtype)
-    if lib.qcal_maxpool(nhwc.data_ptr(), dims.data_ptr(), out.data_ptr(), torch.get_num_threads()) != 0:
-        return None
-    return out.permute(0, 3, 1, 2)
+    run, at = lib.qcal_maxpool, dims.data_ptr()
+
+    def call(x_q: torch.Tensor, _dims=dims) -> torch.Tensor | None:
+        nhwc = x_q.permute(0, 2, 3, 1).contiguous()
+        out = torch.empty((n, oh, ow, c), dtype=dtype)
+        if run(nhwc.data_ptr(), at, out.data_ptr(), torch.get_num_threads()) != 0:
+            return None
+        return out.permute(0, 3, 1, 2)
+
+    return call
 
 
 def pair_lookup(a: torch.Tensor, b: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
@@ -328,15 +368,25 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype)
     """torch's per-tensor quantize of float32 ``x`` (``rint(fma(x, f32(1/f32(scale)), zp))``,
     clamped to ``dtype``'s range, ``qcal.qparams.quantize``'s fused rule) in one pass, in
     ``x``'s memory format; None where the native library is unavailable."""
+    run = quantizer(scale, zero_point, dtype) if x.dtype == torch.float32 else None
+    return None if run is None else run(x)
+
+
+def quantizer(scale: float, zero_point: int, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``quantize(x, scale, zero_point, dtype)`` as a call of ``x`` alone (float32), its numbers
+    prepared once; None where the native library is unavailable."""
     lib = load()[0]
-    if lib is None or x.dtype != torch.float32 or dtype not in (torch.uint8, torch.int8):
+    if lib is None or dtype not in (torch.uint8, torch.int8):
         return None
-    fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last) else torch.contiguous_format
-    x = x.contiguous(memory_format=fmt)
     inv = float(1.0 / torch.tensor(scale, dtype=torch.float32))
-    info = torch.iinfo(dtype)
-    out = torch.empty_like(x, dtype=dtype, memory_format=fmt)
-    lib.qcal_quantize(x.data_ptr(), x.numel(), inv, float(zero_point), info.min, info.max, out.data_ptr(),
-                      int(dtype == torch.int8), torch.get_num_threads())
-    return out
+    info, zp, signed, run = torch.iinfo(dtype), float(zero_point), int(dtype == torch.int8), lib.qcal_quantize
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        out = torch.empty_like(x, dtype=dtype, memory_format=fmt)
+        run(x.data_ptr(), x.numel(), inv, zp, info.min, info.max, out.data_ptr(), signed, torch.get_num_threads())
+        return out
+
+    return call

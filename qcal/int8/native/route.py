@@ -10,8 +10,12 @@ layer (``packed.py``) that decides: the weights packed once, the fused store bui
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
+from qcal.int8.common.layer_checks import out_dtype
 from qcal.int8.common.requant import Requant, fused_epilogue
 from qcal.int8.cpu.flags import cpu_flags
 from qcal.int8.native import Epilogue, NativeConv, available, native_conv, native_vnni
@@ -52,6 +56,55 @@ class NativeRoute:
         if self.accumulator.bound(max(255 - za, za)) + packed.pair_shift > epilogue.max_bound:
             return None
         return self._native_call(packed, x_q, za, self._native_zw(), False, epilogue)
+
+    def capture(self, x_q: torch.Tensor, x_scale: float, x_zero_point: int, out_scale: float,
+                out_zero_point: int | torch.Tensor, *, relu: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``call(x)``: the output codes ``self(x, x_scale, x_zero_point, out_scale,
+        out_zero_point, relu=relu)`` gives, for any input of ``x_q``'s shape, strides and dtype,
+        with every choice and argument prepared now (a captured program's layer:
+        ``qcal.graph.capture``); None where the layer's route depends on the codes."""
+        if x_q.dtype != torch.uint8 or self._fit(x_q) is not x_q:
+            return None
+        za, zo, dtype = int(x_zero_point), int(out_zero_point), out_dtype(out_zero_point)
+        rq = self.requant(float(x_scale), float(out_scale), self.flavour())
+        out_shape = tuple(self._out_shape(x_q))
+        if getattr(self, "geometry", None) is None:  # linear: the rows as 1x1 images
+            rows = (math.prod(x_q.shape[:-1]), 1, 1, x_q.shape[-1])
+            call = self._bind_whatever_the_codes(rows, za, zo, relu, dtype, rq, (1, 1))
+            return None if call is None else lambda x: call(x.reshape(rows).contiguous()).reshape(out_shape)
+        n, c, h, w = x_q.shape
+        call = self._bind_whatever_the_codes((n, h, w, c), za, zo, relu, dtype, rq, out_shape[2:])
+        if call is None:
+            return None
+        finish = self._finish
+        return lambda x: finish(call(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2))
+
+    def _bind_whatever_the_codes(self, shape: tuple[int, ...], za: int, zo: int, relu: bool, dtype,
+                                 rq: Requant, out_hw: tuple[int, int]):
+        """``NativeConv.bind`` for the call that gives this layer's codes for any uint8 input of
+        this ``shape`` (a captured program, ``qcal.graph.capture``), or None where the route
+        ``__call__`` takes depends on the codes. Under fbgemm on a CPU whose kernel saturates:
+        the saturating kernel (FBGEMM's arithmetic whatever the codes, as
+        ``_native_whatever_the_codes``). Elsewhere no pair saturates, and every route
+        ``__call__`` can take gives the exact sum (the saturating kernel only where no pair can
+        leave int16; oneDNN and the float engine exact by construction), so the exact kernel
+        stands for all of them; with the fused store where it holds for the bound of the
+        dtype's full range. Not where oneDNN's AMX convolutions would serve a large layer (on
+        a CPU with AMX-INT8 they are the faster exact sum), nor where the AVX2 build's exact
+        kernel is slower than the float engine (``_exact_pays``)."""
+        if self.accumulator.method != "auto" or 0 in shape:
+            return None
+        sat = self._saturates(rq, None, None)
+        packed, epilogue = self.native(), self._epilogue(rq, zo, relu, dtype)
+        if packed is None or epilogue is None or (sat and rq.backend != "fbgemm"):
+            return None
+        if not sat and (not self._exact_pays(packed) or (self._onednn_fast() and shape[0] * out_hw[0] * out_hw[1]
+                        >= 1024 and self.accumulator.onednn_here(255, za))):
+            return None
+        bound = self.accumulator.bound(max(255 - za, za)) + (packed.pair_shift if sat else 0)
+        if bound > epilogue.max_bound:
+            return None
+        return packed.bind(shape, za, self._native_zw(), out_hw, epilogue, exact=not sat)
 
     def _native_plan(self, x_q, za, x_range: tuple[int, int], sat: bool, rq: Requant):
         """(kernel, zero points or None, bound on |acc|) for the native kernel, or None where it
