@@ -50,13 +50,18 @@ def test_a_captured_run_gives_the_step_by_step_codes(arch, scheme, backend, cali
 
 
 @needs_native
-@pytest.mark.parametrize("backend", ["fbgemm", "qnnpack"])
-def test_the_layers_and_the_input_quantize_run_prepared_native_calls(backend, calib):
+@pytest.mark.parametrize("backend, cpu", [("fbgemm", "avx2"), ("fbgemm", None), ("qnnpack", None)])
+def test_the_layers_and_the_input_quantize_run_prepared_native_calls(backend, cpu, calib):
     qm = calibrate(make_model("cnn"), calib, "per_tensor_affine", backend, mode="graph")
-    qm(calib[0])
+    with emulating(assumed_cpu(cpu)):
+        qm(calib[0][:1])  # one image: small enough that no CPU hands its convs to oneDNN's AMX
     (run,) = qm.runtime()._captures.values()
     kinds = {s.kind for s in qm.graph.steps if s.name in run.prepared}
-    assert {"conv", "linear", "quantize", "dequantize", "max_pool2d"} <= kinds
+    expected = {"linear", "quantize", "dequantize", "max_pool2d"}
+    # the 3x3 convs: FBGEMM's saturating kernel where it saturates; elsewhere the exact kernel,
+    # which an AVX2 build (no VNNI) leaves to the float engine on im2col layers (faster there)
+    saturates = backend == "fbgemm" and assumed_cpu(cpu).gemm_isa in ("avx2", "avx512")
+    assert kinds >= expected | ({"conv"} if saturates or native.native_vnni() else set())
 
 
 @needs_native
