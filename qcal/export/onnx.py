@@ -251,6 +251,11 @@ def _add(w: _Writer, step: Any) -> str:
     return w.quantize(y, step.obs, f"{step.name}_q")
 
 
+def _identity_module(w: _Writer, step: Any) -> bool:
+    return step.kind == "shape" and step.op == "call_module" and \
+        type(w.qm.graph.module.get_submodule(step.target)) is nn.Identity
+
+
 def _step(w: _Writer, step: Any) -> None:
     kind = step.kind
     if kind == "quantize":
@@ -260,7 +265,7 @@ def _step(w: _Writer, step: Any) -> None:
     if kind == "dequantize":
         w.names[step.name] = w.floats(step.args[0].name)
         return
-    if kind == "identity":
+    if kind == "identity" or _identity_module(w, step):  # nn.Identity (a ResNet's empty shortcut): its input
         w.names[step.name] = w.names[step.args[0].name]
         if step.args[0].name in w.quantized:
             w.quantized[step.name] = w.quantized[step.args[0].name]

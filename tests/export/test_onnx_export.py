@@ -182,3 +182,27 @@ def test_quant_min_max_schemes_export_exactly(weight, bounds, splits, tmp_path):
     x = splits.test[0][:64]
     (y,) = _session(path).run(None, {"input": x.numpy()})
     assert int((qm(x).numpy() != y).sum()) == 0
+
+
+class _IdentityShortcut(torch.nn.Module):
+    """A residual block whose shortcut is an nn.Identity (torchvision's ResNets without a
+    downsample, and the zoo's resnet18_like): the export passes its input through."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.body = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1))
+        self.shortcut = torch.nn.Identity()
+        self.head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(self.body(y) + self.shortcut(y))
+
+
+def test_an_identity_module_exports_as_its_input(splits, tmp_path):
+    qm = qcal.calibrate(_IdentityShortcut().eval(), calib_batches(splits.calib[0]), "fbgemm_default", "ort")
+    assert any(s.kind == "shape" and s.target == "shortcut" for s in qm.graph.steps)
+    _check_scheme(qm, splits.test[0][:64], tmp_path)
+    assert not any(n.op_type in ("Identity", "Flatten") and "shortcut" in n.name
+                   for n in build_model(qm, (1, 8, 8)).graph.node)
