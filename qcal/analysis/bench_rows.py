@@ -4,6 +4,7 @@ measures with them, ``qcal.analysis.bench_ort`` too (its ort tasks)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -13,20 +14,29 @@ import torch
 
 from qcal.int8 import native
 from qcal.int8.cpu.flags import has_vnni
+from qcal.int8.cpu.isa import assumed_cpu
 
 __all__ = ["CLOCKS", "BenchRow", "instruction_set", "qcal_kernel"]
 
 
 def instruction_set() -> str:
     """The CPU's vector instruction set as torch reports it, and whether it has VNNI (which
-    changes torch's int8 speed and FBGEMM's saturation), e.g. "AVX2, no VNNI"."""
-    return f"{torch.backends.cpu.get_cpu_capability()}, {'VNNI' if has_vnni() else 'no VNNI'}"
+    changes torch's int8 speed and FBGEMM's saturation), e.g. "AVX2, no VNNI"; with the
+    FBGEMM kernels ``FBGEMM_ENABLE_INSTRUCTIONS`` lowers torch's to, e.g. "AVX512, VNNI; FBGEMM AVX2"."""
+    found = f"{torch.backends.cpu.get_cpu_capability()}, {'VNNI' if has_vnni() else 'no VNNI'}"
+    forced = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").strip()
+    return f"{found}; FBGEMM {forced.upper()}" if forced else found
 
 
 def qcal_kernel() -> str:
     """The integer kernel qcal's layers run in this process: "<variant> native" (e.g.
-    "avx512_vnni native") or "float engine" (no native kernel: ``engine_line`` says why)."""
-    return f"{native.loaded_variant()} native" if native.available() else "float engine"
+    "avx512_vnni native") or "float engine" (no native kernel: ``engine_line`` says why), with
+    the FBGEMM arithmetic it computes where that was chosen (``QCAL_CPU``,
+    ``FBGEMM_ENABLE_INSTRUCTIONS``, or off Linux x86), e.g. "avx512_vnni native, FBGEMM avx2 arithmetic"."""
+    kernel = f"{native.loaded_variant()} native" if native.available() else "float engine"
+    cpu = assumed_cpu()
+    chosen = cpu.source != "/proc/cpuinfo" or os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").strip()
+    return f"{kernel}, FBGEMM {cpu.gemm_isa} arithmetic" if chosen else kernel
 
 
 @dataclass(frozen=True)

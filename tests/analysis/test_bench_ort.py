@@ -24,7 +24,9 @@ from qcal.schemes import SCHEMES
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_rows_against_torch_name_torchs_isa_and_qcals_kernel():
+def test_rows_against_torch_name_torchs_isa_and_qcals_kernel(monkeypatch):
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
     row = _row("m", 8, "int8_inference", 0.2, 0.1)
     assert row.isa == instruction_set() == f"{torch.backends.cpu.get_cpu_capability()}, " + (
         "no VNNI" if "no VNNI" in row.isa else "VNNI")
@@ -35,8 +37,20 @@ def test_rows_against_torch_name_torchs_isa_and_qcals_kernel():
     assert sens.isa == sens.kernel == qcal_kernel()
 
 
+def test_rows_name_the_lowered_fbgemm_kernels_and_the_arithmetic_qcal_emulates(monkeypatch):
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "avx2")  # what torch's FBGEMM obeys at import
+    assert instruction_set().endswith("; FBGEMM AVX2")
+    assert qcal_kernel().endswith(", FBGEMM avx2 arithmetic")
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS")
+    monkeypatch.setenv("QCAL_CPU", "avx2")
+    assert qcal_kernel().endswith(", FBGEMM avx2 arithmetic") and "FBGEMM" not in instruction_set()
+
+
 def test_qcal_kernel_says_float_engine_without_the_native_kernel(monkeypatch):
     monkeypatch.setattr(native.build, "load", lambda: (None, "no C compiler (set CC, or install gcc)"))
+    monkeypatch.delenv("QCAL_CPU", raising=False)
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
     assert qcal_kernel() == "float engine"
 
 
