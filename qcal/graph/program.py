@@ -23,6 +23,7 @@ from qcal.graph.ir import NO_DEFAULT, Graph, Ref, Step
 from qcal.graph.layouts import torch_layouts, torch_memory_format
 from qcal.int8.backends.ort import ort_clip
 from qcal.int8.backends.ort_fp32 import ort_float_layer, ort_fp32_kernels
+from qcal.int8.backends.ort_s8 import ort_s8_float_add, ort_s8_program
 from qcal.int8.layer_ops import (
     adaptive_avg_pool2d,
     add,
@@ -177,6 +178,7 @@ class IntegerProgram:
         self.fused_clamps = _fusable_clamps(graph, act_qparams, act_dtype, backend, self.scrambled)
         # onnxruntime quantizes a recipe's fp32 layers that sit between a DQ and a Q (ort_fp32)
         self.ort_layers = ort_fp32_kernels(graph, act_qparams, act_dtype) if backend == "ort" else {}
+        self.layers, self.ort_float_adds = ort_s8_program(graph, layers, backend, act_dtype)  # qint8 on ort: ort_s8
         self._captures: dict[tuple, capture.CapturedRun] = {}
 
     def qparams_of(self, step: Step) -> tuple[float, int]:
@@ -190,7 +192,7 @@ class IntegerProgram:
         kernel result and each value, for traces."""
         graph = self.graph
         env = bind_inputs(graph, inputs)
-        key = capture.signature(env) if results is None and capture.enabled() else None
+        key = capture.signature(env) if results is None and capture.enabled() and not self.ort_float_adds else None
         if key is not None:  # the steps prepared once per input signature (capture.py)
             return capture.run(self, key, env, release_plan(graph), self._own, _load)
         release = release_plan(graph) if results is None else None
@@ -234,6 +236,9 @@ class IntegerProgram:
 
     def _add(self, step: Step, env: dict[str, Any], results: Any = None) -> torch.Tensor:
         a, b = step.args
+        if step.name in self.ort_float_adds:
+            return ort_s8_float_add(env[a.name], self.act[self.obs_of(a)], env[b.name], self.act[self.obs_of(b)],
+                                    self.act[step.obs], step.relu)
         return add(env[a.name], *self.act[self.obs_of(a)], env[b.name], *self.act[self.obs_of(b)],
                    *self.act[step.obs], relu=step.relu, backend=self.backend)
 

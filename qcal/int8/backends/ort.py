@@ -12,7 +12,10 @@ QLinearGlobalAveragePool, DQ -> MaxPool/Flatten -> Q with equal qparams drops th
 runs on uint8). A Relu/Clip between the op and its Q is dropped when Q's range already
 clamps there (``IsClipMadeRedundantByQ``). A bias DequantizeLinear whose scale is far from
 ``x_scale * w_scale`` leaves the float Conv in place; a close one (1 % off here) is fused and
-its int32 values are used as if they were at ``x_scale * w_scale``.
+its int32 values are used as if they were at ``x_scale * w_scale``. With int8 (qint8)
+activations these fusions run on uint8 only where an int8 Q/DQ pair could be turned into one
+(its QuantizeLinear read once); the layers and adds beside a value read twice stay in float
+(``qcal.int8.backends.ort_s8``).
 
 QuantizeLinear (``mlas/lib/quantize.cpp``): ``q = clamp(rint(f32(x / s)), qmin - z, qmax - z) + z``:
 a division, where torch multiplies by ``f32(1/s)`` (the two differ near ties).
