@@ -142,6 +142,9 @@ def gemm_layers(draw):
     x, gen = _codes(draw, (n, h, w, cg * groups))
     o = kg * groups
     w_q = torch.randint(-128, 128, (o, cg, k, k), generator=gen, dtype=torch.int8)
+    if draw(st.booleans()):  # weights near +-127: with full-range activations most pairs saturate
+        near = torch.tensor([-128, -127, -126, 125, 126, 127], dtype=torch.int8)
+        w_q = near[torch.randint(0, 6, w_q.shape, generator=gen)]
     return w_q, geometry, x, draw(st.integers(0, 255)), _zw(draw, o, gen), out_hw, _epilogue(draw, o)
 
 

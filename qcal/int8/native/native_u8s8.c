@@ -15,9 +15,11 @@
  * with vpdpbusd instead: the same sums in one instruction.
  * The AVX512-VNNI build (QCAL_VNNI512, with AVX512 F, BW and VL) runs three paths in 512-bit
  * registers instead, each the same operations in the same order on 16 int32 lanes: the exact
- * GEMM's 8 rows x 16 columns with its fused store, the depthwise kernel (saturating taps pairs
- * or exact), and the store's requantization; channel tails use masked loads and stores instead
- * of scalar loops. Its saturating GEMM, im2col and the other entry points are the 256-bit code.
+ * and saturating GEMMs' 8 rows x 16 columns with their fused store (the saturating kernel:
+ * vpmaddubsw on 512 bits, the same per-lane pairs, then vpdpwssd by ones), the depthwise kernel
+ * (saturating taps pairs or exact), and the store's requantization; channel tails use masked
+ * loads and stores instead of scalar loops. Its im2col and the other entry points are the
+ * 256-bit code.
  * The sums are integer arithmetic only; the store's float steps are one IEEE operation each
  * (built with -ffp-contract=off), so no compiler flag can change a result.
  */
@@ -272,6 +274,29 @@ __attribute__((noinline)) static void kern8_exact(const uint8_t *a, int kp, cons
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
 }
 
+/* 8 rows x 16 columns of FBGEMM's saturating sums (kern4's arithmetic on 16 lanes): one 64-byte
+ * load is a whole panel row (kern4's b0 in lanes 0-7, b1 in 8-15), vpmaddubsw pairs each
+ * column's (a0*w0 + a1*w1) and (a2*w2 + a3*w3) with int16 saturation exactly as the 256-bit
+ * instruction does, then vpdpwssd by ones adds the two pairs into int32 (vpmaddwd by ones and
+ * vpaddd in one instruction: exact, no saturation). */
+__attribute__((noinline)) static void kern8_sat(const uint8_t *a, int kp, const int8_t *bp, __m512i *out) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    const __m512i ones = _mm512_set1_epi16(1);
+    const size_t st = (size_t)kp;
+    for (int i = 0; i < kp / 4; i++, a += 4) {
+        __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));
+#define QCAL_ROW(r)                                                                                   \
+    {                                                                                                 \
+        int32_t v;                                                                                    \
+        memcpy(&v, a + (r) * st, 4);                                                                  \
+        s##r = _mm512_dpwssd_epi32(s##r, _mm512_maddubs_epi16(_mm512_set1_epi32(v), b), ones);        \
+    }
+        QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3) QCAL_ROW(4) QCAL_ROW(5) QCAL_ROW(6) QCAL_ROW(7)
+#undef QCAL_ROW
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
+}
+
 /* The fused store's per-column numbers for 16 columns, read once for all the rows that use them
  * (masked: columns past the tail read as 0 and are never stored). */
 typedef struct {
@@ -462,14 +487,14 @@ int qcal_conv(const uint8_t *x, const int32_t *dims, const int8_t *bp, const int
                         }
                     }
 #ifdef QCAL_VNNI512
-                    if (exact) { /* 8 rows x 16 columns a call, the columns of the tail masked */
+                    { /* 8 rows x 16 columns a call (exact or saturating), the columns of the tail masked */
                         __mmask16 k = (__mmask16)((1u << ncols) - 1);
                         __m512i offv = _mm512_maskz_loadu_epi32(k, off + col0);
                         __m512i zwv = zw ? _mm512_maskz_loadu_epi32(k, zw + col0) : _mm512_setzero_si512();
                         epi16 p = kind == 2 ? epi16_at(e, col0, k) : (epi16){0};
                         for (int r0 = 0; r0 < rows; r0 += EXACT_ROWS) {
                             __m512i s[EXACT_ROWS];
-                            kern8_exact(ablk + (size_t)r0 * q.kp, q.kp, panel, s);
+                            (exact ? kern8_exact : kern8_sat)(ablk + (size_t)r0 * q.kp, q.kp, panel, s);
                             store_rows512(s, rows - r0 < EXACT_ROWS ? rows - r0 : EXACT_ROWS, zw ? rowsum + r0 : NULL,
                                           offv, zwv, kind, &p, k, out, (size_t)(m0 + r0) * o + col0, o);
                         }
