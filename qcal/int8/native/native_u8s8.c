@@ -254,48 +254,36 @@ static inline uint8_t epi_one(const epilogue *e, int32_t v, int col) {
  * same operations in the same order as before. */
 #define EXACT_ROWS 8
 
-/* 8 rows x 16 columns of exact sums over the whole K: one 64-byte load is a whole panel row
- * (16 columns x 4 bytes), one vpdpbusd per row. Named accumulators rather than an array: GCC
- * then keeps all eight in registers instead of copying them on every step. */
-__attribute__((noinline)) static void kern8_exact(const uint8_t *a, int kp, const int8_t *bp, __m512i *out) {
-    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-    const size_t st = (size_t)kp;
-    for (int i = 0; i < kp / 4; i++, a += 4) {
-        __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));
-#define QCAL_ROW(r)                                                                                   \
-    {                                                                                                 \
-        int32_t v;                                                                                    \
-        memcpy(&v, a + (r) * st, 4);                                                                  \
-        s##r = _mm512_dpbusd_epi32(s##r, _mm512_set1_epi32(v), b);                                    \
+/* 8 rows x 16 columns of sums over the whole K: one 64-byte load is a whole panel row (16
+ * columns x 4 bytes), one SUM(acc, broadcast activations, panel row) per row. Named
+ * accumulators rather than an array: GCC then keeps all eight in registers instead of copying
+ * them on every step. */
+#define QCAL_KERN8(name, SUM)                                                                         \
+    __attribute__((noinline)) static void name(const uint8_t *a, int kp, const int8_t *bp, __m512i *out) { \
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0; \
+        const size_t st = (size_t)kp;                                                                 \
+        for (int i = 0; i < kp / 4; i++, a += 4) {                                                    \
+            __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));                      \
+            int32_t v[8];                                                                             \
+            for (int r = 0; r < 8; r++) memcpy(&v[r], a + r * st, 4);                                 \
+            s0 = SUM(s0, _mm512_set1_epi32(v[0]), b), s1 = SUM(s1, _mm512_set1_epi32(v[1]), b);       \
+            s2 = SUM(s2, _mm512_set1_epi32(v[2]), b), s3 = SUM(s3, _mm512_set1_epi32(v[3]), b);       \
+            s4 = SUM(s4, _mm512_set1_epi32(v[4]), b), s5 = SUM(s5, _mm512_set1_epi32(v[5]), b);       \
+            s6 = SUM(s6, _mm512_set1_epi32(v[6]), b), s7 = SUM(s7, _mm512_set1_epi32(v[7]), b);       \
+        }                                                                                             \
+        out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7; \
     }
-        QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3) QCAL_ROW(4) QCAL_ROW(5) QCAL_ROW(6) QCAL_ROW(7)
-#undef QCAL_ROW
-    }
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
-}
 
-/* 8 rows x 16 columns of FBGEMM's saturating sums (kern4's arithmetic on 16 lanes): one 64-byte
- * load is a whole panel row (kern4's b0 in lanes 0-7, b1 in 8-15), vpmaddubsw pairs each
- * column's (a0*w0 + a1*w1) and (a2*w2 + a3*w3) with int16 saturation exactly as the 256-bit
- * instruction does, then vpdpwssd by ones adds the two pairs into int32 (vpmaddwd by ones and
- * vpaddd in one instruction: exact, no saturation). */
-__attribute__((noinline)) static void kern8_sat(const uint8_t *a, int kp, const int8_t *bp, __m512i *out) {
-    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-    const __m512i ones = _mm512_set1_epi16(1);
-    const size_t st = (size_t)kp;
-    for (int i = 0; i < kp / 4; i++, a += 4) {
-        __m512i b = _mm512_loadu_si512((const void *)(bp + (size_t)i * 64));
-#define QCAL_ROW(r)                                                                                   \
-    {                                                                                                 \
-        int32_t v;                                                                                    \
-        memcpy(&v, a + (r) * st, 4);                                                                  \
-        s##r = _mm512_dpwssd_epi32(s##r, _mm512_maddubs_epi16(_mm512_set1_epi32(v), b), ones);        \
-    }
-        QCAL_ROW(0) QCAL_ROW(1) QCAL_ROW(2) QCAL_ROW(3) QCAL_ROW(4) QCAL_ROW(5) QCAL_ROW(6) QCAL_ROW(7)
-#undef QCAL_ROW
-    }
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
-}
+/* The exact sums: one vpdpbusd (u8 x s8, four products into int32, no saturation). */
+#define QCAL_EXACT8(acc, av, b) _mm512_dpbusd_epi32((acc), (av), (b))
+/* FBGEMM's saturating sums (kern4's arithmetic on 16 lanes; kern4's b0 in lanes 0-7, b1 in
+ * 8-15): vpmaddubsw pairs each column's (a0*w0 + a1*w1) and (a2*w2 + a3*w3) with int16
+ * saturation exactly as the 256-bit instruction does, then vpdpwssd by ones adds the two pairs
+ * into int32 (vpmaddwd by ones and vpaddd in one instruction: exact, no saturation). */
+#define QCAL_SAT8(acc, av, b) _mm512_dpwssd_epi32((acc), _mm512_maddubs_epi16((av), (b)), _mm512_set1_epi16(1))
+QCAL_KERN8(kern8_exact, QCAL_EXACT8)
+QCAL_KERN8(kern8_sat, QCAL_SAT8)
+#undef QCAL_KERN8
 
 /* The fused store's per-column numbers for 16 columns, read once for all the rows that use them
  * (masked: columns past the tail read as 0 and are never stored). */
