@@ -244,8 +244,7 @@ def dequantize(
     Returns:
         float32 tensor shaped like ``q``.
     """
-    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-    zp = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
+    scale, zp = _dequantize_numbers(scale, zero_point)
     if axis is not None:
         scale, zp = _along(axis, q.dim(), scale, zp)
     return (q.to(torch.int32) - zp).to(torch.float32) * scale
@@ -254,6 +253,11 @@ def dequantize(
 def dequantizer(scale: float, zero_point: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``dequantize(q, scale, zero_point)`` per tensor as a call of ``q`` alone, its numbers
     prepared once (a captured program's step: ``qcal.graph.capture``)."""
-    s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-    zp = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
+    s, zp = _dequantize_numbers(scale, zero_point)
     return lambda q: (q.to(torch.int32) - zp).to(torch.float32) * s
+
+
+def _dequantize_numbers(scale: torch.Tensor | float, zero_point: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 scales, int32 zero points), 1-D: what ``dequantize`` computes with."""
+    return (torch.as_tensor(scale, dtype=torch.float32).reshape(-1),
+            torch.as_tensor(zero_point).reshape(-1).to(torch.int32))
